@@ -1,0 +1,94 @@
+"""The aiohttp application factory. Feature modules add their routes with `setup_routes(app)` and
+share the server's state through the typed keys of `server.app_keys`."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from server.app_keys import (
+    CONFIG_KEY,
+    EVENT_BUS_KEY,
+    METRICS_KEY,
+    NODE_REGISTRY_KEY,
+    OPENAPI_KEY,
+    STREAM_MANAGER_KEY,
+)
+from server.config import ServerConfig
+from server.events import EventBus
+from server.metrics import ServerMetrics
+from server.openapi import OpenApiRegistry
+from server.pipelines import PipelineFactory, PipelineResources
+from server.stream_manager import StreamManager
+
+logger = logging.getLogger(__name__)
+
+# Modules whose `setup_routes(app)` the app calls, in order. Add a feature by adding its module here.
+FEATURE_MODULES: tuple[str, ...] = (
+    "server.routes.ops",
+    "server.routes.streams",
+)
+
+PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
+CLIENT_MAX_SIZE = 32 * 1024**2  # prompts with embedded images can be large
+
+
+def build_node_registry(config: ServerConfig) -> Any:
+    from comfystream.engine import build_registry
+
+    registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_node_dirs])
+    for package, error in (getattr(registry, "load_errors", {}) or {}).items():
+        logger.warning("custom nodes %s failed to load: %s", package, str(error).strip().splitlines()[-1:])
+    return registry
+
+
+def create_app(
+    config: ServerConfig | None = None,
+    *,
+    registry: Any = None,
+    pipeline_factory: PipelineFactory | None = None,
+) -> web.Application:
+    """The server's application. `registry` and `pipeline_factory` default to the engine's registry
+    (built-in and custom nodes) and the worker-backed pipelines; tests and embedders may pass theirs."""
+    config = config or ServerConfig()
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app[CONFIG_KEY] = config
+    app[OPENAPI_KEY] = OpenApiRegistry()
+    app[EVENT_BUS_KEY] = EventBus()
+    app[METRICS_KEY] = ServerMetrics()
+    app[NODE_REGISTRY_KEY] = registry if registry is not None else build_node_registry(config)
+    resources = PipelineResources(config)
+    app[PIPELINE_RESOURCES_KEY] = resources
+    app[STREAM_MANAGER_KEY] = StreamManager(
+        config,
+        app[NODE_REGISTRY_KEY],
+        pipeline_factory or resources.create_pipeline,
+        app[EVENT_BUS_KEY],
+        app[METRICS_KEY],
+    )
+    for name in FEATURE_MODULES:
+        importlib.import_module(name).setup_routes(app)
+    if config.relay:
+        from comfystream.trickle import add_relay_routes
+
+        add_relay_routes(app, prefix="/trickle")
+    app.on_startup.append(_on_startup)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+    return app
+
+
+async def _on_startup(app: web.Application) -> None:
+    await app[PIPELINE_RESOURCES_KEY].start()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Streams stop first (each frees its worker), then the shared workers and the warm pool go.
+    await app[STREAM_MANAGER_KEY].stop_all("server shutting down")
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    await app[PIPELINE_RESOURCES_KEY].close()

@@ -1,0 +1,23 @@
+"""Typed keys for the state every feature module shares on the aiohttp application."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from server.config import ServerConfig
+from server.events import EventBus
+from server.metrics import ServerMetrics
+from server.openapi import OpenApiRegistry
+
+if TYPE_CHECKING:
+    from server.stream_manager import StreamManager
+
+CONFIG_KEY = web.AppKey("config", ServerConfig)
+# comfystream.engine.NodeRegistry: the node types prompts are validated against in this process.
+NODE_REGISTRY_KEY: web.AppKey[Any] = web.AppKey("node_registry", object)
+STREAM_MANAGER_KEY: web.AppKey[StreamManager] = web.AppKey("stream_manager")
+EVENT_BUS_KEY = web.AppKey("event_bus", EventBus)
+METRICS_KEY = web.AppKey("metrics", ServerMetrics)
+OPENAPI_KEY = web.AppKey("openapi", OpenApiRegistry)

@@ -1,0 +1,47 @@
+"""Server configuration: what `comfystream serve` parses and `create_app` takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class ServerConfig:
+    """Everything the app factory needs; the CLI fills it from its flags."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workspace: Path | None = None  # a ComfyUI workspace (its nodes and models); None: built-in nodes
+    custom_nodes: list[Path] = field(default_factory=list)  # extra custom-node folders
+    max_streams: int = 8  # concurrent trickle streams; a start beyond it gets 503
+    warm_workers: int = 0  # spawned, engine-loaded, idle workers kept ready
+    gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
+    relay: bool = False  # mount a trickle relay under /trickle/ in the same server
+    log_level: str = "INFO"
+    max_inflight: int = 2  # frames inside a worker at once (backpressure)
+    drain_timeout_s: float = 10.0  # after the input ends, how long to wait for frames in flight
+    stop_timeout_s: float = 15.0  # per stream, for stopping its tasks and worker
+    finished_streams_kept: int = 64  # stopped streams GET /stream/{id} still reports
+
+    @property
+    def custom_node_dirs(self) -> list[Path]:
+        """The folders custom nodes load from: the workspace's `custom_nodes` and `--custom-nodes`."""
+        dirs: list[Path] = []
+        if self.workspace is not None and (self.workspace / "custom_nodes").is_dir():
+            dirs.append(self.workspace / "custom_nodes")
+        dirs.extend(self.custom_nodes)
+        return dirs
+
+
+def parse_gpus(value: str | None) -> list[int] | None:
+    """`--gpus 0,1` -> [0, 1]; empty or None -> None (use what is visible)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        gpus = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--gpus: expected a comma-separated list of GPU indices, got {value!r}") from None
+    if any(g < 0 for g in gpus):
+        raise ValueError(f"--gpus: GPU indices are non-negative, got {value!r}")
+    return gpus

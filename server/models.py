@@ -1,0 +1,318 @@
+"""Request and response bodies of the stream API (pydantic): parsed, validated, and in /openapi.json."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+
+# Sizes must be even: H.264 (yuv420p) cannot encode odd widths or heights.
+MIN_SIZE = 16
+MAX_SIZE = 4096
+_STREAM_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+def _integer(value: Any) -> Any:
+    """Accept an int or an integer string (gateways send both); reject bools, floats and the rest."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+        return int(value.strip())
+    if isinstance(value, int):
+        return value
+    raise ValueError(f"must be an integer, got {type(value).__name__}")
+
+
+Dimension = Annotated[
+    int,
+    BeforeValidator(_integer),
+    Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=2, description="pixels, even, 16..4096"),
+]
+PromptValue = str | dict[str, Any]
+PromptsValue = list[PromptValue] | str | dict[str, Any]
+
+
+def _check_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return value  # the field's type check reports it
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class StreamParams(BaseModel):
+    """`params` of a stream start (and the body of a params update): size, prompts, architecture."""
+
+    model_config = ConfigDict(extra="allow")
+
+    width: Dimension = 512
+    height: Dimension = 512
+    prompt: PromptsValue | None = Field(None, description="one API-format prompt, usually as a JSON string")
+    prompts: PromptsValue | None = Field(None, description="a list of prompts, or a JSON string of one")
+    dedicated_worker: StrictBool = Field(
+        True, description="a worker process of its own (ProcessPoolPipeline)"
+    )
+    use_prompt_worker: StrictBool = Field(
+        False, description="one warm worker per prompt (PromptWorkerPipeline)"
+    )
+    warmup: StrictBool | None = Field(None, description="on an update: warm up even if no size changed")
+
+    def prompt_value(self) -> Any:
+        """The prompt(s) given, whichever field holds them; None when neither does."""
+        return self.prompts if self.prompts is not None else self.prompt
+
+
+class StartStreamRequest(BaseModel):
+    """`POST /stream/start` and `POST /live-video-to-video`: the gateway's start request."""
+
+    model_config = ConfigDict(extra="allow")
+
+    subscribe_url: str = Field(..., description="trickle channel to read the input video from")
+    publish_url: str = Field(..., description="trickle channel to publish the processed video to")
+    control_url: str | None = Field(None, description="trickle channel of control messages (params updates)")
+    events_url: str | None = Field(None, description="trickle channel this server publishes events on")
+    data_url: str | None = None
+    gateway_request_id: str | None = Field(
+        None, description="the stream's id (also accepted: request_id, stream_id)"
+    )
+    request_id: str | None = None
+    stream_id: str | None = None
+    manifest_id: str | None = None
+    params: StreamParams = Field(default_factory=StreamParams)
+
+    @field_validator("subscribe_url", "publish_url", "control_url", "events_url", "data_url", mode="before")
+    @classmethod
+    def _check_urls(cls, value: Any) -> Any:
+        return _check_url(value)
+
+    @field_validator("gateway_request_id", "request_id", "stream_id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not _STREAM_ID.match(value):
+            raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
+        return value
+
+    def chosen_id(self) -> str | None:
+        return self.gateway_request_id or self.request_id or self.stream_id
+
+
+class CreateStreamRequest(StreamParams):
+    """`POST /stream`: the flat form, the stream's params beside its URLs."""
+
+    subscribe_url: str
+    publish_url: str
+    control_url: str | None = None
+    events_url: str | None = None
+    data_url: str | None = None
+    gateway_request_id: str | None = None
+    request_id: str | None = None
+    stream_id: str | None = None
+
+    @field_validator("subscribe_url", "publish_url", "control_url", "events_url", "data_url", mode="before")
+    @classmethod
+    def _check_urls(cls, value: Any) -> Any:
+        return _check_url(value)
+
+    def to_start(self) -> StartStreamRequest:
+        urls_and_ids = set(StartStreamRequest.model_fields) - {"params", "manifest_id"}
+        top = {k: getattr(self, k) for k in urls_and_ids}
+        params = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in urls_and_ids}
+        return StartStreamRequest.model_validate({**top, "params": params})
+
+
+class UpdateParameters(BaseModel):
+    """`parameters` of an update: a change of size restarts the worker at the new size."""
+
+    model_config = ConfigDict(extra="allow")
+
+    width: Dimension | None = None
+    height: Dimension | None = None
+    warmup: StrictBool = Field(False, description="warm up after the update even when nothing requires it")
+    cwd: str | None = None
+    disable_cuda_malloc: StrictBool | None = None
+    gpu_only: StrictBool | None = None
+
+
+class UpdatePromptsRequest(BaseModel):
+    """`POST /stream/{id}/update-prompts`."""
+
+    prompt: PromptsValue | None = None
+    prompts: PromptsValue | None = None
+    parameters: UpdateParameters | None = None
+
+    def prompt_value(self) -> Any:
+        return self.prompts if self.prompts is not None else self.prompt
+
+
+class StopStreamRequest(BaseModel):
+    """`POST /stream/stop` (BYOC): the stream to stop; with none, the only one running."""
+
+    model_config = ConfigDict(extra="allow")
+
+    gateway_request_id: str | None = None
+    request_id: str | None = None
+    stream_id: str | None = None
+
+    def chosen_id(self) -> str | None:
+        return self.gateway_request_id or self.request_id or self.stream_id
+
+
+# ---- responses -----------------------------------------------------------------------------------
+
+
+class StreamConfig(BaseModel):
+    subscribe_url: str
+    publish_url: str
+    control_url: str | None = None
+    events_url: str | None = None
+    width: int
+    height: int
+    dedicated_worker: bool
+    use_prompt_worker: bool
+    pipeline_type: Literal["ProcessPoolPipeline", "PromptWorkerPipeline", "Pipeline"]
+    architecture: Literal["dedicated_worker_per_stream", "prompt_worker_per_prompt", "shared_pipeline"]
+    prompts_set: bool = Field(
+        ..., description="true when the request gave prompts (false: the default prompt)"
+    )
+    prompt_count: int
+
+
+class StartStreamResponse(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    request_id: str
+    config: StreamConfig
+
+
+class StreamStats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    passed_through: int = 0
+    mismatched: int = 0
+    published: int = 0
+    fps_in: float = 0.0
+    fps_out: float = 0.0
+
+
+class WorkerStatus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    pid: int | None = None
+    device: str | None = None
+    state: str | None = None
+    uptime_s: float | None = None
+    restarts: int = 0
+    frames_processed: int = 0
+    fps: float = 0.0
+
+
+StreamState = Literal["starting", "running", "stopping", "stopped", "error"]
+
+
+class StreamInfo(BaseModel):
+    stream_id: str
+    state: StreamState
+    created_at: float = Field(..., description="unix time")
+    uptime_s: float
+    stop_reason: str | None = None
+    error: str | None = None
+    prompts_count: int
+    config: StreamConfig
+    stats: StreamStats
+    workers: list[WorkerStatus]
+
+
+class StreamListResponse(BaseModel):
+    count: int
+    max_streams: int
+    streams: list[StreamInfo]
+
+
+class StopStreamResponse(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    request_id: str
+    stats: StreamStats | None = None
+
+
+class UpdatePromptsResponse(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    request_id: str
+    prompts_count: int
+    parameters_updated: bool
+    warmup_performed: bool
+
+
+class WorkerStatusResponse(BaseModel):
+    success: bool = True
+    stream_id: str
+    pipeline_type: str
+    worker: WorkerStatus | None = Field(None, description="the active worker")
+    workers: list[WorkerStatus]
+
+
+class RestartWorkerResponse(BaseModel):
+    status: Literal["success"] = "success"
+    message: str
+    request_id: str
+    workers: list[WorkerStatus]
+
+
+class WorkspaceInfo(BaseModel):
+    workspace_path: str | None
+    custom_node_dirs: list[str]
+    config_keys: list[str]
+    total_workers: int
+    active_prompt_id: str | None = None
+
+
+class WorkspaceInfoResponse(BaseModel):
+    success: bool = True
+    stream_id: str
+    workspace_info: WorkspaceInfo
+
+
+class StreamStatusResponse(BaseModel):
+    """`GET /stream/status` (BYOC runner contract)."""
+
+    processing_active: bool
+    stream_count: int
+    message: str | None = None
+    current_stream: StreamInfo | None = None
+    all_streams: dict[str, StreamInfo] = Field(default_factory=dict)
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    streams_active: int
+    max_streams: int
+    node_types: int
+    node_load_errors: dict[str, str] = Field(default_factory=dict)
+
+
+class ValidationErrorItem(BaseModel):
+    node_id: str | None = None
+    node_type: str | None = None
+    error_type: str
+    message: str
+    input_name: str | None = None
+    received_value: Any = None
+    valid_options: list[Any] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx of this API: the seed's validation body with ComfyUI's `node_errors` beside it."""
+
+    error: str
+    message: str
+    validation_errors: list[ValidationErrorItem] = Field(default_factory=list)
+    node_errors: dict[str, Any] = Field(default_factory=dict)
+    comfy_error: dict[str, Any] | None = Field(None, description="ComfyUI's prompt-level error, when one")

@@ -1,0 +1,124 @@
+"""OpenAPI 3.1 document built from the routes feature modules declare and their pydantic models.
+
+A feature module registers each route with `add_api_route(app, ...)`: it goes on the router and into
+this registry, so `GET /openapi.json` always describes exactly what the app serves."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PATH_PARAM = re.compile(r"{(\w+)(?::[^}]*)?}")
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str
+    summary: str
+    tags: tuple[str, ...] = ()
+    request_model: type[BaseModel] | None = None
+    request_required: bool = True
+    responses: dict[int, type[BaseModel] | str | None] = field(default_factory=dict)
+    query: dict[str, str] = field(default_factory=dict)  # name -> description
+    alias_of: str | None = None
+
+
+class OpenApiRegistry:
+    def __init__(self) -> None:
+        self.operations: list[Operation] = []
+
+    def add(self, operation: Operation) -> None:
+        self.operations.append(operation)
+
+    def document(self, title: str, version: str, description: str = "") -> dict[str, Any]:
+        models: list[tuple[type[BaseModel], str]] = []
+        for op in self.operations:
+            if op.request_model is not None:
+                models.append((op.request_model, "validation"))
+            models.extend((m, "serialization") for m in op.responses.values() if isinstance(m, type))
+        unique = list(dict.fromkeys(models))
+        refs, defs = models_json_schema(unique, ref_template="#/components/schemas/{model}")
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.operations:
+            path = _PATH_PARAM.sub(r"{\1}", op.path)
+            entry: dict[str, Any] = {
+                "summary": op.summary,
+                "operationId": _operation_id(op.method, path),
+                "tags": list(op.tags),
+                "responses": {},
+            }
+            if op.alias_of:
+                entry["description"] = f"Alias of `{op.alias_of}`."
+            params = [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PATH_PARAM.findall(op.path)
+            ]
+            params += [
+                {
+                    "name": name,
+                    "in": "query",
+                    "required": False,
+                    "description": desc,
+                    "schema": {"type": "string"},
+                }
+                for name, desc in op.query.items()
+            ]
+            if params:
+                entry["parameters"] = params
+            if op.request_model is not None:
+                entry["requestBody"] = {
+                    "required": op.request_required,
+                    "content": {"application/json": {"schema": refs[(op.request_model, "validation")]}},
+                }
+            for status, model in op.responses.items():
+                response: dict[str, Any] = {"description": _STATUS_TEXT.get(status, str(status))}
+                if isinstance(model, type):
+                    response["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
+                elif isinstance(model, str):  # a media type with a free-form body
+                    response["content"] = {model: {"schema": {"type": "string"}}}
+                entry["responses"][str(status)] = response
+            paths.setdefault(path, {})[op.method.lower()] = entry
+        return {
+            "openapi": "3.1.0",
+            "info": {"title": title, "version": version, "description": description},
+            "paths": paths,
+            "components": {"schemas": defs.get("$defs", {})},
+        }
+
+
+_STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    204: "No content",
+    400: "Bad input: the validation body, with ComfyUI's node_errors",
+    404: "No such stream",
+    409: "A stream with this id is already running",
+    503: "At capacity (--max-streams)",
+}
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
+    return f"{method.lower()}_{words or 'root'}"
+
+
+def add_api_route(
+    app: web.Application,
+    registry: OpenApiRegistry,
+    method: str,
+    path: str,
+    handler: Handler,
+    summary: str,
+    **spec: Any,
+) -> None:
+    """Register `handler` on the router and describe it in the OpenAPI registry."""
+    app.router.add_route(method, path, handler)
+    registry.add(Operation(method=method, path=path, summary=summary, **spec))

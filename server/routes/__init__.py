@@ -1,0 +1,1 @@
+"""Feature route modules; each exposes `setup_routes(app)`."""

@@ -1,0 +1,371 @@
+"""Trickle stream API (DESIGN.md section 7, bodies as in the seed): start, inspect, update, stop,
+workers, and the gateway's BYOC single-stream forms."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+
+from server import errors
+from server.app_keys import CONFIG_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.models import (
+    CreateStreamRequest,
+    ErrorResponse,
+    RestartWorkerResponse,
+    StartStreamRequest,
+    StartStreamResponse,
+    StopStreamRequest,
+    StopStreamResponse,
+    StreamInfo,
+    StreamListResponse,
+    StreamParams,
+    StreamStatusResponse,
+    UpdatePromptsRequest,
+    UpdatePromptsResponse,
+    WorkerStatus,
+    WorkerStatusResponse,
+    WorkspaceInfo,
+    WorkspaceInfoResponse,
+)
+from server.openapi import add_api_route
+from server.routes._util import api_handler, json_body, parse, respond
+from server.stream_manager import StreamManager
+from server.stream_spec import StreamSpec
+
+logger = logging.getLogger(__name__)
+
+# Keys a params update carries to address a stream rather than to change it.
+_ID_KEYS = ("gateway_request_id", "request_id", "stream_id")
+# What a worker is configured with (the seed's workspace-info `config_keys`).
+_WORKER_CONFIG_KEYS = ["cwd", "disable_cuda_malloc", "gpu_only", "preview_method"]
+
+
+def _manager(request: web.Request) -> StreamManager:
+    return request.app[STREAM_MANAGER_KEY]
+
+
+# ---- start ---------------------------------------------------------------------------------------
+
+
+async def _start(request: web.Request, body: StartStreamRequest) -> web.Response:
+    manager = _manager(request)
+    stream_id = body.chosen_id() or uuid.uuid4().hex
+    prompts, given = manager.validate_prompts(body.params.prompt_value())
+    params = body.params
+    spec = StreamSpec(
+        stream_id=stream_id,
+        subscribe_url=body.subscribe_url,
+        publish_url=body.publish_url,
+        control_url=body.control_url,
+        events_url=body.events_url,
+        width=params.width,
+        height=params.height,
+        prompts=prompts,
+        prompts_set=given,
+        dedicated_worker=params.dedicated_worker,
+        use_prompt_worker=params.use_prompt_worker,
+        extra_params=dict(params.model_extra or {}),
+    )
+    manager.start(spec)
+    return respond(
+        StartStreamResponse(
+            message=f"Stream {stream_id} started successfully", request_id=stream_id, config=spec.config()
+        )
+    )
+
+
+@api_handler
+async def start_stream(request: web.Request) -> web.Response:
+    return await _start(request, parse(StartStreamRequest, await json_body(request)))
+
+
+@api_handler
+async def create_stream(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    if isinstance(data, dict) and "params" in data:  # the start form, sent to POST /stream
+        return await _start(request, parse(StartStreamRequest, data))
+    return await _start(request, parse(CreateStreamRequest, data).to_start())
+
+
+# ---- one stream ----------------------------------------------------------------------------------
+
+
+@api_handler
+async def get_stream(request: web.Request) -> web.Response:
+    return respond(_manager(request).info(request.match_info["id"]))
+
+
+@api_handler
+async def delete_stream(request: web.Request) -> web.Response:
+    stream_id = request.match_info["id"]
+    info = await _manager(request).stop(stream_id, "stopped by DELETE")
+    return respond(
+        StopStreamResponse(message=f"Stream {stream_id} stopped", request_id=stream_id, stats=info.stats)
+    )
+
+
+@api_handler
+async def update_prompts(request: web.Request) -> web.Response:
+    stream_id = request.match_info["id"]
+    manager = _manager(request)
+    manager.get(stream_id)  # 404 before a 400 about the body
+    body = parse(UpdatePromptsRequest, await json_body(request))
+    if body.prompt_value() is None and body.parameters is None:
+        raise errors.error_response(
+            web.HTTPBadRequest, "Invalid request", "Give `prompt`, `prompts` or `parameters` to update"
+        )
+    outcome = await manager.update(stream_id, body.prompt_value(), body.parameters, source="rest")
+    return respond(_update_response(stream_id, outcome))
+
+
+def _update_response(stream_id: str, outcome) -> UpdatePromptsResponse:
+    return UpdatePromptsResponse(
+        message=f"Prompts updated for stream {stream_id}",
+        request_id=stream_id,
+        prompts_count=outcome.prompts_count,
+        parameters_updated=outcome.parameters_updated,
+        warmup_performed=outcome.warmup_performed,
+    )
+
+
+async def _apply_params(request: web.Request, stream_id: str, data: object) -> web.Response:
+    manager = _manager(request)
+    if not isinstance(data, dict):
+        parse(StreamParams, data)  # raises the 400 for a body that is not an object
+        raise AssertionError("unreachable")
+    outcome = await manager.apply_params(stream_id, data, source="rest")
+    return respond(_update_response(stream_id, outcome))
+
+
+@api_handler
+async def update_params(request: web.Request) -> web.Response:
+    stream_id = request.match_info["id"]
+    _manager(request).get(stream_id)
+    return await _apply_params(request, stream_id, await json_body(request))
+
+
+def _worker_list(stream) -> list[WorkerStatus]:
+    return [WorkerStatus.model_validate(w) for w in stream.worker_status()]
+
+
+@api_handler
+async def get_worker(request: web.Request) -> web.Response:
+    stream = _manager(request).get(request.match_info["id"])
+    workers = _worker_list(stream)
+    active = next(
+        (w for w in workers if (w.model_extra or {}).get("active")), workers[0] if workers else None
+    )
+    return respond(
+        WorkerStatusResponse(
+            stream_id=stream.stream_id,
+            pipeline_type=stream.spec.pipeline_type,
+            worker=active,
+            workers=workers,
+        )
+    )
+
+
+@api_handler
+async def restart_worker(request: web.Request) -> web.Response:
+    stream = _manager(request).get(request.match_info["id"])
+    await stream.restart_worker()
+    return respond(
+        RestartWorkerResponse(
+            message=f"Worker restarted for stream {stream.stream_id}",
+            request_id=stream.stream_id,
+            workers=_worker_list(stream),
+        )
+    )
+
+
+@api_handler
+async def workspace_info(request: web.Request) -> web.Response:
+    stream = _manager(request).get(request.match_info["id"])
+    config = request.app[CONFIG_KEY]
+    workers = stream.worker_status()
+    info = WorkspaceInfo(
+        workspace_path=str(config.workspace) if config.workspace else None,
+        custom_node_dirs=[str(d) for d in config.custom_node_dirs],
+        config_keys=_WORKER_CONFIG_KEYS,
+        total_workers=len(workers),
+        active_prompt_id=getattr(stream.pipeline, "active_prompt_id", None),
+    )
+    return respond(WorkspaceInfoResponse(stream_id=stream.stream_id, workspace_info=info))
+
+
+# ---- all streams and the BYOC single-stream forms ------------------------------------------------
+
+
+@api_handler
+async def list_streams(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    streams = [s.info() for s in manager.active.values()]
+    return respond(
+        StreamListResponse(count=len(streams), max_streams=manager.config.max_streams, streams=streams)
+    )
+
+
+@api_handler
+async def byoc_stop(request: web.Request) -> web.Response:
+    body = parse(StopStreamRequest, await json_body(request, required=False))
+    manager = _manager(request)
+    stream = manager.only_stream(body.chosen_id() or request.query.get("stream_id"))
+    await stream.stop("stopped by the gateway", kind="gateway")
+    info = stream.info()
+    return respond(
+        StopStreamResponse(
+            message=f"Stream {stream.stream_id} stopped", request_id=stream.stream_id, stats=info.stats
+        )
+    )
+
+
+@api_handler
+async def byoc_params(request: web.Request) -> web.Response:
+    data = await json_body(request)
+    stream_id = request.query.get("stream_id")
+    if isinstance(data, dict):
+        data = dict(data)
+        for key in _ID_KEYS:
+            value = data.pop(key, None)
+            stream_id = stream_id or value
+    stream = _manager(request).only_stream(stream_id)
+    return await _apply_params(request, stream.stream_id, data)
+
+
+@api_handler
+async def byoc_status(request: web.Request) -> web.Response:
+    manager = _manager(request)
+    streams = {sid: s.info() for sid, s in manager.active.items()}
+    wanted = request.query.get("stream_id")
+    if wanted:
+        current: StreamInfo | None = manager.info(wanted)
+    else:
+        current = next(iter(streams.values())) if len(streams) == 1 else None
+    return respond(
+        StreamStatusResponse(
+            processing_active=any(s.state == "running" for s in streams.values()),
+            stream_count=len(streams),
+            message=f"{len(streams)} stream(s) active",
+            current_stream=current,
+            all_streams=streams,
+        )
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    api = app[OPENAPI_KEY]
+    E400, E404, E409, E503 = ErrorResponse, ErrorResponse, ErrorResponse, ErrorResponse
+
+    def route(method: str, path: str, handler, summary: str, **spec) -> None:
+        add_api_route(app, api, method, path, handler, summary, tags=("streams",), **spec)
+
+    start_spec = {
+        "request_model": StartStreamRequest,
+        "responses": {200: StartStreamResponse, 400: E400, 409: E409, 503: E503},
+    }
+    route("POST", "/stream/start", start_stream, "Start a trickle stream", **start_spec)
+    route(
+        "POST",
+        "/live-video-to-video",
+        start_stream,
+        "Start a trickle stream",
+        alias_of="POST /stream/start",
+        **start_spec,
+    )
+    route(
+        "POST",
+        "/stream",
+        create_stream,
+        "Create a stream (flat form: params beside the URLs)",
+        request_model=CreateStreamRequest,
+        responses={200: StartStreamResponse, 400: E400, 409: E409, 503: E503},
+    )
+    route("GET", "/streams", list_streams, "List the running streams", responses={200: StreamListResponse})
+    # The BYOC forms before /stream/{id}, though aiohttp prefers the plain path anyway.
+    route(
+        "POST",
+        "/stream/stop",
+        byoc_stop,
+        "Stop the stream (BYOC: the only one, or the one named in the body)",
+        request_model=StopStreamRequest,
+        request_required=False,
+        query={"stream_id": "the stream, when several run"},
+        responses={200: StopStreamResponse, 400: E400, 404: E404},
+    )
+    route(
+        "POST",
+        "/stream/params",
+        byoc_params,
+        "Update the stream's params (BYOC: as a control message)",
+        request_model=StreamParams,
+        query={"stream_id": "the stream, when several run"},
+        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+    )
+    route(
+        "GET",
+        "/stream/status",
+        byoc_status,
+        "Status of the running stream(s) (BYOC)",
+        query={"stream_id": "the stream to report as current_stream"},
+        responses={200: StreamStatusResponse, 404: E404},
+    )
+    route(
+        "GET",
+        "/stream/{id}",
+        get_stream,
+        "A stream's status and stats",
+        responses={200: StreamInfo, 404: E404},
+    )
+    route(
+        "DELETE",
+        "/stream/{id}",
+        delete_stream,
+        "Stop a stream",
+        responses={200: StopStreamResponse, 404: E404},
+    )
+    route(
+        "POST",
+        "/stream/{id}/update-prompts",
+        update_prompts,
+        "Replace the stream's prompts (and parameters) mid-stream",
+        request_model=UpdatePromptsRequest,
+        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+    )
+    route(
+        "POST",
+        "/stream/{id}/params",
+        update_params,
+        "Update the stream's params (the start's params shape; as a control message)",
+        request_model=StreamParams,
+        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+    )
+    for path, alias in (("/stream/{id}/worker", None), ("/stream/{id}/workers", "GET /stream/{id}/worker")):
+        route(
+            "GET",
+            path,
+            get_worker,
+            "The stream's worker(s)",
+            alias_of=alias,
+            responses={200: WorkerStatusResponse, 404: E404},
+        )
+    for path, alias in (
+        ("/stream/{id}/restart-worker", None),
+        ("/stream/{id}/restart-workers", "POST /stream/{id}/restart-worker"),
+    ):
+        route(
+            "POST",
+            path,
+            restart_worker,
+            "Restart the stream's worker(s)",
+            alias_of=alias,
+            responses={200: RestartWorkerResponse, 404: E404},
+        )
+    route(
+        "GET",
+        "/stream/{id}/workspace-info",
+        workspace_info,
+        "The workspace the stream's workers run in",
+        responses={200: WorkspaceInfoResponse, 404: E404},
+    )

@@ -1,0 +1,214 @@
+"""The streams this server runs: start (with its limits), look up, update, stop, stop all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from server.config import ServerConfig
+from server.events import EventBus
+from server.metrics import ServerMetrics, StreamSample
+from server.models import StreamInfo, StreamParams, UpdateParameters
+from server.prompt_validation import validate_prompts
+from server.stream_spec import StreamSpec
+from server.trickle_stream import TrickleStream
+
+logger = logging.getLogger(__name__)
+
+PipelineFactory = Callable[[StreamSpec], Any]
+
+
+class StreamNotFound(LookupError):
+    pass
+
+
+class StreamExists(ValueError):
+    pass
+
+
+class AtCapacity(RuntimeError):
+    pass
+
+
+@dataclass
+class UpdateOutcome:
+    prompts_count: int
+    parameters_updated: bool
+    warmup_performed: bool
+
+
+class StreamManager:
+    def __init__(
+        self,
+        config: ServerConfig,
+        registry: Any,
+        pipeline_factory: PipelineFactory,
+        events: EventBus,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self._pipeline_factory = pipeline_factory
+        self._events = events
+        self._metrics = metrics
+        self._active: dict[str, TrickleStream] = {}
+        self._finished: OrderedDict[str, StreamInfo] = OrderedDict()
+        self._closing = False
+        metrics.watch_streams(self.samples)
+
+    # ---- queries ---------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> dict[str, TrickleStream]:
+        return dict(self._active)
+
+    def get(self, stream_id: str) -> TrickleStream:
+        stream = self._active.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(stream_id)
+        return stream
+
+    def info(self, stream_id: str) -> StreamInfo:
+        """A live stream's status, or a finished one's last status (kept for a while)."""
+        if stream_id in self._active:
+            return self._active[stream_id].info()
+        if stream_id in self._finished:
+            return self._finished[stream_id]
+        raise StreamNotFound(stream_id)
+
+    def only_stream(self, stream_id: str | None = None) -> TrickleStream:
+        """The BYOC single-stream forms: the named stream, or the only one running."""
+        if stream_id:
+            return self.get(stream_id)
+        if len(self._active) == 1:
+            return next(iter(self._active.values()))
+        if not self._active:
+            raise StreamNotFound("(no stream is running)")
+        raise StreamNotFound(f"(several streams run: name one of {sorted(self._active)})")
+
+    def samples(self) -> Iterable[StreamSample]:
+        for stream in list(self._active.values()):
+            yield StreamSample(
+                stream.stream_id, stream.spec.architecture, stream.stats(), stream.worker_status()
+            )
+
+    # ---- commands --------------------------------------------------------------------------------
+
+    def validate_prompts(
+        self, value: Any, *, default_if_none: bool = True
+    ) -> tuple[list[dict[str, Any]], bool]:
+        return validate_prompts(value, self.registry, default_if_none=default_if_none)
+
+    def start(self, spec: StreamSpec) -> TrickleStream:
+        """Register and start a stream (its worker comes up in the background). Synchronous, so that
+        the duplicate and capacity checks and the registration cannot interleave with another start."""
+        if self._closing:
+            raise AtCapacity("the server is shutting down")
+        if spec.stream_id in self._active:
+            raise StreamExists(spec.stream_id)
+        if len(self._active) >= self.config.max_streams:
+            raise AtCapacity(f"{len(self._active)} of {self.config.max_streams} streams run")
+        pipeline = self._pipeline_factory(spec)
+        stream = TrickleStream(
+            spec,
+            pipeline,
+            config=self.config,
+            events=self._events,
+            metrics=self._metrics,
+            on_control=self._on_control_message,
+            on_finished=self._on_finished,
+        )
+        self._active[spec.stream_id] = stream
+        self._finished.pop(spec.stream_id, None)
+        self._metrics.streams_started.labels(spec.architecture).inc()
+        stream.start()
+        logger.info(
+            "stream %s: started (%s, %dx%d, %d prompt(s))",
+            spec.stream_id,
+            spec.pipeline_type,
+            spec.width,
+            spec.height,
+            len(spec.prompts),
+        )
+        return stream
+
+    async def stop(self, stream_id: str, reason: str = "stopped by request") -> StreamInfo:
+        stream = self.get(stream_id)
+        await stream.stop(reason)
+        return stream.info()
+
+    async def update(
+        self,
+        stream_id: str,
+        prompt_value: Any,
+        parameters: UpdateParameters | None,
+        source: str = "rest",
+    ) -> UpdateOutcome:
+        """Validate here, then swap on the worker. No prompts given: the current ones, re-sent with the
+        new parameters. Raises PromptFormatError / PromptRejected before the stream is touched."""
+        stream = self.get(stream_id)
+        if prompt_value is None:
+            prompts = stream.spec.prompts
+        else:
+            prompts, _ = self.validate_prompts(prompt_value, default_if_none=False)
+        result = await stream.update(prompts, parameters)
+        self._metrics.prompt_updates.labels(source).inc()
+        return result
+
+    def params_to_update(self, params: dict[str, Any]) -> tuple[Any, UpdateParameters | None]:
+        """A gateway params update (`POST .../params`, control messages): the start's `params` shape.
+
+        Raises pydantic's ValidationError."""
+        parsed = StreamParams.model_validate(params)
+        given = parsed.model_fields_set
+        fields: dict[str, Any] = {k: getattr(parsed, k) for k in ("width", "height") if k in given}
+        if parsed.warmup is not None:
+            fields["warmup"] = parsed.warmup
+        for key in ("cwd", "disable_cuda_malloc", "gpu_only"):
+            if key in (parsed.model_extra or {}):
+                fields[key] = parsed.model_extra[key]  # type: ignore[index]
+        parameters = UpdateParameters.model_validate(fields) if fields else None
+        return parsed.prompt_value(), parameters
+
+    async def apply_params(self, stream_id: str, params: dict[str, Any], source: str) -> UpdateOutcome:
+        prompt_value, parameters = self.params_to_update(params)
+        return await self.update(stream_id, prompt_value, parameters, source)
+
+    async def stop_all(self, reason: str = "server shutting down") -> None:
+        self._closing = True
+        streams = list(self._active.values())
+        if streams:
+            logger.info("stopping %d stream(s): %s", len(streams), reason)
+        await asyncio.gather(*(s.stop(reason) for s in streams), return_exceptions=True)
+        self._closing = False
+
+    # ---- callbacks from streams ------------------------------------------------------------------
+
+    async def _on_control_message(self, stream: TrickleStream, message: dict[str, Any]) -> None:
+        """A control-channel message has the effect of `POST /stream/{id}/params`; a bad one is
+        reported on the events channel and changes nothing."""
+        try:
+            outcome = await self.apply_params(stream.stream_id, message, source="control")
+        except (ValueError, ValidationError) as exc:  # PromptFormatError and PromptRejected are ValueErrors
+            logger.warning("stream %s: control message rejected: %s", stream.stream_id, exc)
+            stream.emit("error", {"source": "control", "message": str(exc)})
+            return
+        except StreamNotFound:
+            return
+        logger.info(
+            "stream %s: control update applied (%d prompt(s))", stream.stream_id, outcome.prompts_count
+        )
+
+    def _on_finished(self, stream: TrickleStream) -> None:
+        if self._active.get(stream.stream_id) is stream:
+            del self._active[stream.stream_id]
+        self._finished[stream.stream_id] = stream.info()
+        while len(self._finished) > self.config.finished_streams_kept:
+            self._finished.popitem(last=False)
+        self._metrics.streams_stopped.labels(stream.stop_kind).inc()

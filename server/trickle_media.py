@@ -1,0 +1,182 @@
+"""The media and channel ends of a trickle stream, over `comfystream.trickle` and `comfystream.media`:
+input channel -> decoded frames, frames -> encoded output channel, control messages, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import av
+
+from comfystream.media import SegmentDecoder, SegmentEncoder
+from comfystream.trickle import ControlSubscriber, EventsPublisher, TricklePublisher, TrickleSubscriber
+
+logger = logging.getLogger(__name__)
+
+_END = object()
+
+
+async def decoded_frames(url: str, stream_id: str) -> AsyncIterator[av.VideoFrame | av.AudioFrame]:
+    """Frames of the input channel, in order, decoded while each segment's bytes arrive (on the
+    decoder's thread). Ends when the channel ends (404 or closed)."""
+    loop = asyncio.get_running_loop()
+    frames: asyncio.Queue[Any] = asyncio.Queue()
+    decoder = SegmentDecoder(
+        on_frame=lambda frame: loop.call_soon_threadsafe(frames.put_nowait, frame), stream_id=stream_id
+    )
+
+    async def pump() -> None:
+        subscriber = TrickleSubscriber(url)
+        try:
+            async for segment in subscriber:
+                async for chunk in segment:
+                    decoder.feed(chunk)
+                decoder.end_segment()
+        finally:
+            # close() joins the decoder thread, so every frame it emitted is queued before _END.
+            await asyncio.to_thread(decoder.close)
+            loop.call_soon_threadsafe(frames.put_nowait, _END)
+            with contextlib.suppress(Exception):
+                await subscriber.close()
+
+    task = asyncio.create_task(pump(), name=f"stream-{stream_id}-subscriber")
+    try:
+        while True:
+            item = await frames.get()
+            if item is _END:
+                break
+            yield item
+        await task  # an input failure surfaces here
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+class MediaOutput:
+    """Processed frames -> H.264/MPEG-TS -> the output channel, each segment streamed as it is
+    encoded. A change of frame size starts a new encoder (and so a new segment)."""
+
+    def __init__(self, url: str, stream_id: str) -> None:
+        self.url = url
+        self.stream_id = stream_id
+        self.frames_published = 0
+        self._publisher: TricklePublisher | None = None
+        self._encoder: SegmentEncoder | None = None
+        self._segment_cm: Any = None
+        self._segment: Any = None
+        self._segment_key: tuple[int, int] | None = None  # (encoder generation, encoder segment)
+        self._generation = 0
+
+    async def start(self) -> None:
+        self._publisher = TricklePublisher(self.url, mime_type=SegmentEncoder.mime_type)
+
+    async def write_video(self, frame: av.VideoFrame) -> None:
+        if self._encoder is None or (self._encoder.width, self._encoder.height) != (
+            frame.width,
+            frame.height,
+        ):
+            await self._new_encoder(frame.width, frame.height)
+        assert self._encoder is not None
+        before = self._encoder.frames_dropped
+        chunks = await asyncio.to_thread(self._encoder.encode, frame)
+        await self._send(chunks)
+        if self._encoder.frames_dropped == before:
+            self.frames_published += 1
+
+    async def write_audio(self, frame: av.AudioFrame) -> None:
+        if self._encoder is None:
+            return  # audio before the first video frame has no segment to go in
+        await self._send(await asyncio.to_thread(self._encoder.encode, frame))
+
+    async def _new_encoder(self, width: int, height: int) -> None:
+        if self._encoder is not None:
+            await self._send(await asyncio.to_thread(self._encoder.flush))
+            logger.info(
+                "stream %s: output size %dx%d -> %dx%d",
+                self.stream_id,
+                self._encoder.width,
+                self._encoder.height,
+                width,
+                height,
+            )
+        self._generation += 1
+        self._encoder = SegmentEncoder(width, height, stream_id=self.stream_id)
+
+    async def _send(self, chunks: list[Any]) -> None:
+        assert self._publisher is not None
+        for chunk in chunks:
+            key = (self._generation, chunk.segment)
+            if key != self._segment_key:
+                await self._end_segment()
+                self._segment_cm = self._publisher.segment()
+                self._segment = await self._segment_cm.__aenter__()
+                self._segment_key = key
+            if chunk.data:
+                await self._segment.write(chunk.data)
+            if chunk.end:
+                await self._end_segment()
+
+    async def _end_segment(self) -> None:
+        if self._segment_cm is not None:
+            cm, self._segment_cm, self._segment = self._segment_cm, None, None
+            await cm.__aexit__(None, None, None)
+
+    async def finish(self) -> None:
+        """Encode what the encoder holds and end the last segment."""
+        try:
+            if self._encoder is not None:
+                await self._send(await asyncio.to_thread(self._encoder.flush))
+        finally:
+            await self._end_segment()
+
+    async def close(self) -> None:
+        """Close the output channel (the subscriber sees it end)."""
+        await self._end_segment()
+        if self._publisher is not None:
+            await self._publisher.close()
+
+
+class ControlChannel:
+    """Runs until cancelled, handing each JSON message of the control channel to `on_message`."""
+
+    def __init__(
+        self, url: str, stream_id: str, on_message: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        self.url = url
+        self.stream_id = stream_id
+        self._on_message = on_message
+
+    async def run(self) -> None:
+        subscriber = ControlSubscriber(self.url, self._on_message)
+        try:
+            await subscriber.run()
+        finally:
+            with contextlib.suppress(Exception):
+                await subscriber.close()
+
+
+class EventsChannel:
+    """The stream's events channel: `send` never blocks the stream (a slow channel loses events)."""
+
+    def __init__(self, url: str, stream_id: str) -> None:
+        self.url = url
+        self.stream_id = stream_id
+        self._publisher: EventsPublisher | None = None
+
+    async def start(self) -> None:
+        self._publisher = EventsPublisher(self.url)
+        with contextlib.suppress(AttributeError):
+            await self._publisher.start()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._publisher is not None:
+            self._publisher.send(message)
+
+    async def close(self) -> None:
+        if self._publisher is not None:
+            await self._publisher.close()
