@@ -1,0 +1,204 @@
+"""MPEG-TS segments -> av.VideoFrame / av.AudioFrame, decoded while the bytes arrive.
+
+Every trickle segment starts with a keyframe and carries its own PAT/PMT, so each one is
+demuxed on its own: a truncated or corrupt segment is logged and skipped, and the next one
+decodes cleanly. PyAV's demuxer pulls bytes through a blocking ``read()``, so streaming
+decoding runs on one thread per decoder that reads from a queue fed by :meth:`feed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+import av.error
+
+logger = logging.getLogger(__name__)
+
+Frame = av.VideoFrame | av.AudioFrame
+FrameCallback = Callable[[Frame], None]
+
+# Probe as little as possible: decoding starts as soon as PAT/PMT and the keyframe are in.
+# (Not fflags=nobuffer: it drops the packets read while probing.)
+_OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
+
+
+@dataclass
+class DecoderStats:
+    segments: int = 0
+    corrupt_segments: int = 0
+    video_frames: int = 0
+    audio_frames: int = 0
+
+
+class _ByteQueue:
+    """A file-like whose ``read`` blocks until bytes arrive; ``b""`` once the segment ended."""
+
+    def __init__(self) -> None:
+        self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._current = memoryview(b"")
+        self._ended = False
+        self.bytes_in = 0
+
+    def put(self, data: bytes) -> None:
+        if data:
+            self.bytes_in += len(data)
+            self._chunks.put(bytes(data))
+
+    def end(self) -> None:
+        self._chunks.put(None)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._current:
+            if self._ended:
+                return b""
+            item = self._chunks.get()
+            if item is None:
+                self._ended = True
+                return b""
+            self._current = memoryview(item)
+        if n < 0 or n >= len(self._current):
+            out, self._current = self._current, memoryview(b"")
+        else:
+            out, self._current = self._current[:n], self._current[n:]
+        return out.tobytes()
+
+
+class SegmentDecoder:
+    """Feed the bytes of one segment after another; frames come out with ``pts``/``time_base``.
+
+    Streaming use (frames are handed to ``on_frame`` on the decoder's thread)::
+
+        dec = SegmentDecoder(on_frame=cb, stream_id="s1")
+        dec.feed(chunk); dec.feed(chunk); dec.end_segment()   # as the bytes arrive
+        dec.close()
+
+    Whole-segment use, in the caller's thread: ``frames = dec.decode_segment(data)``.
+    """
+
+    def __init__(
+        self,
+        on_frame: FrameCallback | None = None,
+        *,
+        stream_id: str = "",
+        video: bool = True,
+        audio: bool = True,
+    ) -> None:
+        self.on_frame = on_frame
+        self.stream_id = stream_id
+        self.video = video
+        self.audio = audio
+        self.stats = DecoderStats()
+        self._segments: queue.SimpleQueue[_ByteQueue | None] = queue.SimpleQueue()
+        self._current: _ByteQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- streaming ------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Bytes of the current segment (a segment starts with the first feed after
+        :meth:`end_segment`)."""
+        if self._closed:
+            raise RuntimeError("SegmentDecoder is closed")
+        if self.on_frame is None:
+            raise RuntimeError("streaming decoding needs on_frame; use decode_segment() otherwise")
+        if self._current is None:
+            self._current = _ByteQueue()
+            self._ensure_thread()
+            self._segments.put(self._current)
+        self._current.put(data)
+
+    def end_segment(self) -> None:
+        """The current segment is complete (or was cut short: it is decoded as far as it goes)."""
+        if self._current is not None:
+            self._current.end()
+            self._current = None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish the segment in progress and stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self.end_segment()
+        self._segments.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("[%s] decoder thread did not stop within %.1fs", self.stream_id, timeout)
+
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"segment-decoder-{self.stream_id or id(self)}", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        assert self.on_frame is not None
+        while True:
+            source = self._segments.get()
+            if source is None:
+                return
+            self._decode(source, self.on_frame)
+            # drain what is left of a segment we gave up on, so feed() never blocks on it
+            while source.read(1 << 20):
+                pass
+
+    # -- whole segment ----------------------------------------------------------------------
+    def decode_segment(self, data: bytes) -> list[Frame]:
+        """Decode one complete segment in the calling thread."""
+        source = _ByteQueue()
+        source.put(data)
+        source.end()
+        frames: list[Frame] = []
+        self._decode(source, frames.append)
+        return frames
+
+    # -- core -------------------------------------------------------------------------------
+    def _decode(self, source: _ByteQueue, emit: FrameCallback) -> None:
+        self.stats.segments += 1
+        seg_no = self.stats.segments
+        try:
+            container = av.open(source, mode="r", format="mpegts", options=_OPEN_OPTIONS)
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            self._corrupt(seg_no, source, f"cannot open: {exc}")
+            return
+        try:
+            streams = []
+            if self.video and container.streams.video:
+                vs = container.streams.video[0]
+                vs.thread_type = "SLICE"  # frame threading would hold frames back
+                streams.append(vs)
+            if self.audio and container.streams.audio:
+                streams.append(container.streams.audio[0])
+            if not streams:
+                self._corrupt(seg_no, source, "no audio or video stream")
+                return
+            for packet in container.demux(streams):
+                if packet.is_corrupt:
+                    self._corrupt(seg_no, source, f"corrupt {packet.stream.type} packet at pts {packet.pts}")
+                    return
+                for frame in packet.decode():
+                    if frame.pts is None:
+                        continue
+                    if isinstance(frame, av.VideoFrame):
+                        self.stats.video_frames += 1
+                    else:
+                        self.stats.audio_frames += 1
+                    emit(frame)
+        except (av.error.FFmpegError, ValueError, OSError) as exc:
+            self._corrupt(seg_no, source, f"decode error: {exc}")
+        finally:
+            container.close()
+
+    def _corrupt(self, seg_no: int, source: _ByteQueue, why: str) -> None:
+        self.stats.corrupt_segments += 1
+        logger.warning(
+            "[%s] segment %d skipped (%d bytes so far): %s", self.stream_id, seg_no, source.bytes_in, why
+        )

@@ -1,0 +1,285 @@
+"""Frames -> MPEG-TS segments: H.264 (libx264, zerolatency, no B-frames), audio passed through.
+
+One libx264 context lives for the whole stream; each segment gets its own small MPEG-TS muxer
+(so it carries PAT/PMT and starts with an IDR frame, and can be decoded alone). Muxed bytes
+come out packet by packet (``flush_packets``), so a publisher can send a segment while it is
+still being encoded. Timestamps are the frames' own, rescaled exactly to MPEG-TS's 1/90000.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+from av.video.frame import PictureType
+
+logger = logging.getLogger(__name__)
+
+MIME_TYPE = "video/mp2t"
+TS_TIME_BASE = Fraction(1, 90_000)
+_MAX_HELD_AUDIO = 200  # packets held for the next segment (about 4 s of AAC)
+_ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+
+
+@dataclass
+class EncodedChunk:
+    """Bytes of segment number ``segment``; ``end`` marks its last chunk (``data`` may be empty)."""
+
+    segment: int
+    data: bytes
+    end: bool = False
+
+
+class _Sink:
+    """File-like the muxer writes into; collects what one call produced."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.chunks)
+        self.chunks.clear()
+        return out
+
+
+def _adts_header(payload_len: int, sample_rate: int, channels: int) -> bytes:
+    """The 7-byte ADTS header of one AAC-LC frame: MPEG-TS carries AAC as ADTS."""
+    length = payload_len + 7
+    sr_index = _ADTS_RATES.index(sample_rate)
+    profile = 1  # AAC LC (audio object type 2, minus one)
+    return bytes(
+        (
+            0xFF,
+            0xF1,  # sync, MPEG-4, layer 0, no CRC
+            (profile << 6) | (sr_index << 2) | ((channels >> 2) & 1),
+            ((channels & 3) << 6) | (length >> 11),
+            (length >> 3) & 0xFF,
+            ((length & 7) << 5) | 0x1F,
+            0xFC,
+        )
+    )
+
+
+def _to_ts(pts: int, time_base: Fraction) -> int:
+    """``pts`` in ``time_base`` as 1/90000 ticks (exact when it is representable)."""
+    value = Fraction(pts) * Fraction(time_base) / TS_TIME_BASE
+    return value.numerator // value.denominator if value.denominator == 1 else round(value)
+
+
+class SegmentEncoder:
+    """Encode frames into MPEG-TS segments of about ``segment_seconds`` each.
+
+    ``encode(frame)`` returns the chunks that frame produced: feed them to a publisher in
+    order, opening a trickle segment when ``chunk.segment`` changes and closing it at
+    ``chunk.end``. ``flush()`` ends the stream. Video frames are scaled to ``width x height``
+    in the same swscale pass as their conversion to yuv420p.
+    """
+
+    mime_type = MIME_TYPE
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        segment_seconds: float = 1.0,
+        preset: str = "superfast",
+        crf: int = 23,
+        bitrate: int | None = None,
+        audio_codec: str = "aac",
+        stream_id: str = "",
+    ) -> None:
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise ValueError(f"H.264 yuv420p needs a positive even size, got {width}x{height}")
+        if segment_seconds <= 0:
+            raise ValueError("segment_seconds must be positive")
+        self.width = width
+        self.height = height
+        self.segment_seconds = segment_seconds
+        self.stream_id = stream_id
+        self.audio_codec = audio_codec
+        self.frames_in = 0
+        self.frames_dropped = 0
+        self.segments_out = 0
+
+        video = av.CodecContext.create("libx264", "w")
+        video.width, video.height = width, height
+        video.pix_fmt = "yuv420p"
+        video.time_base = TS_TIME_BASE
+        video.gop_size = 1 << 30  # keyframes only where a segment starts
+        options = {"preset": preset, "tune": "zerolatency", "bf": "0", "forced-idr": "1", "scenecut": "0"}
+        if bitrate:
+            video.bit_rate = bitrate
+        else:
+            options["crf"] = str(crf)
+        video.options = options
+        video.open()
+        self._video = video
+
+        self._audio: av.CodecContext | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._held_audio: deque[av.Packet] = deque()
+
+        self._sink = _Sink()
+        self._mux: av.container.OutputContainer | None = None
+        self._mux_video = None
+        self._mux_audio = None
+        self._segment = -1
+        self._segment_start: int | None = None  # ts ticks of the segment's first frame
+        self._last_video_pts: int | None = None
+
+    # -- public ---------------------------------------------------------------------------
+    def encode(self, frame: av.VideoFrame | av.AudioFrame) -> list[EncodedChunk]:
+        if isinstance(frame, av.VideoFrame):
+            return self._encode_video(frame)
+        if isinstance(frame, av.AudioFrame):
+            return self._encode_audio(frame)
+        raise TypeError(f"expected av.VideoFrame or av.AudioFrame, got {type(frame).__name__}")
+
+    def flush(self) -> list[EncodedChunk]:
+        """Drain the encoders and end the last segment."""
+        out: list[EncodedChunk] = []
+        for packet in self._video.encode(None):
+            self._mux_video_packet(packet)
+        if self._audio is not None and self._resampler is not None:
+            packets = [p for f in self._resampler.resample(None) for p in self._audio.encode(f)]
+            for packet in packets + list(self._audio.encode(None)):
+                self._mux_audio_packet(packet)
+        if self._mux is not None:
+            out += self._chunk()
+            out += self._end_segment()
+        return out
+
+    def encode_all(self, frames) -> list[bytes]:
+        """Whole segments for an iterable of frames (tests, files); includes the flush."""
+        segments: dict[int, list[bytes]] = {}
+        for frame in frames:
+            for c in self.encode(frame):
+                segments.setdefault(c.segment, []).append(c.data)
+        for c in self.flush():
+            segments.setdefault(c.segment, []).append(c.data)
+        return [b"".join(parts) for _, parts in sorted(segments.items())]
+
+    # -- video ------------------------------------------------------------------------------
+    def _encode_video(self, frame: av.VideoFrame) -> list[EncodedChunk]:
+        self.frames_in += 1
+        if frame.pts is None or frame.time_base is None:
+            raise ValueError("video frame without pts/time_base")
+        pts = _to_ts(frame.pts, frame.time_base)
+        if self._last_video_pts is not None and pts <= self._last_video_pts:
+            self.frames_dropped += 1
+            logger.warning(
+                "[%s] video frame dropped: pts %s not after %s", self.stream_id, pts, self._last_video_pts
+            )
+            return []
+        self._last_video_pts = pts
+        out: list[EncodedChunk] = []
+        new_segment = self._mux is None or (
+            self._segment_start is not None
+            and Fraction(pts - self._segment_start) * TS_TIME_BASE >= self.segment_seconds
+        )
+        if new_segment:
+            if self._mux is not None:
+                out += self._end_segment()
+            self._start_segment(pts)
+        yuv = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        if yuv is frame:  # do not change the caller's frame
+            yuv = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+        yuv.pts = pts
+        yuv.time_base = TS_TIME_BASE
+        yuv.pict_type = PictureType.I if new_segment else PictureType.NONE
+        for packet in self._video.encode(yuv):
+            self._mux_video_packet(packet)
+        out += self._chunk()
+        return out
+
+    # -- audio ------------------------------------------------------------------------------
+    def _encode_audio(self, frame: av.AudioFrame) -> list[EncodedChunk]:
+        if frame.pts is None or frame.time_base is None:
+            raise ValueError("audio frame without pts/time_base")
+        if self._audio is None:
+            if frame.sample_rate not in _ADTS_RATES:
+                raise ValueError(f"audio sample rate {frame.sample_rate} cannot be carried as AAC")
+            enc = av.CodecContext.create(self.audio_codec, "w")
+            enc.sample_rate = frame.sample_rate
+            enc.layout = frame.layout.name
+            enc.format = "fltp"
+            enc.time_base = Fraction(1, frame.sample_rate)
+            enc.open()
+            self._audio = enc
+            self._resampler = av.AudioResampler(
+                format="fltp", layout=frame.layout.name, rate=frame.sample_rate, frame_size=enc.frame_size
+            )
+        assert self._resampler is not None
+        # the resampler re-frames to the encoder's frame size and keeps the timeline (1/rate)
+        for f in self._resampler.resample(frame):
+            for packet in self._audio.encode(f):
+                self._mux_audio_packet(packet)
+        return self._chunk() if self._mux is not None else []
+
+    # -- muxing -----------------------------------------------------------------------------
+    def _start_segment(self, start_pts: int) -> None:
+        self._segment += 1
+        self._segment_start = start_pts
+        self._mux = av.open(self._sink, "w", format="mpegts", container_options={"flush_packets": "1"})
+        self._mux_video = self._mux.add_mux_stream("h264", width=self.width, height=self.height)
+        self._mux_video.time_base = TS_TIME_BASE
+        self._mux_audio = None
+        if self._audio is not None:
+            self._mux_audio = self._mux.add_mux_stream("aac", rate=self._audio.sample_rate)
+            self._mux_audio.time_base = TS_TIME_BASE
+        logger.debug("[%s] segment %d starts at pts %d", self.stream_id, self._segment, start_pts)
+
+    def _end_segment(self) -> list[EncodedChunk]:
+        assert self._mux is not None
+        self._mux.close()
+        data = self._sink.take()
+        seg = self._segment
+        self._mux = None
+        self.segments_out += 1
+        return [EncodedChunk(seg, data, end=True)]
+
+    def _mux_video_packet(self, packet: av.Packet) -> None:
+        assert self._mux is not None and self._mux_video is not None
+        packet.stream = self._mux_video
+        self._mux.mux(packet)
+        if self._held_audio and self._mux_audio is not None:
+            self._mux_held_audio()
+
+    def _mux_audio_packet(self, packet: av.Packet) -> None:
+        assert self._audio is not None
+        if packet.pts is not None and packet.pts < 0:
+            # AAC's priming packet sits 1024 samples before the first input: MPEG-TS cannot
+            # carry a negative pts, and clamping it would shift the audio by a frame
+            return
+        adts = _adts_header(packet.size, self._audio.sample_rate, self._audio.layout.nb_channels)
+        framed = av.Packet(adts + bytes(packet))
+        framed.pts, framed.dts = packet.pts, packet.dts
+        framed.duration = packet.duration
+        framed.time_base = packet.time_base
+        if self._mux is None or self._mux_audio is None:
+            # no segment yet, or this one started before audio did: the next segment takes it
+            self._held_audio.append(framed)
+            while len(self._held_audio) > _MAX_HELD_AUDIO:
+                self._held_audio.popleft()
+            return
+        self._held_audio.append(framed)
+        self._mux_held_audio()
+
+    def _mux_held_audio(self) -> None:
+        assert self._mux is not None and self._mux_audio is not None
+        while self._held_audio:
+            packet = self._held_audio.popleft()
+            packet.stream = self._mux_audio
+            self._mux.mux(packet)
+
+    def _chunk(self) -> list[EncodedChunk]:
+        data = self._sink.take()
+        return [EncodedChunk(self._segment, data)] if data else []
