@@ -24,7 +24,20 @@ _EXPORTS = {
     "PatternError": "testpattern",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MIME_TYPE",
+    "DecoderStats",
+    "EncodedChunk",
+    "PatternError",
+    "SegmentDecoder",
+    "SegmentEncoder",
+    "frame_to_ndarray",
+    "frame_to_tensor",
+    "make_index_frame",
+    "ndarray_to_frame",
+    "read_index",
+    "tensor_to_frame",
+]
 
 if TYPE_CHECKING:
     from .convert import frame_to_ndarray, frame_to_tensor, ndarray_to_frame, tensor_to_frame

@@ -50,7 +50,9 @@ def ndarray_to_frame(rgb: np.ndarray, template: av.VideoFrame | None = None) -> 
     return frame
 
 
-def frame_to_tensor(frame: av.VideoFrame, width: int | None = None, height: int | None = None) -> torch.Tensor:
+def frame_to_tensor(
+    frame: av.VideoFrame, width: int | None = None, height: int | None = None
+) -> torch.Tensor:
     """``[1, H, W, 3]`` float32 in 0..1 (ComfyUI's IMAGE) at ``width x height``."""
     import torch
 
