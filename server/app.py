@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 FEATURE_MODULES: tuple[str, ...] = (
     "server.routes.ops",
     "server.routes.streams",
+    "server.webrtc.routes",
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)

@@ -40,12 +40,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all visible)"
     )
     parser.add_argument("--relay", action="store_true", help="also serve a trickle relay under /trickle/")
+    parser.add_argument(
+        "--ice-server",
+        dest="ice_servers",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a STUN/TURN server for WebRTC (repeatable): stun:host:port, turn:user:pass@host:port, "
+        "turn:host:port?username=..&credential=..; none: host candidates only",
+    )
     # The dispatcher has a global --log-level; this one lets it follow the subcommand too.
     parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, help="logging level")
     parser.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    from server.webrtc.ice import parse_ice_servers
+
+    parse_ice_servers(args.ice_servers)  # a bad URL is a usage error (IceServerError is a ValueError)
     if args.max_streams < 1:
         raise ValueError("--max-streams must be at least 1")
     if args.warm_workers < 0:
@@ -59,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         warm_workers=args.warm_workers,
         gpus=parse_gpus(args.gpus),
         relay=args.relay,
+        ice_servers=list(args.ice_servers),
         log_level=str(getattr(args, "log_level", "INFO")),
     )
 

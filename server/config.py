@@ -23,6 +23,7 @@ class ServerConfig:
     drain_timeout_s: float = 10.0  # after the input ends, how long to wait for frames in flight
     stop_timeout_s: float = 15.0  # per stream, for stopping its tasks and worker
     finished_streams_kept: int = 64  # stopped streams GET /stream/{id} still reports
+    ice_servers: list[str] = field(default_factory=list)  # --ice-server URLs (WebRTC); none: host only
 
     @property
     def custom_node_dirs(self) -> list[Path]:

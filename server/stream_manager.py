@@ -138,6 +138,27 @@ class StreamManager:
         )
         return stream
 
+    def create_pipeline(self, spec: StreamSpec) -> Any:
+        """A pipeline from this manager's factory, for a stream started outside it (WebRTC)."""
+        return self._pipeline_factory(spec)
+
+    def register(self, stream: Any) -> None:
+        """Add a stream started outside this manager (a WebRTC peer connection), with the same id and
+        capacity checks as `start`. It has a trickle stream's face (info, stats, update, stop) and
+        calls `stream_finished(stream)` when it ends."""
+        if self._closing:
+            raise AtCapacity("the server is shutting down")
+        if stream.stream_id in self._active:
+            raise StreamExists(stream.stream_id)
+        if len(self._active) >= self.config.max_streams:
+            raise AtCapacity(f"{len(self._active)} of {self.config.max_streams} streams run")
+        self._active[stream.stream_id] = stream
+        self._finished.pop(stream.stream_id, None)
+        self._metrics.streams_started.labels(stream.spec.architecture).inc()
+
+    def stream_finished(self, stream: Any) -> None:
+        self._on_finished(stream)
+
     async def stop(self, stream_id: str, reason: str = "stopped by request") -> StreamInfo:
         stream = self.get(stream_id)
         await stream.stop(reason)

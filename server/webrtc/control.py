@@ -45,11 +45,11 @@ REPLY_TYPES = {
     "stop_prompts": "prompts_stopped",
 }
 
-# body of an update (as REST's update-prompts takes it) -> (prompts, parameters), or raises the
-# web.HTTPException the REST route would answer with.
-UpdateChecker = Callable[[WebRTCStream, dict[str, Any]], Awaitable[tuple[list[dict[str, Any]], dict[str, Any] | None]]]
-# exception from the pipeline's update -> the HTTP exception the REST route would answer with, or None
-UpdateErrorMapper = Callable[[WebRTCStream, Exception, list[dict[str, Any]]], web.HTTPException | None]
+# an update's body, as `POST /stream/{id}/update-prompts` takes it -> its outcome; it raises what the
+# REST route raises (pydantic's ValidationError, PromptFormatError, PromptRejected, ...)
+UpdateFn = Callable[[WebRTCStream, dict[str, Any]], Awaitable[Any]]
+# such an exception -> the HTTP error the REST route answers with (None: not a request error)
+ErrorMapper = Callable[[Exception], web.HTTPException | None]
 NodesInfo = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
@@ -80,14 +80,14 @@ class ControlChannel:
         self,
         stream: WebRTCStream,
         channel: RTCDataChannel,
-        check_update: UpdateChecker,
-        map_update_error: UpdateErrorMapper,
+        update: UpdateFn,
+        to_http_error: ErrorMapper,
         nodes_info: NodesInfo,
     ) -> None:
         self.stream = stream
         self.channel = channel
-        self._check_update = check_update
-        self._map_update_error = map_update_error
+        self._update = update
+        self._to_http_error = to_http_error
         self._nodes_info = nodes_info
         self._inbox: asyncio.Queue[str | bytes] = asyncio.Queue()
         self._task = asyncio.create_task(self._serve(), name=f"{stream.stream_id}-control")
@@ -121,7 +121,9 @@ class ControlChannel:
             reply["id"] = message["id"]
         handler = getattr(self, f"_on_{kind}", None) if kind in REPLY_TYPES else None
         if handler is None:
-            reply.update(success=False, error=f"unknown control message type {kind!r}; one of {sorted(REPLY_TYPES)}")
+            reply.update(
+                success=False, error=f"unknown control message type {kind!r}; one of {sorted(REPLY_TYPES)}"
+            )
             return reply
         try:
             extra = await handler(message)
@@ -138,26 +140,35 @@ class ControlChannel:
         else:
             if extra:
                 reply.update(extra)
-        logger.info("stream %s: control %s -> %s", self.stream.stream_id, kind, "ok" if reply["success"] else reply["error"])
+        logger.info(
+            "stream %s: control %s -> %s",
+            self.stream.stream_id,
+            kind,
+            "ok" if reply["success"] else reply["error"],
+        )
         return reply
 
     async def _apply(self, body: dict[str, Any]) -> dict[str, Any]:
-        prompts, parameters = await self._check_update(self.stream, body)
         try:
-            result = await self.stream.update_prompts(prompts, parameters)
+            outcome = await self._update(self.stream, body)
+        except web.HTTPException:
+            raise
         except Exception as exc:
-            mapped = self._map_update_error(self.stream, exc, prompts)
+            mapped = self._to_http_error(exc)
             if mapped is None:
                 raise
             raise mapped from exc
-        out: dict[str, Any] = {"prompts_count": len(prompts), "width": self.stream.width, "height": self.stream.height}
-        for name in ("parameters_updated", "warmup_performed", "worker_restarted"):
-            if hasattr(result, name):
-                out[name] = getattr(result, name)
-        return out
+        spec = self.stream.spec
+        return {
+            "prompts_count": outcome.prompts_count,
+            "parameters_updated": outcome.parameters_updated,
+            "warmup_performed": outcome.warmup_performed,
+            "width": spec.width,
+            "height": spec.height,
+        }
 
     async def _on_get_nodes(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {"nodes": self._nodes_info(self.stream.prompts)}
+        return {"nodes": self._nodes_info(self.stream.spec.prompts)}
 
     async def _on_update_prompts(self, message: dict[str, Any]) -> dict[str, Any]:
         if message.get("prompts") is None and message.get("prompt") is None:
@@ -168,7 +179,7 @@ class ControlChannel:
     async def _on_update_resolution(self, message: dict[str, Any]) -> dict[str, Any]:
         if message.get("width") is None or message.get("height") is None:
             raise ControlError("missing 'width' or 'height' in the update_resolution message")
-        body = {"prompts": self.stream.prompts, "parameters": {"width": message["width"], "height": message["height"]}}
+        body = {"parameters": {"width": message["width"], "height": message["height"]}}
         return await self._apply(body)
 
     async def _on_pause_prompts(self, message: dict[str, Any]) -> dict[str, Any]:

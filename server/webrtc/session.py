@@ -1,4 +1,9 @@
-"""One WebRTC stream: a peer connection, its dedicated pipeline, and the frames between them."""
+"""One WebRTC stream: a peer connection, its dedicated pipeline, and the frames between them.
+
+It offers the stream manager the same face as a trickle stream (`stream_id`, `spec`, `info()`,
+`stats()`, `worker_status()`, `update()`, `restart_worker()`, `stop()`, `emit()`), so it is
+listed, updated and stopped by the same REST routes.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,14 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
+from server.stream_manager import UpdateOutcome
+from server.stream_spec import StreamSpec
 from server.webrtc.tracks import OutboundTrack
 
 logger = logging.getLogger(__name__)
+
+_SIZE_KEYS = ("width", "height")
 
 
 class FramePipeline(Protocol):
@@ -27,15 +37,17 @@ class FramePipeline(Protocol):
     async def get_processed_video_frame(self) -> av.VideoFrame: ...
     async def put_audio_frame(self, frame: av.AudioFrame) -> None: ...
     async def get_processed_audio_frame(self) -> av.AudioFrame: ...
-    async def update_prompts(self, prompts: list[dict[str, Any]], parameters: dict[str, Any] | None = None) -> Any: ...
+    async def update_prompts(
+        self, prompts: list[dict[str, Any]], parameters: dict[str, Any] | None = None
+    ) -> Any: ...
     async def restart_worker(self) -> Any: ...
     def stats(self) -> dict[str, Any]: ...
     def worker_status(self) -> list[dict[str, Any]]: ...
     async def cleanup(self) -> None: ...
 
 
-# (stream_id, width, height) -> a pipeline not yet initialized
-PipelineFactory = Callable[[str, int, int], FramePipeline]
+PipelineFactory = Callable[[StreamSpec], FramePipeline]  # a pipeline for the spec, not yet initialized
+EventSink = Callable[[str, dict[str, Any]], Any]  # (event_type, data with stream_id)
 
 
 class Mode(enum.StrEnum):
@@ -45,69 +57,81 @@ class Mode(enum.StrEnum):
 
 
 class WebRTCStream:
-    """A peer connection's stream: input tracks feed the pipeline, the outbound tracks send its output.
+    """A peer connection's stream: the peer's tracks feed the pipeline, outbound tracks send its output.
 
-    Lifecycle: `start()` (spawns and warms the worker) -> running -> `close()` (peer gone,
-    DELETE, or shutdown), which stops the tasks, the tracks, the pipeline and the peer.
+    Life: `start()` (spawns and warms the worker) -> running -> `stop()` (peer closed or lost,
+    DELETE, or shutdown), which ends the tasks, the tracks, the pipeline (its worker) and the peer.
     """
 
     def __init__(
         self,
-        stream_id: str,
+        spec: StreamSpec,
         pc: RTCPeerConnection,
         pipeline_factory: PipelineFactory,
-        prompts: list[dict[str, Any]],
-        width: int,
-        height: int,
-        on_closed: Callable[[WebRTCStream], Awaitable[None] | None] | None = None,
+        *,
+        emit: EventSink | None = None,
+        on_finished: Callable[[WebRTCStream], Any] | None = None,
     ) -> None:
-        self.stream_id = stream_id
+        self.spec = spec
         self.pc = pc
-        self.prompts = prompts
-        self.width = width
-        self.height = height
         self.created_at = time.time()
+        self._started_mono = time.monotonic()
         self.state = "starting"  # starting, running, stopping, stopped, error
         self.stop_reason: str | None = None
+        self.stop_kind = "request"
         self.error: str | None = None
         self.mode = Mode.PROCESSING
-        self.codecs: dict[str, str] = {}
         self._factory = pipeline_factory
-        self._on_closed = on_closed
+        self._emit = emit
+        self._on_finished = on_finished
         self.pipeline: FramePipeline | None = None
-        self._pipeline_tasks: list[asyncio.Task] = []
-        self._input_tasks: list[asyncio.Task] = []
+        self._pipeline_tasks: list[asyncio.Task[Any]] = []
+        self._input_tasks: list[asyncio.Task[Any]] = []
         self.video_out: OutboundTrack | None = None
         self.audio_out: OutboundTrack | None = None
         self.video_received = 0
         self.audio_received = 0
-        self.passed_through = 0  # frames sent unprocessed while paused or stopped
+        self.passed_through = 0  # video frames sent unprocessed while paused or stopped
         self._last_pipeline_stats: dict[str, Any] = {}
-        self._closing: asyncio.Task | None = None
-        self._lock = asyncio.Lock()  # one control operation at a time
+        self._last_workers: list[dict[str, Any]] = []
+        self._closing: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()  # one control operation at a time, REST and data channel alike
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def stream_id(self) -> str:
+        return self.spec.stream_id
 
     # ---- start -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create and warm the dedicated pipeline; raises what `initialize` raises (validation...)."""
-        pipeline = self._factory(self.stream_id, self.width, self.height)
+        """Create and warm the dedicated pipeline; raises what `initialize` raises."""
+        self.emit("stream_state", {"state": "starting"})
+        await self._new_pipeline()
+        self.state = "running"
+        self.emit("stream_state", {"state": "running"})
+        logger.info("stream %s: pipeline ready at %dx%d", self.stream_id, self.spec.width, self.spec.height)
+
+    async def _new_pipeline(self) -> None:
+        pipeline = self._factory(self.spec)
+        with contextlib.suppress(AttributeError, TypeError):
+            pipeline.on_event = self._on_pipeline_event  # type: ignore[attr-defined]
         try:
-            await pipeline.initialize(self.prompts)
+            await pipeline.initialize(self.spec.prompts)
         except BaseException:
             await _cleanup_quietly(pipeline, self.stream_id)
             raise
-        self._attach_pipeline(pipeline)
-        self.state = "running"
-        logger.info("stream %s: pipeline ready at %dx%d", self.stream_id, self.width, self.height)
-
-    def _attach_pipeline(self, pipeline: FramePipeline) -> None:
         self.pipeline = pipeline
         self._pipeline_tasks = [
-            asyncio.create_task(self._pump(pipeline.get_processed_video_frame, "video"), name=f"{self.stream_id}-vout"),
-            asyncio.create_task(self._pump(pipeline.get_processed_audio_frame, "audio"), name=f"{self.stream_id}-aout"),
+            asyncio.create_task(
+                self._pump(pipeline.get_processed_video_frame, "video"), name=f"{self.stream_id}-vout"
+            ),
+            asyncio.create_task(
+                self._pump(pipeline.get_processed_audio_frame, "audio"), name=f"{self.stream_id}-aout"
+            ),
         ]
 
-    async def _detach_pipeline(self) -> None:
+    async def _release_pipeline(self) -> None:
         pipeline, self.pipeline = self.pipeline, None
         tasks, self._pipeline_tasks = self._pipeline_tasks, []
         for task in tasks:
@@ -118,18 +142,18 @@ class WebRTCStream:
         if pipeline is not None:
             with contextlib.suppress(Exception):
                 self._last_pipeline_stats = dict(pipeline.stats())
+            with contextlib.suppress(Exception):
+                self._last_workers = [dict(w) for w in pipeline.worker_status()]
             await _cleanup_quietly(pipeline, self.stream_id)
 
     # ---- tracks ----------------------------------------------------------------------------
 
     def add_remote_track(self, track: MediaStreamTrack) -> OutboundTrack | None:
-        """A track from the peer: read it into the pipeline, and return the track to send back."""
+        """A track from the peer: read it into the pipeline; returns the track to send back."""
         if track.kind == "video" and self.video_out is None:
-            self.video_out = OutboundTrack("video", self.stream_id)
-            out = self.video_out
+            self.video_out = out = OutboundTrack("video", self.stream_id)
         elif track.kind == "audio" and self.audio_out is None:
-            self.audio_out = OutboundTrack("audio", self.stream_id)
-            out = self.audio_out
+            self.audio_out = out = OutboundTrack("audio", self.stream_id)
         else:
             logger.info("stream %s: ignoring an extra %s track", self.stream_id, track.kind)
             return None
@@ -154,18 +178,15 @@ class WebRTCStream:
                     else:
                         await pipeline.put_audio_frame(frame)
                 else:
-                    if video:
-                        self.passed_through += 1
+                    self.passed_through += video
                     out.push(frame)
         except MediaStreamError:
             logger.info("stream %s: the peer's %s track ended", self.stream_id, track.kind)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             logger.exception("stream %s: reading the peer's %s track failed", self.stream_id, track.kind)
             self.error = f"{track.kind} input: {exc}"
-        if video and self.state == "running":
-            self.close_soon("the peer's video track ended")
+        if video:
+            self.close_soon("the peer's video ended", "input_ended")
 
     async def _pump(self, get: Callable[[], Awaitable[Any]], kind: str) -> None:
         try:
@@ -179,109 +200,161 @@ class WebRTCStream:
         except Exception as exc:
             logger.exception("stream %s: the pipeline's %s output failed", self.stream_id, kind)
             self.error = f"{kind} output: {exc}"
+            self.close_soon(f"error: {self.error}", "error")
 
-    # ---- control ---------------------------------------------------------------------------
+    # ---- updates and control ----------------------------------------------------------------
 
-    async def update_prompts(self, prompts: list[dict[str, Any]], parameters: dict[str, Any] | None = None) -> Any:
-        """Swap the prompts (and parameters such as the size); while stopped, kept for `resume`."""
+    async def update(
+        self, prompts: list[dict[str, Any]], parameters: UpdateParameters | None
+    ) -> UpdateOutcome:
+        """Swap prompts (validated by the caller) and apply parameters; while stopped, kept for resume."""
+        params = parameters.model_dump(exclude_none=True) if parameters is not None else {}
+        if not params.get("warmup"):
+            params.pop("warmup", None)
         async with self._lock:
-            size = _size_from(parameters, self.width, self.height)
+            result = None
             if self.pipeline is not None:
-                result = await self.pipeline.update_prompts(prompts, parameters)
-            else:
-                result = None
-            self.prompts = prompts
-            self.width, self.height = size
-            return result
-
-    async def update_resolution(self, width: int, height: int) -> Any:
-        return await self.update_prompts(self.prompts, {"width": width, "height": height})
+                result = await self.pipeline.update_prompts(prompts, parameters=params or None)
+            self.spec.prompts = prompts
+            self.spec.prompts_set = True
+            for key in _SIZE_KEYS:
+                if key in params:
+                    setattr(self.spec, key, params[key])
+        size_changed = any(k in params for k in _SIZE_KEYS)
+        outcome = UpdateOutcome(
+            prompts_count=int(getattr(result, "prompts_count", len(prompts))),
+            parameters_updated=bool(getattr(result, "parameters_updated", bool(params))),
+            warmup_performed=bool(
+                getattr(
+                    result,
+                    "warmup_performed",
+                    self.pipeline is not None and (size_changed or bool(params.get("warmup"))),
+                )
+            ),
+        )
+        self.emit(
+            "prompts_updated",
+            {
+                "prompts_count": outcome.prompts_count,
+                "parameters_updated": outcome.parameters_updated,
+                "warmup_performed": outcome.warmup_performed,
+            },
+        )
+        return outcome
 
     async def pause(self) -> None:
         async with self._lock:
             if self.mode is Mode.STOPPED:
                 raise RuntimeError("the prompts are stopped; resume them first")
-            self.mode = Mode.PAUSED
+            self._set_mode(Mode.PAUSED)
 
     async def resume(self) -> None:
         async with self._lock:
             if self.mode is Mode.STOPPED:
-                pipeline = self._factory(self.stream_id, self.width, self.height)
-                try:
-                    await pipeline.initialize(self.prompts)
-                except BaseException:
-                    await _cleanup_quietly(pipeline, self.stream_id)
-                    raise
-                self._attach_pipeline(pipeline)
-            self.mode = Mode.PROCESSING
+                await self._new_pipeline()
+            self._set_mode(Mode.PROCESSING)
 
     async def stop_prompts(self) -> None:
         """Release the worker; the video passes through until `resume` starts a new one."""
         async with self._lock:
-            self.mode = Mode.STOPPED
-            await self._detach_pipeline()
+            self._set_mode(Mode.STOPPED)
+            await self._release_pipeline()
 
-    async def restart_worker(self) -> Any:
+    async def restart_worker(self) -> None:
         async with self._lock:
             if self.pipeline is None:
-                raise RuntimeError("the prompts are stopped: no worker to restart")
-            return await self.pipeline.restart_worker()
+                raise RuntimeError("the prompts are stopped: there is no worker to restart")
+            await self.pipeline.restart_worker()
+        self.emit("worker_restarted", {"requested": True})
 
-    # ---- reporting -------------------------------------------------------------------------
+    def _set_mode(self, mode: Mode) -> None:
+        if mode is not self.mode:
+            self.mode = mode
+            self.emit("stream_mode", {"mode": str(mode)})
 
-    def pipeline_stats(self) -> dict[str, Any]:
+    # ---- status ----------------------------------------------------------------------------
+
+    def _pipeline_stats(self) -> dict[str, Any]:
         if self.pipeline is not None:
             with contextlib.suppress(Exception):
                 self._last_pipeline_stats = dict(self.pipeline.stats())
         return dict(self._last_pipeline_stats)
 
     def stats(self) -> dict[str, Any]:
-        """The pipeline's counters, and this stream's own: what the peer sent, what went back."""
-        stats = self.pipeline_stats()
+        """The pipeline's counters (as a trickle stream has them), and what went over the peer connection."""
+        stats = self._pipeline_stats()
         video = self.video_out
         dropped_here = (video.dropped_late + video.dropped_out_of_order) if video else 0
-        stats.update(
-            {
-                "dropped": int(stats.get("dropped", 0)) + dropped_here,
-                "passed_through": int(stats.get("passed_through", 0)) + self.passed_through,
-                "fps": float(stats.get("fps_out", 0.0)),
-                "video_received": self.video_received,
-                "audio_received": self.audio_received,
-                "video_sent": video.sent if video else 0,
-                "audio_sent": self.audio_out.sent if self.audio_out else 0,
-                "dropped_sender_behind": video.dropped_late if video else 0,
-                "dropped_out_of_order": video.dropped_out_of_order if video else 0,
-                "mode": str(self.mode),
-            }
-        )
+        stats["received"] = self.video_received
+        stats["dropped"] = int(stats.get("dropped") or 0) + dropped_here
+        stats["passed_through"] = int(stats.get("passed_through") or 0) + self.passed_through
+        stats["published"] = video.sent if video else 0
+        stats["fps"] = float(stats.get("fps_out") or 0.0)
+        stats["audio_received"] = self.audio_received
+        stats["audio_sent"] = self.audio_out.sent if self.audio_out else 0
+        stats["dropped_sender_behind"] = video.dropped_late if video else 0
+        stats["dropped_out_of_order"] = video.dropped_out_of_order if video else 0
+        stats["mode"] = str(self.mode)
         return stats
 
     def worker_status(self) -> list[dict[str, Any]]:
-        if self.pipeline is None:
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                self._last_workers = [dict(w) for w in self.pipeline.worker_status()]
+                return list(self._last_workers)
             return []
+        return list(self._last_workers) if self.state in ("stopped", "error") else []
+
+    def info(self) -> StreamInfo:
+        return StreamInfo(
+            stream_id=self.stream_id,
+            state=self.state,  # type: ignore[arg-type]
+            created_at=self.created_at,
+            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            stop_reason=self.stop_reason,
+            error=self.error,
+            prompts_count=len(self.spec.prompts),
+            config=self.spec.config(),
+            stats=StreamStats.model_validate(self.stats()),
+            workers=[WorkerStatus.model_validate(w) for w in self.worker_status()],
+        )
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        if self._emit is not None:
+            try:
+                self._emit(event_type, {"stream_id": self.stream_id, **data})
+            except Exception:
+                logger.exception("stream %s: publishing %s failed", self.stream_id, event_type)
+
+    def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
+        # The pipeline may report from one of its threads; events are handled on the loop.
         try:
-            return list(self.pipeline.worker_status())
-        except Exception:
-            logger.exception("stream %s: worker_status failed", self.stream_id)
-            return []
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self.emit(event_type, dict(data))
+        else:
+            self._loop.call_soon_threadsafe(self.emit, event_type, dict(data))
 
-    # ---- close -----------------------------------------------------------------------------
+    # ---- stop ------------------------------------------------------------------------------
 
-    def close_soon(self, reason: str) -> asyncio.Task:
-        """Schedule `close` (from a callback that cannot await); idempotent."""
+    def close_soon(self, reason: str, kind: str = "request") -> asyncio.Future[None]:
+        """Schedule the stop (from a callback that cannot await); the first reason given is kept."""
         if self._closing is None:
-            self._closing = asyncio.ensure_future(self._close(reason))
+            self.stop_reason, self.stop_kind = reason, kind
+            self._closing = asyncio.ensure_future(self._close())
         return self._closing
 
-    async def close(self, reason: str = "stopped") -> None:
-        """Stop everything this stream started: tasks, tracks, pipeline (its worker), the peer."""
-        await asyncio.shield(self.close_soon(reason))
+    async def stop(self, reason: str = "stopped by request", kind: str = "request") -> None:
+        """Stop the stream and wait until its tracks, worker and peer connection are gone."""
+        await asyncio.shield(self.close_soon(reason, kind))
 
-    async def _close(self, reason: str) -> None:
-        if self.state not in ("stopped", "error"):
-            self.state = "stopping"
-        self.stop_reason = reason
-        logger.info("stream %s: closing (%s)", self.stream_id, reason)
+    async def _close(self) -> None:
+        self.state = "stopping"
+        logger.info("stream %s: stopping (%s)", self.stream_id, self.stop_reason)
         for track in (self.video_out, self.audio_out):
             if track is not None:
                 track.stop()
@@ -292,27 +365,24 @@ class WebRTCStream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         async with self._lock:
-            await self._detach_pipeline()
-        with contextlib.suppress(Exception):
+            await self._release_pipeline()
+        try:
             await self.pc.close()
-        self.state = "stopped"
-        logger.info("stream %s: closed", self.stream_id)
-        if self._on_closed is not None:
+        except Exception:
+            logger.exception("stream %s: closing the peer connection failed", self.stream_id)
+        self.state = "error" if self.error else "stopped"
+        logger.info("stream %s: %s (%s)", self.stream_id, self.state, self.stop_reason)
+        self.emit("stream_stopped", {"reason": self.stop_reason, "error": self.error, "stats": self.stats()})
+        self.emit("stream_state", {"state": self.state})
+        if self._on_finished is not None:
             try:
-                result = self._on_closed(self)
-                if asyncio.iscoroutine(result):
-                    await result
+                self._on_finished(self)
             except Exception:
-                logger.exception("stream %s: on_closed callback failed", self.stream_id)
-
-
-def _size_from(parameters: dict[str, Any] | None, width: int, height: int) -> tuple[int, int]:
-    parameters = parameters or {}
-    return int(parameters.get("width") or width), int(parameters.get("height") or height)
+                logger.exception("stream %s: on_finished failed", self.stream_id)
 
 
 async def _cleanup_quietly(pipeline: FramePipeline, stream_id: str) -> None:
     try:
         await pipeline.cleanup()
     except Exception:
-        logger.exception("stream %s: pipeline cleanup failed", stream_id)
+        logger.exception("stream %s: freeing the worker failed", stream_id)

@@ -1,0 +1,244 @@
+"""WebRTC routes: `POST /offer`, the `/webrtc` page and its config, and the streams' stats.
+
+`POST /offer` makes a stream of the peer connection: its own worker (ProcessPoolPipeline), listed
+in `GET /streams` beside the trickle streams and stopped by `DELETE /stream/{id}` like them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from server import errors
+from server.app_keys import CONFIG_KEY, EVENT_BUS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.models import ErrorResponse, UpdatePromptsRequest
+from server.openapi import add_api_route
+from server.routes._util import api_handler, json_body, parse, respond, to_http_error
+from server.stream_manager import StreamManager
+from server.stream_spec import StreamSpec
+from server.webrtc.control import CONTROL_LABEL, ControlChannel
+from server.webrtc.ice import IceServer, parse_ice_servers, rtc_configuration
+from server.webrtc.models import IceServerInfo, OfferAnswer, OfferRequest, WebRTCConfig
+from server.webrtc.nodes_info import nodes_info
+from server.webrtc.session import WebRTCStream
+
+logger = logging.getLogger(__name__)
+
+ICE_SERVERS_KEY = web.AppKey("webrtc_ice_servers", list)
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "webrtc"
+WEBRTC_URL_SCHEME = "webrtc:"  # a WebRTC stream's subscribe/publish "URL" in its config
+
+
+def _manager(request: web.Request) -> StreamManager:
+    return request.app[STREAM_MANAGER_KEY]
+
+
+def _new_stream_id() -> str:
+    return f"webrtc-{uuid.uuid4().hex[:12]}"
+
+
+def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection) -> None:
+    """Tracks from the peer feed the stream; its `control` channel drives it; losing the peer stops it."""
+    manager = app[STREAM_MANAGER_KEY]
+    registry = app[NODE_REGISTRY_KEY]
+
+    @pc.on("track")
+    def on_track(track) -> None:
+        outbound = stream.add_remote_track(track)
+        if outbound is not None:
+            pc.addTrack(outbound)
+            logger.info("stream %s: %s track from the peer", stream.stream_id, track.kind)
+
+    async def update(target: WebRTCStream, body: dict) -> object:
+        # What POST /stream/{id}/update-prompts does, checked by the same model and manager.
+        parsed = UpdatePromptsRequest.model_validate(body)
+        return await manager.update(
+            target.stream_id, parsed.prompt_value(), parsed.parameters, source="webrtc"
+        )
+
+    def http_error(exc: Exception) -> web.HTTPException | None:
+        return _to_http_error(app, exc)
+
+    def describe_nodes(prompts: list[dict]) -> dict:
+        return nodes_info(prompts, registry.object_info())
+
+    @pc.on("datachannel")
+    def on_datachannel(channel) -> None:
+        if channel.label != CONTROL_LABEL:
+            logger.info("stream %s: ignoring data channel %r", stream.stream_id, channel.label)
+            return
+        ControlChannel(stream, channel, update, http_error, describe_nodes)
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        state = pc.connectionState
+        logger.info("stream %s: peer connection %s", stream.stream_id, state)
+        if state == "failed":
+            stream.close_soon("peer connection lost", "peer_lost")
+        elif state == "closed":
+            stream.close_soon("peer connection closed", "peer_closed")
+
+
+class _FakeRequest:
+    """`to_http_error` reads only `request.app`."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+
+def _to_http_error(app: web.Application, exc: Exception) -> web.HTTPException | None:
+    return to_http_error(exc, _FakeRequest(app))  # type: ignore[arg-type]
+
+
+def _offer_has_video(sdp: str) -> bool:
+    return any(line.startswith("m=video") for line in sdp.splitlines())
+
+
+@api_handler
+async def offer(request: web.Request) -> web.Response:
+    body = parse(OfferRequest, await json_body(request))
+    manager = _manager(request)
+    prompts, given = manager.validate_prompts(body.prompt_value())
+    if not _offer_has_video(body.offer.sdp):
+        raise errors.error_response(
+            web.HTTPBadRequest, "Invalid offer", "the offer has no video (m=video) section"
+        )
+    stream_id = body.stream_id or _new_stream_id()
+    spec = StreamSpec(
+        stream_id=stream_id,
+        subscribe_url=f"{WEBRTC_URL_SCHEME}{stream_id}",
+        publish_url=f"{WEBRTC_URL_SCHEME}{stream_id}",
+        width=body.resolution.width,
+        height=body.resolution.height,
+        prompts=prompts,
+        prompts_set=given,
+        dedicated_worker=True,
+        use_prompt_worker=False,
+        extra_params={"transport": "webrtc"},
+    )
+    pc = RTCPeerConnection(rtc_configuration(request.app[ICE_SERVERS_KEY]))
+    stream = WebRTCStream(
+        spec,
+        pc,
+        manager.create_pipeline,
+        emit=request.app[EVENT_BUS_KEY].publish,
+        on_finished=manager.stream_finished,
+    )
+    try:
+        _wire_peer(request.app, stream, pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=body.offer.sdp, type=body.offer.type))
+        except (ValueError, KeyError, IndexError) as exc:
+            raise errors.error_response(
+                web.HTTPBadRequest, "Invalid offer", f"the offer's SDP could not be used: {exc}"
+            ) from None
+    except BaseException:
+        await pc.close()
+        raise
+    try:
+        manager.register(stream)  # the same id and capacity checks as a trickle start
+    except BaseException:
+        await pc.close()
+        raise
+    try:
+        await stream.start()
+        await pc.setLocalDescription(await pc.createAnswer())
+    except BaseException as exc:
+        logger.warning("stream %s: offer failed: %s", stream_id, exc)
+        stream.error = stream.error or f"{type(exc).__name__}: {exc}"
+        await stream.stop(f"error: {stream.error}", "error")
+        raise
+    local = pc.localDescription
+    logger.info("stream %s: answered (%dx%d, %d prompt(s))", stream_id, spec.width, spec.height, len(prompts))
+    return respond(OfferAnswer(sdp=local.sdp, type=local.type, stream_id=stream_id))
+
+
+async def webrtc_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+_ASSETS = {".js": "text/javascript", ".css": "text/css"}
+
+
+async def webrtc_asset(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    path = STATIC_DIR / name
+    if path.suffix not in _ASSETS or path.parent != STATIC_DIR or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Content-Type": _ASSETS[path.suffix], "Cache-Control": "no-cache"})
+
+
+async def webrtc_config(request: web.Request) -> web.Response:
+    servers: list[IceServer] = request.app[ICE_SERVERS_KEY]
+    return respond(WebRTCConfig(iceServers=[IceServerInfo.model_validate(s.to_browser()) for s in servers]))
+
+
+@api_handler
+async def all_stats(request: web.Request) -> web.Response:
+    now = time.time()
+    return web.json_response(
+        {sid: {"timestamp": now, **s.stats()} for sid, s in _manager(request).active.items()}
+    )
+
+
+@api_handler
+async def stream_stats(request: web.Request) -> web.Response:
+    stream_id = request.match_info["id"]
+    info = _manager(request).info(stream_id)  # live or recently finished; 404 otherwise
+    return web.json_response(
+        {"stream_id": stream_id, "state": info.state, "timestamp": time.time(), **info.stats.model_dump()}
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    config = app[CONFIG_KEY]
+    app[ICE_SERVERS_KEY] = parse_ice_servers(list(getattr(config, "ice_servers", None) or []))
+    api = app[OPENAPI_KEY]
+    add_api_route(
+        app,
+        api,
+        "POST",
+        "/offer",
+        offer,
+        "Start a WebRTC stream: the peer's offer in, the answer out (a dedicated worker per peer)",
+        tags=("webrtc",),
+        request_model=OfferRequest,
+        responses={200: OfferAnswer, 400: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse},
+    )
+    add_api_route(
+        app,
+        api,
+        "GET",
+        "/webrtc/config",
+        webrtc_config,
+        "The page's ICE servers",
+        tags=("webrtc",),
+        responses={200: WebRTCConfig},
+    )
+    add_api_route(
+        app,
+        api,
+        "GET",
+        "/streams/stats",
+        all_stats,
+        "Stats of every running stream, by id",
+        tags=("streams",),
+        responses={200: "application/json"},
+    )
+    add_api_route(
+        app,
+        api,
+        "GET",
+        "/stream/{id}/stats",
+        stream_stats,
+        "A stream's stats (fps, dropped, latency)",
+        tags=("streams",),
+        responses={200: "application/json", 404: ErrorResponse},
+    )
+    app.router.add_get("/webrtc", webrtc_page)
+    app.router.add_get(r"/webrtc/{name:[A-Za-z0-9_-]+\.(?:js|css)}", webrtc_asset)
