@@ -66,6 +66,8 @@ class ExecutionContext:
     current_node: str | None = None
     # node_id -> {"value", "max", "state"}: the source of ComfyUI's `progress_state` messages.
     node_progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Ask for ExecutionResult.output_images (the CLI writes them out).
+    capture_outputs: bool = False
     # Nodes may keep per-execution values here (e.g. extra named inputs of a custom frame node).
     values: dict[str, Any] = field(default_factory=dict)
 

@@ -49,6 +49,8 @@ class ExecutionResult:
     frames: list[Any]  # what SaveTensor produced, in order
     executed: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
+    # With ctx.capture_outputs: node_id -> the images fed to that output node's IMAGE inputs.
+    output_images: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class _Step:
@@ -70,6 +72,7 @@ class _Step:
         "has_is_changed",
         "frame_dependent",
         "fast",
+        "image_inputs",
     )
 
     def __init__(self, index: int, node_id: str, class_type: str, cls: type):
@@ -88,6 +91,7 @@ class _Step:
         self.has_is_changed = hasattr(cls, "IS_CHANGED")
         self.frame_dependent = True
         self.fast = not self.input_is_list and not self.output_is_list
+        self.image_inputs: frozenset[str] = frozenset()
 
     def bind(self) -> Any:
         obj = self.cls()
@@ -145,6 +149,11 @@ class CompiledPrompt:
                 elif kind in EXTRA_DATA_HIDDEN:
                     ctx_hidden.append((name, EXTRA_DATA_HIDDEN[kind]))
             step.ctx_hidden = tuple(ctx_hidden)
+            step.image_inputs = frozenset(
+                name
+                for name, _, _ in plan.parents[node_id]
+                if get_input_info(input_types, name)[0] == "IMAGE"
+            )
             step.frame_dependent = node_id in plan.frame_dependent
             steps.append(step)
         self.steps = steps
@@ -397,12 +406,20 @@ class CompiledPrompt:
         if emit is not None:
             emit("execution_success", {"prompt_id": prompt_id, "timestamp": _now_ms()})
             emit("executing", {"node": None, "prompt_id": prompt_id})
-        return ExecutionResult(
+        result = ExecutionResult(
             outputs=ui_outputs,
             frames=ctx.output_frames,
             executed=[s.node_id for s in run],
             cached=cached_ids,
         )
+        if ctx.capture_outputs:
+            for s in self.steps:
+                if s.is_output:
+                    images = result.output_images.setdefault(s.node_id, [])
+                    for name, src, slot in s.links:
+                        if name in s.image_inputs and values[src] is not None and slot < len(values[src]):
+                            images.extend(values[src][slot])
+        return result
 
 
 _MISSING = object()

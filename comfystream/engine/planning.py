@@ -11,7 +11,7 @@ from typing import Any
 from comfystream.engine.node_types import get_input_info, is_link, is_output_node
 
 # Class types that produce the per-frame input, besides classes that set FRAME_INPUT = True.
-FRAME_INPUT_CLASS_TYPES = frozenset({"LoadTensor", "LoadAudioTensor", "PrimaryInputLoadImage"})
+FRAME_INPUT_CLASS_TYPES = frozenset({"LoadTensor", "LoadAudioTensor"})
 
 
 class DependencyCycleError(ValueError):

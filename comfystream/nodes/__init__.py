@@ -1,17 +1,49 @@
-"""Built-in nodes: frame I/O for streams and ComfyUI's core image nodes."""
+"""Built-in nodes: frame I/O for streams, one-shot image I/O, and ComfyUI's core image nodes."""
 
 from __future__ import annotations
 
-from comfystream.nodes import frame_io, image_ops
+from comfystream.nodes import filters, frame_io, image_files, image_ops
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
     "LoadTensor": frame_io.LoadTensor,
     "SaveTensor": frame_io.SaveTensor,
+    "LoadImage": image_files.LoadImage,
+    "PrimaryInputLoadImage": image_files.PrimaryInputLoadImage,
+    "SaveImage": image_files.SaveImage,
+    "PreviewImage": image_files.PreviewImage,
     "ImageInvert": image_ops.ImageInvert,
+    "ImageScale": image_ops.ImageScale,
+    "ImageScaleBy": image_ops.ImageScaleBy,
+    "EmptyImage": image_ops.EmptyImage,
+    "ImageCrop": image_ops.ImageCrop,
+    "ImageFlip": image_ops.ImageFlip,
+    "ImageRotate": image_ops.ImageRotate,
+    "GetImageSize": image_ops.GetImageSize,
+    "ImageCompositeMasked": image_ops.ImageCompositeMasked,
+    "ImageBlend": filters.ImageBlend,
+    "ImageBlur": filters.ImageBlur,
+    "ImageSharpen": filters.ImageSharpen,
+    "ImageQuantize": filters.ImageQuantize,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "LoadTensor": "Load Tensor (stream input)",
     "SaveTensor": "Save Tensor (stream output)",
+    "LoadImage": "Load Image",
+    "PrimaryInputLoadImage": "Primary Input Load Image",
+    "SaveImage": "Save Image",
+    "PreviewImage": "Preview Image",
     "ImageInvert": "Invert Image",
+    "ImageScale": "Upscale Image",
+    "ImageScaleBy": "Upscale Image By",
+    "EmptyImage": "EmptyImage",
+    "ImageCrop": "Image Crop",
+    "ImageFlip": "Image Flip",
+    "ImageRotate": "Image Rotate",
+    "GetImageSize": "Get Image Size",
+    "ImageCompositeMasked": "ImageCompositeMasked",
+    "ImageBlend": "Image Blend",
+    "ImageBlur": "Image Blur",
+    "ImageSharpen": "Image Sharpen",
+    "ImageQuantize": "Image Quantize",
 }
