@@ -38,9 +38,21 @@ CLIENT_MAX_SIZE = 32 * 1024**2  # prompts with embedded images can be large
 
 
 def build_node_registry(config: ServerConfig) -> Any:
+    """The node types prompts are validated against in this process: comfystream's built-in nodes
+    and `--custom-nodes`, plus, with `--workspace`, that ComfyUI workspace's nodes (loaded on the
+    CPU here: the server only validates; workers run them on their GPUs)."""
     from comfystream.engine import build_registry
 
-    registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_node_dirs])
+    registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_nodes])
+    if config.workspace is not None:
+        from comfystream.comfyui import WorkspaceSettings, load_workspace
+
+        info = load_workspace(
+            config.workspace,
+            WorkspaceSettings(cpu=True, extra_custom_node_dirs=tuple(str(d) for d in config.custom_nodes)),
+            registry,
+        )
+        logger.info("workspace %s: %s", config.workspace, info)
     for package, error in (getattr(registry, "load_errors", {}) or {}).items():
         logger.warning("custom nodes %s failed to load: %s", package, str(error).strip().splitlines()[-1:])
     return registry

@@ -27,7 +27,7 @@ class ServerConfig:
 
     @property
     def custom_node_dirs(self) -> list[Path]:
-        """The folders custom nodes load from: the workspace's `custom_nodes` and `--custom-nodes`."""
+        """Every folder custom nodes load from: the workspace's `custom_nodes` and `--custom-nodes`."""
         dirs: list[Path] = []
         if self.workspace is not None and (self.workspace / "custom_nodes").is_dir():
             dirs.append(self.workspace / "custom_nodes")

@@ -223,6 +223,7 @@ class StreamInfo(BaseModel):
     stop_reason: str | None = None
     error: str | None = None
     prompts_count: int
+    prompt_updates: int = Field(0, description="updates applied (REST, params, control channel)")
     config: StreamConfig
     stats: StreamStats
     workers: list[WorkerStatus]

@@ -64,6 +64,7 @@ class TrickleStream:
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
+        self.prompt_updates = 0
         self._last_dropped = 0
         self._last_restarts = 0
         self._final_stats: dict[str, Any] | None = None
@@ -256,6 +257,7 @@ class TrickleStream:
             result = await self.pipeline.update_prompts(prompts, parameters=params or None)
             self.spec.prompts = prompts
             self.spec.prompts_set = True
+            self.prompt_updates += 1
             for key in _SIZE_KEYS:
                 if key in params:
                     setattr(self.spec, key, params[key])
@@ -330,6 +332,7 @@ class TrickleStream:
             stop_reason=self.stop_reason if self._stop_requested.is_set() or self._done.is_set() else None,
             error=self.error,
             prompts_count=len(self.spec.prompts),
+            prompt_updates=self.prompt_updates,
             config=self.spec.config(),
             stats=StreamStats.model_validate(self.stats()),
             workers=[WorkerStatus.model_validate(w) for w in self.worker_status()],

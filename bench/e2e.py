@@ -1,0 +1,199 @@
+"""End-to-end stream benchmark: per-stream fps and publish-to-receive latency (median, p99) at
+512x512 for 1, 2 and 4 concurrent streams, through a trickle relay.
+
+The server runs as `comfystream serve --relay` in a subprocess (its workers are its children); this
+process is the gateway: it publishes index-pattern frames at a fixed rate and reads the processed
+output back. Latency is from the moment a frame's encoded bytes were written to the input channel to
+the moment the same frame (matched by the index in its pixels) is decoded from the output channel.
+The baseline, measured in the same run, is the relay alone: publish -> relay -> read, no server.
+
+    .venv/bin/python bench/e2e.py [--frames 120] [--fps 30] [--size 512] [--streams 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from server.trickle_client import OutputReader, PatternPublisher
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def fps_of(reader: OutputReader) -> float:
+    frames = reader.frames
+    if len(frames) < 2:
+        return 0.0
+    return (len(frames) - 1) / (frames[-1].received_at - frames[0].received_at)
+
+
+def latencies(reader: OutputReader, publisher: PatternPublisher) -> list[float]:
+    return [
+        (f.received_at - publisher.sent_at[f.index]) * 1000
+        for f in reader.frames
+        if f.index in publisher.sent_at
+    ]
+
+
+async def run_relay_only(relay: str, size: int, frames: int, fps: int) -> tuple[float, list[float]]:
+    name = f"baseline-{time.monotonic_ns()}"
+    reader = OutputReader(f"{relay}/{name}")
+    reading = asyncio.create_task(reader.run())
+    publisher = PatternPublisher(f"{relay}/{name}", size, size, fps=fps)
+    await asyncio.sleep(0.2)
+    await publisher.send_range(0, frames)
+    await publisher.close()
+    await asyncio.wait_for(reading, 30)
+    return fps_of(reader), latencies(reader, publisher)
+
+
+async def run_streams(
+    http: aiohttp.ClientSession, base: str, relay: str, n: int, size: int, frames: int, fps: int
+):
+    names = [f"bench-{n}-{i}-{time.monotonic_ns()}" for i in range(n)]
+    for name in names:
+        body = {
+            "subscribe_url": f"{relay}/{name}",
+            "publish_url": f"{relay}/{name}-out",
+            "gateway_request_id": name,
+            "params": {"width": size, "height": size},
+        }
+        async with http.post(f"{base}/stream/start", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+    for name in names:
+        while True:
+            async with http.get(f"{base}/stream/{name}") as resp:
+                state = (await resp.json())["state"]
+            if state == "running":
+                break
+            if state in ("stopped", "error"):
+                raise RuntimeError(f"stream {name} ended before running")
+            await asyncio.sleep(0.05)
+    readers = [OutputReader(f"{relay}/{name}-out") for name in names]
+    reading = [asyncio.create_task(r.run()) for r in readers]
+    publishers = [PatternPublisher(f"{relay}/{name}", size, size, fps=fps) for name in names]
+
+    async def feed(p: PatternPublisher) -> None:
+        await p.send_range(0, frames)
+        await p.close()
+
+    await asyncio.gather(*(feed(p) for p in publishers))
+    await asyncio.wait_for(asyncio.gather(*reading), 60)
+    dropped = 0
+    for name in names:
+        async with http.get(f"{base}/stream/{name}") as resp:
+            dropped += (await resp.json())["stats"]["dropped"]
+    per_stream_fps = [fps_of(r) for r in readers]
+    lat = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p)]
+    received = sum(len(r.frames) for r in readers)
+    return per_stream_fps, lat, received, dropped
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession, base: str, proc: subprocess.Popen, timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            async with http.get(f"{base}/health") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("server did not come up")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    port = free_port()
+    base, relay = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/trickle"
+    counts = [int(x) for x in args.streams.split(",")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "--log-level",
+        "WARNING",
+        "serve",
+        "--relay",
+        "--port",
+        str(port),
+        "--max-streams",
+        str(max(counts)),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, base, proc)
+            print(
+                f"e2e bench: {args.size}x{args.size}, {args.frames} frames per stream at {args.fps} fps, "
+                f"{os.cpu_count()} CPU(s)"
+            )
+            base_fps, base_lat = await run_relay_only(relay, args.size, args.frames, args.fps)
+            base_med = statistics.median(base_lat)
+            print(
+                f"baseline relay only : fps {base_fps:6.1f}   latency median {base_med:7.1f} ms"
+                f"   p99 {pct(base_lat, 0.99):7.1f} ms"
+            )
+            ref_fps = None
+            for n in counts:
+                fps_list, lat, received, dropped = await run_streams(
+                    http, base, relay, n, args.size, args.frames, args.fps
+                )
+                med = statistics.median(lat) if lat else float("nan")
+                mean_fps = statistics.mean(fps_list)
+                ref_fps = ref_fps or mean_fps
+                print(
+                    f"{n} stream(s)         : fps/stream {mean_fps:6.1f} (min {min(fps_list):5.1f})"
+                    f"   latency median {med:7.1f} ms   p99 {pct(lat, 0.99):7.1f} ms"
+                    f"   received {received}/{n * args.frames}, dropped {dropped}"
+                    f"   | latency x{med / base_med:5.2f} baseline, fps x{mean_fps / ref_fps:4.2f} of 1 stream"
+                )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=120)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--streams", default="1,2,4")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

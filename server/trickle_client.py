@@ -1,0 +1,183 @@
+"""The gateway's side of a trickle stream, for tests, benches and examples: publish frames whose pixels encode
+their index, read the processed output back (index, inverted or not, pts), send control messages,
+read events. Real PyAV encode/decode and real trickle HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from comfystream.media import SegmentDecoder, SegmentEncoder, frame_to_ndarray, make_index_frame, read_index
+from comfystream.media.testpattern import PatternError
+from comfystream.trickle import TricklePublisher, TrickleSubscriber
+
+TIME_BASE = Fraction(1, 90_000)
+
+
+def pts_of(index: int, fps: int) -> int:
+    """The pts (1/90000) the publisher gives frame `index`; an offset keeps it clear of zero."""
+    return 90_000 + index * (90_000 // fps)
+
+
+@dataclass
+class OutputFrame:
+    index: int
+    inverted: bool
+    pts: int
+    time_base: Fraction
+    width: int
+    height: int
+    received_at: float = 0.0
+
+
+def read_output_frame(frame: av.VideoFrame) -> OutputFrame:
+    rgb = frame_to_ndarray(frame)
+    try:
+        index, inverted = read_index(rgb, inverted=True), True
+    except PatternError:
+        index, inverted = read_index(rgb, inverted=False), False
+    return OutputFrame(
+        index, inverted, frame.pts, frame.time_base, frame.width, frame.height, time.monotonic()
+    )
+
+
+class PatternPublisher:
+    """Publishes index-pattern frames to a trickle channel, one segment per `segment_seconds`."""
+
+    def __init__(
+        self, url: str, width: int, height: int, fps: int = 30, segment_seconds: float = 0.5
+    ) -> None:
+        self.url = url
+        self.width, self.height, self.fps = width, height, fps
+        self._encoder = SegmentEncoder(width, height, segment_seconds=segment_seconds, preset="ultrafast")
+        self._publisher = TricklePublisher(url, mime_type="video/mp2t")
+        self._segment_cm: Any = None
+        self._segment: Any = None
+        self._segment_no: int | None = None
+        self.sent_at: dict[int, float] = {}  # index -> monotonic time its bytes were written
+        self.published = 0
+
+    async def send(self, index: int) -> None:
+        frame = av.VideoFrame.from_ndarray(make_index_frame(index, self.width, self.height), format="rgb24")
+        frame.pts, frame.time_base = pts_of(index, self.fps), TIME_BASE
+        await self._write(self._encoder.encode(frame))
+        self.sent_at[index] = time.monotonic()
+        self.published += 1
+
+    async def send_range(
+        self, start: int, count: int, *, realtime: bool = True, between: Callable | None = None
+    ) -> None:
+        """Frames `start`..`start+count-1` at `fps`; `between(index)` runs after each. A pause (a slow
+        `between`) delays what follows rather than bursting to catch up."""
+        next_at = time.monotonic()
+        for index in range(start, start + count):
+            await self.send(index)
+            if between is not None:
+                await between(index)
+            next_at = max(next_at + 1 / self.fps, time.monotonic())
+            if realtime:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _write(self, chunks) -> None:
+        for chunk in chunks:
+            if chunk.segment != self._segment_no:
+                await self._end()
+                self._segment_cm = self._publisher.segment()
+                self._segment = await self._segment_cm.__aenter__()
+                self._segment_no = chunk.segment
+            if chunk.data:
+                await self._segment.write(chunk.data)
+            if chunk.end:
+                await self._end()
+
+    async def _end(self) -> None:
+        if self._segment_cm is not None:
+            cm, self._segment_cm = self._segment_cm, None
+            await cm.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        """Ends the input: flush, then close the channel (the server sees its input end)."""
+        await self._write(self._encoder.flush())
+        await self._end()
+        await self._publisher.close()
+
+
+@dataclass
+class OutputReader:
+    """Reads the output channel from its first segment until it ends, decoding as bytes arrive."""
+
+    url: str
+    frames: list[OutputFrame] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_frame(frame) -> None:
+            if isinstance(frame, av.VideoFrame):
+                try:
+                    out = read_output_frame(frame)
+                except PatternError as exc:
+                    loop.call_soon_threadsafe(self.errors.append, str(exc))
+                    return
+                loop.call_soon_threadsafe(self.frames.append, out)
+
+        decoder = SegmentDecoder(on_frame=on_frame, stream_id="reader")
+        subscriber = TrickleSubscriber(self.url, start_seq=0)
+        try:
+            async for segment in subscriber:
+                async for chunk in segment:
+                    decoder.feed(chunk)
+                decoder.end_segment()
+        finally:
+            await asyncio.to_thread(decoder.close)
+            await asyncio.sleep(0)  # let the decoder thread's last callbacks run
+            await subscriber.close()
+            self.ended.set()
+
+    async def wait_for(self, predicate: Callable[[list[OutputFrame]], bool], timeout: float = 20.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.frames):
+                return True
+            await asyncio.sleep(0.02)
+        return predicate(self.frames)
+
+
+async def send_control(url: str, message: dict[str, Any], publisher: TricklePublisher | None = None) -> None:
+    """One JSON message as one segment of the control channel."""
+    own = publisher is None
+    publisher = publisher or TricklePublisher(url, mime_type="application/json")
+    async with publisher.segment() as seg:
+        await seg.write(json.dumps(message).encode())
+    if own:
+        await publisher.close()
+
+
+@dataclass
+class EventsReader:
+    """Collects the JSON events of a stream's events channel until it ends."""
+
+    url: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    async def run(self) -> None:
+        subscriber = TrickleSubscriber(self.url, start_seq=0)
+        try:
+            async for segment in subscriber:
+                data = b"".join([chunk async for chunk in segment])
+                if data.strip():
+                    self.events.append(json.loads(data))
+        finally:
+            await subscriber.close()
+
+    def types(self) -> list[str]:
+        return [e.get("type") for e in self.events]

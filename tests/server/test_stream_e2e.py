@@ -1,0 +1,186 @@
+"""End to end over trickle with real processes: a real relay, the server (in-process aiohttp), and
+real spawned workers. Frames carry their index in their pixels, so matching survives H.264."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from stream_stack import INVERT_PROMPT, PASSTHROUGH_PROMPT, Stack
+
+from server.trickle_client import EventsReader, OutputReader, PatternPublisher, pts_of, send_control
+
+SIZE = 256
+FPS = 30
+
+
+def assert_in_order(frames, fps: int = FPS) -> list[int]:
+    indices = [f.index for f in frames]
+    assert indices == sorted(set(indices)), f"out of order or duplicated: {indices}"
+    for f in frames:
+        assert f.pts * f.time_base == pts_of(f.index, fps) / 90_000, (
+            f"frame {f.index}: pts {f.pts} {f.time_base}"
+        )
+    return indices
+
+
+async def _run_reader(url: str) -> tuple[OutputReader, asyncio.Task]:
+    reader = OutputReader(url)
+    return reader, asyncio.create_task(reader.run())
+
+
+async def test_every_frame_inverted_in_order_and_input_end_stops_stream(split_stack: Stack) -> None:
+    s = split_stack
+    name = "e2e-basic"
+    await s.start(name, {"width": SIZE, "height": SIZE}, events=True)
+    events = EventsReader(s.urls(name, events=True)["events_url"])
+    events_task = asyncio.create_task(events.run())
+    await s.wait_state(name, {"running"})
+    reader, reader_task = await _run_reader(s.urls(name)["publish_url"])
+
+    publisher = PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=FPS)
+    await publisher.send_range(0, 60)
+    await publisher.close()  # the input ends: the stream must stop by itself
+
+    info = await s.wait_state(name, {"stopped", "error"}, timeout=30)
+    assert info["state"] == "stopped" and info["stop_reason"] == "input channel ended", info
+    await asyncio.wait_for(reader_task, 10)  # the output channel was closed
+    await asyncio.wait_for(events_task, 10)
+
+    assert not reader.errors
+    indices = assert_in_order(reader.frames)
+    assert all(f.inverted for f in reader.frames)
+    assert all((f.width, f.height) == (SIZE, SIZE) for f in reader.frames)
+    stats = info["stats"]
+    # Every input frame is accounted for: published, or dropped under backpressure (and counted).
+    assert stats["received"] == 60
+    assert len(indices) + stats["dropped"] == 60
+    assert len(indices) >= 50 and indices[-1] == 59
+    assert stats["published"] == len(indices)
+    types = events.types()
+    assert "stream_state" in types and types[-1] == "stream_stopped"
+    final = events.events[-1]["data"]
+    assert final["stream_id"] == name and final["reason"] == "input channel ended"
+    assert (await s.call("GET", "/streams"))[1]["count"] == 0
+
+
+async def test_prompt_swaps_rest_and_control_take_effect_within_two_frames(split_stack: Stack) -> None:
+    s = split_stack
+    name = "e2e-swap"
+    urls = s.urls(name, control=True)
+    await s.start(name, {"width": SIZE, "height": SIZE}, control=True)
+    await s.wait_state(name, {"running"})
+    reader, reader_task = await _run_reader(urls["publish_url"])
+    publisher = PatternPublisher(urls["subscribe_url"], SIZE, SIZE, fps=FPS)
+    swaps: dict[str, int] = {}
+
+    async def between(index: int) -> None:
+        if index == 19:  # REST: to passthrough; frames sent from now on must come out as they went in
+            status, body = await s.call(
+                "POST", f"/stream/{name}/update-prompts", json={"prompt": json.dumps(PASSTHROUGH_PROMPT)}
+            )
+            assert status == 200, body
+            swaps["rest"] = publisher.published
+        elif index == 44:  # the control channel, as the gateway sends params: back to invert
+            await send_control(urls["control_url"], {"prompt": json.dumps(INVERT_PROMPT)})
+            # A control message has no answer: wait until the stream reports the update applied.
+            for _ in range(400):
+                if (await s.call("GET", f"/stream/{name}"))[1]["prompt_updates"] == 2:
+                    break
+                await asyncio.sleep(0.025)
+            swaps["control"] = publisher.published
+
+    await publisher.send_range(0, 70, between=between)
+    await publisher.close()
+    await s.wait_state(name, {"stopped"}, timeout=30)
+    await asyncio.wait_for(reader_task, 10)
+
+    indices = assert_in_order(reader.frames)
+    info = (await s.call("GET", f"/stream/{name}"))[1]
+    assert info["stats"]["dropped"] == 0
+    assert indices == list(range(70)), "frames were lost"
+    by_index = {f.index: f.inverted for f in reader.frames}
+    # One switch to passthrough, within 2 frames of the REST answer.
+    first_plain = min(i for i, inv in by_index.items() if not inv)
+    assert 20 <= first_plain <= swaps["rest"] + 2
+    assert all(by_index[i] for i in range(first_plain))
+    # Then one switch back to invert, driven by the control channel.
+    first_inverted_again = min(i for i, inv in by_index.items() if inv and i > first_plain)
+    assert 45 <= first_inverted_again <= swaps["control"] + 2
+    assert not any(by_index[i] for i in range(first_plain, first_inverted_again))
+    assert all(by_index[i] for i in range(first_inverted_again, 70))
+
+
+async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None:
+    s = split_stack
+    # Index ranges tell the streams apart; prompts: invert, passthrough, invert x3.
+    triple = {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+        "5": {"class_type": "SaveTensor", "inputs": {"images": ["4", 0]}},
+    }
+    plan = {
+        "cs-a": (0, INVERT_PROMPT, True),
+        "cs-b": (1000, PASSTHROUGH_PROMPT, False),
+        "cs-c": (2000, triple, True),
+    }
+    for name, (_, prompt, _) in plan.items():
+        await s.start(name, {"width": SIZE, "height": SIZE, "prompt": json.dumps(prompt)})
+    for name in plan:
+        await s.wait_state(name, {"running"})
+    readers = {name: await _run_reader(s.urls(name)["publish_url"]) for name in plan}
+    publishers = {name: PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=15) for name in plan}
+
+    async def feed(name: str) -> None:
+        await publishers[name].send_range(plan[name][0], 30)
+        await publishers[name].close()
+
+    await asyncio.gather(*(feed(n) for n in plan))
+    for name in plan:
+        await s.wait_state(name, {"stopped"}, timeout=30)
+        await asyncio.wait_for(readers[name][1], 10)
+
+    for name, (start, _, inverted) in plan.items():
+        frames = readers[name][0].frames
+        indices = assert_in_order(frames, fps=15)
+        assert indices and all(start <= i < start + 30 for i in indices), (
+            f"{name} got another stream's frames"
+        )
+        assert all(f.inverted == inverted for f in frames), name
+        info = (await s.call("GET", f"/stream/{name}"))[1]
+        assert len(indices) + info["stats"]["dropped"] == 30
+
+
+async def test_invalid_update_gets_400_and_stream_goes_on(split_stack: Stack) -> None:
+    s = split_stack
+    name = "e2e-bad-update"
+    await s.start(name, {"width": SIZE, "height": SIZE})
+    await s.wait_state(name, {"running"})
+    reader, reader_task = await _run_reader(s.urls(name)["publish_url"])
+    publisher = PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=FPS)
+    rejected = []
+
+    async def between(index: int) -> None:
+        if index in (10, 20, 30):
+            bad = [
+                {"prompt": json.dumps({"1": {"class_type": "NoSuchNode", "inputs": {}}})},
+                {"prompt": "{not json"},
+                {"prompts": [PASSTHROUGH_PROMPT], "parameters": {"width": 3}},
+            ][(index // 10) - 1]
+            status, body = await s.call("POST", f"/stream/{name}/update-prompts", json=bad)
+            rejected.append((status, body["error"]))
+            # Bad requests for the same stream on other endpoints, and a duplicate start.
+            await s.call("POST", "/stream/start", json={**s.urls(name), "gateway_request_id": name})
+
+    await publisher.send_range(0, 40, between=between)
+    await publisher.close()
+    info = await s.wait_state(name, {"stopped"}, timeout=30)
+    await asyncio.wait_for(reader_task, 10)
+
+    assert [r[0] for r in rejected] == [400, 400, 400]
+    indices = assert_in_order(reader.frames)
+    assert all(f.inverted for f in reader.frames), "a rejected update changed the prompt"
+    assert len(indices) + info["stats"]["dropped"] == 40 and indices[-1] == 39
+    assert info["stop_reason"] == "input channel ended"
