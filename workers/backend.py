@@ -1,0 +1,149 @@
+"""The worker backend comfystream's pipelines find through the `comfystream.workers` entry point.
+
+`DEFAULT_BACKEND` is the process-wide instance; the server configures it once
+(`DEFAULT_BACKEND.configure(gpus=..., warm_workers=..., cwd=..., custom_node_dirs=...)`,
+then `await DEFAULT_BACKEND.start()` / `await DEFAULT_BACKEND.shutdown()`). Tests make their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from comfystream.pipeline.backend import WorkerSpec
+from workers.child import WorkerConfig
+from workers.placement import GpuPlacer
+from workers.pool import WarmPool
+from workers.process import WorkerProcess
+from workers.supervisor import SupervisedWorker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    gpus: tuple[str, ...] | None = None  # None: detect with nvidia-smi
+    warm_workers: int = 0
+    default_spec: WorkerSpec = field(default_factory=lambda: WorkerSpec(custom_node_dirs=()))
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 20.0  # a frame (or a hang) longer than this restarts the worker
+    startup_timeout_s: float = 180.0  # spawn + import + custom nodes + warmup
+    parent_timeout_s: float = 30.0  # a worker hearing nothing from the server this long exits
+    graceful_stop_s: float = 3.0
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 10.0
+    max_failures: int = 8
+    log_level: int | None = None  # the workers' logging level; None: the server's
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
+
+
+class ProcessPoolBackend:
+    """Spawns GPU-pinned worker processes, keeps the warm pool, hands out supervised workers."""
+
+    def __init__(self, **settings: Any):
+        self.settings = BackendSettings()
+        self._placer: GpuPlacer | None = None
+        self.pool: WarmPool | None = None
+        self._workers: weakref.WeakSet[SupervisedWorker] = weakref.WeakSet()
+        self.configure(**settings)
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (before start). `gpus`: list / "0,1" / "none"; `cwd`, `custom_node_dirs`:
+        the default worker spec."""
+        spec_keys = {k: settings.pop(k) for k in ("cwd", "custom_node_dirs") if k in settings}
+        if "custom_node_dirs" in spec_keys and spec_keys["custom_node_dirs"] is not None:
+            spec_keys["custom_node_dirs"] = tuple(str(d) for d in spec_keys["custom_node_dirs"])
+        if "gpus" in settings:
+            from workers.placement import parse_gpus
+
+            parsed = parse_gpus(settings["gpus"])
+            settings["gpus"] = None if parsed is None else tuple(parsed)
+            self._placer = None
+        if "env" in settings:
+            settings["env"] = tuple((str(k), str(v)) for k, v in dict(settings["env"]).items())
+        new = replace(self.settings, **settings)
+        if spec_keys:
+            new = replace(new, default_spec=replace(new.default_spec, **spec_keys))
+        self.settings = new
+
+    @property
+    def placer(self) -> GpuPlacer:
+        if self._placer is None:
+            self._placer = GpuPlacer(self.settings.gpus)
+            logger.info("GPUs for workers: %s", self._placer.gpus or "none (CPU)")
+        return self._placer
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fill the warm pool (if `warm_workers`)."""
+        if self.settings.warm_workers > 0 and self.pool is None:
+            self.pool = WarmPool(self.settings.warm_workers, self)
+            await self.pool.start(wait=True)
+
+    async def shutdown(self) -> None:
+        """Stop the pool and every worker this backend handed out."""
+        for worker in list(self._workers):
+            await worker.stop()
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            await pool.stop()
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def resolve(self, spec: WorkerSpec) -> WorkerSpec:
+        return spec.merged(self.settings.default_spec)
+
+    async def spawn_process(self, spec: WorkerSpec, name: str) -> WorkerProcess:
+        """A new, started worker process for `spec` on the least-loaded GPU."""
+        spec = self.resolve(spec)
+        placer = self.placer
+        gpu = placer.acquire()
+        s = self.settings
+        config = WorkerConfig(
+            parent_pid=os.getpid(),
+            gpu=gpu,
+            cwd=spec.cwd,
+            custom_node_dirs=tuple(spec.custom_node_dirs or ()),
+            disable_cuda_malloc=spec.disable_cuda_malloc,
+            gpu_only=spec.gpu_only,
+            parent_timeout_s=s.parent_timeout_s,
+            log_level=s.log_level if s.log_level is not None else logging.getLogger().getEffectiveLevel(),
+            env=s.env,
+        )
+        proc = WorkerProcess(
+            config,
+            name=name,
+            heartbeat_interval=s.heartbeat_interval_s,
+            heartbeat_timeout=s.heartbeat_timeout_s,
+            on_release=lambda p: placer.release(p.config.gpu),
+        )
+        await proc.start(timeout=s.startup_timeout_s)
+        return proc
+
+    async def obtain_process(self, spec: WorkerSpec, name: str) -> WorkerProcess:
+        """A ready process from the warm pool when one matches `spec`, else a new one."""
+        resolved = self.resolve(spec)
+        if self.pool is not None:
+            proc = self.pool.take(resolved)
+            if proc is not None:
+                logger.info("%s takes warm %s (pid %s)", name, proc.name, proc.pid)
+                return proc
+        return await self.spawn_process(resolved, name)
+
+    def create_worker(self, spec: WorkerSpec, name: str) -> SupervisedWorker:
+        worker = SupervisedWorker(self, self.resolve(spec), name)
+        self._workers.add(worker)
+        return worker
+
+    def forget(self, worker: SupervisedWorker) -> None:
+        self._workers.discard(worker)
+
+    def gpu_load(self) -> dict[str, int]:
+        return self.placer.load()
+
+
+DEFAULT_BACKEND = ProcessPoolBackend()

@@ -1,0 +1,154 @@
+"""Messages on the pipe between the server and a worker process (pickled by multiprocessing).
+
+Only small things cross here: slot indexes, frame ids, prompts, status. Frame pixels stay in
+the shared-memory ring (workers/ring.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- server -> worker ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ProcessFrame:
+    """The input region of `slot` in `channel`'s ring holds frame `frame_id`."""
+
+    channel: str
+    frame_id: int
+    slot: int
+
+
+@dataclass(slots=True)
+class OpenChannel:
+    """Attach a stream's ring, compile its prompts and warm up; answered with a Reply."""
+
+    request_id: int
+    channel: str
+    ring_name: str
+    slots: int
+    width: int
+    height: int
+    prompts: list[dict[str, Any]]
+    active: int = 0
+    warmup_frames: int = 0
+
+
+@dataclass(slots=True)
+class CloseChannel:
+    request_id: int
+    channel: str
+
+
+@dataclass(slots=True)
+class UpdatePrompts:
+    """Validate, compile and dry-run `prompts` beside the running ones, then swap at a frame boundary."""
+
+    request_id: int
+    channel: str
+    prompts: list[dict[str, Any]]
+    active: int = 0
+    warmup_frames: int = 0
+    apply: bool = True  # False: validate and dry-run only, keep the running prompts
+
+
+@dataclass(slots=True)
+class SetActivePrompt:
+    """Run frames through an already compiled prompt of the channel from the next frame on."""
+
+    request_id: int
+    channel: str
+    index: int
+
+
+@dataclass(slots=True)
+class Ping:
+    seq: int
+    sent: float
+
+
+@dataclass(slots=True)
+class StatusRequest:
+    request_id: int
+
+
+@dataclass(slots=True)
+class Stop:
+    reason: str = "stop"
+
+
+# -- worker -> server ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Ready:
+    """Sent once, when the engine and custom nodes are loaded and the frame loop runs."""
+
+    pid: int
+    device: str
+    gpu: str | None
+    cuda_visible_devices: str | None
+    cuda_device_count: int
+    torch_version: str
+    cwd: str
+    node_count: int
+    load_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StartupFailed:
+    error: str
+
+
+@dataclass(slots=True)
+class FrameDone:
+    """The output region of `slot` holds the result of `frame_id` (shape), or `error` says why not."""
+
+    channel: str
+    frame_id: int
+    slot: int
+    shape: tuple[int, int, int] | None
+    error: str | None
+    exec_ms: float
+
+
+@dataclass(slots=True)
+class Reply:
+    """Answer to a request: `data` when ok; otherwise `kind` ("validation", "execution", "error")
+    with `validation` (the engine's ValidationResult) or `payload` (ComfyUI's execution_error)."""
+
+    request_id: int
+    ok: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    kind: str | None = None
+    message: str | None = None
+    validation: Any = None
+    payload: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Progress:
+    """Warmup progress of a channel (`done` of `total` frames)."""
+
+    channel: str
+    done: int
+    total: int
+
+
+@dataclass(slots=True)
+class PromptSwapped:
+    """`channel` runs its new prompts from the frame after `after_frame_id` (-1: from the first)."""
+
+    channel: str
+    request_id: int
+    after_frame_id: int
+
+
+@dataclass(slots=True)
+class Pong:
+    seq: int
+    sent: float
+    frames_processed: int
+    busy_ms: float

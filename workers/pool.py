@@ -1,0 +1,116 @@
+"""Warm pool: idle, engine-loaded worker processes kept ready so a new stream need not spawn one.
+
+A stream start (or a restart after a crash) takes a ready process whose spec matches; the pool
+then spawns a replacement in the background, one at a time so that refilling never competes
+with the streams for more than one core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from comfystream.pipeline.backend import WorkerSpec
+from workers.process import WorkerProcess
+
+if TYPE_CHECKING:
+    from workers.backend import ProcessPoolBackend
+
+logger = logging.getLogger(__name__)
+
+
+class WarmPool:
+    def __init__(self, size: int, backend: ProcessPoolBackend | None = None, spec: WorkerSpec | None = None):
+        if size < 0:
+            raise ValueError("warm pool size must be >= 0")
+        if backend is None:
+            from workers.backend import DEFAULT_BACKEND
+
+            backend = DEFAULT_BACKEND
+        self.size = size
+        self.backend = backend
+        self.spec = (spec or WorkerSpec()).merged(backend.settings.default_spec)
+        self._idle: list[WorkerProcess] = []
+        self._refill_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._changed = asyncio.Event()
+        self.spawned = 0
+        self.taken = 0
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def start(self, wait: bool = True) -> None:
+        """Begin filling; with `wait`, return once `size` workers are ready."""
+        self._closed = False
+        self._kick()
+        if wait:
+            await self.wait_full()
+
+    async def wait_full(self, timeout: float | None = None) -> None:
+        async def full() -> None:
+            while len(self._idle) < self.size and not self._closed:
+                self._changed.clear()
+                if self._refill_task is None or self._refill_task.done():
+                    self._kick()
+                await self._changed.wait()
+
+        await asyncio.wait_for(full(), timeout)
+
+    def take(self, spec: WorkerSpec) -> WorkerProcess | None:
+        """A ready idle worker for `spec` (already merged with the backend's defaults), or None."""
+        if self._closed or spec != self.spec:
+            return None
+        while self._idle:
+            proc = self._idle.pop(0)
+            if proc.state == "ready":
+                proc.on_lost = None
+                self.taken += 1
+                self._kick()
+                return proc
+        self._kick()
+        return None
+
+    def _kick(self) -> None:
+        if self._closed or self.size == 0:
+            return
+        if self._refill_task is None or self._refill_task.done():
+            self._refill_task = asyncio.get_running_loop().create_task(
+                self._refill(), name="warm-pool-refill"
+            )
+
+    async def _refill(self) -> None:
+        while not self._closed and len(self._idle) < self.size:
+            try:
+                proc = await self.backend.spawn_process(self.spec, "warm")
+            except Exception as exc:
+                logger.error("warm pool: spawning a worker failed: %s", exc)
+                await asyncio.sleep(self.backend.settings.backoff_max_s)
+                continue
+            if self._closed:
+                await proc.stop()
+                return
+            proc.on_lost = self._on_idle_lost
+            self._idle.append(proc)
+            self.spawned += 1
+            self._changed.set()
+
+    def _on_idle_lost(self, proc: WorkerProcess, reason: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._idle.remove(proc)
+        logger.warning("warm pool: idle %s lost (%s), replacing it", proc.name, reason)
+        self._kick()
+
+    async def stop(self) -> None:
+        self._closed = True
+        self._changed.set()
+        task, self._refill_task = self._refill_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(proc.stop() for proc in idle))
