@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 # A custom node package that `comfystream setup-workspace` installed carries this file; a worker
 # skips the package (its nodes are the worker's own built-ins).
-NODE_PACKAGE_MARKER = "comfystream_node_package.json"
+NODE_PACKAGE_MARKER = "comfystream_node_package.py"
 
 
 @dataclass

@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Files and folders every ComfyUI checkout has; a directory without them is not a workspace.
 _REQUIRED = ("nodes.py", "folder_paths.py", "comfy", "comfy_extras")
-# comfystream's frame nodes keep their name against any clash: streams depend on them.
-_FRAME_IO_MODULE = "comfystream.nodes.frame_io"
+# comfystream's I/O nodes keep their name against any clash: streams depend on the frame nodes,
+# and the server's /view, /upload and history on where the image file nodes read and write.
+_IO_MODULES = ("comfystream.nodes.frame_io", "comfystream.nodes.image_files")
 _CORE_SOURCES = ("comfyui/", "comfy_extras/")
 
 
@@ -218,8 +219,8 @@ def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_path
         folder_paths.add_model_folder_path("custom_nodes", os.path.abspath(directory))
 
 
-def _is_frame_io(name: str, cls: type) -> bool:
-    return getattr(cls, "__module__", "") == _FRAME_IO_MODULE or name in ("LoadTensor", "SaveTensor")
+def _is_comfystream_io(name: str, cls: type) -> bool:
+    return getattr(cls, "__module__", "") in _IO_MODULES or name in ("LoadTensor", "SaveTensor")
 
 
 def _register(loaded: _Loaded, registry: NodeRegistry) -> WorkspaceInfo:
@@ -241,7 +242,7 @@ def _register(loaded: _Loaded, registry: NodeRegistry) -> WorkspaceInfo:
             existing is not None
             and existing_source == "comfystream"
             and node.source.startswith(_CORE_SOURCES)
-            and not _is_frame_io(node.name, existing)
+            and not _is_comfystream_io(node.name, existing)
         ):
             # Our built-in image nodes re-implement ComfyUI's core ones: the workspace's own runs.
             registry.register(node.name, cls, node.display_name, source=node.source, replace=True)
