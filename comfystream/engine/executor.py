@@ -261,7 +261,7 @@ class CompiledPrompt:
         return stale
 
     def _run(self, ctx: ExecutionContext) -> Generator[Any, Any, ExecutionResult]:
-        emit = ctx.on_event
+        emit = _safe_emitter(ctx.on_event) if ctx.on_event is not None else None
         prompt_id = ctx.prompt_id
         cancel = ctx.cancel
         if emit is not None:
@@ -423,6 +423,18 @@ class CompiledPrompt:
 
 
 _MISSING = object()
+
+
+def _safe_emitter(on_event: Any) -> Any:
+    """The caller's callback, made unable to fail the run: a raising callback is logged, not fatal."""
+
+    def emit(event_type: str, data: dict[str, Any]) -> None:
+        try:
+            on_event(event_type, data)
+        except Exception:
+            logger.exception("event callback failed on %s", event_type)
+
+    return emit
 
 
 def _map_bound(func: Any, inputs: dict[str, list[Any]]) -> list[Any]:

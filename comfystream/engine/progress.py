@@ -16,6 +16,13 @@ from comfystream.engine.context import ExecutionContext, current_context
 logger = logging.getLogger(__name__)
 
 
+def _emit(ctx: ExecutionContext, event_type: str, data: dict[str, Any]) -> None:
+    try:
+        ctx.on_event(event_type, data)
+    except Exception:  # the caller's callback must not fail the node that reports
+        logger.exception("event callback failed on %s", event_type)
+
+
 def send_progress_state(ctx: ExecutionContext) -> None:
     """ComfyUI's `progress_state`: every node that has started, with its value/max/state."""
     if ctx.on_event is None:
@@ -33,7 +40,7 @@ def send_progress_state(ctx: ExecutionContext) -> None:
         }
         for node_id, st in ctx.node_progress.items()
     }
-    ctx.on_event("progress_state", {"prompt_id": ctx.prompt_id, "nodes": nodes})
+    _emit(ctx, "progress_state", {"prompt_id": ctx.prompt_id, "nodes": nodes})
 
 
 def _encode_preview(preview: Any) -> tuple[str, bytes] | None:
@@ -69,11 +76,12 @@ def report_progress(value: float, total: float, preview: Any = None, node_id: st
         return
     state = ctx.node_progress.setdefault(node, {"value": 0.0, "max": 1.0, "state": "running"})
     state.update(value=value, max=total, state="running")
-    ctx.on_event("progress", {"value": value, "max": total, "prompt_id": ctx.prompt_id, "node": node})
+    _emit(ctx, "progress", {"value": value, "max": total, "prompt_id": ctx.prompt_id, "node": node})
     send_progress_state(ctx)
     encoded = _encode_preview(preview)
     if encoded is not None:
-        ctx.on_event(
+        _emit(
+            ctx,
             "preview",
             {"prompt_id": ctx.prompt_id, "node": node, "image_type": encoded[0], "image": encoded[1]},
         )
@@ -87,7 +95,7 @@ def report_progress_text(text: str, node_id: str | None = None) -> None:
     ctx.cancel.check()
     node = node_id if node_id is not None else ctx.current_node
     if ctx.on_event is not None:
-        ctx.on_event("progress_text", {"node": node, "text": str(text), "prompt_id": ctx.prompt_id})
+        _emit(ctx, "progress_text", {"node": node, "text": str(text), "prompt_id": ctx.prompt_id})
 
 
 class ProgressBar:
