@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from server.trickle_client import OutputReader, PatternPublisher
+from server.trickle_client import OutputReader, PatternPublisher, create_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,7 @@ def latencies(reader: OutputReader, publisher: PatternPublisher) -> list[float]:
 
 async def run_relay_only(relay: str, size: int, frames: int, fps: int) -> tuple[float, list[float]]:
     name = f"baseline-{time.monotonic_ns()}"
+    await create_channel(f"{relay}/{name}")
     reader = OutputReader(f"{relay}/{name}")
     reading = asyncio.create_task(reader.run())
     publisher = PatternPublisher(f"{relay}/{name}", size, size, fps=fps)
@@ -75,6 +76,7 @@ async def run_streams(
 ):
     names = [f"bench-{n}-{i}-{time.monotonic_ns()}" for i in range(n)]
     for name in names:
+        await create_channel(f"{relay}/{name}")
         body = {
             "subscribe_url": f"{relay}/{name}",
             "publish_url": f"{relay}/{name}-out",

@@ -43,7 +43,7 @@ def create_trickle_app(width: int = 512, height: int = 512, max_streams: int = 4
 
 
 async def demo(width: int, height: int, frames: int, fps: int) -> int:
-    from server.trickle_client import OutputReader, PatternPublisher, pts_of
+    from server.trickle_client import OutputReader, PatternPublisher, create_channel, pts_of
 
     app = create_trickle_app()
     runner = web.AppRunner(app)
@@ -55,6 +55,7 @@ async def demo(width: int, height: int, frames: int, fps: int) -> int:
     relay = f"{base}/trickle"
     try:
         async with aiohttp.ClientSession() as http:
+            await create_channel(f"{relay}/example_stream")  # as a gateway does before it starts a stream
             start = {
                 "subscribe_url": f"{relay}/example_stream",
                 "publish_url": f"{relay}/example_stream-output",

@@ -92,7 +92,7 @@ def prompt_validation_failed(
     """An invalid prompt: the seed's body, ComfyUI's `node_errors`, and its prompt-level error."""
     which = f" (prompt {prompt_index + 1} of {prompt_count})" if prompt_count > 1 else ""
     comfy = result.to_comfy()
-    summary = (comfy.get("error") or {}).get("message") or "The prompt failed validation"
+    summary = ((comfy.get("error") or {}).get("message") or "The prompt failed validation").rstrip(".")
     items = []
     for item in result.validation_errors():
         details = item.pop("details", None)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+import aiohttp
 import av
 
 from comfystream.media import SegmentDecoder, SegmentEncoder, frame_to_ndarray, make_index_frame, read_index
@@ -150,6 +151,13 @@ class OutputReader:
                 return True
             await asyncio.sleep(0.02)
         return predicate(self.frames)
+
+
+async def create_channel(url: str, mime_type: str = "video/mp2t") -> None:
+    """Create a channel on the relay before anyone reads it, as a gateway does before it starts a
+    stream, so that a subscriber at the live edge (-1) gets the first segment too."""
+    async with aiohttp.ClientSession() as http, http.post(url, headers={"Expect-Content": mime_type}) as resp:
+        resp.raise_for_status()
 
 
 async def send_control(url: str, message: dict[str, Any], publisher: TricklePublisher | None = None) -> None:

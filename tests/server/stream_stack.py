@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from comfystream.prompts import DEFAULT_PROMPT
+from server.trickle_client import create_channel
 
 PASSTHROUGH_PROMPT = {
     "1": {"class_type": "LoadTensor", "inputs": {}},
@@ -44,7 +45,12 @@ class Stack:
             return resp.status, body
 
     async def start(self, name: str, params: dict | None = None, **extra: Any) -> dict:
-        body = {**self.urls(name, **extra), "gateway_request_id": name, "params": params or {}}
+        """Start stream `name` as a gateway does: its input (and control) channels exist first."""
+        urls = self.urls(name, **extra)
+        await create_channel(urls["subscribe_url"])
+        if "control_url" in urls:
+            await create_channel(urls["control_url"], "application/json")
+        body = {**urls, "gateway_request_id": name, "params": params or {}}
         status, data = await self.call("POST", "/stream/start", json=body)
         assert status == 200, data
         return data

@@ -1,0 +1,124 @@
+"""`comfystream serve` as a real process: its flags, and SIGTERM / SIGINT stopping every stream and
+leaving no worker behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.cli import build_parser
+from server.commands import config_from_args
+from server.trickle_client import create_channel
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_serve_flags() -> None:
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--port",
+            "9001",
+            "--custom-nodes",
+            "/a",
+            "--custom-nodes",
+            "/b",
+            "--max-streams",
+            "3",
+            "--warm-workers",
+            "1",
+            "--gpus",
+            "0,1",
+            "--relay",
+            "--log-level",
+            "DEBUG",
+        ]
+    )
+    config = config_from_args(args)
+    assert (config.host, config.port, config.max_streams, config.warm_workers) == ("127.0.0.1", 9001, 3, 1)
+    assert [str(p) for p in config.custom_nodes] == ["/a", "/b"]
+    assert config.gpus == [0, 1] and config.relay is True and config.log_level == "DEBUG"
+    defaults = config_from_args(build_parser().parse_args(["serve"]))
+    assert (defaults.host, defaults.port, defaults.relay, defaults.workspace) == (
+        "127.0.0.1",
+        8000,
+        False,
+        None,
+    )
+    for bad in (["--max-streams", "0"], ["--gpus", "x"], ["--warm-workers", "-1"]):
+        with pytest.raises(ValueError):
+            config_from_args(build_parser().parse_args(["serve", *bad]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: signal.Signals) -> None:
+    base = f"http://127.0.0.1:{free_port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--relay",
+            "--port",
+            str(free_port),
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, "server exited early"
+                try:
+                    async with http.get(f"{base}/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "server did not come up"
+                await asyncio.sleep(0.1)
+            await create_channel(f"{base}/trickle/sig-in")
+            body = {
+                "subscribe_url": f"{base}/trickle/sig-in",
+                "publish_url": f"{base}/trickle/sig-out",
+                "gateway_request_id": "sig",
+                "params": {"width": 64, "height": 64},
+            }
+            async with http.post(f"{base}/stream/start", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+            while True:
+                async with http.get(f"{base}/stream/sig/worker") as resp:
+                    worker = (await resp.json())["worker"]
+                if worker and worker.get("pid") and worker.get("state") not in (None, "starting"):
+                    break
+                assert time.monotonic() < deadline, f"worker not up: {worker}"
+                await asyncio.sleep(0.1)
+        worker_pid = worker["pid"]
+        assert _alive(worker_pid)
+        proc.send_signal(sig)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert not _alive(worker_pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
