@@ -1,0 +1,110 @@
+"""The control channel: one JSON object per segment, handed to a callback.
+
+``{"keep": "alive"}`` messages carry nothing and are dropped; a segment that is not a JSON
+object is logged and skipped. The callback may be a plain function or a coroutine function;
+an exception in it is logged and does not stop the subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .protocol import KEEPALIVE_MESSAGE, TrickleError
+from .subscriber import TrickleSubscriber
+
+logger = logging.getLogger(__name__)
+
+MessageCallback = Callable[[dict[str, Any]], Awaitable[None] | None]
+_MAX_MESSAGE = 4 * 1024 * 1024
+
+
+class ControlSubscriber:
+    """Follow the control channel at ``url`` and call ``on_message(dict)`` for each message."""
+
+    def __init__(
+        self,
+        url: str,
+        on_message: MessageCallback,
+        *,
+        connect_timeout: float = 30.0,
+        start_seq: int = -1,
+        stream_id: str = "",
+    ) -> None:
+        self.url = url
+        self.on_message = on_message
+        self.stream_id = stream_id
+        self.messages = 0
+        self.bad_messages = 0
+        self._subscriber = TrickleSubscriber(
+            url, start_seq=start_seq, connect_timeout=connect_timeout, stream_id=stream_id
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> ControlSubscriber:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name=f"control-{self.stream_id}")
+        return self
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._subscriber.close()
+
+    async def wait(self) -> None:
+        """Until the channel ends."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def __aenter__(self) -> ControlSubscriber:
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Read messages until the channel ends."""
+        try:
+            async for segment in self._subscriber:
+                try:
+                    raw = await segment.read(limit=_MAX_MESSAGE)
+                except TrickleError as exc:
+                    self.bad_messages += 1
+                    logger.warning("[%s] control message skipped: %s", self.stream_id, exc)
+                    continue
+                await self._handle(raw, segment.seq)
+        except TrickleError as exc:
+            logger.warning("[%s] control channel %s lost: %s", self.stream_id, self.url, exc)
+        finally:
+            await self._subscriber.close()
+
+    async def _handle(self, raw: bytes, seq: int) -> None:
+        if not raw.strip():
+            return
+        try:
+            message = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self.bad_messages += 1
+            logger.warning("[%s] control segment %d is not JSON: %s", self.stream_id, seq, exc)
+            return
+        if not isinstance(message, dict):
+            self.bad_messages += 1
+            logger.warning("[%s] control segment %d is not a JSON object", self.stream_id, seq)
+            return
+        if message == KEEPALIVE_MESSAGE:
+            return
+        self.messages += 1
+        try:
+            result = self.on_message(message)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("[%s] control message handler failed", self.stream_id)
