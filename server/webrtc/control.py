@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCDataChannel
 
-from server.webrtc.session import WebRTCStream
+from server.webrtc.session import NotNow, WebRTCStream
 
 logger = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class ControlChannel:
             return reply
         try:
             extra = await handler(message)
-        except ControlError as exc:
-            reply.update(exc.body)
+        except (ControlError, NotNow) as exc:
+            reply.update(getattr(exc, "body", {}))
             reply.update(success=False, error=str(exc))
         except web.HTTPException as exc:
             err = _from_http(exc)

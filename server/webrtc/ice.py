@@ -108,3 +108,26 @@ def parse_ice_servers(values: list[str] | None) -> list[IceServer]:
 def rtc_configuration(servers: list[IceServer]) -> RTCConfiguration:
     """Always an explicit list: aiortc's default (`None`) would contact a public STUN server."""
     return RTCConfiguration(iceServers=[s.to_rtc() for s in servers])
+
+
+def use_loopback_when_no_network() -> None:
+    """Let a machine with no network but loopback still answer peers on the same machine.
+
+    aioice leaves 127.0.0.1 out of its host candidates; where it is the only IPv4 address that
+    leaves none at all, and no connection can form. This adds it in exactly that case.
+    """
+    import aioice.ice
+
+    current = aioice.ice.get_host_addresses
+    if getattr(current, "adds_loopback", False):
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = list(current(use_ipv4, use_ipv6))
+        if use_ipv4 and not any(":" not in a for a in addresses):
+            logger.info("no IPv4 address but loopback: offering 127.0.0.1 as the host candidate")
+            addresses.append("127.0.0.1")
+        return addresses
+
+    get_host_addresses.adds_loopback = True  # type: ignore[attr-defined]
+    aioice.ice.get_host_addresses = get_host_addresses

@@ -22,7 +22,7 @@ from server.routes._util import api_handler, json_body, parse, respond, to_http_
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
 from server.webrtc.control import CONTROL_LABEL, ControlChannel
-from server.webrtc.ice import IceServer, parse_ice_servers, rtc_configuration
+from server.webrtc.ice import IceServer, parse_ice_servers, rtc_configuration, use_loopback_when_no_network
 from server.webrtc.models import IceServerInfo, OfferAnswer, OfferRequest, WebRTCConfig
 from server.webrtc.nodes_info import nodes_info
 from server.webrtc.session import WebRTCStream
@@ -75,7 +75,7 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
         ControlChannel(stream, channel, update, http_error, describe_nodes)
 
     @pc.on("connectionstatechange")
-    async def on_state() -> None:
+    def on_state() -> None:
         state = pc.connectionState
         logger.info("stream %s: peer connection %s", stream.stream_id, state)
         if state == "failed":
@@ -198,6 +198,7 @@ async def stream_stats(request: web.Request) -> web.Response:
 def setup_routes(app: web.Application) -> None:
     config = app[CONFIG_KEY]
     app[ICE_SERVERS_KEY] = parse_ice_servers(list(getattr(config, "ice_servers", None) or []))
+    use_loopback_when_no_network()
     api = app[OPENAPI_KEY]
     add_api_route(
         app,

@@ -50,6 +50,10 @@ PipelineFactory = Callable[[StreamSpec], FramePipeline]  # a pipeline for the sp
 EventSink = Callable[[str, dict[str, Any]], Any]  # (event_type, data with stream_id)
 
 
+class NotNow(RuntimeError):
+    """A control request that the stream's mode does not allow (pause while stopped, ...)."""
+
+
 class Mode(enum.StrEnum):
     PROCESSING = "processing"  # frames go through the worker
     PAUSED = "paused"  # the worker stays warm; frames pass through unprocessed
@@ -186,7 +190,14 @@ class WebRTCStream:
             logger.exception("stream %s: reading the peer's %s track failed", self.stream_id, track.kind)
             self.error = f"{track.kind} input: {exc}"
         if video:
-            self.close_soon("the peer's video ended", "input_ended")
+            # The track ends when the connection does; name the cause the connection knows.
+            state = self.pc.connectionState
+            if state == "failed":
+                self.close_soon("peer connection lost", "peer_lost")
+            elif state == "closed":
+                self.close_soon("peer connection closed", "peer_closed")
+            else:
+                self.close_soon("the peer's video ended", "input_ended")
 
     async def _pump(self, get: Callable[[], Awaitable[Any]], kind: str) -> None:
         try:
@@ -245,7 +256,7 @@ class WebRTCStream:
     async def pause(self) -> None:
         async with self._lock:
             if self.mode is Mode.STOPPED:
-                raise RuntimeError("the prompts are stopped; resume them first")
+                raise NotNow("the prompts are stopped; resume them first")
             self._set_mode(Mode.PAUSED)
 
     async def resume(self) -> None:
@@ -263,7 +274,7 @@ class WebRTCStream:
     async def restart_worker(self) -> None:
         async with self._lock:
             if self.pipeline is None:
-                raise RuntimeError("the prompts are stopped: there is no worker to restart")
+                raise NotNow("the prompts are stopped: there is no worker to restart")
             await self.pipeline.restart_worker()
         self.emit("worker_restarted", {"requested": True})
 
