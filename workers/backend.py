@@ -38,6 +38,8 @@ class BackendSettings:
     max_failures: int = 8
     log_level: int | None = None  # the workers' logging level; None: the server's
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
+    workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
+    workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
 
 
 class ProcessPoolBackend:
@@ -62,6 +64,10 @@ class ProcessPoolBackend:
             parsed = parse_gpus(settings["gpus"])
             settings["gpus"] = None if parsed is None else tuple(parsed)
             self._placer = None
+        if "workspace_settings" in settings:
+            settings["workspace_settings"] = tuple(dict(settings["workspace_settings"] or {}).items())
+        if settings.get("workspace") is not None:
+            settings["workspace"] = str(settings["workspace"])
         if "env" in settings:
             settings["env"] = tuple((str(k), str(v)) for k, v in dict(settings["env"]).items())
         new = replace(self.settings, **settings)
@@ -113,6 +119,8 @@ class ProcessPoolBackend:
             parent_timeout_s=s.parent_timeout_s,
             log_level=s.log_level if s.log_level is not None else logging.getLogger().getEffectiveLevel(),
             env=s.env,
+            workspace=s.workspace,
+            workspace_settings=s.workspace_settings,
         )
         proc = WorkerProcess(
             config,

@@ -43,6 +43,10 @@ class WorkerConfig:
     parent_timeout_s: float = 30.0
     log_level: int = logging.INFO
     env: tuple[tuple[str, str], ...] = ()
+    # A ComfyUI workspace whose nodes the worker runs (comfystream.comfyui.load_workspace), and
+    # its WorkspaceSettings fields beyond gpu_only / disable_cuda_malloc, as (name, value) pairs.
+    workspace: str | None = None
+    workspace_settings: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass
@@ -86,6 +90,13 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         from comfystream.engine import build_registry
 
         registry = build_registry(custom_node_dirs=list(config.custom_node_dirs))
+        workspace_errors: dict[str, str] = {}
+        if config.workspace:
+            from comfystream.comfyui import load_workspace
+
+            settings = {"gpu_only": config.gpu_only, "disable_cuda_malloc": config.disable_cuda_malloc}
+            settings.update(dict(config.workspace_settings))
+            workspace_errors = load_workspace(config.workspace, settings, registry).load_errors
         cuda = torch.cuda.is_available()
         device = torch.device("cuda:0" if cuda else "cpu")
         if config.gpu_only and not cuda:
@@ -99,7 +110,7 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
             torch_version=str(torch.__version__),
             cwd=os.getcwd(),
             node_count=len(registry),
-            load_errors=dict(getattr(registry, "load_errors", {}) or {}),
+            load_errors={**dict(getattr(registry, "load_errors", {}) or {}), **workspace_errors},
         )
         _STATE = _State(config, conn, registry, torch, device, ready)
     except BaseException:
