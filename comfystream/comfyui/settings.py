@@ -87,7 +87,7 @@ class WorkspaceSettings:
 
     def effective_vram_mode(self, has_accelerator: bool) -> str | None:
         """The ComfyUI VRAM option to set, `cpu` when nothing else can run."""
-        if self.cpu or (self.cpu is None and not has_accelerator):
+        if self.cpu or not has_accelerator:  # ComfyUI fails to start on a GPU mode without a GPU
             return "cpu"
         if self.gpu_only:
             return "gpu_only"

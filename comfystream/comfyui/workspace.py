@@ -163,11 +163,13 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
         cli_args = importlib.import_module("comfy.cli_args")
         has_accelerator = torch_has_accelerator()
         if settings.gpu_only and not has_accelerator:
-            raise WorkspaceError("gpu_only is set but torch sees no GPU in this worker")
+            # As the workers do: a worker placed on the CPU still runs, on the CPU.
+            logger.warning("gpu_only is set but torch sees no GPU here: ComfyUI runs on the CPU")
         applied = apply_to_args(cli_args.args, settings, has_accelerator)
         logger.info("ComfyUI %s from %s with %s", version or "(unknown version)", root, applied)
-        step = "cuda_malloc"  # ComfyUI's own choice of allocator, from the args just set
-        importlib.import_module("cuda_malloc")
+        if "cudaMallocAsync" not in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+            step = "cuda_malloc"  # ComfyUI's own choice of allocator, from the args just set
+            importlib.import_module("cuda_malloc")
         step = "comfy.model_management"
         model_management = importlib.import_module("comfy.model_management")
         bridges.install_interrupt_bridge(model_management)
