@@ -189,8 +189,7 @@ class SupervisedWorker:
                 self._restart_task = None
             self._state = "restarting"
             self._ready_event.clear()
-            old = self.proc
-            self.proc = None
+            old = self._detach()
             self._report_lost(f"restart: {reason}")
             if old is not None:
                 await old.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
@@ -252,7 +251,8 @@ class SupervisedWorker:
         if self._restart_task is not None:
             self._restart_task.cancel()
             self._restart_task = None
-        proc, self.proc = self.proc, None
+        proc = self._detach()
+        self._report_lost("worker stopped")
         if proc is not None:
             await proc.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
         for ch in self.channels.values():
@@ -287,6 +287,13 @@ class SupervisedWorker:
             raise WorkerLost(
                 f"{self.name} is {self._state}" + (f": {self.last_error}" if self.last_error else "")
             )
+
+    def _detach(self) -> WorkerProcess | None:
+        """Take the process away from this worker: late messages from it go nowhere."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.on_frame = proc.on_progress = proc.on_lost = None
+        return proc
 
     def _adopt(self, proc: WorkerProcess) -> None:
         self.proc = proc

@@ -1,0 +1,367 @@
+"""The frame interface every pipeline offers (DESIGN.md sections 2-3, docs/contracts.md).
+
+A subclass decides which worker and channel a frame goes to (`_target`) and how prompts and
+workers change; this class does the rest: frame ids and correspondence, backpressure (at most
+`max_inflight` frames in a worker, the oldest waiting frame dropped beyond `max_queued`),
+pass-through while no worker can take frames, audio pass-through, events and stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
+from comfystream.pipeline.backend import (
+    ChannelSpec,
+    EventCallback,
+    WorkerBackend,
+    WorkerClient,
+    WorkerSpec,
+    get_backend,
+)
+from comfystream.pipeline.frames import FrameTracker
+from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
+
+logger = logging.getLogger(__name__)
+
+# A change to any of these needs a new worker process (and, for the size, a new frame ring).
+RESTART_PARAMETERS = ("width", "height", "cwd", "disable_cuda_malloc", "gpu_only")
+SPEC_PARAMETERS = ("cwd", "disable_cuda_malloc", "gpu_only")
+
+
+@dataclass
+class UpdateResult:
+    """What `update_prompts` did (the seed's update-prompts response fields)."""
+
+    prompts_count: int
+    parameters_updated: bool
+    warmup_performed: bool
+    restarted: bool = False
+    switched_only: bool = False  # PromptWorkerPipeline: an already-warm prompt was made active
+    after_frame_id: int | None = None  # the last frame the old prompt ran (None when unknown)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Listener:
+    """Routes one worker's reports for this pipeline's channel back to the pipeline."""
+
+    def __init__(self, pipeline: BasePipeline, client: WorkerClient):
+        self.pipeline = pipeline
+        self.client = client
+
+    def on_result(self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float) -> None:
+        self.pipeline._on_result(frame_id, image, error, exec_ms)
+
+    def on_lost(self, frame_ids: list[int], reason: str) -> None:
+        self.pipeline._on_lost(frame_ids, reason)
+
+    def on_ready(self) -> None:
+        self.pipeline._pump()
+
+    def on_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self.pipeline._emit(event_type, data)
+
+
+class BasePipeline:
+    pipeline_type = "BasePipeline"
+    architecture = ""
+
+    def __init__(
+        self,
+        width: int = 512,
+        height: int = 512,
+        stream_id: str | None = None,
+        *,
+        max_inflight: int = 2,
+        max_queued: int = 1,
+        warmup_frames: int = 2,
+        cwd: str | None = None,
+        custom_node_dirs: list[str] | tuple[str, ...] | None = None,
+        disable_cuda_malloc: bool = False,
+        gpu_only: bool = False,
+        backend: WorkerBackend | None = None,
+        output_queue_size: int = 64,
+        on_event: EventCallback | None = None,
+        **worker_options: Any,
+    ):
+        if width < 1 or height < 1:
+            raise ValueError(f"bad frame size {width}x{height}")
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        self.width = int(width)
+        self.height = int(height)
+        self.stream_id = stream_id or uuid.uuid4().hex[:12]
+        self.max_inflight = max_inflight
+        self.warmup_frames = warmup_frames
+        self.spec = WorkerSpec(
+            cwd=cwd,
+            custom_node_dirs=None if custom_node_dirs is None else tuple(str(d) for d in custom_node_dirs),
+            disable_cuda_malloc=bool(disable_cuda_malloc),
+            gpu_only=bool(gpu_only),
+        )
+        # The seed's flags choose the class, not its behaviour; anything else is kept for status.
+        for flag in ("dedicated_worker", "use_prompt_worker"):
+            worker_options.pop(flag, None)
+        self.worker_options = worker_options
+        self.backend = backend if backend is not None else get_backend()
+        self.on_event = on_event
+        self.prompts: list[dict[str, Any]] = []
+        self.state = "new"
+        self._tracker = FrameTracker(self._emit_output, max_queued=max_queued, stream_id=self.stream_id)
+        self._video_out: asyncio.Queue[av.VideoFrame] = asyncio.Queue()
+        self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+        self._output_queue_size = output_queue_size
+        self._output_dropped = 0
+        self._exec_ms: deque[float] = deque(maxlen=500)
+        self._error_logged_at = 0.0
+        self.created_at = time.monotonic()
+
+    # -- what subclasses provide ---------------------------------------------------------------
+
+    def _target(self) -> tuple[WorkerClient, str] | None:
+        """The worker and channel the next frame goes to; None while there is none."""
+        raise NotImplementedError
+
+    def _clients(self) -> list[WorkerClient]:
+        raise NotImplementedError
+
+    async def _start(self, prompts: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def update_prompts(self, prompts: Any, parameters: dict[str, Any] | None = None) -> UpdateResult:
+        raise NotImplementedError
+
+    async def restart_worker(self) -> None:
+        raise NotImplementedError
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def initialize(self, prompts: Any = None) -> None:
+        """Get a worker (warm one if the backend has it), compile `prompts` and warm up."""
+        if self.state != "new":
+            raise RuntimeError(f"pipeline {self.stream_id} is {self.state}")
+        normalized = normalize_prompts_or_default(prompts)
+        self._set_state("starting")
+        try:
+            await self._start(normalized)
+        except BaseException:
+            self._set_state("failed")
+            await self._stop()
+            raise
+        self.prompts = normalized
+        self._set_state("ready")
+
+    async def set_prompts(self, prompts: Any) -> UpdateResult:
+        """The original comfystream name: `initialize` before the first call, `update_prompts` after."""
+        if self.state == "new":
+            await self.initialize(prompts)
+            return UpdateResult(len(self.prompts), False, self.warmup_frames > 0)
+        return await self.update_prompts(prompts)
+
+    async def cleanup(self) -> None:
+        if self.state in ("stopping", "stopped"):
+            return
+        self._set_state("stopping")
+        try:
+            await self._stop()
+        finally:
+            self._set_state("stopped")
+
+    async def __aenter__(self) -> BasePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cleanup()
+
+    # -- frames --------------------------------------------------------------------------------
+
+    async def put_video_frame(self, frame: av.VideoFrame) -> None:
+        """Queue `frame` for processing; returns at once (the oldest waiting frame may be dropped)."""
+        if self.state in ("stopping", "stopped"):
+            raise RuntimeError(f"pipeline {self.stream_id} is {self.state}")
+        self._tracker.add(frame)
+        self._pump()
+
+    async def get_processed_video_frame(self) -> av.VideoFrame:
+        """The next output frame, in input order, with its input's pts and time_base."""
+        return await self._video_out.get()
+
+    async def put_audio_frame(self, frame: av.AudioFrame) -> None:
+        self._audio.put_nowait(frame)
+
+    async def get_processed_audio_frame(self) -> av.AudioFrame:
+        return await self._audio.get()
+
+    def _pump(self) -> None:
+        """Move waiting frames into the worker while it has room; pass them through when there is none."""
+        tracker = self._tracker
+        while (entry := tracker.next_waiting()) is not None:
+            if self.state in ("stopping", "stopped"):
+                return
+            target = self._target()
+            if target is None or target[0].state not in ("ready",):
+                if self.state == "ready":
+                    # No worker can take frames now (restarting, failed): the stream goes on unprocessed.
+                    tracker.pass_waiting(self._passthrough)
+                return
+            client, channel = target
+            if not client.can_submit(channel):
+                return
+            tracker.start(entry, owner=client)
+            try:
+                rgb = frame_to_ndarray(entry.frame, self.width, self.height)
+                client.submit(channel, entry.frame_id, rgb)
+            except Exception as exc:
+                logger.warning("stream %s: frame %d not submitted: %s", self.stream_id, entry.frame_id, exc)
+                if tracker.in_flight(entry.frame_id) is not None:
+                    tracker.fail(entry.frame_id, self._passthrough(entry.frame), error=True)
+
+    def _passthrough(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """The input as output, at the stream's size so the encoder sees one size throughout."""
+        if frame.width == self.width and frame.height == self.height:
+            return frame
+        return ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
+
+    def _on_result(self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float) -> None:
+        tracker = self._tracker
+        entry = tracker.in_flight(frame_id)
+        if entry is None:
+            tracker.complete(frame_id, None)  # counts the mismatch and logs it
+            return
+        if error is not None or image is None:
+            tracker.fail(frame_id, self._passthrough(entry.frame), error=True)
+            now = time.monotonic()
+            if now - self._error_logged_at > 5.0:
+                self._error_logged_at = now
+                logger.warning(
+                    "stream %s: frame %d failed in the workflow: %s", self.stream_id, frame_id, error
+                )
+                self._emit("frame_error", {"frame_id": frame_id, "error": error})
+        else:
+            self._exec_ms.append(exec_ms)
+            out = av.VideoFrame.from_ndarray(image, format="rgb24")  # copies out of shared memory
+            out.pts = entry.frame.pts
+            out.time_base = entry.frame.time_base
+            tracker.complete(frame_id, out)
+        self._pump()
+
+    def _on_lost(self, frame_ids: list[int], reason: str) -> None:
+        tracker = self._tracker
+        for frame_id in frame_ids:
+            entry = tracker.in_flight(frame_id)
+            if entry is not None:
+                tracker.fail(frame_id, self._passthrough(entry.frame))
+        if frame_ids:
+            logger.warning(
+                "stream %s: %d frame(s) in flight passed through (%s)", self.stream_id, len(frame_ids), reason
+            )
+        self._pump()
+
+    def _emit_output(self, frame: av.VideoFrame) -> None:
+        queue = self._video_out
+        while queue.qsize() >= self._output_queue_size:
+            # Nobody is reading: keep the newest frames, count the rest.
+            queue.get_nowait()
+            self._output_dropped += 1
+        queue.put_nowait(frame)
+
+    # -- events and status ---------------------------------------------------------------------
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        payload = {"stream_id": self.stream_id, **data}
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event_type, payload)
+        except Exception:
+            logger.exception("stream %s: on_event callback failed for %s", self.stream_id, event_type)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._emit("stream_state", {"state": state})
+
+    def stats(self) -> dict[str, Any]:
+        out = self._tracker.stats()
+        exec_ms = np.fromiter(self._exec_ms, dtype=np.float64)
+        out.update(
+            {
+                "stream_id": self.stream_id,
+                "pipeline": self.pipeline_type,
+                "state": self.state,
+                "output_dropped": self._output_dropped,
+                "workflow_ms_p50": round(float(np.percentile(exec_ms, 50)), 3) if exec_ms.size else None,
+                "width": self.width,
+                "height": self.height,
+            }
+        )
+        return out
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        fps = self._tracker.fps_out.rate()
+        out = []
+        for client in self._clients():
+            status = dict(client.status())
+            status.setdefault("fps", round(fps, 2))
+            out.append(status)
+        return out
+
+    def workspace_info(self) -> dict[str, Any]:
+        return {
+            "workspace_path": self.spec.cwd,
+            "config_keys": sorted(["cwd", "disable_cuda_malloc", "gpu_only", *self.worker_options]),
+            "total_workers": len(self._clients()),
+            "active_prompt_id": None,
+        }
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+
+    def _channel_spec(self, name: str, prompts: list[dict[str, Any]], active: int = 0) -> ChannelSpec:
+        return ChannelSpec(
+            name=name,
+            width=self.width,
+            height=self.height,
+            prompts=copy.deepcopy(prompts),
+            active=active,
+            max_inflight=self.max_inflight,
+            warmup_frames=self.warmup_frames,
+        )
+
+    def _split_parameters(self, parameters: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+        """(the restart parameters that actually change, whether a warmup was asked for)."""
+        params = dict(parameters or {})
+        warmup = bool(params.pop("warmup", False))
+        changed: dict[str, Any] = {}
+        for key in RESTART_PARAMETERS:
+            if key not in params or params[key] is None:
+                continue
+            value = params[key]
+            if key in ("width", "height"):
+                value = int(value)
+                if value < 1:
+                    raise ValueError(f"{key} must be >= 1, got {value}")
+                current: Any = getattr(self, key)
+            else:
+                value = bool(value) if key != "cwd" else str(value)
+                current = getattr(self.spec, key)
+            if value != current:
+                changed[key] = value
+        return changed, warmup
+
+    @staticmethod
+    def _normalize(prompts: Any) -> list[dict[str, Any]]:
+        return normalize_prompts(prompts)
