@@ -2,7 +2,7 @@
 
 from comfystream.engine.context import CancelToken, ExecutionContext, current_context
 from comfystream.engine.errors import ExecutionError, InterruptProcessingException, PromptValidationError
-from comfystream.engine.executor import CompiledPrompt, ExecutionResult, compile_prompt
+from comfystream.engine.executor import CompiledPrompt, ExecutionResult, compile_prompt, compile_prompts
 from comfystream.engine.progress import ProgressBar, report_progress_text
 from comfystream.engine.registry import NodeRegistry, build_registry
 from comfystream.engine.validation import ValidationResult, parse_prompt, validate_prompt
@@ -20,6 +20,7 @@ __all__ = [
     "ValidationResult",
     "build_registry",
     "compile_prompt",
+    "compile_prompts",
     "current_context",
     "parse_prompt",
     "report_progress_text",

@@ -284,11 +284,10 @@ class CompiledPrompt:
         if emit is not None:
             emit("execution_cached", {"nodes": cached_ids, "prompt_id": prompt_id, "timestamp": _now_ms()})
 
-        ui_outputs: dict[str, dict[str, Any]] = (
-            {nid: ui for nid, ui in self._static_ui.items() if nid in set(cached_ids)}
-            if self._static_ui
-            else {}
-        )
+        ui_outputs: dict[str, dict[str, Any]] = {}
+        if self._static_ui:  # reused nodes keep their ui in the result, as ComfyUI's history does
+            reused = set(cached_ids)
+            ui_outputs = {nid: ui for nid, ui in self._static_ui.items() if nid in reused}
 
         for pos, step in enumerate(run):
             node_id = step.node_id
@@ -444,6 +443,21 @@ def _map_bound(func: Any, inputs: dict[str, list[Any]]) -> list[Any]:
     if n == 0:
         return [func()]
     return [func(**{k: v[i if len(v) > i else -1] for k, v in inputs.items()}) for i in range(n)]
+
+
+def compile_prompts(
+    value: Any, registry: Mapping[str, type], extra_data: dict[str, Any] | None = None
+) -> list[CompiledPrompt]:
+    """Every prompt of a dict, JSON string or list of either; raises PromptValidationError on the first bad one."""
+    from comfystream.prompts import PromptFormatError, normalize_prompts
+
+    try:
+        prompts = normalize_prompts(value)
+    except PromptFormatError:
+        return [
+            compile_prompt(value, registry, extra_data=extra_data)
+        ]  # raises with ComfyUI's invalid_prompt
+    return [compile_prompt(p, registry, extra_data=extra_data) for p in prompts]
 
 
 def compile_prompt(

@@ -65,8 +65,14 @@ def _encode_preview(preview: Any) -> tuple[str, bytes] | None:
         return None
 
 
-def report_progress(value: float, total: float, preview: Any = None, node_id: str | None = None) -> None:
-    """What `ProgressBar` calls: check cancel, then send `progress` (and a preview when given)."""
+def report_progress(
+    value: float, total: float, preview: Any = None, prompt_id: str | None = None, node_id: str | None = None
+) -> None:
+    """What `ProgressBar` calls: check cancel, then send `progress` (and a preview when given).
+
+    The signature is ComfyUI's progress-bar hook (`comfy.utils.set_progress_bar_global_hook`),
+    so an adapter can install it as is; the running context decides the prompt id.
+    """
     ctx = current_context()
     if ctx is None:
         return

@@ -296,3 +296,16 @@ def test_compile_rejects_bad_prompt_with_comfy_result(reg):
     with pytest.raises(PromptValidationError) as info:
         compile_prompt({"1": {"class_type": "SaveTensor", "inputs": {}}}, reg)
     assert info.value.result.to_comfy()["node_errors"]["1"]["errors"][0]["type"] == "required_input_missing"
+
+
+def test_compile_prompts_takes_every_accepted_form(reg):
+    import json
+
+    from comfystream.engine import compile_prompts
+
+    one = json.loads(json.dumps(DEFAULT_PROMPT))
+    assert len(compile_prompts(one, reg)) == 1
+    assert len(compile_prompts(json.dumps([one, one]), reg)) == 2
+    with pytest.raises(PromptValidationError) as info:
+        compile_prompts("[not json", reg)
+    assert info.value.result.error["type"] == "invalid_prompt"
