@@ -31,6 +31,7 @@ FEATURE_MODULES: tuple[str, ...] = (
     "server.routes.ops",
     "server.routes.streams",
     "server.webrtc.routes",
+    "server.dashboard",
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)

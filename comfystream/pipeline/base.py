@@ -124,6 +124,7 @@ class BasePipeline:
         self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
         self._output_queue_size = output_queue_size
         self._output_dropped = 0
+        self.latest_output_frame: av.VideoFrame | None = None  # for previews (the dashboard's snapshot)
         self._exec_ms: deque[float] = deque(maxlen=500)
         self._error_logged_at = 0.0
         self.created_at = time.monotonic()
@@ -273,6 +274,7 @@ class BasePipeline:
         self._pump()
 
     def _emit_output(self, frame: av.VideoFrame) -> None:
+        self.latest_output_frame = frame
         queue = self._video_out
         while queue.qsize() >= self._output_queue_size:
             # Nobody is reading: keep the newest frames, count the rest.
