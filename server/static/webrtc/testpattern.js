@@ -1,6 +1,7 @@
 // A synthetic camera: four coloured quadrants (so processing is easy to see and to check), a bar
 // sweeping across and a frame counter (so motion is visible), drawn to a canvas and captured.
-export const QUADRANTS = ["#dc1e1e", "#1ec81e", "#1e3cdc", "#e6dc28"]; // TL, TR, BL, BR
+// Red, green, blue, near-black: no colour is close to another one's inverse.
+export const QUADRANTS = ["#dc1e1e", "#1ec81e", "#1e3cdc", "#181818"]; // TL, TR, BL, BR
 
 export function startTestPattern(width, height, fps = 30) {
   const canvas = document.createElement("canvas");
