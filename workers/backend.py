@@ -103,8 +103,11 @@ class ProcessPoolBackend:
     def resolve(self, spec: WorkerSpec) -> WorkerSpec:
         return spec.merged(self.settings.default_spec)
 
-    async def spawn_process(self, spec: WorkerSpec, name: str) -> WorkerProcess:
-        """A new, started worker process for `spec` on the least-loaded GPU."""
+    async def spawn_process(
+        self, spec: WorkerSpec, name: str, process_class: type[WorkerProcess] = WorkerProcess
+    ) -> WorkerProcess:
+        """A new, started worker process for `spec` on the least-loaded GPU (`process_class`: a
+        WorkerProcess running another loop, e.g. the job loop)."""
         spec = self.resolve(spec)
         placer = self.placer
         gpu = placer.acquire()
@@ -122,7 +125,7 @@ class ProcessPoolBackend:
             workspace=s.workspace,
             workspace_settings=s.workspace_settings,
         )
-        proc = WorkerProcess(
+        proc = process_class(
             config,
             name=name,
             heartbeat_interval=s.heartbeat_interval_s,

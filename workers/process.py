@@ -54,6 +54,9 @@ class WorkerProcess:
     """One spawned worker. Loop-bound: create and use it on one event loop."""
 
     _ids = itertools.count(1)
+    # What the process runs after the initializer: a module-level function (spawn pickles it by
+    # name). A subclass may run another loop on the same pipe (workers/job_worker.py).
+    loop_target: Callable[[], Any] = staticmethod(child.run_frame_loop)
 
     def __init__(
         self,
@@ -90,6 +93,7 @@ class WorkerProcess:
         self.last_heard = 0.0
         self.rtt_ms: float | None = None
         self.frames_processed = 0
+        self.exitcode: int | None = None
         self._released = False
 
     # -- start -------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ class WorkerProcess:
                 initializer=child.initialize,
                 initargs=(self.config, child_conn),
             )
-            future = executor.submit(child.run_frame_loop)
+            future = executor.submit(self.loop_target)
             # With spawn, submit() starts the process synchronously; the executor keeps it here.
             (proc,) = executor._processes.values()
             return executor, future, proc
@@ -223,8 +227,9 @@ class WorkerProcess:
         # Read what the worker said last (a StartupFailed, a final FrameDone) before calling it lost.
         self._on_readable(report_eof=False)
         if self.state in ("starting", "ready"):
-            code = self._proc.exitcode if self._proc is not None else None
-            self._lost(f"process exited (code {code})")
+            # The exit code may not be collectable yet (the executor's thread reaps it too); the
+            # stop that follows logs it.
+            self._lost("process exited")
 
     async def _heartbeat(self) -> None:
         while self.state == "ready":
@@ -347,6 +352,7 @@ class WorkerProcess:
                 executor.shutdown(wait=True, cancel_futures=True)
             if proc is not None:
                 proc.join(5.0)
+                self.exitcode = proc.exitcode
                 if proc.exitcode is not None:
                     proc.close()
 
@@ -370,7 +376,7 @@ class WorkerProcess:
             self._released = True
             if self._on_release is not None:
                 self._on_release(self)
-        logger.info("%s stopped (%s)", self.name, reason)
+        logger.info("%s stopped (%s, exit code %s)", self.name, reason, self.exitcode)
 
     # -- status ------------------------------------------------------------------------------
 

@@ -252,15 +252,17 @@ class SupervisedWorker:
             self._restart_task.cancel()
             self._restart_task = None
         proc = self._detach()
-        self._report_lost("worker stopped")
-        if proc is not None:
-            await proc.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
-        for ch in self.channels.values():
-            ch.open = False
-            ch.ring.close()
-        self.channels.clear()
-        self._state = "stopped"
-        self.backend.forget(self)
+        try:
+            self._report_lost("worker stopped")
+            if proc is not None:
+                await proc.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
+        finally:
+            for ch in self.channels.values():
+                ch.open = False
+                ch.ring.close()
+            self.channels.clear()
+            self._state = "stopped"
+            self.backend.forget(self)
 
     # -- internals -----------------------------------------------------------------------------
 
