@@ -83,7 +83,11 @@ class SegmentWriter:
         url = f"{pub.url}/{self.seq}"
         try:
             session = pub._ensure_session()
-            async with session.post(url, data=self._body(), headers={"Content-Type": pub.mime_type}) as resp:
+            # expect100: the headers go out now (aiohttp would hold them until the first
+            # chunk), so the relay has the segment ready before its bytes exist
+            async with session.post(
+                url, data=self._body(), headers={"Content-Type": pub.mime_type}, expect100=True
+            ) as resp:
                 body = await resp.text(errors="replace")
                 if resp.headers.get(HEADER_CLOSED):
                     pub.channel_closed = True

@@ -299,7 +299,8 @@ class TrickleRelay:
             if channel.closed:
                 headers[HEADER_CLOSED] = _CLOSED_VALUE
             return web.Response(headers=headers)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()  # the reader may have left right at the end
         return response
 
     async def handle_post(self, request: web.Request) -> web.Response:
@@ -317,7 +318,7 @@ class TrickleRelay:
 
         total = 0
         try:
-            first = await self._first_chunk(request, seg)
+            first = await self._next_chunk(request, seg, first=True)
             if first is None:
                 # closed while preconnected (or an empty body): the seq is spent anyway
                 channel.next_write = max(channel.next_write, seg.seq + 1)
@@ -328,13 +329,11 @@ class TrickleRelay:
                 return web.Response(headers=headers)
             channel.next_write = max(channel.next_write, seg.seq + 1)
             channel.write_time = time.monotonic()
-            data = first
-            while data:
-                if seg.closed:
-                    break  # pushed out of the window or the channel was deleted
+            data: bytes | None = first
+            while data and not seg.closed:  # closed: out of the window, or the channel deleted
                 seg.write(data)
                 total += len(data)
-                data = await request.content.readany()
+                data = await self._next_chunk(request, seg, first=False)
         except (ConnectionError, asyncio.CancelledError) as exc:
             logger.info(
                 "trickle relay: publisher of %s/%d gone after %d bytes: %s", name, seg.seq, total, exc
@@ -350,17 +349,26 @@ class TrickleRelay:
             headers[HEADER_CLOSED] = _CLOSED_VALUE
         return web.Response(headers=headers)
 
-    async def _first_chunk(self, request: web.Request, seg: _Segment) -> bytes | None:
-        """The first bytes of the body; ``100 Continue`` every ``first_byte_keepalive`` s while
-        waiting; ``None`` if the body is empty or the segment is closed meanwhile."""
-        read = asyncio.ensure_future(request.content.readany())
+    async def _next_chunk(self, request: web.Request, seg: _Segment, first: bool) -> bytes | None:
+        """The next bytes of the body, ``None`` at its end or once the segment is closed (a
+        publisher gone quiet mid-segment does not keep a deleted channel's handler alive).
+        While the first byte is late, ``100 Continue`` goes out every ``first_byte_keepalive``."""
+        content = request.content
+        data = content.read_nowait()
+        if data:
+            return data
+        if content.at_eof():
+            return None
+        read = asyncio.ensure_future(content.readany())
         try:
             while True:
                 if seg.closed:
                     return None
                 closed = asyncio.ensure_future(seg.wait_change(None))
                 done, _ = await asyncio.wait(
-                    {read, closed}, timeout=self.first_byte_keepalive, return_when=asyncio.FIRST_COMPLETED
+                    {read, closed},
+                    timeout=self.first_byte_keepalive if first else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
                 closed.cancel()
                 if read in done:
@@ -398,7 +406,12 @@ def add_relay_routes(
         yield
         await relay.stop()
 
+    async def on_shutdown(_app: web.Application) -> None:
+        # before aiohttp waits for running handlers: release every waiting reader and writer
+        await relay.stop()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
     app[RELAY_KEY] = relay
     return relay
 
