@@ -1,0 +1,88 @@
+"""Fixtures for the ComfyUI workspace tests.
+
+The tests that need a real ComfyUI run when COMFYUI_PATH points at a checkout and are skipped
+otherwise. ComfyUI is loaded in child processes only (a worker, or `comfyui_probe.py`): its
+modules are process-global and must not leak into pytest's own process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+import pytest
+
+from tests.comfyui.torchvision_standin import write_standin
+
+HERE = Path(__file__).resolve().parent
+NODE_PACKAGES = HERE / "node_packages"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker_started():
+    # multiprocessing starts its resource tracker (it lives as long as this process) on the
+    # first spawn; start it up front so that `no_leaks` does not count it against a test.
+    resource_tracker.ensure_running()
+
+
+@pytest.fixture(scope="session")
+def comfyui_path() -> Path:
+    value = os.environ.get("COMFYUI_PATH")
+    if not value:
+        pytest.skip("COMFYUI_PATH is not set (point it at a ComfyUI checkout to run these tests)")
+    from comfystream.comfyui import check_workspace
+
+    return check_workspace(value)  # a wrong path fails loudly rather than skipping
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """A folder with a stand-in torchvision when the real one is missing (None otherwise)."""
+    if importlib.util.find_spec("torchvision") is not None:
+        return None
+    return write_standin(tmp_path_factory.mktemp("standin"))
+
+
+@pytest.fixture(scope="session")
+def comfyui_env(comfyui_path: Path, standin_dir: Path | None) -> dict[str, str]:
+    """Environment for a child process that imports ComfyUI."""
+    env = dict(os.environ)
+    if standin_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(standin_dir), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@pytest.fixture
+def standin_on_path(standin_dir: Path | None):
+    """For spawned workers: multiprocessing's spawn gives the child this process's sys.path."""
+    if standin_dir is None:
+        yield
+        return
+    sys.path.insert(0, str(standin_dir))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(standin_dir))
+
+
+@pytest.fixture(scope="session")
+def custom_nodes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A custom_nodes folder with the test packages (working, V3, broken, clashing)."""
+    root = tmp_path_factory.mktemp("custom_nodes")
+    for package in NODE_PACKAGES.iterdir():
+        if package.is_dir() and (package / "__init__.py").is_file():
+            shutil.copytree(package, root / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def make_fake_workspace(root: Path) -> Path:
+    """The files that make a folder look like a ComfyUI checkout (nothing in them runs)."""
+    (root / "comfy").mkdir(parents=True)
+    (root / "comfy_extras").mkdir()
+    (root / "nodes.py").write_text("")
+    (root / "folder_paths.py").write_text("")
+    return root
