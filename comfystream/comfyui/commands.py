@@ -112,11 +112,13 @@ def cmd_setup_workspace(args: argparse.Namespace) -> int:
 
 
 def cmd_workspace_info(args: argparse.Namespace) -> int:
-    from comfystream.comfyui.workspace import load_workspace
-    from comfystream.engine import build_registry
+    from comfystream.comfyui.workspace import check_workspace, load_workspace
 
     try:
+        check_workspace(args.workspace)  # before importing the engine (and torch) for nothing
         settings = settings_from_args(args)
+        from comfystream.engine import build_registry
+
         registry = build_registry()
         info = load_workspace(args.workspace, settings, registry)
     except (WorkspaceError, WorkspaceSettingsError) as exc:

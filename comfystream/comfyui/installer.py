@@ -53,9 +53,8 @@ class SetupResult:
 
 def node_package_source() -> Path:
     """The folder shipped inside comfystream that becomes DIR/custom_nodes/comfystream_nodes."""
-    from comfystream.comfyui import node_package
-
-    return Path(node_package.__file__).resolve().parent
+    # By path: importing the package would import the nodes (and torch) for nothing.
+    return Path(__file__).resolve().parent / "node_package"
 
 
 def install_node_package(workspace: str | os.PathLike[str], link: bool = False) -> Path:
@@ -156,10 +155,18 @@ def _install_requirements(workspace: Path) -> list[str]:
     return cmd
 
 
+def _stderr_fd() -> int | None:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stderr without a descriptor (embedded)
+        return None
+
+
 def _run(cmd: list[str], what: str) -> None:
     logger.info("%s: %s", what, " ".join(cmd))
     try:
-        result = subprocess.run(cmd, env=_env_for_this_python(), check=False)
+        # Their output goes to our stderr: stdout carries the command's JSON result only.
+        result = subprocess.run(cmd, env=_env_for_this_python(), stdout=_stderr_fd(), check=False)
     except OSError as exc:
         raise WorkspaceError(f"{what} failed: cannot run {cmd[0]}: {exc}") from exc
     if result.returncode != 0:
