@@ -87,6 +87,7 @@ class FrameRing:
         size = 2 * slots * frame_bytes(width, height)
         name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         shm = SharedMemory(name=name, create=True, size=size)
+        logger.debug("ring %s created: %d slots of %dx%d", name, slots, width, height)
         try:
             return cls(shm, slots, width, height, owner=True)
         except BaseException:
@@ -167,6 +168,7 @@ class FrameRing:
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
+            logger.debug("ring %s unlinked", self.name)
 
     def __enter__(self) -> FrameRing:
         return self

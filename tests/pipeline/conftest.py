@@ -166,6 +166,8 @@ class Collector:
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.frames: list[av.VideoFrame] = []
+        s = pipeline.stats()
+        self._base = s["received"] - s["dropped"] - s["output_dropped"]  # outputs due before us
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -179,7 +181,7 @@ class Collector:
         try:
             while True:
                 s = self.pipeline.stats()
-                if len(self.frames) >= s["received"] - s["dropped"] - s["output_dropped"]:
+                if self._base + len(self.frames) >= s["received"] - s["dropped"] - s["output_dropped"]:
                     return self.frames
                 if loop.time() > deadline:
                     raise TimeoutError(f"outputs missing: got {len(self.frames)}, stats {s}")
