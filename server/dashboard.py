@@ -1,6 +1,7 @@
 """The web dashboard: `GET /` (the page), `/dashboard/*` (its ES modules, CSS and vendored UI library),
 `GET /stream/{id}/preview.jpg` (a stream's latest output frame as JPEG) and `GET /stream/{id}/prompts`
-(the prompts a running stream runs, for the page's prompt editor).
+(the prompts a running stream runs, for the page's prompt editor), and `GET /jobs/events` (every job's
+events, server/dashboard_feed.py).
 
 The page itself is plain ES modules: nothing to build, nothing loaded from outside this server."""
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from server import errors
 from server.app_keys import OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.dashboard_feed import setup_jobs_feed
 from server.openapi import add_api_route
 from server.stream_manager import StreamNotFound
 
@@ -127,6 +129,7 @@ def setup_routes(app: web.Application) -> None:
     api = app[OPENAPI_KEY]
     app.router.add_get("/", index)
     app.router.add_static("/dashboard/", STATIC_DIR, append_version=False)
+    setup_jobs_feed(app)
     # The stream API's owner may serve these one day; theirs then stands.
     if not _has_route(app, "GET", "/stream/{id}/preview.jpg"):
         add_api_route(
