@@ -1,9 +1,10 @@
 """MPEG-TS segments -> av.VideoFrame / av.AudioFrame, decoded while the bytes arrive.
 
 Every trickle segment starts with a keyframe and carries its own PAT/PMT, so each one is
-demuxed on its own: a truncated or corrupt segment is logged and skipped, and the next one
-decodes cleanly. PyAV's demuxer pulls bytes through a blocking ``read()``, so streaming
-decoding runs on one thread per decoder that reads from a queue fed by :meth:`feed`.
+demuxed on its own: a truncated or corrupt segment is logged and the rest of it skipped (a
+:class:`~.tsgate.TsGate` keeps damaged data from the decoder), and the next one decodes
+cleanly. PyAV's demuxer pulls bytes through a blocking ``read()``, so streaming decoding runs
+on one thread per decoder that reads from a queue fed by :meth:`SegmentDecoder.feed`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 import av
 import av.error
+
+from .tsgate import TsGate
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +45,23 @@ class _ByteQueue:
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._current = memoryview(b"")
         self._ended = False
+        self._gate = TsGate()
         self.bytes_in = 0
+        self.fault: str | None = None  # why (part of) the segment was skipped
 
     def put(self, data: bytes) -> None:
         if data:
             self.bytes_in += len(data)
-            self._chunks.put(bytes(data))
+            passed = self._gate.push(data)
+            if passed:
+                self._chunks.put(passed)
 
     def end(self) -> None:
+        rest = self._gate.finish()
+        if rest:
+            self._chunks.put(rest)
+        if self._gate.error is not None and self.fault is None:
+            self.fault = self._gate.error
         self._chunks.put(None)
 
     def read(self, n: int = -1) -> bytes:
@@ -146,9 +158,10 @@ class SegmentDecoder:
             if source is None:
                 return
             self._decode(source, self.on_frame)
-            # drain what is left of a segment we gave up on, so feed() never blocks on it
+            # drain what is left of a segment we gave up on, up to its end
             while source.read(1 << 20):
                 pass
+            self._finish(source)
 
     # -- whole segment ----------------------------------------------------------------------
     def decode_segment(self, data: bytes) -> list[Frame]:
@@ -158,16 +171,15 @@ class SegmentDecoder:
         source.end()
         frames: list[Frame] = []
         self._decode(source, frames.append)
+        self._finish(source)
         return frames
 
     # -- core -------------------------------------------------------------------------------
     def _decode(self, source: _ByteQueue, emit: FrameCallback) -> None:
-        self.stats.segments += 1
-        seg_no = self.stats.segments
         try:
             container = av.open(source, mode="r", format="mpegts", options=_OPEN_OPTIONS)
         except (av.error.FFmpegError, ValueError, OSError) as exc:
-            self._corrupt(seg_no, source, f"cannot open: {exc}")
+            source.fault = source.fault or f"cannot open: {exc}"
             return
         try:
             streams = []
@@ -178,11 +190,11 @@ class SegmentDecoder:
             if self.audio and container.streams.audio:
                 streams.append(container.streams.audio[0])
             if not streams:
-                self._corrupt(seg_no, source, "no audio or video stream")
+                source.fault = source.fault or "no audio or video stream"
                 return
             for packet in container.demux(streams):
                 if packet.is_corrupt:
-                    self._corrupt(seg_no, source, f"corrupt {packet.stream.type} packet at pts {packet.pts}")
+                    source.fault = f"corrupt {packet.stream.type} packet at pts {packet.pts}"
                     return
                 for frame in packet.decode():
                     if frame.pts is None:
@@ -193,12 +205,18 @@ class SegmentDecoder:
                         self.stats.audio_frames += 1
                     emit(frame)
         except (av.error.FFmpegError, ValueError, OSError) as exc:
-            self._corrupt(seg_no, source, f"decode error: {exc}")
+            source.fault = source.fault or f"decode error: {exc}"
         finally:
             container.close()
 
-    def _corrupt(self, seg_no: int, source: _ByteQueue, why: str) -> None:
-        self.stats.corrupt_segments += 1
-        logger.warning(
-            "[%s] segment %d skipped (%d bytes so far): %s", self.stream_id, seg_no, source.bytes_in, why
-        )
+    def _finish(self, source: _ByteQueue) -> None:
+        self.stats.segments += 1
+        if source.fault is not None:
+            self.stats.corrupt_segments += 1
+            logger.warning(
+                "[%s] segment %d (%d bytes) damaged, the rest of it skipped: %s",
+                self.stream_id,
+                self.stats.segments,
+                source.bytes_in,
+                source.fault,
+            )

@@ -1,0 +1,102 @@
+"""A gate in front of the MPEG-TS demuxer that keeps damaged data away from the decoder.
+
+FFmpeg's demuxer resyncs over garbage and its H.264 decoder conceals what is missing, so a
+damaged segment would come out as damaged frames, silently. The gate checks each 188-byte
+packet (sync byte, per-PID continuity counter) and holds back the bytes of the video PES in
+progress until the next one starts. The demuxer cannot emit a video PES before that anyway
+(video PES have no length in MPEG-TS), so holding costs no latency. At the first fault the
+held PES and everything after it are dropped: the frames before the fault come out intact,
+and none after it.
+"""
+
+from __future__ import annotations
+
+TS_PACKET = 188
+_SYNC = 0x47
+_NULL_PID = 0x1FFF
+
+
+class TsGate:
+    """Feed a segment's bytes with :meth:`push`; pass on what it returns. ``error`` says why
+    the rest of the segment was dropped (``None`` while it is clean)."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.offset = 0  # bytes of the segment checked so far
+        self._partial = b""
+        self._held = bytearray()
+        self._cc: dict[int, int] = {}
+        self._video_seen = False
+
+    def push(self, data: bytes) -> bytes:
+        if self.error is not None or not data:
+            return b""
+        buf = self._partial + bytes(data) if self._partial else bytes(data)
+        whole = len(buf) - len(buf) % TS_PACKET
+        self._partial = buf[whole:]
+        out = bytearray()
+        view = memoryview(buf)
+        for start in range(0, whole, TS_PACKET):
+            packet = view[start : start + TS_PACKET]
+            fault = self._check(packet)
+            if fault is not None:
+                self.error = f"{fault} at byte {self.offset}"
+                self._held.clear()
+                self._partial = b""
+                return bytes(out)
+            self.offset += TS_PACKET
+            if self._is_release_point(packet):
+                out += self._held
+                self._held = bytearray(packet)
+            else:
+                self._held += packet
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """The end of the segment: the last PES goes through, unless the segment was cut
+        inside a packet (then that PES is incomplete and is dropped)."""
+        if self.error is not None:
+            return b""
+        if self._partial:
+            self.error = f"truncated inside a packet at byte {self.offset + len(self._partial)}"
+            # the held PES is whole if the cut packet was already starting the next one
+            padded = memoryview(self._partial.ljust(TS_PACKET, b"\xff"))
+            whole = self._check(padded) is None and self._is_release_point(padded)
+            out = bytes(self._held) if whole else b""
+            self._held.clear()
+            return out
+        out, self._held = bytes(self._held), bytearray()
+        return out
+
+    def _check(self, packet: memoryview) -> str | None:
+        if packet[0] != _SYNC:
+            return "lost sync"
+        pid = ((packet[1] & 0x1F) << 8) | packet[2]
+        afc = (packet[3] >> 4) & 3
+        if afc == 0:
+            return "reserved adaptation field control"
+        if pid == _NULL_PID or not afc & 1:
+            return None  # the continuity counter only counts packets with a payload
+        cc = packet[3] & 0x0F
+        discontinuity = afc & 2 and packet[4] > 0 and packet[5] & 0x80
+        last = self._cc.get(pid)
+        self._cc[pid] = cc
+        if last is None or discontinuity or cc == (last + 1) & 0x0F or cc == last:
+            return None  # (a repeated counter is an allowed duplicate)
+        return f"continuity error on pid {pid} (expected {(last + 1) & 0x0F}, got {cc})"
+
+    def _is_release_point(self, packet: memoryview) -> bool:
+        """The start of a video PES (of any PES while no video has been seen: audio only)."""
+        if not packet[1] & 0x40:  # payload_unit_start_indicator
+            return False
+        afc = (packet[3] >> 4) & 3
+        start = 4 + (1 + packet[4] if afc & 2 else 0)
+        if not afc & 1 or start + 4 > TS_PACKET:
+            return False
+        head = packet[start : start + 4]
+        if not (head[0] == 0 and head[1] == 0 and head[2] == 1):
+            return False  # a table (PAT/PMT), not a PES
+        if 0xE0 <= head[3] <= 0xEF:
+            self._video_seen = True
+            return True
+        return not self._video_seen
