@@ -12,6 +12,8 @@ import tempfile
 import uuid
 from typing import Any
 
+from comfystream.comfyui.commands import add_workspace_argument
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--custom-nodes", action="append", default=[], metavar="DIR", help="custom node folder (repeatable)"
     )
+    add_workspace_argument(p)
     p.set_defaults(func=cmd_validate)
 
     p = subparsers.add_parser(
@@ -41,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--custom-nodes", action="append", default=[], metavar="DIR", help="custom node folder (repeatable)"
     )
+    add_workspace_argument(p)
     p.set_defaults(func=cmd_execute)
 
 
@@ -50,9 +54,13 @@ def _read_workflow(path: str) -> Any:
         return f.read()
 
 
-def _registry(custom_nodes: list[str]):
+def _registry(custom_nodes: list[str], workspace: str | None = None):
     from comfystream.engine import build_registry
 
+    if workspace:  # ComfyUI's loader takes the custom nodes too: they may import ComfyUI's modules
+        from comfystream.comfyui.commands import registry_with_workspace
+
+        return registry_with_workspace(workspace, custom_nodes)
     registry = build_registry(custom_node_dirs=custom_nodes)
     for source, error in registry.load_errors.items():
         last = error.strip().splitlines()[-1] if error.strip() else ""
@@ -68,7 +76,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot read {args.workflow}: {exc.strerror}", file=sys.stderr)
         return 2
-    result = validate_prompt(text, _registry(args.custom_nodes))
+    result = validate_prompt(text, _registry(args.custom_nodes, args.workspace))
     if result.ok:
         print(json.dumps({"ok": True}))
         return 0
@@ -133,7 +141,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
         print(f"cannot read the input image {args.input}: {exc}", file=sys.stderr)
         return 2
 
-    registry = _registry(args.custom_nodes)
+    registry = _registry(args.custom_nodes, args.workspace)
     try:
         plan = compile_prompt(text, registry)
     except PromptValidationError as exc:
