@@ -72,6 +72,24 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-custom-nodes", action="store_true", help="load core and comfy_extras nodes only")
 
 
+def registry_with_workspace(workspace: str, custom_nodes: list[str] | None = None):
+    """comfystream's nodes plus the workspace's (and `custom_nodes`, loaded as ComfyUI loads
+    them), for a command that runs in this process; a bad workspace exits with status 2."""
+    from comfystream.comfyui.workspace import load_workspace
+    from comfystream.engine import build_registry
+
+    registry = build_registry()
+    try:
+        info = load_workspace(workspace, WorkspaceSettings(extra_custom_node_dirs=tuple(custom_nodes or ())), registry)
+    except WorkspaceError as exc:
+        print(f"workspace: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    for path, error in info.load_errors.items():
+        last = error.strip().splitlines()[-1] if error.strip() else ""
+        print(f"workspace: could not load {path}: {last}", file=sys.stderr)
+    return registry
+
+
 def settings_from_args(args: argparse.Namespace) -> WorkspaceSettings:
     return WorkspaceSettings(
         gpu_only=bool(getattr(args, "gpu_only", False)),
