@@ -211,16 +211,12 @@ async def test_control_channel_prompts_pause_resume_stop_and_resolution(server: 
         assert indices == sorted(set(indices)), "frames out of order across pause/stop/swap"
 
         # The size: the worker restarts at it, and frames come back at it.
-        reply = await peer.request("update_resolution", width=256, height=192)
-        assert (reply["type"], reply["success"], reply["width"], reply["height"]) == (
-            "resolution_updated",
-            True,
-            256,
-            192,
-        )
+        reply = await peer.request("update_resolution", width=256, height=256)
+        assert (reply["type"], reply["success"]) == ("resolution_updated", True), reply
+        assert (reply["width"], reply["height"], reply["warmup_performed"]) == (256, 256, True)
         frames = await _frames_sent_after(peer, time.monotonic(), 3)
-        assert {(f.width, f.height) for f in frames} == {(256, 192)}
-        reply = await peer.request("update_resolution", width=255, height=192)
+        assert {(f.width, f.height) for f in frames} == {(256, 256)}
+        reply = await peer.request("update_resolution", width=255, height=256)
         assert reply["success"] is False and any(
             e["input_name"] == "parameters.width" for e in reply["validation_errors"]
         )
