@@ -90,6 +90,11 @@ def parse_ice_server(value: str) -> IceServer:
                 f"--ice-server {value!r}: a TURN server needs credentials "
                 "(turn:user:pass@host:port or turn:host:port?username=..&credential=..)"
             )
+        allowed = {"tcp"} if scheme == "turns" else {"udp", "tcp"}
+        if transport is not None and transport not in allowed:
+            raise IceServerError(
+                f"--ice-server {value!r}: transport must be one of {sorted(allowed)} for {scheme}:"
+            )
         url = f"{scheme}:{hostport}" + (f"?{urlencode({'transport': transport})}" if transport else "")
     try:
         parse_stun_turn_uri(url)
