@@ -19,6 +19,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from comfystream.media import frame_to_ndarray, ndarray_to_frame
 from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
 from server.stream_manager import UpdateOutcome
 from server.stream_spec import StreamSpec
@@ -183,7 +184,7 @@ class WebRTCStream:
                         await pipeline.put_audio_frame(frame)
                 else:
                     self.passed_through += video
-                    out.push(frame)
+                    out.push(self._at_stream_size(frame) if video else frame)
         except MediaStreamError:
             logger.info("stream %s: the peer's %s track ended", self.stream_id, track.kind)
         except Exception as exc:
@@ -198,6 +199,14 @@ class WebRTCStream:
                 self.close_soon("peer connection closed", "peer_closed")
             else:
                 self.close_soon("the peer's video ended", "input_ended")
+
+    def _at_stream_size(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """A passed-through frame at the stream's size (as the pipeline's own pass-through), so the
+        peer sees one size whether the worker processes or not."""
+        width, height = self.spec.width, self.spec.height
+        if (frame.width, frame.height) == (width, height):
+            return frame
+        return ndarray_to_frame(frame_to_ndarray(frame, width, height), frame)
 
     async def _pump(self, get: Callable[[], Awaitable[Any]], kind: str) -> None:
         try:

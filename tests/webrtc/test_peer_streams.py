@@ -216,6 +216,11 @@ async def test_control_channel_prompts_pause_resume_stop_and_resolution(server: 
         assert (reply["width"], reply["height"], reply["warmup_performed"]) == (256, 256, True)
         frames = await _frames_sent_after(peer, time.monotonic(), 3)
         assert {(f.width, f.height) for f in frames} == {(256, 256)}
+        reply = await peer.request("pause_prompts")  # passed through at the stream's size too
+        assert reply["success"] is True
+        frames = await _frames_sent_after(peer, time.monotonic(), 3)
+        assert {(f.width, f.height) for f in frames} == {(256, 256)}
+        assert (await peer.request("resume_prompts"))["success"] is True
         reply = await peer.request("update_resolution", width=255, height=256)
         assert reply["success"] is False and any(
             e["input_name"] == "parameters.width" for e in reply["validation_errors"]
