@@ -32,6 +32,7 @@ FEATURE_MODULES: tuple[str, ...] = (
     "server.routes.streams",
     "server.webrtc.routes",
     "server.dashboard",
+    "server.jobs",
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)

@@ -49,6 +49,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a STUN/TURN server for WebRTC (repeatable): stun:host:port, turn:user:pass@host:port, "
         "turn:host:port?username=..&credential=..; none: host candidates only",
     )
+    parser.add_argument(
+        "--job-workers",
+        type=int,
+        default=1,
+        help="worker processes that run one-shot prompts (POST /prompt, /tasks) in parallel (default 1)",
+    )
+    parser.add_argument(
+        "--input-dir",
+        type=Path,
+        default=None,
+        help="input images folder (default: the workspace's, or ./input)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="output images folder (default: the workspace's, or ./output)",
+    )
     # The dispatcher has a global --log-level; this one lets it follow the subcommand too.
     parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, help="logging level")
     parser.set_defaults(func=run)
@@ -62,6 +80,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--max-streams must be at least 1")
     if args.warm_workers < 0:
         raise ValueError("--warm-workers cannot be negative")
+    if args.job_workers < 0:
+        raise ValueError("--job-workers cannot be negative")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -72,6 +92,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         gpus=parse_gpus(args.gpus),
         relay=args.relay,
         ice_servers=list(args.ice_servers),
+        job_workers=args.job_workers,
+        input_dir=args.input_dir,
+        output_dir=args.output_dir,
         log_level=str(getattr(args, "log_level", "INFO")),
     )
 

@@ -24,6 +24,9 @@ class ServerConfig:
     stop_timeout_s: float = 15.0  # per stream, for stopping its tasks and worker
     finished_streams_kept: int = 64  # stopped streams GET /stream/{id} still reports
     ice_servers: list[str] = field(default_factory=list)  # --ice-server URLs (WebRTC); none: host only
+    job_workers: int = 1  # --job-workers: spawned workers that run one-shot prompts in parallel
+    input_dir: Path | None = None  # LoadImage / uploads; None: the workspace's input/, else ./input
+    output_dir: Path | None = None  # SaveImage (temp/ inside it); None: the workspace's output/, else ./output
 
     @property
     def custom_node_dirs(self) -> list[Path]:

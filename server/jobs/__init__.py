@@ -1,0 +1,116 @@
+"""One-shot workflow jobs run in parallel across job workers: ComfyUI's API (/prompt, /ws, /queue,
+/history, ...), tasks with SSE progress (/tasks, /progress/{taskId}), and the stream event feed
+(/stream/{id}/events). `setup_routes(app)` is what the app factory calls."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from comfystream.pipeline.backend import WorkerSpec
+from server.app_keys import CONFIG_KEY, OPENAPI_KEY
+from server.jobs import comfy_routes, stream_events, task_routes, ws
+from server.jobs.scheduler import JobScheduler
+from server.jobs.settings import (
+    JOB_BACKEND_KEY,
+    JOB_SCHEDULER_KEY,
+    JOB_SETTINGS_KEY,
+    TASK_TRACKER_KEY,
+    WS_HUB_KEY,
+    JobSettings,
+    scheduler_of,
+)
+from server.jobs.tasks import TaskTracker
+from server.openapi import add_api_route
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "JOB_BACKEND_KEY",
+    "JOB_SCHEDULER_KEY",
+    "JOB_SETTINGS_KEY",
+    "JobSettings",
+    "scheduler_of",
+    "setup_routes",
+]
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the routes. The settings come from the server config unless `app[JOB_SETTINGS_KEY]`
+    is set before startup; the scheduler and its workers start with the app."""
+    app[JOB_SETTINGS_KEY] = JobSettings.from_config(app[CONFIG_KEY])
+    settings = app[JOB_SETTINGS_KEY]
+    app[JOB_SCHEDULER_KEY] = JobScheduler(settings)
+    app[WS_HUB_KEY] = ws.WsHub(settings.ws_queue_size)
+    app[TASK_TRACKER_KEY] = TaskTracker(settings)
+    app[JOB_SCHEDULER_KEY].sinks.extend([app[TASK_TRACKER_KEY], app[WS_HUB_KEY]])
+    api = app[OPENAPI_KEY]
+    routes = [(m, p, h, s, "jobs") for m, p, h, s in comfy_routes.ROUTES]
+    routes += [
+        (
+            "GET",
+            "/ws",
+            ws.websocket_handler,
+            "ComfyUI's WebSocket: status and the client's prompt events",
+            "jobs",
+        ),
+        (
+            "POST",
+            "/tasks",
+            task_routes.create_task,
+            "Queue a prompt as a task: answers its taskId at once",
+            "tasks",
+        ),
+        (
+            "GET",
+            "/progress/{task_id}",
+            task_routes.task_progress,
+            "A task's progress (Server-Sent Events)",
+            "tasks",
+        ),
+    ]
+    for method, path, handler, summary, tag in routes:
+        add_api_route(app, api, method, path, handler, summary, tags=(tag,))
+        add_api_route(
+            app, api, method, f"/api{path}", handler, summary, tags=(tag,), alias_of=f"{method} {path}"
+        )
+    add_api_route(
+        app,
+        api,
+        "GET",
+        "/stream/{id}/events",
+        stream_events.stream_events,
+        "The stream's events: state, warmup, worker restarts, stats, errors (Server-Sent Events)",
+        tags=("streams",),
+    )
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+
+
+async def _start(app: web.Application) -> None:
+    # The settings as they are now: a test or an embedder may have replaced them after setup.
+    settings = app[JOB_SETTINGS_KEY]
+    settings.input_dir.mkdir(parents=True, exist_ok=True)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    backend = app.get(JOB_BACKEND_KEY)
+    if backend is None:
+        from workers.backend import DEFAULT_BACKEND
+
+        backend = DEFAULT_BACKEND
+    app[WS_HUB_KEY].queue_size = settings.ws_queue_size
+    app[TASK_TRACKER_KEY].settings = settings
+    spec = WorkerSpec(custom_node_dirs=tuple(str(d) for d in app[CONFIG_KEY].custom_nodes))
+    app[JOB_SCHEDULER_KEY].start(backend, spec, settings)
+    logger.info(
+        "jobs: %d worker(s); input %s, output %s",
+        settings.job_workers,
+        settings.input_dir,
+        settings.output_dir,
+    )
+
+
+async def _shutdown(app: web.Application) -> None:
+    app[TASK_TRACKER_KEY].close()
+    await app[WS_HUB_KEY].close()
+    await app[JOB_SCHEDULER_KEY].stop()

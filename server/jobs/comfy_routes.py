@@ -1,0 +1,287 @@
+"""ComfyUI's HTTP API, with its request, response and error shapes, over the job scheduler:
+/prompt, /queue, /history, /interrupt, /object_info, /view, /upload/image, /system_stats (and
+/ws in server/jobs/ws.py). Every route is also served under /api/, as ComfyUI does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from importlib import metadata
+from typing import Any
+
+from aiohttp import web
+
+from server.app_keys import NODE_REGISTRY_KEY
+from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
+from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
+from server.jobs.submit import PromptRequest, comfy_error, submit_prompt
+from server.jobs.ws import queue_info
+
+logger = logging.getLogger(__name__)
+
+
+async def _json_or(request: web.Request, default: Any) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        return default
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _bad_request(kind: str, message: str, details: str = "") -> web.Response:
+    return web.json_response({"error": comfy_error(kind, message, details), "node_errors": {}}, status=400)
+
+
+# -- prompts and the queue ---------------------------------------------------------------------
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    data = await _json_or(request, None)
+    if not isinstance(data, dict):
+        return _bad_request("invalid_prompt", "Invalid prompt", "the request body must be a JSON object")
+    if "prompt" not in data:
+        return web.json_response(
+            {"error": comfy_error("no_prompt", "No prompt provided"), "node_errors": {}}, status=400
+        )
+    try:
+        number = float(data["number"]) if "number" in data else None
+    except (TypeError, ValueError):
+        return _bad_request(
+            "invalid_prompt", "Invalid prompt", f"number must be a number, got {data['number']!r}"
+        )
+    extra_data = data.get("extra_data") if isinstance(data.get("extra_data"), dict) else {}
+    partial = data.get("partial_execution_targets")
+    submitted = submit_prompt(
+        PromptRequest(
+            prompt=data["prompt"],
+            prompt_id=str(data["prompt_id"]) if data.get("prompt_id") is not None else None,
+            client_id=str(data["client_id"]) if data.get("client_id") is not None else None,
+            number=number,
+            front=bool(data.get("front")),
+            extra_data=dict(extra_data),
+            partial_execution_targets=list(partial) if isinstance(partial, list) else None,
+        ),
+        request.app[NODE_REGISTRY_KEY],
+        request.app[JOB_SETTINGS_KEY],
+        scheduler_of(request.app),
+    )
+    if submitted.item is None:
+        logger.warning("invalid prompt: %s", submitted.error)
+        return web.json_response(submitted.to_comfy(), status=400)
+    return web.json_response(submitted.to_comfy())
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    return web.json_response(queue_info(scheduler_of(request.app).queue.remaining))
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    queue = scheduler_of(request.app).queue
+    return web.json_response(
+        {
+            "queue_running": [item.to_comfy() for item in queue.running.values()],
+            "queue_pending": [item.to_comfy() for item in queue.pending()],
+        }
+    )
+
+
+async def post_queue(request: web.Request) -> web.Response:
+    data = await _json_or(request, {})
+    if not isinstance(data, dict):
+        return _bad_request("invalid_request", "Invalid request", "the body must be a JSON object")
+    scheduler = scheduler_of(request.app)
+    if data.get("clear"):
+        scheduler.clear_pending()
+    if "delete" in data:
+        ids = data["delete"] if isinstance(data["delete"], list) else [data["delete"]]
+        scheduler.delete_pending(str(i) for i in ids)
+    return web.Response(status=200)
+
+
+async def post_interrupt(request: web.Request) -> web.Response:
+    data = await _json_or(request, {})
+    prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+    scheduler_of(request.app).interrupt(str(prompt_id) if prompt_id else None)
+    return web.Response(status=200)
+
+
+# -- history -----------------------------------------------------------------------------------
+
+
+async def get_history(request: web.Request) -> web.Response:
+    try:
+        max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+        offset = int(request.query["offset"]) if "offset" in request.query else -1
+    except ValueError:
+        return _bad_request("invalid_request", "Invalid request", "max_items and offset must be integers")
+    queue = scheduler_of(request.app).queue
+    return web.json_response(queue.get_history(max_items=max_items, offset=offset), dumps=_dumps)
+
+
+async def get_history_item(request: web.Request) -> web.Response:
+    queue = scheduler_of(request.app).queue
+    return web.json_response(queue.get_history(prompt_id=request.match_info["prompt_id"]), dumps=_dumps)
+
+
+async def post_history(request: web.Request) -> web.Response:
+    data = await _json_or(request, {})
+    if not isinstance(data, dict):
+        return _bad_request("invalid_request", "Invalid request", "the body must be a JSON object")
+    queue = scheduler_of(request.app).queue
+    if data.get("clear"):
+        queue.wipe_history()
+    if "delete" in data:
+        for prompt_id in data["delete"] if isinstance(data["delete"], list) else [data["delete"]]:
+            queue.delete_history(str(prompt_id))
+    return web.Response(status=200)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)  # a custom node's ui values need not be JSON types
+
+
+# -- nodes ---------------------------------------------------------------------------------------
+
+
+async def get_object_info(request: web.Request) -> web.Response:
+    return web.json_response(request.app[NODE_REGISTRY_KEY].object_info(), dumps=_dumps)
+
+
+async def get_object_info_node(request: web.Request) -> web.Response:
+    return web.json_response(
+        request.app[NODE_REGISTRY_KEY].object_info(request.match_info["node_class"]), dumps=_dumps
+    )
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    if "filename" not in request.query:
+        return web.Response(status=404)
+    settings = request.app[JOB_SETTINGS_KEY]
+    try:
+        path = resolve_view_path(
+            settings,
+            request.query["filename"],
+            request.query.get("type", "output"),
+            request.query.get("subfolder"),
+        )
+    except PathRefused as exc:
+        logger.warning("/view refused %r: %s", request.query_string, exc)
+        return web.Response(status=exc.status, text=str(exc))
+    if not path.is_file():
+        return web.Response(status=404)
+    return view_response(path, request.query)
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    if not request.content_type.startswith("multipart/"):
+        return web.Response(status=400, text="expected multipart/form-data with an `image` file")
+    post = await request.post()
+    image = post.get("image")
+    if image is None or not hasattr(image, "file"):
+        return web.Response(status=400, text="no `image` file in the form")
+    overwrite = str(post.get("overwrite", "")).lower() in ("true", "1")
+    try:
+        saved = save_upload(
+            request.app[JOB_SETTINGS_KEY],
+            image.file.read(),
+            image.filename or "",
+            str(post.get("type") or "input"),
+            str(post.get("subfolder") or ""),
+            overwrite,
+        )
+    except PathRefused as exc:
+        return web.Response(status=exc.status, text=str(exc))
+    return web.json_response(saved)
+
+
+# -- system --------------------------------------------------------------------------------------
+
+
+def _memory() -> tuple[int, int]:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    free = total
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    return total, free
+
+
+def _version() -> str:
+    try:
+        return metadata.version("comfystream")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    ram_total, ram_free = _memory()
+    scheduler = scheduler_of(request.app)
+    devices: list[dict[str, Any]] = []
+    torch_version = ""
+    seen: set[tuple[Any, Any]] = set()
+    for worker in scheduler.workers:
+        status = await worker.request_status()
+        if not status:
+            continue
+        torch_version = torch_version or str(status.get("torch_version", ""))
+        key = (status.get("device_type"), status.get("gpu"))
+        if key in seen:  # one entry per device, however many workers share it
+            continue
+        seen.add(key)
+        cpu = status.get("device_type") == "cpu"
+        devices.append(
+            {
+                "name": status.get("device_name", "cpu"),
+                "type": status.get("device_type", "cpu"),
+                "index": status.get("device_index"),
+                "vram_total": ram_total if cpu else status.get("vram_total", 0),
+                "vram_free": ram_free if cpu else status.get("vram_free", 0),
+                "torch_vram_total": 0 if cpu else status.get("torch_vram_total", 0),
+                "torch_vram_free": 0 if cpu else status.get("torch_vram_free", 0),
+            }
+        )
+    return web.json_response(
+        {
+            "system": {
+                "os": os.name,
+                "ram_total": ram_total,
+                "ram_free": ram_free,
+                "comfyui_version": _version(),
+                "required_frontend_version": "",
+                "python_version": sys.version,
+                "pytorch_version": torch_version,
+                "embedded_python": False,
+                "argv": sys.argv,
+            },
+            "devices": devices,
+        }
+    )
+
+
+ROUTES: tuple[tuple[str, str, Any, str], ...] = (
+    ("POST", "/prompt", post_prompt, "Queue a prompt (ComfyUI)"),
+    ("GET", "/prompt", get_prompt, "Queue size (ComfyUI)"),
+    ("GET", "/queue", get_queue, "Running and pending prompts (ComfyUI)"),
+    ("POST", "/queue", post_queue, "Clear the queue or delete pending prompts (ComfyUI)"),
+    ("POST", "/interrupt", post_interrupt, "Interrupt one running prompt (prompt_id) or all (ComfyUI)"),
+    ("GET", "/history", get_history, "Finished prompts (ComfyUI)"),
+    ("GET", "/history/{prompt_id}", get_history_item, "One finished prompt (ComfyUI)"),
+    ("POST", "/history", post_history, "Clear the history or delete entries (ComfyUI)"),
+    ("GET", "/object_info", get_object_info, "Every node's schema (ComfyUI)"),
+    ("GET", "/object_info/{node_class}", get_object_info_node, "One node's schema (ComfyUI)"),
+    ("GET", "/view", view, "An input, output or temp image (ComfyUI)"),
+    ("POST", "/upload/image", upload_image, "Upload an image into the input folder (ComfyUI)"),
+    ("GET", "/system_stats", system_stats, "System and device information (ComfyUI)"),
+)

@@ -1,0 +1,71 @@
+"""The jobs feature's settings and the typed keys of its state on the application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from server.config import ServerConfig
+
+if TYPE_CHECKING:
+    from server.jobs.scheduler import JobScheduler
+    from server.jobs.tasks import TaskTracker
+    from server.jobs.ws import WsHub
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    job_workers: int = 1
+    input_dir: Path = Path("input")
+    output_dir: Path = Path("output")
+    sse_heartbeat_s: float = 30.0  # `: heartbeat` comment on every SSE stream this often
+    task_ttl_s: float = 300.0  # a finished task answers GET /progress/{taskId} this long, then 404
+    task_events_kept: int = 256  # per task, for Last-Event-ID resumes
+    history_max: int = 10000  # ComfyUI's MAXIMUM_HISTORY_SIZE
+    ws_queue_size: int = 10000  # messages waiting for one slow WebSocket client (the oldest go first)
+    worker_start_timeout_s: float = 180.0
+
+    @property
+    def temp_dir(self) -> Path:
+        # Where PreviewImage writes when the execution names an output folder (comfystream.nodes.folders).
+        return self.output_dir / "temp"
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, **overrides: Any) -> JobSettings:
+        """Folders: the flags, else the workspace's input/ and output/, else ./input and ./output."""
+        base = config.workspace if config.workspace is not None else Path.cwd()
+        input_dir = getattr(config, "input_dir", None) or base / "input"
+        output_dir = getattr(config, "output_dir", None) or base / "output"
+        values: dict[str, Any] = {
+            "job_workers": int(getattr(config, "job_workers", 1)),
+            "input_dir": Path(input_dir).resolve(),
+            "output_dir": Path(output_dir).resolve(),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+JOB_SETTINGS_KEY = web.AppKey("job_settings", JobSettings)
+# The worker backend job workers are spawned from (workers.backend.ProcessPoolBackend); default:
+# the process-wide DEFAULT_BACKEND, so jobs and streams share GPU placement.
+JOB_BACKEND_KEY: web.AppKey[Any] = web.AppKey("job_backend", object)
+
+# Made by setup_routes (so other features may add their sinks at startup); started with the app.
+JOB_SCHEDULER_KEY: web.AppKey[JobScheduler] = web.AppKey("job_scheduler")
+TASK_TRACKER_KEY: web.AppKey[TaskTracker] = web.AppKey("task_tracker")
+WS_HUB_KEY: web.AppKey[WsHub] = web.AppKey("ws_hub")
+
+
+def scheduler_of(app: web.Application) -> JobScheduler:
+    return app[JOB_SCHEDULER_KEY]
+
+
+def hub_of(app: web.Application) -> WsHub:
+    return app[WS_HUB_KEY]
+
+
+def tracker_of(app: web.Application) -> TaskTracker:
+    return app[TASK_TRACKER_KEY]

@@ -1,0 +1,88 @@
+"""Queueing a prompt, as ComfyUI's POST /prompt does: validate here (against the server's node
+registry, with the jobs' input folder in view), number it, and hand it to the scheduler."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from comfystream.engine import ExecutionContext, ValidationResult, validate_prompt
+from comfystream.engine.context import reset_current_context, set_current_context
+from server.jobs.queue import QueueItem
+from server.jobs.scheduler import JobScheduler
+from server.jobs.settings import JobSettings
+
+
+@dataclass
+class PromptRequest:
+    """The fields of ComfyUI's POST /prompt body."""
+
+    prompt: Any
+    prompt_id: str | None = None
+    client_id: str | None = None
+    number: float | None = None
+    front: bool = False
+    extra_data: dict[str, Any] = field(default_factory=dict)
+    partial_execution_targets: list[str] | None = None
+
+
+@dataclass
+class Submitted:
+    item: QueueItem | None  # None: the prompt was refused (see `error`)
+    node_errors: dict[str, Any]
+    error: dict[str, Any] | None = None
+
+    def to_comfy(self) -> dict[str, Any]:
+        if self.item is None:
+            return {"error": self.error, "node_errors": self.node_errors}
+        return {"prompt_id": self.item.prompt_id, "number": self.item.number, "node_errors": self.node_errors}
+
+
+def comfy_error(kind: str, message: str, details: str = "") -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details or message, "extra_info": {}}
+
+
+def validate_in_folders(
+    prompt: Any, registry: Any, settings: JobSettings, partial: list[str] | None, extra_data: dict[str, Any]
+) -> ValidationResult:
+    """Validation sees the jobs' folders (LoadImage lists and checks the input folder)."""
+    token = set_current_context(
+        ExecutionContext(
+            prompt_id="validation", input_dir=str(settings.input_dir), output_dir=str(settings.output_dir)
+        )
+    )
+    try:
+        return validate_prompt(prompt, registry, partial, extra_data)
+    finally:
+        reset_current_context(token)
+
+
+def submit_prompt(
+    request: PromptRequest, registry: Any, settings: JobSettings, scheduler: JobScheduler
+) -> Submitted:
+    prompt_id = str(request.prompt_id) if request.prompt_id is not None else str(uuid.uuid4())
+    if scheduler.queue.knows(prompt_id):
+        return Submitted(
+            None,
+            {},
+            comfy_error(
+                "invalid_prompt", "Invalid prompt", f"prompt_id {prompt_id} is already queued or running"
+            ),
+        )
+    extra_data = dict(request.extra_data or {})
+    if request.client_id is not None:
+        extra_data["client_id"] = request.client_id
+    result = validate_in_folders(
+        request.prompt, registry, settings, request.partial_execution_targets, extra_data
+    )
+    if not result.ok:
+        comfy = result.to_comfy()
+        return Submitted(None, comfy["node_errors"] or {}, comfy["error"])
+    if request.number is not None:
+        number: float = float(request.number)
+    else:
+        number = scheduler.queue.next_number(bool(request.front))
+    item = QueueItem(number, prompt_id, result.prompt, extra_data, list(result.outputs))
+    scheduler.submit(item)
+    return Submitted(item, result.node_errors or {})
