@@ -141,7 +141,9 @@ def main() -> None:
             "comfyui_nodes": info.comfyui_nodes,
             "load_errors": info.load_errors,
             "clashes": [vars(c) for c in info.clashes],
-            "custom_node_packages": {p.name: {"loaded": p.loaded, "nodes": p.nodes} for p in info.custom_node_packages},
+            "custom_node_packages": {
+                p.name: {"loaded": p.loaded, "nodes": p.nodes, "skipped": p.skipped} for p in info.custom_node_packages
+            },
             "sources": {name: registry.sources.get(name) for name in ("LoadTensor", "ImageBlur", "CSTestChannelSwap")},
         }
     }
@@ -216,7 +218,35 @@ def main() -> None:
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
     }
     out["image_size"] = run(compile_prompt(size_prompt, registry), frame)
+    out["ui_package"] = ui_package(custom_nodes, reference_path)
     print(json.dumps(out))
+
+
+def ui_package(custom_nodes: str, scratch: str) -> dict[str, Any]:
+    """comfystream's node package as ComfyUI's own server loads and runs it (no comfystream execution)."""
+    import os
+
+    import folder_paths
+    import nodes
+
+    from comfystream.comfyui.node_loading import run_coroutine
+
+    temp = os.path.join(os.path.dirname(scratch), "comfyui-temp")
+    folder_paths.set_temp_directory(temp)
+    loaded = run_coroutine(nodes.load_custom_node(os.path.join(custom_nodes, "comfystream_nodes")))
+    load_tensor = nodes.NODE_CLASS_MAPPINGS["LoadTensor"]
+    save_tensor = nodes.NODE_CLASS_MAPPINGS["SaveTensor"]
+    (placeholder,) = getattr(load_tensor(), load_tensor.FUNCTION)()
+    ui = getattr(save_tensor(), save_tensor.FUNCTION)(placeholder)
+    images = ui["ui"]["images"]
+    return {
+        "loaded": loaded,
+        "module": load_tensor.__module__,
+        "placeholder_shape": list(placeholder.shape),
+        "placeholder_range": [float(placeholder.min()), float(placeholder.max())],
+        "preview_type": images[0]["type"],
+        "preview_file": os.path.isfile(os.path.join(temp, images[0]["subfolder"], images[0]["filename"])),
+    }
 
 
 if __name__ == "__main__":

@@ -76,6 +76,10 @@ def custom_nodes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for package in NODE_PACKAGES.iterdir():
         if package.is_dir() and (package / "__init__.py").is_file():
             shutil.copytree(package, root / package.name, ignore=shutil.ignore_patterns("__pycache__"))
+    # comfystream's own package, as setup-workspace installs it: a worker must skip it.
+    from comfystream.comfyui.installer import NODE_PACKAGE_NAME, node_package_source
+
+    shutil.copytree(node_package_source(), root / NODE_PACKAGE_NAME, ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 

@@ -85,9 +85,13 @@ def test_workspace_info_reports_nodes_sources_clashes_and_errors(probe, comfyui_
     assert packages["cs_test_nodes"] == {
         "loaded": True,
         "nodes": ["CSTestChannelSwap", "CSTestSlowProgress", "CSTestPollInterrupt"],
+        "skipped": None,
     }
-    assert packages["cs_v3_nodes"] == {"loaded": True, "nodes": ["CSTestV3Gain"]}
+    assert packages["cs_v3_nodes"] == {"loaded": True, "nodes": ["CSTestV3Gain"], "skipped": None}
     assert packages["cs_broken_nodes"]["loaded"] is False
+    # comfystream's own package (setup-workspace installs it for ComfyUI's UI) is not loaded again.
+    assert packages["comfystream_nodes"]["loaded"] is False and packages["comfystream_nodes"]["skipped"]
+    assert not any("comfystream_nodes" in path for path in info["load_errors"])
     broken = str(custom_nodes_dir / "cs_broken_nodes")
     assert "cs_broken_nodes needs a module this environment lacks" in info["load_errors"][broken]
     # The custom package's LoadTensor lost to ours, and the clash is reported.
@@ -150,6 +154,16 @@ def test_promptserver_progress_text_becomes_our_event(probe):
     assert result["progress_text"] == [
         {"node": "2", "text": f"width: {WIDTH}, height: {HEIGHT}\n batch size: 1", "prompt_id": result["prompt_id"]}
     ]
+
+
+def test_node_package_works_in_comfyuis_own_ui(probe):
+    ui = probe["ui_package"]
+    assert ui["loaded"] is True
+    assert ui["module"] == "comfystream.comfyui.ui_nodes"
+    # Outside a stream LoadTensor gives a placeholder frame and SaveTensor shows a preview.
+    assert ui["placeholder_shape"] == [1, 512, 512, 3]
+    assert 0.0 <= ui["placeholder_range"][0] < ui["placeholder_range"][1] <= 1.0
+    assert ui["preview_type"] == "temp" and ui["preview_file"] is True
 
 
 async def test_stream_through_a_worker_gives_comfyuis_pixels(
