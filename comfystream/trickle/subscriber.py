@@ -45,7 +45,9 @@ class TrickleSegment:
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
             while True:
-                chunk = await asyncio.wait_for(self._response.content.readany(), self._read_timeout)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that lands as a chunk arrives
+                async with asyncio.timeout(self._read_timeout):
+                    chunk = await self._response.content.readany()
                 if not chunk:
                     self.complete = True
                     return
