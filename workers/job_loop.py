@@ -79,6 +79,7 @@ class _JobLoop:
             self._interrupt(None, "worker stopping")
             self._jobs.put(None)
             self._thread.join(2.0)  # a node that ignores the cancel token must not hold the exit
+        logger.debug("job loop ends: %s", reason)
         return {"reason": reason, "jobs_done": self.jobs_done}
 
     def _send(self, msg: Any) -> None:

@@ -68,13 +68,13 @@ class PromptQueue:
         self.running[item.prompt_id] = item
         return item
 
-    def delete(self, prompt_id: str) -> bool:
+    def delete(self, prompt_id: str) -> QueueItem | None:
         for i, item in enumerate(self._pending):
             if item.prompt_id == prompt_id:
                 self._pending.pop(i)
                 heapq.heapify(self._pending)
-                return True
-        return False
+                return item
+        return None
 
     def wipe(self) -> list[QueueItem]:
         removed, self._pending = self._pending, []

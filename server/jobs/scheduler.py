@@ -36,6 +36,8 @@ class JobSink(Protocol):
 
     def on_queue_changed(self, remaining: int) -> None: ...
 
+    # Optional: `on_job_cancelled(item)` for a pending item deleted before it ran.
+
 
 class JobScheduler:
     def __init__(self, settings: JobSettings):
@@ -101,15 +103,24 @@ class JobScheduler:
         self._dispatch()
 
     def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
-        deleted = [pid for pid in prompt_ids if self.queue.delete(str(pid))]
-        if deleted:
-            self._queue_changed()
-        return deleted
+        removed = [item for item in (self.queue.delete(str(pid)) for pid in prompt_ids) if item is not None]
+        self._cancelled(removed)
+        return [item.prompt_id for item in removed]
 
     def clear_pending(self) -> list[str]:
-        removed = [item.prompt_id for item in self.queue.wipe()]
-        self._queue_changed()
-        return removed
+        removed = self.queue.wipe()
+        self._cancelled(removed, always=True)
+        return [item.prompt_id for item in removed]
+
+    def _cancelled(self, items: list[QueueItem], always: bool = False) -> None:
+        for item in items:
+            logger.info("prompt %s deleted from the queue", item.prompt_id)
+            for sink in self.sinks:
+                cancelled = getattr(sink, "on_job_cancelled", None)
+                if cancelled is not None:
+                    cancelled(item)
+        if items or always:
+            self._queue_changed()
 
     def interrupt(self, prompt_id: str | None = None) -> list[str]:
         """Interrupt the running prompt `prompt_id`, or every running one; returns those signalled."""

@@ -61,6 +61,7 @@ STARTING_STEP = "Starting..."
 COMPLETE_STEP = "Complete"
 FAILED_STEP = "Failed"
 INTERRUPTED_STEP = "Interrupted"
+CANCELLED_STEP = "Cancelled"
 
 
 def step_name(class_type: str | None) -> str:

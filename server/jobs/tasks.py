@@ -243,6 +243,9 @@ class TaskTracker:
                     details=f"{where}{exception}" if exception else where.rstrip(": "),
                 )
             )
+        self._finished(task)
+
+    def _finished(self, task: Task) -> None:
         task.finished_at = time.time()
         self._expiry[task.task_id] = asyncio.get_running_loop().call_later(
             self.settings.task_ttl_s, self._expire, task.task_id
@@ -250,6 +253,17 @@ class TaskTracker:
 
     def on_queue_changed(self, remaining: int) -> None:
         pass
+
+    def on_job_cancelled(self, item: QueueItem) -> None:
+        task = self._by_prompt.pop(item.prompt_id, None)
+        if task is None:
+            return
+        task.status = "error"
+        task.progress = TaskProgress(currentStep=step_names.CANCELLED_STEP)
+        task.publish(
+            error=TaskError(message="Generation cancelled", details="deleted from the queue before it ran")
+        )
+        self._finished(task)
 
     # -- lifetime ------------------------------------------------------------------------------
 
