@@ -152,6 +152,13 @@ async def offer(request: web.Request) -> web.Response:
         logger.warning("stream %s: offer failed: %s", stream_id, exc)
         stream.error = stream.error or f"{type(exc).__name__}: {exc}"
         await stream.stop(f"error: {stream.error}", "error")
+        if isinstance(exc, Exception) and not isinstance(exc, web.HTTPException):
+            if _to_http_error(request.app, exc) is None:  # not a request error: the worker did not come up
+                raise errors.error_response(
+                    web.HTTPInternalServerError,
+                    "Stream failed to start",
+                    f"stream {stream_id}: {stream.error}",
+                ) from exc
         raise
     local = pc.localDescription
     logger.info("stream %s: answered (%dx%d, %d prompt(s))", stream_id, spec.width, spec.height, len(prompts))
@@ -209,7 +216,13 @@ def setup_routes(app: web.Application) -> None:
         "Start a WebRTC stream: the peer's offer in, the answer out (a dedicated worker per peer)",
         tags=("webrtc",),
         request_model=OfferRequest,
-        responses={200: OfferAnswer, 400: ErrorResponse, 409: ErrorResponse, 503: ErrorResponse},
+        responses={
+            200: OfferAnswer,
+            400: ErrorResponse,
+            409: ErrorResponse,
+            500: ErrorResponse,
+            503: ErrorResponse,
+        },
     )
     add_api_route(
         app,

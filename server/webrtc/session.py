@@ -28,6 +28,10 @@ from server.webrtc.tracks import OutboundTrack
 logger = logging.getLogger(__name__)
 
 _SIZE_KEYS = ("width", "height")
+# Frames waiting for the sender: few for video (latency stays low when the encoder lags; the newest
+# frames win), more for audio (20 ms frames come in bursts, and a gap is heard).
+VIDEO_QUEUE = 2
+AUDIO_QUEUE = 10
 
 
 class FramePipeline(Protocol):
@@ -156,9 +160,9 @@ class WebRTCStream:
     def add_remote_track(self, track: MediaStreamTrack) -> OutboundTrack | None:
         """A track from the peer: read it into the pipeline; returns the track to send back."""
         if track.kind == "video" and self.video_out is None:
-            self.video_out = out = OutboundTrack("video", self.stream_id)
+            self.video_out = out = OutboundTrack("video", self.stream_id, maxsize=VIDEO_QUEUE)
         elif track.kind == "audio" and self.audio_out is None:
-            self.audio_out = out = OutboundTrack("audio", self.stream_id)
+            self.audio_out = out = OutboundTrack("audio", self.stream_id, maxsize=AUDIO_QUEUE)
         else:
             logger.info("stream %s: ignoring an extra %s track", self.stream_id, track.kind)
             return None

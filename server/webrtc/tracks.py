@@ -28,7 +28,7 @@ class OutboundTrack(MediaStreamTrack):
     see time go backwards.
     """
 
-    def __init__(self, kind: str, stream_id: str, maxsize: int = 4) -> None:
+    def __init__(self, kind: str, stream_id: str, maxsize: int = 2) -> None:
         super().__init__()
         self.kind = kind
         self.stream_id = stream_id
