@@ -122,13 +122,7 @@ async def offer(request: web.Request) -> web.Response:
         extra_params={"transport": "webrtc"},
     )
     pc = RTCPeerConnection(rtc_configuration(request.app[ICE_SERVERS_KEY]))
-    stream = WebRTCStream(
-        spec,
-        pc,
-        manager.create_pipeline,
-        emit=request.app[EVENT_BUS_KEY].publish,
-        on_finished=manager.stream_finished,
-    )
+    stream = WebRTCStream(spec, pc, manager.create_pipeline)
     try:
         _wire_peer(request.app, stream, pc)
         try:
@@ -137,14 +131,12 @@ async def offer(request: web.Request) -> web.Response:
             raise errors.error_response(
                 web.HTTPBadRequest, "Invalid offer", f"the offer's SDP could not be used: {exc}"
             ) from None
-    except BaseException:
-        await pc.close()
-        raise
-    try:
         manager.register(stream)  # the same id and capacity checks as a trickle start
     except BaseException:
-        await pc.close()
+        await stream.stop("offer rejected", "rejected")  # never listed: no events, no finished entry
         raise
+    # Listed from here on: its events go out, and its end is reported to the manager.
+    stream.attach(emit=request.app[EVENT_BUS_KEY].publish, on_finished=manager.stream_finished)
     try:
         await stream.start()
         await pc.setLocalDescription(await pc.createAnswer())

@@ -77,9 +77,6 @@ class WebRTCStream:
         spec: StreamSpec,
         pc: RTCPeerConnection,
         pipeline_factory: PipelineFactory,
-        *,
-        emit: EventSink | None = None,
-        on_finished: Callable[[WebRTCStream], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.pc = pc
@@ -91,8 +88,8 @@ class WebRTCStream:
         self.error: str | None = None
         self.mode = Mode.PROCESSING
         self._factory = pipeline_factory
-        self._emit = emit
-        self._on_finished = on_finished
+        self._emit: EventSink | None = None
+        self._on_finished: Callable[[WebRTCStream], Any] | None = None
         self.pipeline: FramePipeline | None = None
         self._pipeline_tasks: list[asyncio.Task[Any]] = []
         self._input_tasks: list[asyncio.Task[Any]] = []
@@ -106,6 +103,11 @@ class WebRTCStream:
         self._closing: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()  # one control operation at a time, REST and data channel alike
         self._loop = asyncio.get_running_loop()
+
+    def attach(self, emit: EventSink, on_finished: Callable[[WebRTCStream], Any]) -> None:
+        """Once the stream is registered: where its events go, and whom its end is reported to."""
+        self._emit = emit
+        self._on_finished = on_finished
 
     @property
     def stream_id(self) -> str:

@@ -245,9 +245,15 @@ async def test_two_peers_at_once_see_only_their_own_frames(server: Server) -> No
 
         # A third is over --max-streams: 503, and the two go on.
         await third.make_offer()
-        async with server.http.post(f"{server.base}/offer", json=third.offer_body()) as resp:
+        async with server.http.post(f"{server.base}/offer", json=third.offer_body(stream_id="third")) as resp:
             assert resp.status == 503, await resp.text()
             assert (await resp.json())["error"] == "At capacity"
+        status, _ = await server.call("GET", "/stream/third")
+        assert status == 404, "a refused offer must leave no stream behind"
+        async with server.http.post(
+            f"{server.base}/offer", json=third.offer_body(stream_id=answer_a["stream_id"])
+        ) as resp:
+            assert resp.status == 409, await resp.text()
         n_a, n_b = len(a.received), len(b.received)
         await asyncio.gather(a.wait_count(n_a + 10), b.wait_count(n_b + 10))
 
