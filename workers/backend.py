@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 class BackendSettings:
     gpus: tuple[str, ...] | None = None  # None: detect with nvidia-smi
     warm_workers: int = 0
+    warm_parallel: int = 1  # warm workers spawned at once when the pool refills
     default_spec: WorkerSpec = field(default_factory=lambda: WorkerSpec(custom_node_dirs=()))
     heartbeat_interval_s: float = 1.0
     heartbeat_timeout_s: float = 20.0  # a frame (or a hang) longer than this restarts the worker
@@ -87,7 +88,7 @@ class ProcessPoolBackend:
     async def start(self) -> None:
         """Fill the warm pool (if `warm_workers`)."""
         if self.settings.warm_workers > 0 and self.pool is None:
-            self.pool = WarmPool(self.settings.warm_workers, self)
+            self.pool = WarmPool(self.settings.warm_workers, self, parallel=self.settings.warm_parallel)
             await self.pool.start(wait=True)
 
     async def shutdown(self) -> None:

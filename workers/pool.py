@@ -22,7 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 class WarmPool:
-    def __init__(self, size: int, backend: ProcessPoolBackend | None = None, spec: WorkerSpec | None = None):
+    def __init__(
+        self,
+        size: int,
+        backend: ProcessPoolBackend | None = None,
+        spec: WorkerSpec | None = None,
+        parallel: int = 1,
+    ):
         if size < 0:
             raise ValueError("warm pool size must be >= 0")
         if backend is None:
@@ -30,10 +36,12 @@ class WarmPool:
 
             backend = DEFAULT_BACKEND
         self.size = size
+        self.parallel = parallel  # spawns at once when refilling (each takes a core for ~1-2 s)
         self.backend = backend
         self.spec = (spec or WorkerSpec()).merged(backend.settings.default_spec)
         self._idle: list[WorkerProcess] = []
-        self._refill_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._spawning = 0
         self._closed = False
         self._changed = asyncio.Event()
         self.spawned = 0
@@ -54,8 +62,7 @@ class WarmPool:
         async def full() -> None:
             while len(self._idle) < self.size and not self._closed:
                 self._changed.clear()
-                if self._refill_task is None or self._refill_task.done():
-                    self._kick()
+                self._kick()
                 await self._changed.wait()
 
         await asyncio.wait_for(full(), timeout)
@@ -75,28 +82,34 @@ class WarmPool:
         return None
 
     def _kick(self) -> None:
+        """Start spawns until idle + spawning reaches `size`, at most `parallel` at once."""
         if self._closed or self.size == 0:
             return
-        if self._refill_task is None or self._refill_task.done():
-            self._refill_task = asyncio.get_running_loop().create_task(
-                self._refill(), name="warm-pool-refill"
-            )
+        loop = asyncio.get_running_loop()
+        while len(self._idle) + self._spawning < self.size and self._spawning < max(self.parallel, 1):
+            self._spawning += 1
+            task = loop.create_task(self._spawn_one(), name="warm-pool-spawn")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _refill(self) -> None:
-        while not self._closed and len(self._idle) < self.size:
+    async def _spawn_one(self) -> None:
+        try:
             try:
                 proc = await self.backend.spawn_process(self.spec, "warm")
             except Exception as exc:
                 logger.error("warm pool: spawning a worker failed: %s", exc)
                 await asyncio.sleep(self.backend.settings.backoff_max_s)
-                continue
+                return
             if self._closed:
                 await proc.stop()
                 return
             proc.on_lost = self._on_idle_lost
             self._idle.append(proc)
             self.spawned += 1
+        finally:
+            self._spawning -= 1
             self._changed.set()
+            self._kick()
 
     def _on_idle_lost(self, proc: WorkerProcess, reason: str) -> None:
         with contextlib.suppress(ValueError):
@@ -107,10 +120,8 @@ class WarmPool:
     async def stop(self) -> None:
         self._closed = True
         self._changed.set()
-        task, self._refill_task = self._refill_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Spawns in progress finish and stop their process themselves (a spawn is not cancellable
+        # half-way without leaving the process behind).
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
         idle, self._idle = self._idle, []
         await asyncio.gather(*(proc.stop() for proc in idle))

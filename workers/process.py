@@ -94,13 +94,16 @@ class WorkerProcess:
         self.rtt_ms: float | None = None
         self.frames_processed = 0
         self.exitcode: int | None = None
+        self._pid: int | None = None
+        self._manager: Any = None  # the executor's manager thread
+        self._result_queue: Any = None  # and the queue it reads (closed once it is done)
         self._released = False
 
     # -- start -------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._pid
 
     @property
     def alive(self) -> bool:
@@ -128,15 +131,34 @@ class WorkerProcess:
             future = executor.submit(self.loop_target)
             # With spawn, submit() starts the process synchronously; the executor keeps it here.
             (proc,) = executor._processes.values()
+            # Kept for the join at stop: shutdown(wait=False) forgets it.
+            self._manager = executor._executor_manager_thread
+            self._result_queue = executor._result_queue
             return executor, future, proc
 
+        spawning = loop.run_in_executor(_spawner, spawn)
         try:
-            self._executor, self._loop_future, self._proc = await loop.run_in_executor(_spawner, spawn)
+            self._executor, self._loop_future, self._proc = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # The spawn goes on in its thread whatever we do: let it finish, then take it down.
+            try:
+                self._executor, self._loop_future, self._proc = await spawning
+            except Exception:
+                pass
+            child_conn.close()
+            if self._proc is None:
+                self._finish("cancelled")
+            else:
+                self._pid = self._proc.pid
+                loop.add_reader(self._proc.sentinel, self._on_exit)
+                await self.stop(graceful_timeout=0.0, reason="cancelled while starting")
+            raise
         except BaseException:
             child_conn.close()
             self._finish("spawn failed")
             raise
         child_conn.close()  # the child has its own copy now; ours would hide its EOF
+        self._pid = self._proc.pid
         self.started_at = time.monotonic()
         self.last_heard = time.monotonic()
         loop.add_reader(parent_conn.fileno(), self._on_readable)
@@ -271,11 +293,11 @@ class WorkerProcess:
                 future.set_exception(WorkerLost(f"{self.name}: {reason}"))
 
     def kill(self) -> None:
-        if self._proc is not None and self._proc.exitcode is None:
-            try:
+        try:
+            if self._proc is not None and self._proc.exitcode is None:
                 self._proc.kill()
-            except (OSError, ValueError):
-                pass
+        except (OSError, ValueError):
+            pass
 
     async def _wait_exit(self, timeout: float) -> bool:
         if self._exited is None or self._exited.done():
@@ -312,7 +334,8 @@ class WorkerProcess:
                 self._heartbeat_task.cancel()
             self._fail_requests(reason)
             if self._executor is not None:
-                # Lets the executor send its own exit sentinel once the frame loop returns.
+                # Lets the executor send its own exit sentinel once the frame loop returns. (Not
+                # wait=True here: that blocks until the process is gone, which may need our kill.)
                 self._executor.shutdown(wait=False, cancel_futures=True)
             if graceful and self._conn is not None:
                 try:
@@ -345,18 +368,28 @@ class WorkerProcess:
             loop.remove_reader(self._conn.fileno())
         if self._proc is not None:
             loop.remove_reader(self._proc.sentinel)
-        executor, proc = self._executor, self._proc
+        proc, manager = self._proc, self._manager
+        result_queue = self._result_queue
 
         def join() -> None:
-            if executor is not None:
-                executor.shutdown(wait=True, cancel_futures=True)
             if proc is not None:
                 proc.join(5.0)
                 self.exitcode = proc.exitcode
-                if proc.exitcode is not None:
-                    proc.close()
+            # The executor's manager thread joins the process too, then ends: wait for it before
+            # closing the process object it holds, and close the queue it read from.
+            if manager is not None:
+                manager.join(5.0)
+                if manager.is_alive():
+                    logger.warning("%s: executor thread still running after 5 s", self.name)
+                    return
+            if result_queue is not None:
+                result_queue.close()
+            if proc is not None and proc.exitcode is not None:
+                proc.close()
 
         await loop.run_in_executor(None, join)
+        if proc is not None and self.exitcode is not None:
+            self._proc = None  # closed: its pid and exit code are kept above
 
     def _finish(self, reason: str) -> None:
         if self._conn is not None:

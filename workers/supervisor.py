@@ -67,6 +67,8 @@ class SupervisedWorker:
         self.last_error: str | None = None
         self._ready_since = 0.0
         self._restart_task: asyncio.Task[None] | None = None
+        self._last_proc: WorkerProcess | None = None  # the newest process, for its device once gone
+        self._ended: WorkerProcess | None = None  # the last process to end, for its exit code
         self._ready_event = asyncio.Event()
         self._lock = asyncio.Lock()  # one start / restart / channel change at a time
 
@@ -216,7 +218,7 @@ class SupervisedWorker:
             except BaseException as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if self.proc is not None:
-                    lost, self.proc = self.proc, None
+                    lost = self._detach()
                     await lost.stop(graceful_timeout=0.5)
                 self._state = "failed"
                 self._emit("worker_failed", {"reason": self.last_error})
@@ -227,9 +229,12 @@ class SupervisedWorker:
 
     def status(self) -> dict[str, Any]:
         base = self.proc.status() if self.proc is not None else {"pid": None, "device": None}
+        if self.proc is None and self._last_proc is not None:
+            base["device"] = self._last_proc.status()["device"]
         base.update(
             {
                 "worker": self.name,
+                "last_exit_code": self.last_exit_code,
                 "state": self._state,
                 "restarts": self.restarts,
                 "last_error": self.last_error,
@@ -290,15 +295,22 @@ class SupervisedWorker:
                 f"{self.name} is {self._state}" + (f": {self.last_error}" if self.last_error else "")
             )
 
+    @property
+    def last_exit_code(self) -> int | None:
+        """The exit code of the last of this worker's processes to end (once it is reaped)."""
+        return self._ended.exitcode if self._ended is not None else None
+
     def _detach(self) -> WorkerProcess | None:
         """Take the process away from this worker: late messages from it go nowhere."""
         proc, self.proc = self.proc, None
         if proc is not None:
             proc.on_frame = proc.on_progress = proc.on_lost = None
+            self._ended = proc
         return proc
 
     def _adopt(self, proc: WorkerProcess) -> None:
         self.proc = proc
+        self._last_proc = proc
         proc.on_frame = self._on_frame
         proc.on_progress = self._on_progress
         proc.on_lost = self._on_proc_lost
@@ -377,7 +389,7 @@ class SupervisedWorker:
         if proc is not self.proc or self._state in ("stopping", "stopped", "restarting"):
             return
         self.last_error = reason
-        self.proc = None
+        self._detach()
         self._state = "restarting"
         self._ready_event.clear()
         if time.monotonic() - self._ready_since > HEALTHY_AFTER_S:
@@ -411,7 +423,7 @@ class SupervisedWorker:
                     logger.warning(
                         "%s: restart attempt %d failed: %s", self.name, self.failures, self.last_error
                     )
-                    self.proc = None
+                    self._detach()
                     if proc is not None:
                         await proc.stop(graceful_timeout=0.5)
                     if self.failures >= settings.max_failures:

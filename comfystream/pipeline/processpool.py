@@ -34,9 +34,9 @@ class ProcessPoolPipeline(BasePipeline):
         await client.open_channel(self._channel_spec(self._channel, prompts), _Listener(self, client))
 
     async def _stop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.stop()
+        # The client stays, stopped, so that worker_status() still tells how its worker ended.
+        if self._client is not None:
+            await self._client.stop()
 
     async def restart_worker(self) -> None:
         """A fresh worker process for this stream; frames pass through until it is warm."""

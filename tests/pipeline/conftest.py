@@ -58,7 +58,7 @@ class HangIfFile:
                              "stubborn": ("BOOLEAN", {"default": False})}}
 
     def run(self, images, path, stubborn):
-        if stubborn:
+        if stubborn and os.path.exists(path):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while path and os.path.exists(path):
             time.sleep(0.02)
@@ -188,3 +188,14 @@ class Collector:
                 await asyncio.sleep(0.01)
         finally:
             self._task.cancel()
+
+
+async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
+    """True once `predicate()` holds (checked every `interval` s), False after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(interval)
+    return True

@@ -1,0 +1,120 @@
+"""Worker lifecycle seen from a stream: a hung worker is detected and replaced, a stop escalates
+to SIGKILL when it must, warm workers start streams, and start/stop cycles leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+
+from conftest import Collector, check_output, eventually, hang_prompt, make_frame
+
+from comfystream.pipeline import ProcessPoolPipeline
+from comfystream.prompts import DEFAULT_PROMPT
+
+
+async def test_hung_worker_is_replaced_and_a_stubborn_one_is_killed(backend, tmp_path, no_leaks):
+    backend.configure(heartbeat_timeout_s=1.0, graceful_stop_s=0.5)
+    marker = tmp_path / "hang"
+    events: list[tuple[str, dict]] = []
+
+    def on_event(event_type: str, data: dict) -> None:
+        events.append((event_type, data))
+        if event_type == "worker_lost":
+            marker.unlink(missing_ok=True)  # let the replacement run normally
+
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="hang", backend=backend, warmup_frames=0, on_event=on_event
+    )
+    await pipeline.initialize([hang_prompt(str(marker))])
+    try:
+        collector = Collector(pipeline)
+        first_pid = pipeline.worker_status()[0]["pid"]
+        i = 0
+        processed_after = 0
+        while processed_after < 10:
+            if i == 10:
+                marker.touch()  # the worker's next frame never ends; it still answers nothing
+            await pipeline.put_video_frame(make_frame(i))
+            i += 1
+            await asyncio.sleep(0.01)
+            if any(t == "worker_restarted" for t, _ in events):
+                processed_after += 1
+            assert i < 3000, "the hung worker was never replaced"
+        outputs = await collector.finish()
+        stats = pipeline.stats()
+        lost = [d for t, d in events if t == "worker_lost"]
+        assert len(lost) == 1 and "not answering" in lost[0]["reason"]
+        status = pipeline.worker_status()[0]
+        assert status["pid"] != first_pid and status["restarts"] == 1
+        assert status["last_exit_code"] == -signal.SIGKILL, "a hung worker is killed"
+        decoded = [check_output(f) for f in outputs]
+        assert [n for n, _ in decoded] == sorted({n for n, _ in decoded})
+        assert stats["mismatched"] == 0 and stats["passed_through"] > 0
+        assert stats["processed"] + stats["passed_through"] + stats["dropped"] == stats["received"]
+
+        # Now a worker that ignores SIGTERM while hung: stop must end with SIGKILL.
+        await pipeline.update_prompts(hang_prompt(str(marker), stubborn=True))
+        events.clear()
+        marker.touch()
+        for j in range(i, i + 5):
+            await pipeline.put_video_frame(make_frame(j))
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+    finally:
+        await pipeline.cleanup()
+        marker.unlink(missing_ok=True)
+    status = pipeline.worker_status()[0]
+    assert status["state"] == "stopped"
+    assert status["last_exit_code"] == -signal.SIGKILL
+    assert not any(t == "worker_lost" for t, _ in events), "a stop is not a crash"
+
+
+async def _one_stream(backend, name: str, warm_pids: set[int]) -> int:
+    pipeline = ProcessPoolPipeline(width=64, height=48, stream_id=name, backend=backend, warmup_frames=0)
+    await pipeline.initialize([DEFAULT_PROMPT])
+    try:
+        pid = pipeline.worker_status()[0]["pid"]
+        assert pid in warm_pids, "a stream takes a warm worker instead of spawning"
+        collector = Collector(pipeline)
+        for i in range(3):
+            await pipeline.put_video_frame(make_frame(i, 64, 48))
+        outputs = await collector.finish()
+        assert [check_output(f) for f in outputs] == [(0, True), (1, True), (2, True)]
+    finally:
+        await pipeline.cleanup()
+    return pid
+
+
+async def test_warm_pool_serves_twenty_start_stop_cycles_and_nothing_is_left(backend, no_leaks):
+    # Two streams at a time, so that the pool's two refills use both cores.
+    backend.configure(warm_workers=2, warm_parallel=2)
+    gc.collect()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    await backend.start()
+    pool = backend.pool
+    try:
+        assert pool is not None and pool.idle == 2
+        for cycle in range(10):
+            warm_pids = {p.pid for p in pool._idle}
+            pids = await asyncio.gather(*(_one_stream(backend, f"c{cycle}-{k}", warm_pids) for k in range(2)))
+            assert len(set(pids)) == 2
+            for pid in pids:
+                assert await eventually(lambda pid=pid: _gone(pid)), f"worker {pid} outlived its stream"
+            await pool.wait_full(timeout=60)
+        assert pool.taken == 20 and pool.spawned == 22
+    finally:
+        await backend.shutdown()
+    gc.collect()
+    assert await eventually(lambda: len(os.listdir("/proc/self/fd")) <= fds_before), (
+        f"fds: {fds_before} before, {len(os.listdir('/proc/self/fd'))} after"
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
