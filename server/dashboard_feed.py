@@ -86,6 +86,18 @@ class JobsFeed:
                 }
             )
 
+    def on_job_cancelled(self, item: Any) -> None:
+        if self._listeners:
+            self._publish(
+                {
+                    "type": "job_cancelled",
+                    "data": {
+                        "prompt_id": getattr(item, "prompt_id", None),
+                        "client_id": getattr(item, "client_id", None),
+                    },
+                }
+            )
+
     def on_queue_changed(self, remaining: int) -> None:
         if self._listeners:
             self._publish(

@@ -102,6 +102,10 @@ export class JobsFeed {
       if (data?.prompt_id && data.image_url) this.store.setPreview(data.prompt_id, data.image_url);
       return;
     }
+    if (type === 'job_cancelled') {
+      if (data?.prompt_id) this.store.markCancelled(data.prompt_id);
+      return;
+    }
     if (type !== 'job_done') this.store.applyEvent(type, data || {});
     if (ENDED.has(type)) this.refresh();
   }

@@ -10,6 +10,11 @@ export function resultImages(result) {
   const urls = [];
   const view = (img) =>
     `/view?${new URLSearchParams({ filename: img.filename, subfolder: img.subfolder || '', type: img.type || 'output' })}`;
+  // The server's own list first (/tasks: images [{url, ...}], imageUrl); anything else is searched.
+  if (Array.isArray(result?.images) && result.images.length) {
+    return result.images.map((i) => (typeof i === 'string' ? i : i?.url || (i?.filename ? view(i) : null))).filter(Boolean);
+  }
+  if (typeof result?.imageUrl === 'string' && result.imageUrl) return [result.imageUrl];
   const visit = (value, depth) => {
     if (!value || depth > 4) return;
     if (typeof value === 'string') {

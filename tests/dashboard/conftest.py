@@ -1,0 +1,129 @@
+"""A real server for the dashboard tests (create_app on 127.0.0.1 with the trickle relay mounted, real
+workers) and headless Chromium driven by Playwright, with every console error collected."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from multiprocessing import resource_tracker
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.app import create_app
+from server.config import ServerConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+NODES_DIR = Path(__file__).resolve().parent / "nodes"
+VIEWPORT = {"width": 1440, "height": 960}
+
+
+@dataclass
+class Server:
+    app: web.Application
+    base: str
+    relay: str
+    http: aiohttp.ClientSession
+
+    async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
+        async with self.http.request(method, f"{self.base}{path}", **kw) as resp:
+            ctype = resp.headers.get("Content-Type", "")
+            body = await resp.json() if "json" in ctype else await resp.read()
+            return resp.status, body
+
+
+@dataclass
+class PageLog:
+    """What a page said that an operator would call a problem: console errors (with the URL they
+    concern, for a failed request) and uncaught exceptions."""
+
+    entries: list[tuple[str, str]] = field(default_factory=list)
+
+    def attach(self, page: Any) -> None:
+        def on_console(message: Any) -> None:
+            if message.type == "error":
+                self.entries.append((f"console: {message.text}", (message.location or {}).get("url", "")))
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.entries.append((f"pageerror: {exc}", "")))
+
+    @property
+    def errors(self) -> list[str]:
+        return [text for text, _ in self.entries]
+
+    def unexpected(self, *allowed: tuple[int, str]) -> list[str]:
+        """The errors, less the failed requests the test provoked: (status, URL part) pairs."""
+        return [
+            text
+            for text, url in self.entries
+            if not any(f"status of {status}" in text and part in url for status, part in allowed)
+        ]
+
+
+@pytest.fixture
+async def server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    marker = request.node.get_closest_marker("server_config")
+    fields: dict[str, Any] = {
+        "relay": True,
+        "max_streams": 4,
+        "custom_nodes": [NODES_DIR],
+        "job_workers": 2,
+        "input_dir": tmp_path / "input",
+        "output_dir": tmp_path / "output",
+    }
+    fields.update(marker.kwargs if marker else {})
+    config = ServerConfig(**fields)
+    test_server = TestServer(create_app(config), host="127.0.0.1")
+    await test_server.start_server()
+    base = str(test_server.make_url("")).rstrip("/")
+    async with aiohttp.ClientSession() as http:
+        yield Server(test_server.app, base, f"{base}/trickle", http)
+    await test_server.close()
+
+
+@pytest.fixture
+async def browser(no_leaks) -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs /usr/bin/chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def open_dashboard(browser: Any, server: Server) -> tuple[Any, PageLog]:
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    log = PageLog()
+    log.attach(page)
+    await page.goto(f"{server.base}/")
+    await page.wait_for_selector("[data-testid=streams-panel]")
+    await page.wait_for_function("() => window.__dashboard && window.__dashboard.feed.state === 'open'")
+    return page, log
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "server_config(**kwargs): ServerConfig fields for the server fixture")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker_started() -> None:
+    # multiprocessing's resource tracker lives as long as this process once a worker is spawned;
+    # start it up front so that `no_leaks` does not count it against a test.
+    resource_tracker.ensure_running()
