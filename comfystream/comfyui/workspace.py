@@ -9,6 +9,7 @@ again only registers its nodes into another registry; a different one is an erro
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -40,6 +41,21 @@ _REQUIRED = ("nodes.py", "folder_paths.py", "comfy", "comfy_extras")
 # and the server's /view, /upload and history on where the image file nodes read and write.
 _IO_MODULES = ("comfystream.nodes.frame_io", "comfystream.nodes.image_files")
 _CORE_SOURCES = ("comfyui/", "comfy_extras/")
+# ComfyUI's top-level modules that node code imports by bare name.
+_COMFY_MODULES = (
+    "comfy",
+    "comfy_extras",
+    "comfy_api",
+    "comfy_execution",
+    "nodes",
+    "folder_paths",
+    "node_helpers",
+    "latent_preview",
+    "cuda_malloc",
+    "protocol",
+    "utils",
+    "execution",
+)
 
 
 @dataclass
@@ -153,9 +169,7 @@ def _guard_foreign_comfyui(root: Path) -> None:
 def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
     start = time.perf_counter()
     version = comfyui_version(root)
-    root_str = str(root)
-    if root_str not in sys.path:
-        sys.path.insert(0, root_str)  # ComfyUI imports its top-level modules by bare name
+    _put_on_path(root)
     # Before anything of ComfyUI is imported: nodes import `server` at module level.
     prompt_server.install()
     step = "comfy.cli_args"
@@ -200,6 +214,57 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
         models_dir=getattr(folder_paths, "models_dir", None),
         load_seconds=round(time.perf_counter() - start, 3),
     )
+
+
+def _own_packages_dir() -> str | None:
+    """The folder holding comfystream's `comfystream` and `server` packages (a checkout or site-packages)."""
+    import comfystream
+
+    parent = Path(comfystream.__file__).resolve().parent.parent
+    return str(parent) if (parent / "server" / "__init__.py").is_file() else None
+
+
+def _resolves_into(name: str, root: Path) -> bool:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if spec is not None and spec.origin:
+        locations.append(spec.origin)
+    return any(Path(loc).resolve().is_relative_to(root) for loc in locations)
+
+
+def _put_on_path(root: Path) -> None:
+    """ComfyUI imports its top-level modules by bare name (`nodes`, `folder_paths`, `server`, ...).
+
+    Its folder goes right after the one holding comfystream's packages, not first: a process that
+    loaded a workspace and then spawns workers (the server validates prompts against the
+    workspace's nodes) hands them its import path, and they must import comfystream's `server`
+    package, not ComfyUI's server.py. ComfyUI's own modules must still win over anything else;
+    when one would not, ComfyUI's folder goes first after all.
+    """
+    entry = str(root)
+    if entry in sys.path:
+        return
+    anchor = _own_packages_dir()
+    if anchor is None:
+        sys.path.insert(0, entry)
+        return
+    if anchor not in sys.path:  # an editable install's finder runs after every sys.path entry
+        sys.path.insert(0, anchor)
+    sys.path.insert(sys.path.index(anchor) + 1, entry)
+    importlib.invalidate_caches()
+    present = [n for n in _COMFY_MODULES if (root / n).is_dir() or (root / f"{n}.py").is_file()]
+    shadowed = [n for n in present if n not in sys.modules and not _resolves_into(n, root)]
+    if shadowed:
+        logger.warning(
+            "modules %s outside %s would shadow ComfyUI's: putting ComfyUI first on the import path",
+            ", ".join(shadowed),
+            root,
+        )
+        sys.path.remove(entry)
+        sys.path.insert(0, entry)
 
 
 def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any) -> None:

@@ -219,7 +219,28 @@ def main() -> None:
     }
     out["image_size"] = run(compile_prompt(size_prompt, registry), frame)
     out["ui_package"] = ui_package(custom_nodes, reference_path)
+    out["child_server_module"] = child_server_module()
     print(json.dumps(out))
+
+
+def _report_server_module(queue: Any) -> None:
+    import server
+
+    queue.put(getattr(server, "__file__", None))
+
+
+def child_server_module() -> str | None:
+    """Which `server` a process spawned from this one imports (the server spawns its workers so)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_report_server_module, args=(queue,))
+    child.start()
+    try:
+        return queue.get(timeout=120)
+    finally:
+        child.join(30)
 
 
 def ui_package(custom_nodes: str, scratch: str) -> dict[str, Any]:

@@ -156,6 +156,12 @@ def test_promptserver_progress_text_becomes_our_event(probe):
     ]
 
 
+def test_processes_spawned_after_loading_import_comfystreams_server(probe):
+    # ComfyUI has a server.py too: its folder on the import path must not hide ours from children.
+    repo = Path(__file__).resolve().parents[2]
+    assert Path(probe["child_server_module"]) == repo / "server" / "__init__.py"
+
+
 def test_node_package_works_in_comfyuis_own_ui(probe):
     ui = probe["ui_package"]
     assert ui["loaded"] is True
