@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+)
 
 # Sizes must be even: H.264 (yuv420p) cannot encode odd widths or heights.
 MIN_SIZE = 16
@@ -29,8 +38,25 @@ Dimension = Annotated[
     BeforeValidator(_integer),
     Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=2, description="pixels, even, 16..4096"),
 ]
-PromptValue = str | dict[str, Any]
-PromptsValue = list[PromptValue] | str | dict[str, Any]
+
+
+def _prompt_shape(value: Any) -> Any:
+    """A prompt is a JSON string, an object, or a list of them; the engine checks the rest."""
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, str | dict) for v in items):
+        raise ValueError("a prompt must be a JSON string or an object (or a list of them)")
+    return value
+
+
+_ONE_PROMPT_SCHEMA = [{"type": "string", "description": "API-format prompt as JSON"}, {"type": "object"}]
+# One validator rather than a union, so that an error names the field, not a union member.
+PromptsValue = Annotated[
+    Any,
+    AfterValidator(_prompt_shape),
+    WithJsonSchema(
+        {"anyOf": [*_ONE_PROMPT_SCHEMA, {"type": "array", "items": {"anyOf": _ONE_PROMPT_SCHEMA}}]}
+    ),
+]
 
 
 def _check_url(value: str | None) -> str | None:
@@ -59,6 +85,9 @@ class StreamParams(BaseModel):
         False, description="one warm worker per prompt (PromptWorkerPipeline)"
     )
     warmup: StrictBool | None = Field(None, description="on an update: warm up even if no size changed")
+    cwd: str | None = Field(None, description="the worker's working directory (a ComfyUI workspace)")
+    disable_cuda_malloc: StrictBool | None = None
+    gpu_only: StrictBool | None = None
 
     def prompt_value(self) -> Any:
         """The prompt(s) given, whichever field holds them; None when neither does."""

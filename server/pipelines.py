@@ -1,5 +1,5 @@
-"""Pipelines for streams: the architecture a stream asked for, built with the server's worker
-settings (workspace, custom nodes, GPUs, warm pool, backpressure)."""
+"""Pipelines for streams: the architecture a stream asked for, on this server's worker backend
+(workspace, custom nodes, GPUs, warm pool, backpressure)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,57 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from server.config import ServerConfig
 from server.stream_spec import StreamSpec
+from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[StreamSpec], Any]
 
+_CLASSES: dict[str, type[BasePipeline]] = {
+    "ProcessPoolPipeline": ProcessPoolPipeline,
+    "PromptWorkerPipeline": PromptWorkerPipeline,
+    "Pipeline": Pipeline,
+}
+# Start params that configure the worker process itself (the seed's restart parameters).
+WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
+
 
 class PipelineResources:
-    """What pipelines share across streams: the warm pool and the shared pipeline's worker."""
+    """The app's worker backend: its own (so that several apps in one process never share or stop
+    each other's workers), configured from the server's flags; `start` fills the warm pool, `close`
+    stops every worker it handed out."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.backend = ProcessPoolBackend(
+            gpus=config.gpus,
+            warm_workers=config.warm_workers,
+            cwd=str(config.workspace) if config.workspace else None,
+            # With a workspace the workers load it (comfystream.comfyui.load_workspace) and take
+            # --custom-nodes through ComfyUI's loader, after ComfyUI is importable.
+            custom_node_dirs=[] if config.workspace else [str(d) for d in config.custom_nodes],
+            workspace=str(config.workspace) if config.workspace else None,
+            workspace_settings={"extra_custom_node_dirs": [str(d) for d in config.custom_nodes]},
+        )
 
     async def start(self) -> None:
-        pass
+        await self.backend.start()
 
     async def close(self) -> None:
-        pass
+        await self.backend.shutdown()
 
-    def create_pipeline(self, spec: StreamSpec) -> Any:
-        from comfystream import pipeline as pipelines
-
-        cls = getattr(pipelines, spec.pipeline_type)
-        return cls(
+    def create_pipeline(self, spec: StreamSpec) -> BasePipeline:
+        worker_params = {
+            k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None
+        }
+        return _CLASSES[spec.pipeline_type](
             width=spec.width,
             height=spec.height,
             stream_id=spec.stream_id,
             max_inflight=self.config.max_inflight,
+            backend=self.backend,
+            **worker_params,
         )

@@ -192,8 +192,8 @@ class StreamManager:
         if parsed.warmup is not None:
             fields["warmup"] = parsed.warmup
         for key in ("cwd", "disable_cuda_malloc", "gpu_only"):
-            if key in (parsed.model_extra or {}):
-                fields[key] = parsed.model_extra[key]  # type: ignore[index]
+            if getattr(parsed, key) is not None:
+                fields[key] = getattr(parsed, key)
         parameters = UpdateParameters.model_validate(fields) if fields else None
         return parsed.prompt_value(), parameters
 

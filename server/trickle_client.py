@@ -172,7 +172,8 @@ async def send_control(url: str, message: dict[str, Any], publisher: TricklePubl
 
 @dataclass
 class EventsReader:
-    """Collects the JSON events of a stream's events channel until it ends."""
+    """Collects the events of a stream's events channel until it ends (each unwrapped from its
+    envelope, with its `queue_event_type` beside its fields)."""
 
     url: str
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -183,9 +184,12 @@ class EventsReader:
             async for segment in subscriber:
                 data = b"".join([chunk async for chunk in segment])
                 if data.strip():
-                    self.events.append(json.loads(data))
+                    message = json.loads(data)  # pytrickle's envelope: {"event": {...}, "queue_event_type"}
+                    self.events.append(
+                        {**message.get("event", {}), "queue_event_type": message.get("queue_event_type")}
+                    )
         finally:
             await subscriber.close()
 
-    def types(self) -> list[str]:
-        return [e.get("type") for e in self.events]
+    def types(self, queue_event_type: str | None = "ai_stream_events") -> list[str]:
+        return [e.get("type") for e in self.events if queue_event_type in (None, e["queue_event_type"])]

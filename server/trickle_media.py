@@ -29,7 +29,7 @@ async def decoded_frames(url: str, stream_id: str) -> AsyncIterator[av.VideoFram
     )
 
     async def pump() -> None:
-        subscriber = TrickleSubscriber(url)
+        subscriber = TrickleSubscriber(url, stream_id=stream_id)
         try:
             async for segment in subscriber:
                 async for chunk in segment:
@@ -73,7 +73,9 @@ class MediaOutput:
         self._generation = 0
 
     async def start(self) -> None:
-        self._publisher = TricklePublisher(self.url, mime_type=SegmentEncoder.mime_type)
+        self._publisher = TricklePublisher(
+            self.url, mime_type=SegmentEncoder.mime_type, stream_id=self.stream_id
+        )
 
     async def write_video(self, frame: av.VideoFrame) -> None:
         if self._encoder is None or (self._encoder.width, self._encoder.height) != (
@@ -142,41 +144,55 @@ class MediaOutput:
 
 
 class ControlChannel:
-    """Runs until cancelled, handing each JSON message of the control channel to `on_message`."""
+    """Runs until cancelled or the channel ends, handing each JSON message to `on_message`."""
 
     def __init__(
         self, url: str, stream_id: str, on_message: Callable[[dict[str, Any]], Awaitable[None]]
     ) -> None:
-        self.url = url
-        self.stream_id = stream_id
-        self._on_message = on_message
+        self._subscriber = ControlSubscriber(url, on_message, stream_id=stream_id)
 
     async def run(self) -> None:
-        subscriber = ControlSubscriber(self.url, self._on_message)
         try:
-            await subscriber.run()
+            await self._subscriber.run()
         finally:
-            with contextlib.suppress(Exception):
-                await subscriber.close()
+            await self._subscriber.stop()
 
 
 class EventsChannel:
-    """The stream's events channel: `send` never blocks the stream (a slow channel loses events)."""
+    """The stream's events channel (with the gateway's heartbeat). `send` never blocks the stream:
+    events queue for a sender task, and a channel that falls behind loses its oldest events."""
 
-    def __init__(self, url: str, stream_id: str) -> None:
-        self.url = url
+    QUEUE_SIZE = 256
+
+    def __init__(
+        self, url: str, stream_id: str, stats: Callable[[], dict[str, Any]], urls: dict[str, str]
+    ) -> None:
         self.stream_id = stream_id
-        self._publisher: EventsPublisher | None = None
+        self._publisher = EventsPublisher(url, stats=stats, urls=urls, stream_id=stream_id)
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self.QUEUE_SIZE)
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._publisher = EventsPublisher(self.url)
-        with contextlib.suppress(AttributeError):
-            await self._publisher.start()
+        self._publisher.start()
+        self._sender = asyncio.create_task(self._send_loop(), name=f"stream-{self.stream_id}-events")
 
-    def send(self, message: dict[str, Any]) -> None:
-        if self._publisher is not None:
-            self._publisher.send(message)
+    def send(self, event: dict[str, Any]) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(event)
 
-    async def close(self) -> None:
-        if self._publisher is not None:
-            await self._publisher.close()
+    async def _send_loop(self) -> None:
+        while (event := await self._queue.get()) is not None:
+            await self._publisher.emit(event)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued (the final event among it), then end the channel."""
+        if self._sender is not None:
+            if self._queue.full():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(self._sender, timeout)
+            except TimeoutError:
+                logger.warning("stream %s: events still queued at close were dropped", self.stream_id)
+        await self._publisher.close()

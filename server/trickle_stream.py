@@ -62,7 +62,7 @@ class TrickleStream:
         self._events_channel: EventsChannel | None = None
         self._output: MediaOutput | None = None
         self._frames_in = 0  # video frames handed to the pipeline
-        self._frames_out = 0  # processed video frames taken from the pipeline
+        self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
         self.prompt_updates = 0
         self._last_dropped = 0
@@ -107,7 +107,12 @@ class TrickleStream:
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:
             if self.spec.events_url:
-                self._events_channel = EventsChannel(self.spec.events_url, self.stream_id)
+                self._events_channel = EventsChannel(
+                    self.spec.events_url,
+                    self.stream_id,
+                    stats=self._heartbeat_stats,
+                    urls={"subscribe_url": self.spec.subscribe_url, "publish_url": self.spec.publish_url},
+                )
                 await self._events_channel.start()
             self._set_state("starting")
             with contextlib.suppress(AttributeError, TypeError):
@@ -218,8 +223,8 @@ class TrickleStream:
         assert self._output is not None
         while True:
             frame = await self.pipeline.get_processed_video_frame()
-            self._frames_out += 1
             await self._output.write_video(frame)
+            self._frames_out += 1  # after the write: draining waits for the frame to be out
 
     async def _egress_audio(self) -> None:
         assert self._output is not None
@@ -349,9 +354,12 @@ class TrickleStream:
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
         """A stream event: to the server's event bus and to the stream's events channel."""
         payload = {"stream_id": self.stream_id, **data}
-        event = self._bus.publish(event_type, payload)
+        self._bus.publish(event_type, payload)
         if self._events_channel is not None:
-            self._events_channel.send(event.to_message())
+            self._events_channel.send({"type": event_type, "stream_id": self.stream_id, "data": payload})
+
+    def _heartbeat_stats(self) -> dict[str, Any]:
+        return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
 
     def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
         # The pipeline may report from one of its threads; events are handled on the loop.

@@ -66,7 +66,10 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         prompts_set=given,
         dedicated_worker=params.dedicated_worker,
         use_prompt_worker=params.use_prompt_worker,
-        extra_params=dict(params.model_extra or {}),
+        extra_params={
+            **(params.model_extra or {}),
+            **params.model_dump(include={"cwd", "disable_cuda_malloc", "gpu_only"}, exclude_none=True),
+        },
     )
     manager.start(spec)
     return respond(
@@ -184,13 +187,15 @@ async def restart_worker(request: web.Request) -> web.Response:
 async def workspace_info(request: web.Request) -> web.Response:
     stream = _manager(request).get(request.match_info["id"])
     config = request.app[CONFIG_KEY]
-    workers = stream.worker_status()
+    # The pipeline knows its workers' spec; the server knows its own workspace flags.
+    from_pipeline = dict(getattr(stream.pipeline, "workspace_info", dict)() or {})
     info = WorkspaceInfo(
-        workspace_path=str(config.workspace) if config.workspace else None,
+        workspace_path=from_pipeline.get("workspace_path")
+        or (str(config.workspace) if config.workspace else None),
         custom_node_dirs=[str(d) for d in config.custom_node_dirs],
-        config_keys=_WORKER_CONFIG_KEYS,
-        total_workers=len(workers),
-        active_prompt_id=getattr(stream.pipeline, "active_prompt_id", None),
+        config_keys=sorted(set(from_pipeline.get("config_keys") or []) | set(_WORKER_CONFIG_KEYS)),
+        total_workers=int(from_pipeline.get("total_workers", len(stream.worker_status()))),
+        active_prompt_id=from_pipeline.get("active_prompt_id"),
     )
     return respond(WorkspaceInfoResponse(stream_id=stream.stream_id, workspace_info=info))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from multiprocessing import resource_tracker
+
 import aiohttp
 import pytest
 from aiohttp import web
@@ -12,6 +14,13 @@ from server.app import create_app
 from server.config import ServerConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker_started() -> None:
+    # multiprocessing's resource tracker lives as long as this process once a worker is spawned;
+    # starting it up front keeps `no_leaks` from counting it against the first test.
+    resource_tracker.ensure_running()
+
+
 async def _serve(app: web.Application) -> TestServer:
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -20,9 +29,10 @@ async def _serve(app: web.Application) -> TestServer:
 
 @pytest.fixture
 async def stack(no_leaks, request) -> Stack:
-    """Server with the relay mounted under /trickle (as `serve --relay`); `max_streams` 2."""
+    """Server with the relay mounted under /trickle (as `serve --relay`); `max_streams` 2. No job
+    workers: these tests run streams only."""
     marker = request.node.get_closest_marker("server_config")
-    config = ServerConfig(relay=True, max_streams=2, **(marker.kwargs if marker else {}))
+    config = ServerConfig(relay=True, max_streams=2, job_workers=0, **(marker.kwargs if marker else {}))
     server = await _serve(create_app(config))
     base = str(server.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as http:
@@ -36,7 +46,7 @@ async def split_stack(no_leaks) -> Stack:
     from comfystream.trickle import create_relay_app
 
     relay = await _serve(create_relay_app())
-    server = await _serve(create_app(ServerConfig(max_streams=4)))
+    server = await _serve(create_app(ServerConfig(max_streams=4, job_workers=0)))
     async with aiohttp.ClientSession() as http:
         yield Stack(
             server.app,
