@@ -123,11 +123,20 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         raise
 
 
+# Exit code of a worker that gave up on a server gone silent (or whose pipe closed).
+ABANDONED_EXIT_CODE = 3
+
+
 def run_frame_loop() -> dict[str, Any]:
     """The long-lived task submitted once to the worker's executor."""
     if _STATE is None:
         raise RuntimeError("run_frame_loop without initialize")
-    return _FrameLoop(_STATE).run()
+    summary = _FrameLoop(_STATE).run()
+    if summary["reason"] != "stop":
+        # No server to shut the executor down: returning would leave this process idle forever.
+        logging.shutdown()
+        os._exit(ABANDONED_EXIT_CODE)
+    return summary
 
 
 # -- prompt preparation (compile, dry run, warmup) off the frame loop ---------------------------

@@ -83,7 +83,9 @@ class FrameRing:
 
     @classmethod
     def create(cls, slots: int, width: int, height: int) -> FrameRing:
-        """A new segment owned by this process (which must `close(unlink=True)` it)."""
+        """A new segment owned by this process (`close()` unlinks it)."""
+        if slots < 1 or width < 1 or height < 1:
+            raise RingError(f"bad ring geometry: {slots} slots of {width}x{height}")
         size = 2 * slots * frame_bytes(width, height)
         name = f"{SEGMENT_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         shm = SharedMemory(name=name, create=True, size=size)
