@@ -126,7 +126,8 @@ def apply_to_args(args: Any, settings: WorkspaceSettings, has_accelerator: bool)
     if settings.disable_cuda_malloc:
         put("cuda_malloc", False)
     put("preview_method", LatentPreviewMethod(settings.preview_method))
-    put("disable_api_nodes", not settings.api_nodes)
+    if hasattr(args, "disable_api_nodes"):  # newer ComfyUI only
+        put("disable_api_nodes", not settings.api_nodes)
     for name, value in settings.extra_args.items():
         put(name, value)
     return applied
