@@ -160,15 +160,21 @@ class _JobLoop:
             self.jobs_done += 1
             self._send(finished)
 
-    def _plan(self, job: jm.RunJob) -> Any:
+    def _plan(self, job: jm.RunJob, ctx: Any) -> Any:
         import json
 
         from comfystream.engine import compile_prompt
+        from comfystream.engine.context import reset_current_context, set_current_context
 
         key = json.dumps([job.prompt, job.outputs], sort_keys=True, default=str)
         plan = self._plans.get(key)
         if plan is None:
-            plan = compile_prompt(job.prompt, self.state.registry, job.outputs, job.extra_data)
+            # Validation sees the job's folders (LoadImage checks its file in the input folder).
+            token = set_current_context(ctx)
+            try:
+                plan = compile_prompt(job.prompt, self.state.registry, job.outputs, job.extra_data)
+            finally:
+                reset_current_context(token)
             self._plans[key] = plan
             while len(self._plans) > PLAN_CACHE_SIZE:
                 self._plans.popitem(last=False)
@@ -202,7 +208,7 @@ class _JobLoop:
         )
         try:
             try:
-                plan = self._plan(job)
+                plan = self._plan(job, ctx)
             except PromptValidationError as exc:
                 # The server validated it; this worker's nodes disagree (a custom node failed here).
                 payload = _error_payload(job, exc)

@@ -16,7 +16,7 @@ from aiohttp import web
 from server.app_keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
-from server.jobs.submit import PromptRequest, comfy_error, submit_prompt
+from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt
 from server.jobs.ws import queue_info
 
 logger = logging.getLogger(__name__)
@@ -148,13 +148,15 @@ def _dumps(value: Any) -> str:
 
 
 async def get_object_info(request: web.Request) -> web.Response:
-    return web.json_response(request.app[NODE_REGISTRY_KEY].object_info(), dumps=_dumps)
+    with job_folders(request.app[JOB_SETTINGS_KEY]):
+        info = request.app[NODE_REGISTRY_KEY].object_info()
+    return web.json_response(info, dumps=_dumps)
 
 
 async def get_object_info_node(request: web.Request) -> web.Response:
-    return web.json_response(
-        request.app[NODE_REGISTRY_KEY].object_info(request.match_info["node_class"]), dumps=_dumps
-    )
+    with job_folders(request.app[JOB_SETTINGS_KEY]):
+        info = request.app[NODE_REGISTRY_KEY].object_info(request.match_info["node_class"])
+    return web.json_response(info, dumps=_dumps)
 
 
 # -- files ---------------------------------------------------------------------------------------

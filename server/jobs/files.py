@@ -84,7 +84,9 @@ def view_response(path: Path, query: Any) -> web.StreamResponse:
         with Image.open(path) as img:
             if "preview" in query:
                 info = query["preview"].split(";")
-                fmt = info[0] if info[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+                fmt = (
+                    info[0] if info[0] in ("webp", "jpeg") and "a" not in query.get("channel", "") else "webp"
+                )
                 quality = int(info[-1]) if info[-1].isdigit() else 90
                 out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
                 content_type = f"image/{fmt}"

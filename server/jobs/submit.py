@@ -4,6 +4,8 @@ registry, with the jobs' input folder in view), number it, and hand it to the sc
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,19 +45,25 @@ def comfy_error(kind: str, message: str, details: str = "") -> dict[str, Any]:
     return {"type": kind, "message": message, "details": details or message, "extra_info": {}}
 
 
-def validate_in_folders(
-    prompt: Any, registry: Any, settings: JobSettings, partial: list[str] | None, extra_data: dict[str, Any]
-) -> ValidationResult:
-    """Validation sees the jobs' folders (LoadImage lists and checks the input folder)."""
+@contextmanager
+def job_folders(settings: JobSettings) -> Iterator[None]:
+    """Node schemas and validation see the jobs' folders (LoadImage lists the input folder)."""
     token = set_current_context(
         ExecutionContext(
             prompt_id="validation", input_dir=str(settings.input_dir), output_dir=str(settings.output_dir)
         )
     )
     try:
-        return validate_prompt(prompt, registry, partial, extra_data)
+        yield
     finally:
         reset_current_context(token)
+
+
+def validate_in_folders(
+    prompt: Any, registry: Any, settings: JobSettings, partial: list[str] | None, extra_data: dict[str, Any]
+) -> ValidationResult:
+    with job_folders(settings):
+        return validate_prompt(prompt, registry, partial, extra_data)
 
 
 def submit_prompt(
