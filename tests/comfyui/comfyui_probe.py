@@ -133,7 +133,9 @@ def cancel_at(value: float, how: str) -> Any:
 def main() -> None:
     workspace, custom_nodes, frames_path, reference_path = sys.argv[1:5]
     registry = build_registry()
-    info = load_workspace(workspace, {"extra_custom_node_dirs": [custom_nodes]}, registry)
+    # latent2rgb: sampler previews on (ComfyUI's default is none), applied before ComfyUI is imported.
+    settings = {"extra_custom_node_dirs": [custom_nodes], "preview_method": "latent2rgb"}
+    info = load_workspace(workspace, settings, registry)
     out: dict[str, Any] = {
         "info": {
             "comfyui_version": info.comfyui_version,
@@ -218,6 +220,9 @@ def main() -> None:
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
     }
     out["image_size"] = run(compile_prompt(size_prompt, registry), frame)
+    out["sampler_preview"] = run(
+        compile_prompt(single_node_prompt("CSTestSamplerPreview", steps=3), registry), frame
+    )
     out["ui_package"] = ui_package(custom_nodes, reference_path)
     out["child_server_module"] = child_server_module()
     print(json.dumps(out))

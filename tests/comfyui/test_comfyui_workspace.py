@@ -84,7 +84,7 @@ def test_workspace_info_reports_nodes_sources_clashes_and_errors(probe, comfyui_
     packages = info["custom_node_packages"]
     assert packages["cs_test_nodes"] == {
         "loaded": True,
-        "nodes": ["CSTestChannelSwap", "CSTestSlowProgress", "CSTestPollInterrupt"],
+        "nodes": ["CSTestSamplerPreview", "CSTestChannelSwap", "CSTestSlowProgress", "CSTestPollInterrupt"],
         "skipped": None,
     }
     assert packages["cs_v3_nodes"] == {"loaded": True, "nodes": ["CSTestV3Gain"], "skipped": None}
@@ -146,6 +146,17 @@ def test_progress_and_previews_carry_their_own_executions_prompt_id(probe):
             "jpeg": True,
             "size": [32, 24],
         }
+
+
+def test_sampler_previews_become_preview_events(probe):
+    result = probe["sampler_preview"]
+    assert result["outcome"] == "completed"
+    assert result["last_progress"] == result["progress_max"] == 3
+    # One Latent2RGB preview per step (preview_method=latent2rgb reached ComfyUI before import):
+    # 16x16 latent -> a 16x16 JPEG.
+    assert result["previews"] == [
+        {"prompt_id": result["prompt_id"], "node": "2", "image_type": "JPEG", "jpeg": True, "size": [16, 16]}
+    ] * 3
 
 
 def test_promptserver_progress_text_becomes_our_event(probe):

@@ -1,9 +1,13 @@
 """A custom node package as ComfyUI users write them: V1 classes using ComfyUI's own modules."""
 
 import time
+import types
 
+import comfy.latent_formats
 import comfy.model_management
 import comfy.utils
+import latent_preview
+import torch
 from PIL import Image
 
 
@@ -67,7 +71,32 @@ class CSTestPollInterrupt:
         return (image,)
 
 
+class CSTestSamplerPreview:
+    """Drives ComfyUI's sampler progress callback (latent_preview.prepare_callback), as KSampler does."""
+
+    CATEGORY = "comfystream-test"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802
+        return {"required": {"image": ("IMAGE",), "steps": ("INT", {"default": 3, "min": 1})}}
+
+    def run(self, image, steps):
+        # What prepare_callback reads of a model: its device and its latent format.
+        model = types.SimpleNamespace(
+            load_device=torch.device("cpu"),
+            model=types.SimpleNamespace(latent_format=comfy.latent_formats.SD15()),
+        )
+        callback = latent_preview.prepare_callback(model, steps)
+        x0 = torch.linspace(-1.0, 1.0, 4 * 16 * 16).reshape(1, 4, 16, 16)
+        for step in range(steps):
+            callback(step, x0, x0, steps)
+        return (image,)
+
+
 NODE_CLASS_MAPPINGS = {
+    "CSTestSamplerPreview": CSTestSamplerPreview,
     "CSTestChannelSwap": CSTestChannelSwap,
     "CSTestSlowProgress": CSTestSlowProgress,
     "CSTestPollInterrupt": CSTestPollInterrupt,
