@@ -72,7 +72,7 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
         if channel.label != CONTROL_LABEL:
             logger.info("stream %s: ignoring data channel %r", stream.stream_id, channel.label)
             return
-        ControlChannel(stream, channel, update, http_error, describe_nodes)
+        stream.on_close(ControlChannel(stream, channel, update, http_error, describe_nodes).close)
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
@@ -141,7 +141,7 @@ async def offer(request: web.Request) -> web.Response:
         await stream.start()
         await pc.setLocalDescription(await pc.createAnswer())
     except BaseException as exc:
-        logger.warning("stream %s: offer failed: %s", stream_id, exc)
+        logger.warning("stream %s: offer failed: %r", stream_id, exc, exc_info=True)
         stream.error = stream.error or f"{type(exc).__name__}: {exc}"
         await stream.stop(f"error: {stream.error}", "error")
         if isinstance(exc, Exception) and not isinstance(exc, web.HTTPException):

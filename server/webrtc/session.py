@@ -90,6 +90,7 @@ class WebRTCStream:
         self._factory = pipeline_factory
         self._emit: EventSink | None = None
         self._on_finished: Callable[[WebRTCStream], Any] | None = None
+        self._closers: list[Callable[[], Any]] = []  # what else ends with the stream (its control channel)
         self.pipeline: FramePipeline | None = None
         self._pipeline_tasks: list[asyncio.Task[Any]] = []
         self._input_tasks: list[asyncio.Task[Any]] = []
@@ -108,6 +109,9 @@ class WebRTCStream:
         """Once the stream is registered: where its events go, and whom its end is reported to."""
         self._emit = emit
         self._on_finished = on_finished
+
+    def on_close(self, closer: Callable[[], Any]) -> None:
+        self._closers.append(closer)
 
     @property
     def stream_id(self) -> str:
@@ -384,6 +388,11 @@ class WebRTCStream:
         for track in (self.video_out, self.audio_out):
             if track is not None:
                 track.stop()
+        for closer in self._closers:
+            try:
+                closer()
+            except Exception:
+                logger.exception("stream %s: closing a helper failed", self.stream_id)
         tasks, self._input_tasks = self._input_tasks, []
         for task in tasks:
             task.cancel()

@@ -86,6 +86,29 @@ async def _streams(server: Server) -> list[str]:
     return [s["stream_id"] for s in listing["streams"]]
 
 
+async def _wait_stream_gone(server: Server, stream_id: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while stream_id in await _streams(server):
+        assert time.monotonic() < deadline, "the stream outlived the page's Stop"
+        await asyncio.sleep(0.05)
+
+
+async def _wait_camera_inverted(page, timeout: float = 60.0) -> None:
+    """The processed video's corners are the inverse of the original's (the fake camera's field is
+    one flat colour there, so the two need not show the same instant)."""
+    deadline = time.monotonic() + timeout
+    original = processed = None
+    while time.monotonic() < deadline:
+        original = await page.evaluate(SAMPLE_JS, "original")
+        processed = await page.evaluate(SAMPLE_JS, "processed")
+        if original and processed:
+            pairs = zip(original["quadrants"], processed["quadrants"], strict=True)
+            if all(abs((255 - o) - p) <= 40 for orig, proc in pairs for o, p in zip(orig, proc, strict=True)):
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the camera's processed video is not its inverse: {original} vs {processed}")
+
+
 async def test_page_connects_and_shows_processed_video(server: Server, artifacts_dir: Path) -> None:
     from playwright.async_api import async_playwright
 
@@ -135,10 +158,18 @@ async def test_page_connects_and_shows_processed_video(server: Server, artifacts
 
             # Stop: the peer connection closes and the stream (and its worker) goes.
             await page.click("#stop")
-            deadline = time.monotonic() + 30
-            while stream_id in await _streams(server):
-                assert time.monotonic() < deadline, "the stream outlived the page's Stop"
-                await asyncio.sleep(0.05)
+            await _wait_stream_gone(server, stream_id)
+
+            # The camera (Chromium's fake one: a plain green field with a shape moving in the middle).
+            camera = next(s for s in sources if s.startswith("camera:"))
+            await page.select_option("#source", camera)
+            await page.select_option("#preset", "invert")
+            await page.click("#start")
+            await _wait_camera_inverted(page)
+            camera_stream = (await page.text_content("#stream-id")).strip("() ")
+            assert camera_stream != stream_id and await _streams(server) == [camera_stream]
+            await page.click("#stop")
+            await _wait_stream_gone(server, camera_stream)
             assert errors == [], errors
         finally:
             await browser.close()
