@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics, StreamSample
-from server.models import StreamInfo, StreamParams, UpdateParameters
+from server.models import StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
 from server.prompt_validation import validate_prompts
 from server.stream_spec import StreamSpec
 from server.trickle_stream import TrickleStream
@@ -212,10 +212,15 @@ class StreamManager:
     # ---- callbacks from streams ------------------------------------------------------------------
 
     async def _on_control_message(self, stream: TrickleStream, message: dict[str, Any]) -> None:
-        """A control-channel message has the effect of `POST /stream/{id}/params`; a bad one is
-        reported on the events channel and changes nothing."""
+        """A control-channel message has the effect of the REST update whose body it is: the
+        update-prompts body (with `parameters`) or the params body. A bad one is reported on the
+        events channel and changes nothing."""
         try:
-            outcome = await self.apply_params(stream.stream_id, message, source="control")
+            if "parameters" in message:  # the update-prompts body
+                body = UpdatePromptsRequest.model_validate(message)
+                outcome = await self.update(stream.stream_id, body.prompt_value(), body.parameters, "control")
+            else:  # the gateway's params (the start's `params` shape)
+                outcome = await self.apply_params(stream.stream_id, message, source="control")
         except (ValueError, ValidationError) as exc:  # PromptFormatError and PromptRejected are ValueErrors
             logger.warning("stream %s: control message rejected: %s", stream.stream_id, exc)
             stream.emit("error", {"source": "control", "message": str(exc)})
