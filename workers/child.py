@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, NoReturn
 
 from workers import messages as m
 from workers.lifecycle import die_with_parent
@@ -49,6 +49,16 @@ class WorkerConfig:
     workspace_settings: tuple[tuple[str, Any], ...] = ()
 
 
+def pinned_environment(config: WorkerConfig) -> dict[str, str]:
+    """The environment a worker must start with: its GPU pinning and the configured extras."""
+    # "" hides every GPU: a worker placed on the CPU must not grab GPU 0 behind our back.
+    env = {"CUDA_VISIBLE_DEVICES": config.gpu if config.gpu is not None else ""}
+    if config.gpu is not None and not config.disable_cuda_malloc:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
+    env.update(dict(config.env))
+    return env
+
+
 @dataclass
 class _State:
     config: WorkerConfig
@@ -73,16 +83,22 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
     )
     die_with_parent(config.parent_pid)
     try:
-        if "torch" in sys.modules:
+        # The server already put these in our environment at exec (pinned_environment), before
+        # anything was imported, even the server's main module that spawn re-imports here; set
+        # them again in case this initializer is used another way.
+        pinned = pinned_environment(config)
+        if (
+            "torch" in sys.modules
+            and os.environ.get("CUDA_VISIBLE_DEVICES") != pinned["CUDA_VISIBLE_DEVICES"]
+        ):
             logger.warning(
                 "torch was imported before the GPU was pinned; CUDA_VISIBLE_DEVICES may be ignored"
             )
-        # "" hides every GPU: a worker placed on the CPU must not grab GPU 0 behind our back.
-        os.environ["CUDA_VISIBLE_DEVICES"] = config.gpu if config.gpu is not None else ""
-        if config.gpu is not None and not config.disable_cuda_malloc:
-            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "backend:cudaMallocAsync")
-        for key, value in config.env:
-            os.environ[key] = value
+        for key, value in pinned.items():
+            if key == "PYTORCH_CUDA_ALLOC_CONF":
+                os.environ.setdefault(key, value)
+            else:
+                os.environ[key] = value
         if config.cwd:
             os.chdir(config.cwd)
         import torch
@@ -127,16 +143,17 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
 ABANDONED_EXIT_CODE = 3
 
 
-def run_frame_loop() -> dict[str, Any]:
-    """The long-lived task submitted once to the worker's executor."""
+def run_frame_loop() -> NoReturn:
+    """The long-lived task submitted once to the worker's executor; ends the process."""
     if _STATE is None:
         raise RuntimeError("run_frame_loop without initialize")
     summary = _FrameLoop(_STATE).run()
-    if summary["reason"] != "stop":
-        # No server to shut the executor down: returning would leave this process idle forever.
-        logging.shutdown()
-        os._exit(ABANDONED_EXIT_CODE)
-    return summary
+    # Leave at once rather than return to the executor: its orderly exit (the server's exit
+    # sentinel, then finalising an interpreter with torch loaded) costs most of a second per
+    # worker, and an abandoned worker would get no sentinel at all. Nothing here needs
+    # finalising: the server owns the shared memory and every answer has been sent.
+    logging.shutdown()
+    os._exit(0 if summary["reason"] == "stop" else ABANDONED_EXIT_CODE)
 
 
 # -- prompt preparation (compile, dry run, warmup) off the frame loop ---------------------------

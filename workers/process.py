@@ -9,12 +9,14 @@ class never restarts anything; `workers.supervisor` does that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
@@ -32,6 +34,25 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner"
 
 _live: set[WorkerProcess] = set()
 _live_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ while a child is spawned, so it has them from exec on.
+
+    Only the spawner thread calls this, so spawns never see each other's values; the server
+    itself never reads these variables (it does not use CUDA).
+    """
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
 
 
 class WorkerError(RuntimeError):
@@ -128,7 +149,8 @@ class WorkerProcess:
                 initializer=child.initialize,
                 initargs=(self.config, child_conn),
             )
-            future = executor.submit(self.loop_target)
+            with _environment(child.pinned_environment(self.config)):
+                future = executor.submit(self.loop_target)
             # With spawn, submit() starts the process synchronously; the executor keeps it here.
             (proc,) = executor._processes.values()
             # Kept for the join at stop: shutdown(wait=False) forgets it.

@@ -268,8 +268,14 @@ class BasePipeline:
             if entry is not None:
                 tracker.fail(frame_id, self._passthrough(entry.frame))
         if frame_ids:
-            logger.warning(
-                "stream %s: %d frame(s) in flight passed through (%s)", self.stream_id, len(frame_ids), reason
+            # Expected when the stream stops; worth a warning when the worker went away under it.
+            level = logging.DEBUG if self.state in ("stopping", "stopped") else logging.WARNING
+            logger.log(
+                level,
+                "stream %s: %d frame(s) in flight passed through (%s)",
+                self.stream_id,
+                len(frame_ids),
+                reason,
             )
         self._pump()
 

@@ -64,7 +64,13 @@ def test_detection_does_not_import_torch():
     assert out == "False"
 
 
+def _exec_environment(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return f.read().decode(errors="replace").split("\0")
+
+
 async def test_spawned_workers_see_their_cuda_visible_devices(no_leaks):
+    parent_env = os.environ.get("CUDA_VISIBLE_DEVICES")
     backend = ProcessPoolBackend(gpus=["1", "0"])
     try:
         first, second = await asyncio.gather(
@@ -73,6 +79,12 @@ async def test_spawned_workers_see_their_cuda_visible_devices(no_leaks):
         assert backend.gpu_load() == {"1": 1, "0": 1}, "each new worker goes to the least-loaded GPU"
         seen = sorted([first.ready.cuda_visible_devices, second.ready.cuda_visible_devices])
         assert seen == ["0", "1"]  # as the worker process itself reports os.environ
+        for worker in (first, second):
+            # ... and as it was exec'd, before any import (spawn re-imports the server's main module).
+            assert f"CUDA_VISIBLE_DEVICES={worker.config.gpu}" in _exec_environment(worker.pid)
+        assert os.environ.get("CUDA_VISIBLE_DEVICES") == parent_env, (
+            "the server's own environment is untouched"
+        )
         assert first.status()["gpu"] == first.ready.cuda_visible_devices
         # This machine has no CUDA: a pinned worker still runs, on the CPU, and says so.
         assert {first.ready.device, second.ready.device} == {"cpu"}

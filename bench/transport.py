@@ -1,0 +1,169 @@
+"""Frame transport cost: what a frame pays for going through a worker process, at 512x512.
+
+Measured in the same run, frame by frame and interleaved (so load on the machine hits both):
+  in-process  av.VideoFrame -> RGB array -> IMAGE tensor -> plan.execute_sync (the default
+              prompt, LoadTensor -> ImageInvert -> SaveTensor) -> uint8 -> av.VideoFrame,
+              all in this process: the baseline, the same work a worker does per frame
+  worker      the same frame through a ProcessPoolPipeline: put_video_frame, then
+              get_processed_video_frame (shared-memory ring + pipe messages + a process hop)
+The added latency is worker minus in-process (median and p99 of the per-frame differences).
+Budget: < 0.5 ms at the median. Then the aggregate frames/s of 1, 2 and 4 streams, each with its
+own worker, each kept busy (max_inflight frames always in its worker).
+
+    .venv/bin/python bench/transport.py [--frames 300] [--size 512] [--duration 5] [--streams 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+
+from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.media.convert import frame_to_ndarray
+from comfystream.pipeline import ProcessPoolPipeline
+from comfystream.prompts import DEFAULT_PROMPT
+from workers.backend import ProcessPoolBackend
+
+BUDGET_MS = 0.5
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def make_frame(i: int, size: int) -> av.VideoFrame:
+    rgb = np.random.default_rng(i).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frame.pts, frame.time_base = i, Fraction(1, 30)
+    return frame
+
+
+def in_process(plan, frame: av.VideoFrame, size: int) -> av.VideoFrame:
+    rgb = frame_to_ndarray(frame, size, size)
+    tensor = torch.from_numpy(rgb).to(torch.float32).div_(255.0).unsqueeze_(0)
+    result = plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
+    out = torch.empty((size, size, 3), dtype=torch.uint8)
+    out.copy_(result.frames[0][0].clamp(0.0, 1.0).mul_(255.0).add_(0.5))
+    new = av.VideoFrame.from_ndarray(out.numpy(), format="rgb24")
+    new.pts, new.time_base = frame.pts, frame.time_base
+    return new
+
+
+async def latency(backend: ProcessPoolBackend, frames: int, size: int) -> None:
+    plan = compile_prompt(DEFAULT_PROMPT, build_registry())
+    pipeline = ProcessPoolPipeline(
+        width=size, height=size, stream_id="bench", backend=backend, warmup_frames=5
+    )
+    await pipeline.initialize([DEFAULT_PROMPT])
+    inputs = [make_frame(i, size) for i in range(16)]
+    local_ms: list[float] = []
+    worker_ms: list[float] = []
+    try:
+        for i in range(frames + 20):
+            frame = inputs[i % len(inputs)]
+            t0 = time.perf_counter()
+            out_local = in_process(plan, frame, size)
+            t1 = time.perf_counter()
+            await pipeline.put_video_frame(frame)
+            out_worker = await pipeline.get_processed_video_frame()
+            t2 = time.perf_counter()
+            if i >= 20:  # the first ones warm caches on both sides
+                local_ms.append((t1 - t0) * 1000.0)
+                worker_ms.append((t2 - t1) * 1000.0)
+            if i == 20:
+                assert np.array_equal(out_local.to_ndarray(), out_worker.to_ndarray()), "outputs differ"
+        stats = pipeline.stats()
+    finally:
+        await pipeline.cleanup()
+    added = [w - loc for w, loc in zip(worker_ms, local_ms, strict=True)]
+    print(f"per-frame latency at {size}x{size}, {frames} frames, default prompt (invert):")
+    print(f"  in-process   median {statistics.median(local_ms):7.3f} ms   p99 {pct(local_ms, 0.99):7.3f} ms")
+    print(
+        f"  worker       median {statistics.median(worker_ms):7.3f} ms   p99 {pct(worker_ms, 0.99):7.3f} ms"
+    )
+    print(
+        f"  added        median {statistics.median(added):7.3f} ms   p99 {pct(added, 0.99):7.3f} ms"
+        f"   (ratio worker/in-process {statistics.median(worker_ms) / statistics.median(local_ms):.2f}x)"
+    )
+    print(
+        f"  worker's own time per frame (median) {stats['workflow_ms_p50']:.3f} ms; mismatched {stats['mismatched']}"
+    )
+    verdict = "within" if statistics.median(added) < BUDGET_MS else "OVER"
+    print(f"  budget < {BUDGET_MS} ms added at the median: {verdict}")
+
+
+async def throughput(backend: ProcessPoolBackend, streams: int, size: int, duration: float) -> float:
+    pipelines = [
+        ProcessPoolPipeline(width=size, height=size, stream_id=f"s{k}", backend=backend, warmup_frames=5)
+        for k in range(streams)
+    ]
+    await asyncio.gather(*(p.initialize([DEFAULT_PROMPT]) for p in pipelines))
+    inputs = [make_frame(i, size) for i in range(8)]
+    done = [0] * streams
+    stop_at = 0.0
+
+    async def drive(k: int, p: ProcessPoolPipeline) -> None:
+        n = 0
+        for _ in range(p.max_inflight):  # keep the worker's slots full: a closed loop
+            await p.put_video_frame(inputs[n % len(inputs)])
+            n += 1
+        while time.perf_counter() < stop_at:
+            await p.get_processed_video_frame()
+            done[k] += 1
+            await p.put_video_frame(inputs[n % len(inputs)])
+            n += 1
+
+    try:
+        stop_at = time.perf_counter() + duration
+        t0 = time.perf_counter()
+        await asyncio.gather(*(drive(k, p) for k, p in enumerate(pipelines)))
+        elapsed = time.perf_counter() - t0
+        assert all(p.stats()["mismatched"] == 0 for p in pipelines)
+    finally:
+        await asyncio.gather(*(p.cleanup() for p in pipelines))
+    return sum(done) / elapsed
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[])
+    try:
+        await latency(backend, args.frames, args.size)
+        print(
+            f"aggregate throughput, {args.size}x{args.size}, one worker per stream, {args.duration:.0f} s each:"
+        )
+        base = None
+        for n in [int(s) for s in args.streams.split(",")]:
+            fps = await throughput(backend, n, args.size, args.duration)
+            base = base or fps
+            print(
+                f"  {n} stream(s): {fps:8.1f} frames/s total, {fps / n:7.1f} per stream ({fps / base:.2f}x of 1)"
+            )
+    finally:
+        await backend.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--streams", default="1,2,4")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
