@@ -156,6 +156,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"e2e bench: {args.size}x{args.size}, {args.frames} frames per stream at {args.fps} fps, "
                 f"{os.cpu_count()} CPU(s)"
             )
+            await run_relay_only(relay, args.size, 30, args.fps)  # warm-up (codecs, connections): discarded
             base_fps, base_lat = await run_relay_only(relay, args.size, args.frames, args.fps)
             base_med = statistics.median(base_lat)
             print(
@@ -176,6 +177,12 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"   received {received}/{n * args.frames}, dropped {dropped}"
                     f"   | latency x{med / base_med:5.2f} baseline, fps x{mean_fps / ref_fps:4.2f} of 1 stream"
                 )
+            # The machine may have changed under us: the baseline again, after.
+            after_fps, after_lat = await run_relay_only(relay, args.size, args.frames, args.fps)
+            print(
+                f"baseline relay only (after): fps {after_fps:6.1f}   latency median {statistics.median(after_lat):7.1f} ms"
+                f"   p99 {pct(after_lat, 0.99):7.1f} ms   (load average {os.getloadavg()[0]:.1f})"
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
