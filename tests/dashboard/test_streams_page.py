@@ -19,7 +19,8 @@ from comfystream.media import read_index
 from server.trickle_client import PatternPublisher, create_channel
 from tests.dashboard.conftest import Server, open_dashboard
 
-pytestmark = pytest.mark.browser
+# No job workers: these tests are about streams, and each worker costs an `import torch`.
+pytestmark = [pytest.mark.browser, pytest.mark.server_config(job_workers=0)]
 
 SIZE = 256
 BLUR_PROMPT = {
