@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .protocol import (
     HEADER_CLOSED,
@@ -384,6 +384,15 @@ class TrickleRelay:
                     await read
 
 
+async def _quiet_expect_handler(request: web.Request) -> None:
+    """aiohttp's ``100 Continue`` for ``Expect: 100-continue``, without an error log when the
+    publisher dropped a preconnected POST before it went out."""
+    if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+        with contextlib.suppress(ConnectionError):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+
+
 RELAY_KEY: web.AppKey[TrickleRelay] = web.AppKey("trickle_relay", TrickleRelay)
 
 
@@ -396,7 +405,7 @@ def add_relay_routes(
     router = app.router
     router.add_get(f"{prefix}/{{name}}/next", relay.handle_next)
     router.add_get(f"{prefix}/{{name}}/{{seq}}", relay.handle_get)
-    router.add_post(f"{prefix}/{{name}}/{{seq}}", relay.handle_post)
+    router.add_post(f"{prefix}/{{name}}/{{seq}}", relay.handle_post, expect_handler=_quiet_expect_handler)
     router.add_post(f"{prefix}/{{name}}", relay.handle_create)
     router.add_delete(f"{prefix}/{{name}}/{{seq}}", relay.handle_delete_segment)
     router.add_delete(f"{prefix}/{{name}}", relay.handle_delete_channel)
