@@ -190,13 +190,18 @@ class SegmentEncoder:
                 out += self._end_segment()
             self._start_segment(pts)
         yuv = frame.reformat(width=self.width, height=self.height, format="yuv420p")
-        if yuv is frame:  # do not change the caller's frame
-            yuv = av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+        # already yuv420p at size: reformat gave the caller's frame back; x264 copies what it
+        # encodes, so borrow it and put its timestamps and picture type back afterwards
+        saved = (yuv.pts, yuv.time_base, yuv.pict_type) if yuv is frame else None
         yuv.pts = pts
         yuv.time_base = TS_TIME_BASE
         yuv.pict_type = PictureType.I if new_segment else PictureType.NONE
-        for packet in self._video.encode(yuv):
-            self._mux_video_packet(packet)
+        try:
+            for packet in self._video.encode(yuv):
+                self._mux_video_packet(packet)
+        finally:
+            if saved is not None:
+                yuv.pts, yuv.time_base, yuv.pict_type = saved
         out += self._chunk()
         return out
 

@@ -225,3 +225,15 @@ def test_a_corrupt_segment_is_skipped_and_decoding_goes_on(three_seconds, damage
     assert [seconds(f) for f in got[-30:]] == [seconds(f) for f in frames[60:]]
     assert decoder.stats.segments == 3
     assert decoder.stats.corrupt_segments == 1  # noticed and logged, not decoded into junk
+
+
+def test_decoded_frames_pass_straight_through_the_encoder_unchanged(three_seconds):
+    """yuv420p frames at the stream size (a passthrough) are encoded without a copy or a
+    conversion, and the caller's frames keep their own timestamps."""
+    frames, segments = three_seconds
+    decoded = decode_all(segments)
+    before = [(f.pts, f.time_base, f.pict_type) for f in decoded]
+    out = decode_all(SegmentEncoder(W, H).encode_all(decoded))
+    assert [(f.pts, f.time_base, f.pict_type) for f in decoded] == before
+    assert [seconds(f) for f in out] == [seconds(f) for f in frames]
+    assert [read_index(frame_to_ndarray(f)) for f in out] == list(range(90))
