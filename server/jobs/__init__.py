@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -93,21 +94,32 @@ async def _start(app: web.Application) -> None:
     settings = app[JOB_SETTINGS_KEY]
     settings.input_dir.mkdir(parents=True, exist_ok=True)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    backend = app.get(JOB_BACKEND_KEY)
-    if backend is None:
-        from workers.backend import DEFAULT_BACKEND
-
-        backend = DEFAULT_BACKEND
     app[WS_HUB_KEY].queue_size = settings.ws_queue_size
     app[TASK_TRACKER_KEY].settings = settings
-    spec = WorkerSpec(custom_node_dirs=tuple(str(d) for d in app[CONFIG_KEY].custom_nodes))
-    app[JOB_SCHEDULER_KEY].start(backend, spec, settings)
+    app[JOB_SCHEDULER_KEY].start(_backend(app), WorkerSpec(), settings)
     logger.info(
         "jobs: %d worker(s); input %s, output %s",
         settings.job_workers,
         settings.input_dir,
         settings.output_dir,
     )
+
+
+def _backend(app: web.Application) -> Any:
+    """`app[JOB_BACKEND_KEY]` if set, else the backend the app's stream workers come from (so jobs
+    and streams share GPU placement, and the workers load the server's --workspace and
+    --custom-nodes), else the process-wide default. WorkerSpec() takes that backend's defaults."""
+    backend = app.get(JOB_BACKEND_KEY)
+    if backend is not None:
+        return backend
+    from server.app import PIPELINE_RESOURCES_KEY
+
+    resources = app.get(PIPELINE_RESOURCES_KEY)
+    if resources is not None and getattr(resources, "backend", None) is not None:
+        return resources.backend
+    from workers.backend import DEFAULT_BACKEND
+
+    return DEFAULT_BACKEND
 
 
 async def _shutdown(app: web.Application) -> None:
