@@ -46,6 +46,8 @@ class _JobLoop:
         self._jobs: queue.SimpleQueue[jm.RunJob | None] = queue.SimpleQueue()
         self._current: tuple[str, Any] | None = None  # (prompt_id, CancelToken) of the running job
         self._current_lock = threading.Lock()
+        # Interrupts for a job sent but not started yet (it is interrupted as it starts).
+        self._early_interrupts: set[str] = set()
         self._plans: OrderedDict[str, Any] = OrderedDict()
         self.jobs_done = 0
         self.busy_s = 0.0
@@ -106,9 +108,12 @@ class _JobLoop:
     def _interrupt(self, prompt_id: str | None, reason: str) -> None:
         with self._current_lock:
             current = self._current
-        if current is not None and (prompt_id is None or current[0] == prompt_id):
-            logger.info("interrupting prompt %s", current[0])
-            current[1].cancel(reason)
+            if current is None or (prompt_id is not None and current[0] != prompt_id):
+                if prompt_id is not None:
+                    self._early_interrupts.add(prompt_id)
+                return
+        logger.info("interrupting prompt %s", current[0])
+        current[1].cancel(reason)
 
     def _status(self) -> dict[str, Any]:
         ready = self.state.ready
@@ -194,6 +199,9 @@ class _JobLoop:
         cancel = CancelToken()
         with self._current_lock:
             self._current = (job.prompt_id, cancel)
+            if job.prompt_id in self._early_interrupts:
+                self._early_interrupts.discard(job.prompt_id)
+                cancel.cancel("Interrupted by request")
 
         def emit(event: str, data: dict[str, Any]) -> None:
             self._send(jm.JobEvent(job.prompt_id, event, data))
