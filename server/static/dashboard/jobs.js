@@ -78,7 +78,7 @@ function SubmitForm({ store, clientId, onTask }) {
         const answer = await postJSON('/tasks', body);
         const promptId = answer.prompt_id || answer.promptId;
         if (promptId) store.markSubmitted(promptId, { prompt, number: answer.number, taskId: answer.taskId });
-        onTask(answer.taskId, `Task ${shortId(answer.taskId, 10)}`);
+        onTask(answer.taskId, `Task · ${Object.keys(prompt).length} nodes`);
       } else {
         const answer = await postJSON('/prompt', body);
         store.markSubmitted(answer.prompt_id, { prompt, number: answer.number });

@@ -51,7 +51,7 @@ function Health() {
 function App() {
   const [tasks, setTasks] = useState(() => {
     const wanted = new URLSearchParams(location.search).get('task');
-    return wanted ? [{ taskId: wanted, label: `Task ${shortId(wanted, 10)}` }] : [];
+    return wanted ? [{ taskId: wanted, label: 'Task' }] : [];
   });
   const addTask = (taskId, label) => {
     if (!taskId) return;
@@ -74,10 +74,10 @@ function App() {
         (t) => html`<${ProgressBanner} key=${t.taskId} taskId=${t.taskId} label=${t.label} sseManager=${sseManager}
           onDismiss=${dropTask}
           onComplete=${() => {
-            toast(`${t.label} complete`, 'ok');
+            toast(`Task ${shortId(t.taskId, 10)} complete`, 'ok');
             feed.refresh(0);
           }}
-          onError=${(data) => toast(`${t.label} failed: ${data?.error?.message || 'error'}`, 'err')} />`,
+          onError=${(data) => toast(`Task ${shortId(t.taskId, 10)}: ${data?.error?.message || 'failed'}`, 'err')} />`,
       )}
     </div>`}
     <main class="layout">
