@@ -110,6 +110,7 @@ class WorkerProcess:
         self._ready_future: asyncio.Future[m.Ready] | None = None
         self._exited: asyncio.Future[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None  # referenced: the loop keeps tasks weakly
         self._ping_seq = 0
         self.last_heard = 0.0
         self.rtt_ms: float | None = None
@@ -307,7 +308,7 @@ class WorkerProcess:
             self.on_lost(self, reason)
         # The process may still be alive (hung, or its pipe broke): make sure it goes.
         assert self._loop is not None
-        self._loop.create_task(self.stop(graceful_timeout=0.0, reason=reason))
+        self._stop_task = self._loop.create_task(self.stop(graceful_timeout=0.0, reason=reason))
 
     def _fail_requests(self, reason: str) -> None:
         for future in self._requests.values():
@@ -396,14 +397,16 @@ class WorkerProcess:
         def join() -> None:
             if proc is not None:
                 proc.join(5.0)
-                self.exitcode = proc.exitcode
             # The executor's manager thread joins the process too, then ends: wait for it before
             # closing the process object it holds, and close the queue it read from.
             if manager is not None:
                 manager.join(5.0)
-                if manager.is_alive():
-                    logger.warning("%s: executor thread still running after 5 s", self.name)
-                    return
+            if proc is not None:
+                # Read after both joins: the two threads race to reap, and the loser sees None.
+                self.exitcode = proc.exitcode
+            if manager is not None and manager.is_alive():
+                logger.warning("%s: executor thread still running after 5 s", self.name)
+                return
             if result_queue is not None:
                 result_queue.close()
             if proc is not None and proc.exitcode is not None:

@@ -11,6 +11,7 @@ every channel with its last accepted prompts. Delays between failed attempts gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -253,9 +254,12 @@ class SupervisedWorker:
             return
         self._state = "stopping"
         self._ready_event.set()  # wake waiters; they see the state
-        if self._restart_task is not None:
-            self._restart_task.cancel()
-            self._restart_task = None
+        task, self._restart_task = self._restart_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            # A restart cancelled half-way stops the process it was starting; wait for that.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         proc = self._detach()
         try:
             self._report_lost("worker stopped")

@@ -91,7 +91,7 @@ async def test_warm_pool_serves_twenty_start_stop_cycles_and_nothing_is_left(bac
     # Two streams at a time, so that the pool's two refills use both cores.
     backend.configure(warm_workers=2, warm_parallel=2)
     gc.collect()
-    fds_before = len(os.listdir("/proc/self/fd"))
+    fds_before = _fds()
     await backend.start()
     pool = backend.pool
     try:
@@ -107,9 +107,19 @@ async def test_warm_pool_serves_twenty_start_stop_cycles_and_nothing_is_left(bac
     finally:
         await backend.shutdown()
     gc.collect()
-    assert await eventually(lambda: len(os.listdir("/proc/self/fd")) <= fds_before), (
-        f"fds: {fds_before} before, {len(os.listdir('/proc/self/fd'))} after"
+    assert await eventually(lambda: len(_fds()) <= len(fds_before)), (
+        f"fds left open: {sorted(set(_fds().items()) - set(fds_before.items()))}"
     )
+
+
+def _fds() -> dict[str, str]:
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass  # the directory listing's own fd, closed by now
+    return out
 
 
 def _gone(pid: int) -> bool:
