@@ -166,6 +166,7 @@ class BasePipeline:
             raise
         self.prompts = normalized
         self._set_state("ready")
+        self._pump()  # frames put while the worker was starting
 
     async def set_prompts(self, prompts: Any) -> UpdateResult:
         """The original comfystream name: `initialize` before the first call, `update_prompts` after."""

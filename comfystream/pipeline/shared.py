@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,22 +29,32 @@ class _Shared:
     started: asyncio.Future[None] | None = None
 
 
-# (backend, spec, loop) -> the shared worker; a worker is bound to the loop that started it.
-_shared: dict[tuple[int, WorkerSpec, int], _Shared] = {}
+# loop -> (backend, spec) -> the shared worker: a worker is bound to the loop that started it.
+_shared: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[WorkerBackend, WorkerSpec], _Shared]
+] = weakref.WeakKeyDictionary()
+
+
+def _registry() -> dict[tuple[WorkerBackend, WorkerSpec], _Shared]:
+    loop = asyncio.get_running_loop()
+    if loop not in _shared:
+        _shared[loop] = {}
+    return _shared[loop]
 
 
 async def _acquire(backend: WorkerBackend, spec: WorkerSpec, user: str) -> WorkerClient:
     loop = asyncio.get_running_loop()
-    key = (id(backend), spec, id(loop))
-    entry = _shared.get(key)
+    shared = _registry()
+    key = (backend, spec)
+    entry = shared.get(key)
     if entry is None:
         entry = _Shared(backend.create_worker(spec, name="shared"), started=loop.create_future())
-        _shared[key] = entry
+        shared[key] = entry
         entry.users.add(user)
         try:
             await entry.client.start()
         except BaseException as exc:
-            _shared.pop(key, None)
+            shared.pop(key, None)
             entry.started.set_exception(exc)
             entry.started.exception()  # mark retrieved: other waiters re-raise it themselves
             await entry.client.stop()
@@ -61,13 +72,14 @@ async def _acquire(backend: WorkerBackend, spec: WorkerSpec, user: str) -> Worke
 
 
 async def _release(backend: WorkerBackend, spec: WorkerSpec, user: str) -> None:
-    key = (id(backend), spec, id(asyncio.get_running_loop()))
-    entry = _shared.get(key)
+    shared = _registry()
+    key = (backend, spec)
+    entry = shared.get(key)
     if entry is None:
         return
     entry.users.discard(user)
     if not entry.users:
-        _shared.pop(key, None)
+        shared.pop(key, None)
         await entry.client.stop()
 
 
