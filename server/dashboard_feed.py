@@ -17,6 +17,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from server.app_keys import OPENAPI_KEY
+from server.openapi import add_api_route
+
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 2000  # events waiting for one slow page; beyond it its oldest go
@@ -150,7 +153,16 @@ JOBS_FEED_KEY = web.AppKey("dashboard_jobs_feed", JobsFeed)
 def setup_jobs_feed(app: web.Application) -> None:
     feed = JobsFeed()
     app[JOBS_FEED_KEY] = feed
-    app.router.add_get("/jobs/events", feed.handle)
+    add_api_route(
+        app,
+        app[OPENAPI_KEY],
+        "GET",
+        "/jobs/events",
+        feed.handle,
+        "Every job's events, each with the client_id that queued it (Server-Sent Events; the dashboard's feed)",
+        tags=("dashboard",),
+        responses={200: "text/event-stream"},
+    )
 
     async def attach(app: web.Application) -> None:
         # On startup, when every feature module has set up: the jobs feature may come after this one.
