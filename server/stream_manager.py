@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,30 +16,20 @@ from server.metrics import ServerMetrics, StreamSample
 from server.models import StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
 from server.prompt_validation import validate_prompts
 from server.stream_spec import StreamSpec
+from server.stream_types import AtCapacity, StreamExists, StreamNotFound, UpdateOutcome
 from server.trickle_stream import TrickleStream
 
 logger = logging.getLogger(__name__)
 
 PipelineFactory = Callable[[StreamSpec], Any]
-
-
-class StreamNotFound(LookupError):
-    pass
-
-
-class StreamExists(ValueError):
-    pass
-
-
-class AtCapacity(RuntimeError):
-    pass
-
-
-@dataclass
-class UpdateOutcome:
-    prompts_count: int
-    parameters_updated: bool
-    warmup_performed: bool
+__all__ = [
+    "AtCapacity",
+    "PipelineFactory",
+    "StreamExists",
+    "StreamManager",
+    "StreamNotFound",
+    "UpdateOutcome",
+]
 
 
 class StreamManager:

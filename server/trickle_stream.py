@@ -22,6 +22,7 @@ from server.events import EventBus
 from server.metrics import ServerMetrics
 from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
 from server.stream_spec import StreamSpec
+from server.stream_types import StreamNotFound, UpdateOutcome
 from server.trickle_media import ControlChannel, EventsChannel, MediaOutput, decoded_frames
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class TrickleStream:
         self.error: str | None = None
         self._stop_requested = asyncio.Event()
         self._done = asyncio.Event()
+        self._running = asyncio.Event()  # the worker is up: updates may go to it
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events_channel: EventsChannel | None = None
@@ -135,6 +137,7 @@ class TrickleStream:
                 tasks.append(asyncio.create_task(self._control(), name=f"stream-{self.stream_id}-control"))
             tasks.append(asyncio.create_task(self._stats_loop(), name=f"stream-{self.stream_id}-stats"))
             self._set_state("running")
+            self._running.set()
             await asyncio.wait({ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if egress.done():
                 egress.result()  # an output failure ends the stream as an error
@@ -251,13 +254,14 @@ class TrickleStream:
 
     # ---- updates ---------------------------------------------------------------------------------
 
-    async def update(self, prompts: list[dict[str, Any]], parameters: UpdateParameters | None) -> Any:
+    async def update(
+        self, prompts: list[dict[str, Any]], parameters: UpdateParameters | None
+    ) -> UpdateOutcome:
         """Swap prompts (validated by the caller) and apply parameters, at a frame boundary."""
-        from server.stream_manager import UpdateOutcome
-
         params = parameters.model_dump(exclude_none=True) if parameters is not None else {}
         if not params.get("warmup"):
             params.pop("warmup", None)
+        await self._until_running()
         async with self._update_lock:
             result = await self.pipeline.update_prompts(prompts, parameters=params or None)
             self.spec.prompts = prompts
@@ -284,7 +288,22 @@ class TrickleStream:
         )
         return outcome
 
+    async def _until_running(self) -> None:
+        """An update sent while the worker still comes up waits for it; a stream that ends
+        meanwhile is gone (StreamNotFound)."""
+        if self._running.is_set() and not self._stop_requested.is_set():
+            return
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._running, self._stop_requested)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if self._stop_requested.is_set():
+            raise StreamNotFound(self.stream_id)
+
     async def restart_worker(self) -> None:
+        await self._until_running()
         async with self._update_lock:
             await self.pipeline.restart_worker()
         self.emit("worker_restarted", {"requested": True})

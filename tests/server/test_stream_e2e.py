@@ -142,7 +142,8 @@ async def test_prompt_swaps_take_effect_within_two_frames_and_bad_updates_change
 
 async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None:
     s = split_stack
-    # Index ranges tell the streams apart; prompts: invert, passthrough, invert x3.
+    # Index ranges tell the streams apart; prompts: invert, passthrough, invert x3. Stream b is
+    # also resized mid-stream (the gateway's params form): its worker restarts, the others go on.
     triple = {
         "1": {"class_type": "LoadTensor", "inputs": {}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
@@ -162,8 +163,18 @@ async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None
     readers = {name: await _run_reader(s.urls(name)["publish_url"]) for name in plan}
     publishers = {name: PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=15) for name in plan}
 
+    resized_at: list[int] = []
+
+    async def resize_b(index: int) -> None:
+        if index == 1012:
+            status, body = await s.call(
+                "POST", "/stream/cs-b/params", json={"width": SIZE // 2, "height": SIZE // 2}
+            )
+            assert status == 200 and body["parameters_updated"] and body["warmup_performed"], body
+            resized_at.append(publishers["cs-b"].published)
+
     async def feed(name: str) -> None:
-        await publishers[name].send_range(plan[name][0], 30)
+        await publishers[name].send_range(plan[name][0], 30, between=resize_b if name == "cs-b" else None)
         await publishers[name].close()
 
     await asyncio.gather(*(feed(n) for n in plan))
@@ -179,5 +190,15 @@ async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None
         )
         assert all(f.inverted == inverted for f in frames), name
         info = (await s.call("GET", f"/stream/{name}"))[1]
+        if name == "cs-b":  # one switch of size, within 2 frames of the answer
+            sizes = [(f.width, f.height) for f in frames]
+            small = [f.index for f in frames if (f.width, f.height) == (SIZE // 2, SIZE // 2)]
+            assert small and sizes == sorted(sizes, reverse=True), sizes
+            assert small[0] <= 1000 + resized_at[0] + 2 and set(sizes) == {
+                (SIZE, SIZE),
+                (SIZE // 2, SIZE // 2),
+            }
+        else:
+            assert all((f.width, f.height) == (SIZE, SIZE) for f in frames), name
         missing = sorted(set(range(start, start + 30)) - set(indices))
         assert len(indices) + info["stats"]["dropped"] == 30, (name, missing, json.dumps(info["stats"]))
