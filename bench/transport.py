@@ -29,6 +29,7 @@ import torch
 from comfystream.engine import ExecutionContext, build_registry, compile_prompt
 from comfystream.media.convert import frame_to_ndarray
 from comfystream.pipeline import ProcessPoolPipeline
+from comfystream.pipeline.frames import rgb_to_frame
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend
 
@@ -53,9 +54,7 @@ def in_process(plan, frame: av.VideoFrame, size: int) -> av.VideoFrame:
     result = plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
     out = torch.empty((size, size, 3), dtype=torch.uint8)
     out.copy_(result.frames[0][0].clamp(0.0, 1.0).mul_(255.0).add_(0.5))
-    new = av.VideoFrame.from_ndarray(out.numpy(), format="rgb24")
-    new.pts, new.time_base = frame.pts, frame.time_base
-    return new
+    return rgb_to_frame(out.numpy(), frame)  # the same conversion the pipeline uses
 
 
 async def latency(backend: ProcessPoolBackend, frames: int, size: int) -> None:

@@ -29,7 +29,7 @@ from comfystream.pipeline.backend import (
     WorkerSpec,
     get_backend,
 )
-from comfystream.pipeline.frames import FrameTracker
+from comfystream.pipeline.frames import FrameTracker, rgb_to_frame
 from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
 
 logger = logging.getLogger(__name__)
@@ -256,10 +256,7 @@ class BasePipeline:
                 self._emit("frame_error", {"frame_id": frame_id, "error": error})
         else:
             self._exec_ms.append(exec_ms)
-            out = av.VideoFrame.from_ndarray(image, format="rgb24")  # copies out of shared memory
-            out.pts = entry.frame.pts
-            out.time_base = entry.frame.time_base
-            tracker.complete(frame_id, out)
+            tracker.complete(frame_id, rgb_to_frame(image, entry.frame))  # copies out of shared memory
         self._pump()
 
     def _on_lost(self, frame_ids: list[int], reason: str) -> None:
