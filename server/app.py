@@ -45,10 +45,13 @@ def build_node_registry(config: ServerConfig) -> Any:
     CPU here: the server only validates; workers run them on their GPUs)."""
     from comfystream.engine import build_registry
 
-    registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_nodes])
-    if config.workspace is not None:
+    if config.workspace is None:
+        registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_nodes])
+    else:
+        # As the workers load it (server.pipelines): ComfyUI's loader takes --custom-nodes too.
         from comfystream.comfyui import WorkspaceSettings, load_workspace
 
+        registry = build_registry()
         info = load_workspace(
             config.workspace,
             WorkspaceSettings(cpu=True, extra_custom_node_dirs=tuple(str(d) for d in config.custom_nodes)),

@@ -32,15 +32,22 @@ class PipelineResources:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        custom = [str(d) for d in config.custom_nodes]
+        workspace: dict[str, Any] = {}
+        if config.workspace is not None:
+            # With a ComfyUI workspace, ComfyUI's own loader takes --custom-nodes (they may import
+            # comfy.*); without one, the engine's loader does.
+            workspace = {
+                "workspace": str(config.workspace),
+                "workspace_settings": {"extra_custom_node_dirs": custom},
+            }
+            custom = []
         self.backend = ProcessPoolBackend(
             gpus=config.gpus,
             warm_workers=config.warm_workers,
             cwd=str(config.workspace) if config.workspace else None,
-            # With a workspace the workers load it (comfystream.comfyui.load_workspace) and take
-            # --custom-nodes through ComfyUI's loader, after ComfyUI is importable.
-            custom_node_dirs=[] if config.workspace else [str(d) for d in config.custom_nodes],
-            workspace=str(config.workspace) if config.workspace else None,
-            workspace_settings={"extra_custom_node_dirs": [str(d) for d in config.custom_nodes]},
+            custom_node_dirs=custom,
+            **workspace,
         )
 
     async def start(self) -> None:
