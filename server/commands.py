@@ -93,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         relay=args.relay,
         ice_servers=list(args.ice_servers),
         job_workers=args.job_workers,
+        job_workers_at_startup=True,
         input_dir=args.input_dir,
         output_dir=args.output_dir,
         log_level=str(getattr(args, "log_level", "INFO")),

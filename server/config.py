@@ -27,6 +27,7 @@ class ServerConfig:
     job_workers: int = 1  # --job-workers: spawned workers that run one-shot prompts in parallel
     input_dir: Path | None = None  # LoadImage / uploads; None: the workspace's input/, else ./input
     output_dir: Path | None = None  # SaveImage (temp/ inside it); None: the workspace's output/, else ./output
+    job_workers_at_startup: bool = False  # spawn them with the server (serve); else with the first prompt
 
     @property
     def custom_node_dirs(self) -> list[Path]:

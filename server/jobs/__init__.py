@@ -96,7 +96,7 @@ async def _start(app: web.Application) -> None:
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     app[WS_HUB_KEY].queue_size = settings.ws_queue_size
     app[TASK_TRACKER_KEY].settings = settings
-    app[JOB_SCHEDULER_KEY].start(_backend(app), WorkerSpec(), settings)
+    app[JOB_SCHEDULER_KEY].start(_backend(app), WorkerSpec(), settings, spawn_now=settings.spawn_at_startup)
     logger.info(
         "jobs: %d worker(s); input %s, output %s",
         settings.job_workers,

@@ -54,11 +54,16 @@ class JobScheduler:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(
-        self, backend: Any, spec: WorkerSpec | None = None, settings: JobSettings | None = None
+        self,
+        backend: Any,
+        spec: WorkerSpec | None = None,
+        settings: JobSettings | None = None,
+        spawn_now: bool = True,
     ) -> None:
-        """Spawn the workers (from `backend`, a workers.backend.ProcessPoolBackend) in the
-        background: the server answers, and queues, meanwhile."""
-        if self._start_task is not None:
+        """Make the workers (from `backend`, a workers.backend.ProcessPoolBackend) and, with
+        `spawn_now`, spawn them in the background (the server answers, and queues, meanwhile);
+        otherwise they are spawned by the first prompt queued, or by `wait_ready`."""
+        if self.workers:
             return
         if settings is not None:
             self.settings = settings
@@ -74,7 +79,11 @@ class JobScheduler:
             )
             for i in range(self.settings.job_workers)
         ]
-        if self.workers:
+        if spawn_now:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        if self._start_task is None and self.workers and not self._closed:
             self._start_task = asyncio.get_running_loop().create_task(self._start(), name="job-workers-start")
 
     async def _start(self) -> None:
@@ -84,7 +93,8 @@ class JobScheduler:
                 logger.error("%s did not start: %s", worker.name, result)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Until every worker has started (or failed to)."""
+        """Until every worker has started (or failed to); spawns them if that has not begun."""
+        self._spawn()
         if self._start_task is not None:
             await asyncio.wait_for(asyncio.shield(self._start_task), timeout)
 
@@ -98,6 +108,7 @@ class JobScheduler:
     # -- commands ------------------------------------------------------------------------------
 
     def submit(self, item: QueueItem) -> None:
+        self._spawn()
         self.queue.put(item)
         self._queue_changed()
         self._dispatch()

@@ -26,7 +26,9 @@ class JobSettings:
     task_events_kept: int = 256  # per task, for Last-Event-ID resumes
     history_max: int = 10000  # ComfyUI's MAXIMUM_HISTORY_SIZE
     ws_queue_size: int = 10000  # messages waiting for one slow WebSocket client (the oldest go first)
-    worker_start_timeout_s: float = 180.0
+    # Spawn the job workers when the server starts; False: when the first prompt is queued (an app
+    # that serves only streams, a test of another feature, never pays for them).
+    spawn_at_startup: bool = False
 
     @property
     def temp_dir(self) -> Path:
@@ -41,6 +43,7 @@ class JobSettings:
         output_dir = getattr(config, "output_dir", None) or base / "output"
         values: dict[str, Any] = {
             "job_workers": int(getattr(config, "job_workers", 1)),
+            "spawn_at_startup": bool(getattr(config, "job_workers_at_startup", False)),
             "input_dir": Path(input_dir).resolve(),
             "output_dir": Path(output_dir).resolve(),
         }
