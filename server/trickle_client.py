@@ -14,12 +14,15 @@ from typing import Any
 
 import aiohttp
 import av
+import numpy as np
 
 from comfystream.media import SegmentDecoder, SegmentEncoder, frame_to_ndarray, make_index_frame, read_index
 from comfystream.media.testpattern import PatternError
 from comfystream.trickle import TricklePublisher, TrickleSubscriber
 
 TIME_BASE = Fraction(1, 90_000)
+AUDIO_RATE = 48_000
+AUDIO_FRAME = 1024
 
 
 def pts_of(index: int, fps: int) -> int:
@@ -53,9 +56,17 @@ class PatternPublisher:
     """Publishes index-pattern frames to a trickle channel, one segment per `segment_seconds`."""
 
     def __init__(
-        self, url: str, width: int, height: int, fps: int = 30, segment_seconds: float = 0.5
+        self,
+        url: str,
+        width: int,
+        height: int,
+        fps: int = 30,
+        segment_seconds: float = 0.5,
+        audio: bool = False,
     ) -> None:
         self.url = url
+        self.audio = audio  # also send a 440 Hz tone, 48 kHz stereo, in step with the video
+        self.audio_samples = 0
         self.width, self.height, self.fps = width, height, fps
         self._encoder = SegmentEncoder(width, height, segment_seconds=segment_seconds, preset="ultrafast")
         self._publisher = TricklePublisher(url, mime_type="video/mp2t")
@@ -71,6 +82,18 @@ class PatternPublisher:
         await self._write(self._encoder.encode(frame))
         self.sent_at[index] = time.monotonic()
         self.published += 1
+        if self.audio:
+            await self._send_audio(until=(index + 1) * AUDIO_RATE // self.fps)
+
+    async def _send_audio(self, until: int) -> None:
+        while self.audio_samples < until:
+            t = (np.arange(AUDIO_FRAME) + self.audio_samples) / AUDIO_RATE
+            tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+            frame.sample_rate = AUDIO_RATE
+            frame.pts, frame.time_base = AUDIO_RATE + self.audio_samples, Fraction(1, AUDIO_RATE)
+            self.audio_samples += AUDIO_FRAME
+            await self._write(self._encoder.encode(frame))
 
     async def send_range(
         self, start: int, count: int, *, realtime: bool = True, between: Callable | None = None
@@ -116,6 +139,7 @@ class OutputReader:
 
     url: str
     frames: list[OutputFrame] = field(default_factory=list)
+    audio_pts: list[float] = field(default_factory=list)  # seconds, of each audio frame
     errors: list[str] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -123,7 +147,9 @@ class OutputReader:
         loop = asyncio.get_running_loop()
 
         def on_frame(frame) -> None:
-            if isinstance(frame, av.VideoFrame):
+            if isinstance(frame, av.AudioFrame):
+                loop.call_soon_threadsafe(self.audio_pts.append, float(frame.pts * frame.time_base))
+            elif isinstance(frame, av.VideoFrame):
                 try:
                     out = read_output_frame(frame)
                 except PatternError as exc:

@@ -59,7 +59,11 @@ async def decoded_frames(url: str, stream_id: str) -> AsyncIterator[av.VideoFram
 
 class MediaOutput:
     """Processed frames -> H.264/MPEG-TS -> the output channel, each segment streamed as it is
-    encoded. A change of frame size starts a new encoder (and so a new segment)."""
+    encoded. A change of frame size starts a new encoder (and so a new segment).
+
+    Video and audio arrive from two tasks: one lock keeps the encoder to one thread at a time and
+    the chunks in the order it made them. An encode cancelled midway is let finish (it runs in a
+    thread that cannot be stopped) before the lock is released."""
 
     def __init__(self, url: str, stream_id: str) -> None:
         self.url = url
@@ -67,6 +71,7 @@ class MediaOutput:
         self.frames_published = 0
         self._publisher: TricklePublisher | None = None
         self._encoder: SegmentEncoder | None = None
+        self._lock = asyncio.Lock()
         self._segment_cm: Any = None
         self._segment: Any = None
         self._segment_key: tuple[int, int] | None = None  # (encoder generation, encoder segment)
@@ -77,27 +82,33 @@ class MediaOutput:
             self.url, mime_type=SegmentEncoder.mime_type, stream_id=self.stream_id
         )
 
+    async def _in_thread(self, fn: Callable[..., list[Any]], *args: Any) -> list[Any]:
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            raise
+
     async def write_video(self, frame: av.VideoFrame) -> None:
-        if self._encoder is None or (self._encoder.width, self._encoder.height) != (
-            frame.width,
-            frame.height,
-        ):
-            await self._new_encoder(frame.width, frame.height)
-        assert self._encoder is not None
-        before = self._encoder.frames_dropped
-        chunks = await asyncio.to_thread(self._encoder.encode, frame)
-        await self._send(chunks)
-        if self._encoder.frames_dropped == before:
-            self.frames_published += 1
+        async with self._lock:
+            encoder = self._encoder
+            if encoder is None or (encoder.width, encoder.height) != (frame.width, frame.height):
+                encoder = await self._new_encoder(frame.width, frame.height)
+            before = encoder.frames_dropped
+            await self._send(await self._in_thread(encoder.encode, frame))
+            if encoder.frames_dropped == before:
+                self.frames_published += 1
 
     async def write_audio(self, frame: av.AudioFrame) -> None:
-        if self._encoder is None:
-            return  # audio before the first video frame has no segment to go in
-        await self._send(await asyncio.to_thread(self._encoder.encode, frame))
+        async with self._lock:
+            if self._encoder is None:
+                return  # audio before the first video frame has no segment to go in
+            await self._send(await self._in_thread(self._encoder.encode, frame))
 
-    async def _new_encoder(self, width: int, height: int) -> None:
+    async def _new_encoder(self, width: int, height: int) -> SegmentEncoder:
         if self._encoder is not None:
-            await self._send(await asyncio.to_thread(self._encoder.flush))
+            await self._send(await self._in_thread(self._encoder.flush))
             logger.info(
                 "stream %s: output size %dx%d -> %dx%d",
                 self.stream_id,
@@ -108,6 +119,7 @@ class MediaOutput:
             )
         self._generation += 1
         self._encoder = SegmentEncoder(width, height, stream_id=self.stream_id)
+        return self._encoder
 
     async def _send(self, chunks: list[Any]) -> None:
         assert self._publisher is not None
@@ -130,15 +142,17 @@ class MediaOutput:
 
     async def finish(self) -> None:
         """Encode what the encoder holds and end the last segment."""
-        try:
-            if self._encoder is not None:
-                await self._send(await asyncio.to_thread(self._encoder.flush))
-        finally:
-            await self._end_segment()
+        async with self._lock:
+            try:
+                if self._encoder is not None:
+                    await self._send(await self._in_thread(self._encoder.flush))
+            finally:
+                await self._end_segment()
 
     async def close(self) -> None:
         """Close the output channel (the subscriber sees it end)."""
-        await self._end_segment()
+        async with self._lock:
+            await self._end_segment()
         if self._publisher is not None:
             await self._publisher.close()
 

@@ -40,7 +40,7 @@ async def test_every_frame_inverted_in_order_and_input_end_stops_stream(split_st
     await s.wait_state(name, {"running"})
     reader, reader_task = await _run_reader(s.urls(name)["publish_url"])
 
-    publisher = PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=FPS)
+    publisher = PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=FPS, audio=True)
     await publisher.send_range(0, 60)
     await publisher.close()  # the input ends: the stream must stop by itself
 
@@ -59,6 +59,10 @@ async def test_every_frame_inverted_in_order_and_input_end_stops_stream(split_st
     assert len(indices) + stats["dropped"] == 60
     assert len(indices) >= 50 and indices[-1] == 59
     assert stats["published"] == len(indices)
+    # Audio passes through, in order, on the input's timeline (it starts at 1 s; AAC's encoder
+    # delay moves packets up to a few frames of 1024 samples earlier).
+    assert len(reader.audio_pts) >= 30 and reader.audio_pts == sorted(reader.audio_pts)
+    assert 0.9 <= reader.audio_pts[0] and reader.audio_pts[-1] <= 1.0 + publisher.audio_samples / 48_000
     types = events.types()
     assert "stream_state" in types and types[-1] == "stream_stopped"
     assert "heartbeat" in events.types(queue_event_type="stream_heartbeat")
