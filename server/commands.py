@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from comfystream.comfyui import WorkspaceError, check_workspace
 from server.config import ServerConfig, parse_gpus
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"comfystream serve: {exc}")
         return 2
     logging.getLogger().setLevel(getattr(logging, config.log_level.upper(), logging.INFO))
-    app = create_app(config)
+    try:
+        if config.workspace is not None:
+            check_workspace(config.workspace)  # a bad --workspace fails here, before anything starts
+        app = create_app(config)
+    except WorkspaceError as exc:
+        print(f"comfystream serve: {exc}")
+        return 2
     logger.info(
         "serving on http://%s:%d%s",
         config.host,

@@ -17,6 +17,7 @@ from typing import Any
 
 import av
 
+from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics
@@ -217,6 +218,8 @@ class TrickleStream:
     async def _ingest(self) -> None:
         async for frame in decoded_frames(self.spec.subscribe_url, self.stream_id):
             if isinstance(frame, av.VideoFrame):
+                if self._frames_in == 0 and self._events_channel is not None:
+                    self._events_channel.send({"type": FIRST_SEGMENT_IN, "stream_id": self.stream_id})
                 self._frames_in += 1
                 await self.pipeline.put_video_frame(frame)
             elif isinstance(frame, av.AudioFrame):
@@ -227,6 +230,8 @@ class TrickleStream:
         while True:
             frame = await self.pipeline.get_processed_video_frame()
             await self._output.write_video(frame)
+            if self._frames_out == 0 and self._events_channel is not None:
+                self._events_channel.send({"type": FIRST_SEGMENT_OUT, "stream_id": self.stream_id})
             self._frames_out += 1  # after the write: draining waits for the frame to be out
 
     async def _egress_audio(self) -> None:

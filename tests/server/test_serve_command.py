@@ -122,3 +122,12 @@ async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bad_workspace_fails_at_start(tmp_path: Path, capsys) -> None:
+    from server.cli import main
+
+    assert main(["serve", "--workspace", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().out
+    assert main(["serve", "--workspace", str(tmp_path)]) == 2
+    assert "is not a ComfyUI workspace" in capsys.readouterr().out

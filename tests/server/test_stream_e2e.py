@@ -65,6 +65,8 @@ async def test_every_frame_inverted_in_order_and_input_end_stops_stream(split_st
     assert 0.9 <= reader.audio_pts[0] and reader.audio_pts[-1] <= 1.0 + publisher.audio_samples / 48_000
     types = events.types()
     assert "stream_state" in types and types[-1] == "stream_stopped"
+    # The gateway's lifecycle events (pytrickle's names), in order.
+    assert types.index("receive_first_ingest_segment") < types.index("send_first_processed_segment")
     assert "heartbeat" in events.types(queue_event_type="stream_heartbeat")
     final = events.events[-1]
     assert final["stream_id"] == name and final["data"]["reason"] == "input channel ended"
