@@ -139,6 +139,7 @@ class TrickleStream:
             tasks.append(asyncio.create_task(self._stats_loop(), name=f"stream-{self.stream_id}-stats"))
             self._set_state("running")
             self._running.set()
+            self.emit("stream_started", {"config": self.spec.config().model_dump()})
             await asyncio.wait({ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if egress.done():
                 egress.result()  # an output failure ends the stream as an error
@@ -386,6 +387,8 @@ class TrickleStream:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
 
     def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
+        if event_type == "stream_state":  # the pipeline's own states (ready, ...), not the stream's
+            event_type = "pipeline_state"
         # The pipeline may report from one of its threads; events are handled on the loop.
         try:
             running = asyncio.get_running_loop()
