@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import selectors
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, NoReturn
 
 from workers import messages as m
@@ -232,20 +233,24 @@ class _FrameLoop:
         config = self.state.config
         self.conn.send(self.state.ready)
         reason = "stop"
+        # One selector for the life of the loop (multiprocessing's wait() builds one per call).
+        selector = selectors.DefaultSelector()
+        selector.register(self.conn.fileno(), selectors.EVENT_READ, "conn")
+        selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self.stopping:
-                ready = wait([self.conn, self._wake_r], timeout=0.5)
-                if self._wake_r in ready:
+                ready = {key.data for key, _ in selector.select(timeout=0.5)}
+                if "wake" in ready:
                     try:
                         os.read(self._wake_r, 4096)
                     except BlockingIOError:
                         pass
                     self._finish_prepared()
-                if self.conn in ready:
+                if "conn" in ready:
                     self.last_heard = time.monotonic()
                     try:
-                        while not self.stopping and self.conn.poll():
-                            self._handle(self.conn.recv())
+                        # One message per wakeup: the selector reports the next one at once.
+                        self._handle(self.conn.recv())
                     except (EOFError, OSError):
                         reason = "pipe closed"
                         break
@@ -254,6 +259,7 @@ class _FrameLoop:
                     logger.error("%s: exiting", reason)
                     break
         finally:
+            selector.close()
             self.prep.stop()
             for channel in self.channels.values():
                 channel.ring.close()

@@ -225,18 +225,18 @@ class WorkerProcess:
         finally:
             self._requests.pop(request_id, None)
 
-    def _on_readable(self, report_eof: bool = True) -> None:
+    def _on_readable(self) -> None:
         conn = self._conn
         if conn is None:
             return
         try:
-            while conn.poll():
-                self._dispatch(conn.recv())
+            # One message per call: the loop calls again while the pipe stays readable. (Looping
+            # on conn.poll() would build a selector per check.)
+            self._dispatch(conn.recv())
         except (EOFError, OSError) as exc:
             if self._loop is not None:
                 self._loop.remove_reader(conn.fileno())
-            if report_eof:
-                self._lost(f"pipe closed ({type(exc).__name__})")
+            self._lost(f"pipe closed ({type(exc).__name__})")
 
     def _dispatch(self, msg: Any) -> None:
         self.last_heard = time.monotonic()
@@ -270,7 +270,15 @@ class WorkerProcess:
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(None)
         # Read what the worker said last (a StartupFailed, a final FrameDone) before calling it lost.
-        self._on_readable(report_eof=False)
+        conn = self._conn
+        if conn is not None:
+            try:
+                while conn.poll():
+                    self._dispatch(conn.recv())
+            except (EOFError, OSError):
+                pass
+            if self._loop is not None:
+                self._loop.remove_reader(conn.fileno())
         if self.state in ("starting", "ready"):
             # The exit code may not be collectable yet (the executor's thread reaps it too); the
             # stop that follows logs it.
