@@ -44,14 +44,16 @@ class Stack:
             body = await resp.json() if "json" in ctype else await resp.text()
             return resp.status, body
 
-    async def start(self, name: str, params: dict | None = None, **extra: Any) -> dict:
+    async def start(
+        self, name: str, params: dict | None = None, path: str = "/stream/start", **extra: Any
+    ) -> dict:
         """Start stream `name` as a gateway does: its input (and control) channels exist first."""
         urls = self.urls(name, **extra)
         await create_channel(urls["subscribe_url"])
         if "control_url" in urls:
             await create_channel(urls["control_url"], "application/json")
         body = {**urls, "gateway_request_id": name, "params": params or {}}
-        status, data = await self.call("POST", "/stream/start", json=body)
+        status, data = await self.call("POST", path, json=body)
         assert status == 200, data
         return data
 

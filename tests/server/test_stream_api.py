@@ -36,7 +36,7 @@ async def test_start_variants_and_config(stack: Stack) -> None:
     assert (cfg["dedicated_worker"], cfg["use_prompt_worker"]) == (True, False)
     assert (cfg["prompts_set"], cfg["prompt_count"]) == (False, 1)
 
-    # One prompt as a JSON string; the prompt-worker architecture with an array of two.
+    # The gateway's alias; the prompt-worker architecture with an array of two (one a JSON string).
     data = await stack.start(
         "s-multi",
         {
@@ -44,6 +44,7 @@ async def test_start_variants_and_config(stack: Stack) -> None:
             "dedicated_worker": False,
             "use_prompt_worker": True,
         },
+        path="/live-video-to-video",
     )
     cfg = data["config"]
     assert (
@@ -273,6 +274,10 @@ async def test_running_stream_endpoints(stack: Stack) -> None:
     assert new["pid"] != old_pid and new["restarts"] >= 1
     status, rs = await stack.call("POST", "/stream/live/restart-workers")
     assert status == 200
+    restarts = (await stack.call("GET", "/stream/live/worker"))[1]["worker"]["restarts"]
+    metrics = (await stack.call("GET", "/metrics"))[1]
+    assert f'comfystream_stream_worker_restarts_total{{stream_id="live"}} {float(restarts)}' in metrics
+    assert restarts >= 2
 
     status, stopped = await stack.call("POST", "/stream/stop", json={})
     assert status == 200 and stopped["request_id"] == "live"
