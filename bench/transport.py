@@ -135,7 +135,8 @@ async def throughput(backend: ProcessPoolBackend, streams: int, size: int, durat
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[])
+    env = {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else {}
+    backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[], env=env)
     try:
         await latency(backend, args.frames, args.size)
         print(
@@ -160,6 +161,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--streams", default="1,2,4")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="",
+        help="OMP_WAIT_POLICY for the workers (PASSIVE: idle OpenMP threads sleep instead of spinning)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main_async(args))

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 
+import av
 from conftest import IDENTITY_PROMPT, Collector, check_output, make_frame, slow_prompt
 
 from comfystream.pipeline import Pipeline, ProcessPoolPipeline
@@ -24,6 +25,9 @@ async def test_slow_workflow_drops_oldest_waiting_and_keeps_correspondence(backe
             await asyncio.sleep(0.005)
         outputs = await collector.finish()
         stats = pipeline.stats()
+        audio = av.AudioFrame(format="s16", layout="mono", samples=480)
+        await pipeline.put_audio_frame(audio)
+        assert await pipeline.get_processed_audio_frame() is audio, "audio passes through untouched"
     finally:
         await pipeline.cleanup()
 
