@@ -148,8 +148,9 @@ async def test_prompt_swaps_take_effect_within_two_frames_and_bad_updates_change
 
 async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None:
     s = split_stack
-    # Index ranges tell the streams apart; prompts: invert, passthrough, invert x3. Stream b is
-    # also resized mid-stream (the gateway's params form): its worker restarts, the others go on.
+    # Index ranges tell the streams apart; prompts: invert, passthrough, invert x3. Streams a and c
+    # share one worker (the shared pipeline); b has its own, and is resized mid-stream (the
+    # gateway's params form): its worker restarts, the others go on.
     triple = {
         "1": {"class_type": "LoadTensor", "inputs": {}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
@@ -163,9 +164,18 @@ async def test_three_concurrent_streams_no_crosstalk(split_stack: Stack) -> None
         "cs-c": (2000, triple, True),
     }
     for name, (_, prompt, _) in plan.items():
-        await s.start(name, {"width": SIZE, "height": SIZE, "prompt": json.dumps(prompt)})
+        params = {
+            "width": SIZE,
+            "height": SIZE,
+            "prompt": json.dumps(prompt),
+            "dedicated_worker": name == "cs-b",
+        }
+        data = await s.start(name, params)
+        assert data["config"]["pipeline_type"] == ("ProcessPoolPipeline" if name == "cs-b" else "Pipeline")
     for name in plan:
         await s.wait_state(name, {"running"})
+    pids = {name: (await s.call("GET", f"/stream/{name}/worker"))[1]["worker"]["pid"] for name in plan}
+    assert pids["cs-a"] == pids["cs-c"] != pids["cs-b"]
     readers = {name: await _run_reader(s.urls(name)["publish_url"]) for name in plan}
     publishers = {name: PatternPublisher(s.urls(name)["subscribe_url"], SIZE, SIZE, fps=15) for name in plan}
 
