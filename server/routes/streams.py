@@ -134,11 +134,9 @@ def _update_response(stream_id: str, outcome) -> UpdatePromptsResponse:
 
 
 async def _apply_params(request: web.Request, stream_id: str, data: object) -> web.Response:
-    manager = _manager(request)
     if not isinstance(data, dict):
         parse(StreamParams, data)  # raises the 400 for a body that is not an object
-        raise AssertionError("unreachable")
-    outcome = await manager.apply_params(stream_id, data, source="rest")
+    outcome = await _manager(request).apply_params(stream_id, data, source="rest")  # type: ignore[arg-type]
     return respond(_update_response(stream_id, outcome))
 
 
@@ -261,14 +259,14 @@ async def byoc_status(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     api = app[OPENAPI_KEY]
-    E400, E404, E409, E503 = ErrorResponse, ErrorResponse, ErrorResponse, ErrorResponse
+    err = ErrorResponse  # every error status has the one error body
 
     def route(method: str, path: str, handler, summary: str, **spec) -> None:
         add_api_route(app, api, method, path, handler, summary, tags=("streams",), **spec)
 
     start_spec = {
         "request_model": StartStreamRequest,
-        "responses": {200: StartStreamResponse, 400: E400, 409: E409, 503: E503},
+        "responses": {200: StartStreamResponse, 400: err, 409: err, 503: err},
     }
     route("POST", "/stream/start", start_stream, "Start a trickle stream", **start_spec)
     route(
@@ -285,7 +283,7 @@ def setup_routes(app: web.Application) -> None:
         create_stream,
         "Create a stream (flat form: params beside the URLs)",
         request_model=CreateStreamRequest,
-        responses={200: StartStreamResponse, 400: E400, 409: E409, 503: E503},
+        responses={200: StartStreamResponse, 400: err, 409: err, 503: err},
     )
     route("GET", "/streams", list_streams, "List the running streams", responses={200: StreamListResponse})
     # The BYOC forms before /stream/{id}, though aiohttp prefers the plain path anyway.
@@ -297,7 +295,7 @@ def setup_routes(app: web.Application) -> None:
         request_model=StopStreamRequest,
         request_required=False,
         query={"stream_id": "the stream, when several run"},
-        responses={200: StopStreamResponse, 400: E400, 404: E404},
+        responses={200: StopStreamResponse, 400: err, 404: err},
     )
     route(
         "POST",
@@ -306,7 +304,7 @@ def setup_routes(app: web.Application) -> None:
         "Update the stream's params (BYOC: as a control message)",
         request_model=StreamParams,
         query={"stream_id": "the stream, when several run"},
-        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+        responses={200: UpdatePromptsResponse, 400: err, 404: err},
     )
     route(
         "GET",
@@ -314,21 +312,21 @@ def setup_routes(app: web.Application) -> None:
         byoc_status,
         "Status of the running stream(s) (BYOC)",
         query={"stream_id": "the stream to report as current_stream"},
-        responses={200: StreamStatusResponse, 404: E404},
+        responses={200: StreamStatusResponse, 404: err},
     )
     route(
         "GET",
         "/stream/{id}",
         get_stream,
         "A stream's status and stats",
-        responses={200: StreamInfo, 404: E404},
+        responses={200: StreamInfo, 404: err},
     )
     route(
         "DELETE",
         "/stream/{id}",
         delete_stream,
         "Stop a stream",
-        responses={200: StopStreamResponse, 404: E404},
+        responses={200: StopStreamResponse, 404: err},
     )
     route(
         "POST",
@@ -336,7 +334,7 @@ def setup_routes(app: web.Application) -> None:
         update_prompts,
         "Replace the stream's prompts (and parameters) mid-stream",
         request_model=UpdatePromptsRequest,
-        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+        responses={200: UpdatePromptsResponse, 400: err, 404: err},
     )
     route(
         "POST",
@@ -344,7 +342,7 @@ def setup_routes(app: web.Application) -> None:
         update_params,
         "Update the stream's params (the start's params shape; as a control message)",
         request_model=StreamParams,
-        responses={200: UpdatePromptsResponse, 400: E400, 404: E404},
+        responses={200: UpdatePromptsResponse, 400: err, 404: err},
     )
     for path, alias in (("/stream/{id}/worker", None), ("/stream/{id}/workers", "GET /stream/{id}/worker")):
         route(
@@ -353,7 +351,7 @@ def setup_routes(app: web.Application) -> None:
             get_worker,
             "The stream's worker(s)",
             alias_of=alias,
-            responses={200: WorkerStatusResponse, 404: E404},
+            responses={200: WorkerStatusResponse, 404: err},
         )
     for path, alias in (
         ("/stream/{id}/restart-worker", None),
@@ -365,12 +363,12 @@ def setup_routes(app: web.Application) -> None:
             restart_worker,
             "Restart the stream's worker(s)",
             alias_of=alias,
-            responses={200: RestartWorkerResponse, 404: E404},
+            responses={200: RestartWorkerResponse, 404: err},
         )
     route(
         "GET",
         "/stream/{id}/workspace-info",
         workspace_info,
         "The workspace the stream's workers run in",
-        responses={200: WorkspaceInfoResponse, 404: E404},
+        responses={200: WorkspaceInfoResponse, 404: err},
     )
