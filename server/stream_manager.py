@@ -195,7 +195,7 @@ class StreamManager:
         streams = list(self._active.values())
         if streams:
             logger.info("stopping %d stream(s): %s", len(streams), reason)
-        await asyncio.gather(*(s.stop(reason) for s in streams), return_exceptions=True)
+        await asyncio.gather(*(s.stop(reason, kind="shutdown") for s in streams), return_exceptions=True)
         self._closing = False
 
     # ---- callbacks from streams ------------------------------------------------------------------

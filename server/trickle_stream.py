@@ -54,6 +54,7 @@ class TrickleStream:
         self.state = "starting"
         self.created_at = time.time()
         self._started_mono = time.monotonic()
+        self._ended_mono: float | None = None
         self.stop_reason: str | None = None
         self.stop_kind = "request"
         self.error: str | None = None
@@ -209,6 +210,7 @@ class TrickleStream:
             await self.pipeline.cleanup()
         self._record_counters()
         self.state = "error" if self.error else "stopped"
+        self._ended_mono = time.monotonic()
         self._bus.publish("stream_state", {"stream_id": self.stream_id, "state": self.state})
         logger.info("stream %s: %s (%s)", self.stream_id, self.state, self.stop_reason)
         self._done.set()
@@ -358,7 +360,7 @@ class TrickleStream:
             stream_id=self.stream_id,
             state=self.state,  # type: ignore[arg-type]
             created_at=self.created_at,
-            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            uptime_s=round((self._ended_mono or time.monotonic()) - self._started_mono, 3),
             stop_reason=self.stop_reason if self._stop_requested.is_set() or self._done.is_set() else None,
             error=self.error,
             prompts_count=len(self.spec.prompts),
