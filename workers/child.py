@@ -323,11 +323,14 @@ class _FrameLoop:
             return
         error: str | None = None
         shape: tuple[int, int, int] | None = None
+        prompt_ms = 0.0
         try:
             frame = self._load(channel.ring.input(msg.slot))
             channel.last_frame = frame
             channel.last_frame_id = msg.frame_id
+            started = time.perf_counter()
             images = self._execute(channel, channel.active, frame)
+            prompt_ms = (time.perf_counter() - started) * 1000.0
             if images is None:
                 error = "the prompt produced no output frame"
             else:
@@ -339,7 +342,9 @@ class _FrameLoop:
         self.busy_s += elapsed
         self.frames_processed += 1
         channel.frames += 1
-        self._send(m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0))
+        self._send(
+            m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0, prompt_ms)
+        )
 
     def _load(self, rgb: Any) -> Any:
         """uint8 HxWx3 in shared memory -> IMAGE [1,H,W,3] float32 0..1 on the device (one conversion)."""
@@ -347,7 +352,8 @@ class _FrameLoop:
         src = torch.from_numpy(rgb)
         if self.device.type != "cpu":
             src = src.to(self.device, non_blocking=False)
-        return src.to(torch.float32).div_(255.0).unsqueeze_(0)
+        # mul by 1/255 rather than div: a faster kernel, and the same bytes once scaled back.
+        return src.to(torch.float32).mul_(1.0 / 255.0).unsqueeze_(0)
 
     def _execute(self, channel: _Channel, index: int, frame: Any) -> Any:
         from comfystream.engine import ExecutionContext
@@ -376,7 +382,8 @@ class _FrameLoop:
                 align_corners=False,
             )[0].permute(1, 2, 0)
         # copy_ casts float -> uint8 by truncation, so +0.5 rounds; one pass, straight into shared memory.
-        torch.from_numpy(dst).copy_(img.float().clamp(0.0, 1.0).mul_(255.0).add_(0.5))
+        scaled = torch.add(0.5, img.float(), alpha=255.0).clamp_(0.0, 255.0)  # 255 * img + 0.5, one pass
+        torch.from_numpy(dst).copy_(scaled)
         return (channel.height, channel.width, 3)
 
     # -- prompts -----------------------------------------------------------------------------

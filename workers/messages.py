@@ -111,7 +111,8 @@ class FrameDone:
     slot: int
     shape: tuple[int, int, int] | None
     error: str | None
-    exec_ms: float
+    exec_ms: float  # all the worker did for this frame (tensor in, prompt, uint8 out)
+    prompt_ms: float = 0.0  # the prompt's own execution within it
 
 
 @dataclass(slots=True)

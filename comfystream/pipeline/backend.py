@@ -60,8 +60,11 @@ class ChannelSpec:
 class ChannelListener(Protocol):
     """How a worker reports back to the pipeline that owns a channel (all calls on the loop thread)."""
 
-    def on_result(self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float) -> None:
-        """`image` is a view into shared memory, valid only during the call."""
+    def on_result(
+        self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float, prompt_ms: float
+    ) -> None:
+        """`image` is a view into shared memory, valid only during the call; `exec_ms` is all the
+        worker spent on the frame, `prompt_ms` the prompt's own execution within it."""
 
     def on_lost(self, frame_ids: list[int], reason: str) -> None:
         """These frames were in the worker when it went; they will not come back."""

@@ -61,8 +61,10 @@ class _Listener:
         self.pipeline = pipeline
         self.client = client
 
-    def on_result(self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float) -> None:
-        self.pipeline._on_result(frame_id, image, error, exec_ms)
+    def on_result(
+        self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float, prompt_ms: float
+    ) -> None:
+        self.pipeline._on_result(frame_id, image, error, exec_ms, prompt_ms)
 
     def on_lost(self, frame_ids: list[int], reason: str) -> None:
         self.pipeline._on_lost(frame_ids, reason)
@@ -126,6 +128,7 @@ class BasePipeline:
         self._output_dropped = 0
         self.latest_output_frame: av.VideoFrame | None = None  # for previews (the dashboard's snapshot)
         self._exec_ms: deque[float] = deque(maxlen=500)
+        self._prompt_ms: deque[float] = deque(maxlen=500)
         self._error_logged_at = 0.0
         self.created_at = time.monotonic()
 
@@ -239,7 +242,14 @@ class BasePipeline:
             return frame
         return ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
 
-    def _on_result(self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float) -> None:
+    def _on_result(
+        self,
+        frame_id: int,
+        image: np.ndarray | None,
+        error: str | None,
+        exec_ms: float,
+        prompt_ms: float = 0.0,
+    ) -> None:
         tracker = self._tracker
         entry = tracker.in_flight(frame_id)
         if entry is None:
@@ -256,6 +266,7 @@ class BasePipeline:
                 self._emit("frame_error", {"frame_id": frame_id, "error": error})
         else:
             self._exec_ms.append(exec_ms)
+            self._prompt_ms.append(prompt_ms)
             tracker.complete(frame_id, rgb_to_frame(image, entry.frame))  # copies out of shared memory
         self._pump()
 
@@ -301,16 +312,24 @@ class BasePipeline:
         self.state = state
         self._emit("stream_state", {"state": state})
 
+    @property
+    def last_workflow_ms(self) -> float | None:
+        """How long the prompt itself ran for the newest processed frame (in its worker)."""
+        return self._prompt_ms[-1] if self._prompt_ms else None
+
     def stats(self) -> dict[str, Any]:
         out = self._tracker.stats()
         exec_ms = np.fromiter(self._exec_ms, dtype=np.float64)
+        prompt_ms = np.fromiter(self._prompt_ms, dtype=np.float64)
         out.update(
             {
                 "stream_id": self.stream_id,
                 "pipeline": self.pipeline_type,
                 "state": self.state,
                 "output_dropped": self._output_dropped,
-                "workflow_ms_p50": round(float(np.percentile(exec_ms, 50)), 3) if exec_ms.size else None,
+                # In the worker: the prompt alone, and all it did per frame (tensor in/out included).
+                "workflow_ms_p50": round(float(np.percentile(prompt_ms, 50)), 3) if prompt_ms.size else None,
+                "worker_ms_p50": round(float(np.percentile(exec_ms, 50)), 3) if exec_ms.size else None,
                 "width": self.width,
                 "height": self.height,
             }
