@@ -14,6 +14,7 @@ from server.trickle_client import EventsReader, OutputReader, PatternPublisher, 
 
 SIZE = 256
 FPS = 30
+SWAP_FPS = 20
 
 
 def assert_in_order(frames, fps: int = FPS) -> list[int]:
@@ -83,7 +84,8 @@ async def test_prompt_swaps_take_effect_within_two_frames_and_bad_updates_change
     await s.start(name, {"width": SIZE, "height": SIZE}, control=True)
     await s.wait_state(name, {"running"})
     reader, reader_task = await _run_reader(urls["publish_url"])
-    publisher = PatternPublisher(urls["subscribe_url"], SIZE, SIZE, fps=FPS)
+    # 20 fps: "none lost" must hold on a busy 2-core machine too (a drop is backpressure, by design).
+    publisher = PatternPublisher(urls["subscribe_url"], SIZE, SIZE, fps=SWAP_FPS)
     swaps: dict[str, int] = {}
     rejected: list[tuple[int, str]] = []
     control = TricklePublisher(
@@ -128,11 +130,11 @@ async def test_prompt_swaps_take_effect_within_two_frames_and_bad_updates_change
     await asyncio.wait_for(reader_task, 10)
 
     assert [r[0] for r in rejected] == [400, 409] * 3, rejected
-    indices = assert_in_order(reader.frames)
+    indices = assert_in_order(reader.frames, fps=SWAP_FPS)
     info = (await s.call("GET", f"/stream/{name}"))[1]
     assert info["prompt_updates"] == 2 and info["stop_reason"] == "input channel ended"
-    assert info["stats"]["dropped"] == 0
-    assert indices == list(range(70)), "frames were lost"
+    missing = sorted(set(range(70)) - set(indices))
+    assert info["stats"]["dropped"] == 0 and not missing, (missing, swaps, info["stats"])
     by_index = {f.index: f.inverted for f in reader.frames}
     # One switch to passthrough, within 2 frames of the REST answer. Frames still on their way to
     # the worker when it was asked may go either way; those already out came from the old prompt.
