@@ -35,8 +35,9 @@ def _integer(value: Any) -> Any:
 
 Dimension = Annotated[
     int,
-    BeforeValidator(_integer),
     Field(ge=MIN_SIZE, le=MAX_SIZE, multiple_of=2, description="pixels, even, 16..4096"),
+    BeforeValidator(_integer),
+    WithJsonSchema({"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": 2}),
 ]
 
 
