@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool
 @pytest.fixture
 def no_leaks():
     """Fails the test if it leaves child processes or /dev/shm segments behind."""
+    # multiprocessing's resource tracker lives as long as this process once anything is spawned
+    # or shared; started before the snapshot, it is never counted as the first test's leak.
+    resource_tracker.ensure_running()
     shm_before = _shm_entries()
     pids_before = _child_pids()
     yield

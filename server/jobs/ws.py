@@ -93,8 +93,21 @@ class WsHub:
 
     def send_progress_text(self, data: dict[str, Any], sid: str) -> None:
         for client in self._targets(sid):
-            prompt_id = data.get("prompt_id") if client.supports("supports_progress_text_metadata") else None
-            client.put(binary.progress_text(data.get("text", ""), data.get("node"), prompt_id))
+            text, node = data.get("text", ""), data.get("node")
+            if client.supports("supports_progress_text_metadata"):
+                client.put(binary.progress_text(text, node, data.get("prompt_id")))
+            else:
+                # Legacy clients parse only the layout without prompt_id; the JSON twin gives them
+                # the prompt_id too (ComfyUI clients pass unknown JSON types on untouched).
+                client.put(binary.progress_text(text, node))
+                client.put(
+                    json.dumps(
+                        {
+                            "type": "progress_text",
+                            "data": {"node": node, "text": text, "prompt_id": data.get("prompt_id")},
+                        }
+                    )
+                )
 
     # -- JobSink -------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import importlib.util
 import os
 import shutil
 import sys
-from multiprocessing import resource_tracker
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,6 @@ from tests.comfyui.torchvision_standin import write_standin
 HERE = Path(__file__).resolve().parent
 NODE_PACKAGES = HERE / "node_packages"
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _resource_tracker_started():
-    # multiprocessing starts its resource tracker (it lives as long as this process) on the
-    # first spawn; start it up front so that `no_leaks` does not count it against a test.
-    resource_tracker.ensure_running()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -169,12 +168,6 @@ class JobsServer:
         assert status == 200
         return [i[1] for i in data["queue_running"]], [i[1] for i in data["queue_pending"]]
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _resource_tracker_started() -> None:
-    # multiprocessing's resource tracker lives as long as this process once a worker is spawned;
-    # started up front, `no_leaks` does not count it against the first test.
-    resource_tracker.ensure_running()
 
 
 def _alive(pid: int) -> bool:

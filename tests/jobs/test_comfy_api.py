@@ -113,6 +113,9 @@ async def test_legacy_client_gets_type_1_previews_and_legacy_text(jobs_server: J
     assert [f.type for f in frames] == [PREVIEW_IMAGE, TEXT]
     assert frames[0].image_type == "JPEG" and Image.open(io.BytesIO(frames[0].image)).size == (8, 8)
     assert (frames[1].node_id, frames[1].text, frames[1].prompt_id) == ("2", "step 1 of 1", None)
+    # The legacy binary layout cannot hold the prompt_id: its JSON twin carries it.
+    twins = [m["data"] for m in legacy.json() if m.get("type") == "progress_text"]
+    assert twins == [{"node": "2", "text": "step 1 of 1", "prompt_id": prompt_id}]
     await legacy.close()
 
 

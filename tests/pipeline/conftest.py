@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import textwrap
 from fractions import Fraction
-from multiprocessing import resource_tracker
 from pathlib import Path
 
 import av
@@ -129,12 +128,6 @@ def check_output(frame: av.VideoFrame) -> tuple[int, bool]:
     assert frame.pts == index * PTS_STEP, f"output pts {frame.pts} carries frame {index}"
     return index, inverted
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _resource_tracker_started():
-    # multiprocessing starts its resource tracker (a helper that lives as long as this process)
-    # on the first spawn; start it up front so `no_leaks` does not count it against a test.
-    resource_tracker.ensure_running()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from multiprocessing import resource_tracker
-
 import aiohttp
 import pytest
 from aiohttp import web
@@ -12,13 +10,6 @@ from stream_stack import Stack
 
 from server.app import create_app
 from server.config import ServerConfig
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _resource_tracker_started() -> None:
-    # multiprocessing's resource tracker lives as long as this process once a worker is spawned;
-    # starting it up front keeps `no_leaks` from counting it against the first test.
-    resource_tracker.ensure_running()
 
 
 async def _serve(app: web.Application) -> TestServer:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from multiprocessing import resource_tracker
 from typing import Any
 
 import aiohttp
@@ -54,9 +53,3 @@ async def server(no_leaks, request: pytest.FixtureRequest) -> AsyncIterator[Serv
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "server_config(**kwargs): ServerConfig fields for the server fixture")
 
-
-@pytest.fixture(scope="session", autouse=True)
-def _resource_tracker_started() -> None:
-    # multiprocessing starts its resource tracker (a helper that lives as long as this process) on
-    # the first spawn; start it up front so that `no_leaks` does not count it against a test.
-    resource_tracker.ensure_running()
