@@ -13,6 +13,7 @@ import av
 
 from comfystream.media import SegmentDecoder, SegmentEncoder
 from comfystream.trickle import ControlSubscriber, EventsPublisher, TricklePublisher, TrickleSubscriber
+from comfystream.trickle.media_io import run_uncut
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ class MediaOutput:
     encoded. A change of frame size starts a new encoder (and so a new segment).
 
     Video and audio arrive from two tasks: one lock keeps the encoder to one thread at a time and
-    the chunks in the order it made them. An encode cancelled midway is let finish (it runs in a
-    thread that cannot be stopped) before the lock is released."""
+    the chunks in the order it made them. An encode cancelled midway is let finish, and what it
+    made is sent, before the lock is released."""
 
     def __init__(self, url: str, stream_id: str) -> None:
         self.url = url
@@ -82,33 +83,37 @@ class MediaOutput:
             self.url, mime_type=SegmentEncoder.mime_type, stream_id=self.stream_id
         )
 
-    async def _in_thread(self, fn: Callable[..., list[Any]], *args: Any) -> list[Any]:
-        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            raise
+    async def _encode(self, fn: Callable[..., list[Any]], *args: Any) -> None:
+        """Encode (in a thread) and send what it made, as one step a cancel cannot cut: the
+        encoder's bytes are part of the stream, and a gap in them damages the segment."""
+        await run_uncut(self._encode_and_send(fn, *args))
+
+    async def _encode_and_send(self, fn: Callable[..., list[Any]], *args: Any) -> None:
+        await self._send(await asyncio.to_thread(fn, *args))
 
     async def write_video(self, frame: av.VideoFrame) -> None:
         async with self._lock:
             encoder = self._encoder
             if encoder is None or (encoder.width, encoder.height) != (frame.width, frame.height):
                 encoder = await self._new_encoder(frame.width, frame.height)
-            before = encoder.frames_dropped
-            await self._send(await self._in_thread(encoder.encode, frame))
-            if encoder.frames_dropped == before:
-                self.frames_published += 1
+            await self._encode(self._encode_video, encoder, frame)
+
+    def _encode_video(self, encoder: SegmentEncoder, frame: av.VideoFrame) -> list[Any]:
+        before = encoder.frames_dropped
+        chunks = encoder.encode(frame)
+        if encoder.frames_dropped == before:
+            self.frames_published += 1
+        return chunks
 
     async def write_audio(self, frame: av.AudioFrame) -> None:
         async with self._lock:
             if self._encoder is None:
                 return  # audio before the first video frame has no segment to go in
-            await self._send(await self._in_thread(self._encoder.encode, frame))
+            await self._encode(self._encoder.encode, frame)
 
     async def _new_encoder(self, width: int, height: int) -> SegmentEncoder:
         if self._encoder is not None:
-            await self._send(await self._in_thread(self._encoder.flush))
+            await self._encode(self._encoder.flush)
             logger.info(
                 "stream %s: output size %dx%d -> %dx%d",
                 self.stream_id,
@@ -145,7 +150,7 @@ class MediaOutput:
         async with self._lock:
             try:
                 if self._encoder is not None:
-                    await self._send(await self._in_thread(self._encoder.flush))
+                    await self._encode(self._encoder.flush)
             finally:
                 await self._end_segment()
 

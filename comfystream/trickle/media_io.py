@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 
@@ -33,6 +33,22 @@ logger = logging.getLogger(__name__)
 Frame = av.VideoFrame | av.AudioFrame
 SegmentHook = Callable[[int], Awaitable[None] | None]
 _END = object()
+_T = TypeVar("_T")
+
+
+async def run_uncut(step: Awaitable[_T]) -> _T:
+    """Run ``step`` to its end even if the caller is cancelled (the cancel then propagates once
+    it is done). For encode-and-send: the bytes an encoder made belong to the stream (later
+    frames refer to them, the muxer counted their TS packets), so dropping them midway would
+    damage the rest of the segment for every reader."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("step finished after a cancel failed: %r", task.exception())
+        raise
 
 
 async def _call(hook: SegmentHook | None, seq: int) -> None:
@@ -188,10 +204,12 @@ class FramePublisher:
         """Encode ``frame`` and send what it produced (raises TrickleError if the channel is lost)."""
         if self._closed:
             raise TrickleError("FramePublisher is closed")
-        loop = asyncio.get_running_loop()
         async with self._lock:
-            chunks = await loop.run_in_executor(self._executor, self._encoder.encode, frame)
-            await self._send(chunks)
+            await run_uncut(self._encode_and_send(self._encoder.encode, frame))
+
+    async def _encode_and_send(self, fn: Callable[..., list[EncodedChunk]], *args: Any) -> None:
+        chunks = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        await self._send(chunks)
 
     async def _send(self, chunks: list[EncodedChunk]) -> None:
         for chunk in chunks:
@@ -216,11 +234,9 @@ class FramePublisher:
         if self._closed:
             return
         self._closed = True
-        loop = asyncio.get_running_loop()
         async with self._lock:
             try:
-                chunks = await loop.run_in_executor(self._executor, self._encoder.flush)
-                await self._send(chunks)
+                await run_uncut(self._encode_and_send(self._encoder.flush))
             except TrickleError as exc:
                 logger.warning("[%s] last segment lost: %s", self.stream_id, exc)
             finally:
