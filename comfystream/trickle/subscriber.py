@@ -78,7 +78,8 @@ class TrickleSubscriber:
     """Subscribe to ``url`` (a channel) from ``start_seq`` (-1: the next segment written).
 
     404 or ``Lp-Trickle-Closed`` ends the subscription, except that before the first segment a
-    404 is retried until ``connect_timeout`` (the publisher may start after us). 470 jumps to
+    404 is retried until ``connect_timeout`` (the publisher may start after us); a live-edge
+    subscriber that found no channel then begins with the channel's first segment. 470 jumps to
     ``Lp-Trickle-Latest``. Other errors are retried with backoff, ``max_retries`` times in a
     row, then :class:`TrickleError` is raised.
     """
@@ -227,6 +228,11 @@ class TrickleSubscriber:
             if status == 404:
                 waited = time.monotonic() - self._started_at
                 if self.segments_received == 0 and waited < self.connect_timeout:
+                    if self.seq < 0:
+                        # we were here before the channel: all of it is new to us, so begin
+                        # with its first segment (the live edge may already be past it by
+                        # the time we ask again); 470 moves us on if it left the window
+                        self.seq = 0
                     failures += 1
                     await self._backoff(failures, cap=min(0.5, self.max_retry_delay))
                     continue

@@ -6,8 +6,15 @@ import asyncio
 import socket
 
 import pytest
+from aiohttp import web
 
-from comfystream.trickle import TrickleError, TricklePublisher, TrickleSubscriber
+from comfystream.trickle import (
+    TrickleError,
+    TricklePublisher,
+    TrickleRelay,
+    TrickleSubscriber,
+    add_relay_routes,
+)
 
 
 async def collect(sub: TrickleSubscriber, limit: int | None = None) -> list[tuple[int, bytes]]:
@@ -241,3 +248,43 @@ async def test_closed_publisher_refuses_new_segments(relay_server):
     with pytest.raises(TrickleError):
         async with pub.segment():
             pass
+
+
+async def test_live_edge_subscriber_waiting_before_the_channel_gets_its_first_segment():
+    # The gateway starts the stream (our subscriber asks at the live edge and gets 404), then
+    # publishes: by the time the subscriber asks again, segment 0 is written and 1 is being
+    # written. The gate holds the subscriber's retry until then, so the race always happens.
+    seen_404 = asyncio.Event()
+    publisher_ahead = asyncio.Event()
+
+    @web.middleware
+    async def gate(request: web.Request, handler):
+        if request.method == "GET" and seen_404.is_set():
+            await publisher_ahead.wait()
+        response = await handler(request)
+        if request.method == "GET" and response.status == 404:
+            seen_404.set()
+        return response
+
+    app = web.Application(middlewares=[gate])
+    add_relay_routes(app, "", TrickleRelay())
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/input"
+    try:
+        async with TrickleSubscriber(url, connect_timeout=10) as sub:  # start_seq -1: the live edge
+            reading = asyncio.create_task(collect(sub, limit=2))
+            await asyncio.wait_for(seen_404.wait(), 5)
+            pub = TricklePublisher(url)  # its first POST creates the channel
+            await pub.write_segment(b"first")
+            async with pub.segment() as seg:
+                await seg.write(b"second")
+                publisher_ahead.set()
+            got = await asyncio.wait_for(reading, 10)
+            await pub.close()
+    finally:
+        await runner.cleanup()
+    assert got == [(0, b"first"), (1, b"second")]
