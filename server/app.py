@@ -16,6 +16,7 @@ from server.app_keys import (
     NODE_REGISTRY_KEY,
     OPENAPI_KEY,
     STREAM_MANAGER_KEY,
+    WORKSPACE_KEY,
 )
 from server.config import ServerConfig
 from server.events import EventBus
@@ -23,6 +24,7 @@ from server.metrics import ServerMetrics
 from server.openapi import OpenApiRegistry
 from server.pipelines import PipelineFactory, PipelineResources
 from server.stream_manager import StreamManager
+from server.workspace import NodeSetup, load_nodes
 
 logger = logging.getLogger(__name__)
 
@@ -39,30 +41,6 @@ PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
 CLIENT_MAX_SIZE = 32 * 1024**2  # prompts with embedded images can be large
 
 
-def build_node_registry(config: ServerConfig) -> Any:
-    """The node types prompts are validated against in this process: comfystream's built-in nodes
-    and `--custom-nodes`, plus, with `--workspace`, that ComfyUI workspace's nodes (loaded on the
-    CPU here: the server only validates; workers run them on their GPUs)."""
-    from comfystream.engine import build_registry
-
-    if config.workspace is None:
-        registry = build_registry(custom_node_dirs=[str(d) for d in config.custom_nodes])
-    else:
-        # As the workers load it (server.pipelines): ComfyUI's loader takes --custom-nodes too.
-        from comfystream.comfyui import WorkspaceSettings, load_workspace
-
-        registry = build_registry()
-        info = load_workspace(
-            config.workspace,
-            WorkspaceSettings(cpu=True, extra_custom_node_dirs=tuple(str(d) for d in config.custom_nodes)),
-            registry,
-        )
-        logger.info("workspace %s: %s", config.workspace, info)
-    for package, error in (getattr(registry, "load_errors", {}) or {}).items():
-        logger.warning("custom nodes %s failed to load: %s", package, str(error).strip().splitlines()[-1:])
-    return registry
-
-
 def create_app(
     config: ServerConfig | None = None,
     *,
@@ -77,7 +55,9 @@ def create_app(
     app[OPENAPI_KEY] = OpenApiRegistry()
     app[EVENT_BUS_KEY] = EventBus()
     app[METRICS_KEY] = ServerMetrics()
-    app[NODE_REGISTRY_KEY] = registry if registry is not None else build_node_registry(config)
+    nodes = NodeSetup(registry) if registry is not None else load_nodes(config)
+    app[NODE_REGISTRY_KEY] = nodes.registry
+    app[WORKSPACE_KEY] = nodes.workspace
     resources = PipelineResources(config)
     app[PIPELINE_RESOURCES_KEY] = resources
     app[STREAM_MANAGER_KEY] = StreamManager(

@@ -21,3 +21,5 @@ STREAM_MANAGER_KEY: web.AppKey[StreamManager] = web.AppKey("stream_manager")
 EVENT_BUS_KEY = web.AppKey("event_bus", EventBus)
 METRICS_KEY = web.AppKey("metrics", ServerMetrics)
 OPENAPI_KEY = web.AppKey("openapi", OpenApiRegistry)
+# comfystream.comfyui.WorkspaceInfo of the --workspace loaded into the node registry; None without one.
+WORKSPACE_KEY: web.AppKey[Any] = web.AppKey("workspace", object)

@@ -19,7 +19,7 @@ from aiohttp import web
 from server import errors
 from server.app_keys import OPENAPI_KEY, STREAM_MANAGER_KEY
 from server.dashboard_feed import setup_jobs_feed
-from server.openapi import add_api_route
+from server.openapi import route_adder
 from server.stream_manager import StreamNotFound
 
 logger = logging.getLogger(__name__)
@@ -116,41 +116,24 @@ async def stream_prompts(request: web.Request) -> web.Response:
     return web.json_response({"stream_id": stream_id, "prompts": prompts}, headers=NO_STORE)
 
 
-def _has_route(app: web.Application, method: str, path: str) -> bool:
-    for route in app.router.routes():
-        info = route.resource.get_info() if route.resource is not None else {}
-        if route.method == method and (info.get("formatter") or info.get("path")) == path:
-            return True
-    return False
-
-
 def setup_routes(app: web.Application) -> None:
     app[PREVIEW_CACHE_KEY] = {}
-    api = app[OPENAPI_KEY]
+    route = route_adder(app, app[OPENAPI_KEY], tags=("dashboard",))
     app.router.add_get("/", index)
     app.router.add_static("/dashboard/", STATIC_DIR, append_version=False)
     setup_jobs_feed(app)
-    # The stream API's owner may serve these one day; theirs then stands.
-    if not _has_route(app, "GET", "/stream/{id}/preview.jpg"):
-        add_api_route(
-            app,
-            api,
-            "GET",
-            "/stream/{id}/preview.jpg",
-            stream_preview,
-            "The stream's latest output frame as JPEG (204 before the first)",
-            tags=("dashboard",),
-            query={"w": f"maximum width in pixels (default {PREVIEW_MAX_WIDTH})"},
-            responses={200: "image/jpeg", 204: None, 404: None},
-        )
-    if not _has_route(app, "GET", "/stream/{id}/prompts"):
-        add_api_route(
-            app,
-            api,
-            "GET",
-            "/stream/{id}/prompts",
-            stream_prompts,
-            "The prompts a running stream runs",
-            tags=("dashboard",),
-            responses={200: "application/json", 404: None},
-        )
+    route(
+        "GET",
+        "/stream/{id}/preview.jpg",
+        stream_preview,
+        "The stream's latest output frame as JPEG (204 before the first)",
+        query={"w": f"maximum width in pixels (default {PREVIEW_MAX_WIDTH})"},
+        responses={200: "image/jpeg", 204: None, 404: None},
+    )
+    route(
+        "GET",
+        "/stream/{id}/prompts",
+        stream_prompts,
+        "The prompts a running stream runs",
+        responses={200: "application/json", 404: None},
+    )

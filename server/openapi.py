@@ -122,3 +122,15 @@ def add_api_route(
     """Register `handler` on the router and describe it in the OpenAPI registry."""
     app.router.add_route(method, path, handler)
     registry.add(Operation(method=method, path=path, summary=summary, **spec))
+
+
+def route_adder(
+    app: web.Application, registry: OpenApiRegistry, tags: tuple[str, ...]
+) -> Callable[..., None]:
+    """`route(method, path, handler, summary, **spec)`: `add_api_route` for one feature's routes,
+    all under `tags`."""
+
+    def route(method: str, path: str, handler: Handler, summary: str, **spec: Any) -> None:
+        add_api_route(app, registry, method, path, handler, summary, tags=tags, **spec)
+
+    return route

@@ -15,6 +15,7 @@ from server.events import EventBus
 from server.metrics import ServerMetrics, StreamSample
 from server.models import StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
 from server.prompt_validation import validate_prompts
+from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
 from server.stream_types import AtCapacity, StreamExists, StreamNotFound, UpdateOutcome
 from server.trickle_stream import TrickleStream
@@ -46,7 +47,7 @@ class StreamManager:
         self._pipeline_factory = pipeline_factory
         self._events = events
         self._metrics = metrics
-        self._active: dict[str, TrickleStream] = {}
+        self._active: dict[str, StreamBase] = {}
         self._finished: OrderedDict[str, StreamInfo] = OrderedDict()
         self._closing = False
         metrics.watch_streams(self.samples)
@@ -54,10 +55,10 @@ class StreamManager:
     # ---- queries ---------------------------------------------------------------------------------
 
     @property
-    def active(self) -> dict[str, TrickleStream]:
+    def active(self) -> dict[str, StreamBase]:
         return dict(self._active)
 
-    def get(self, stream_id: str) -> TrickleStream:
+    def get(self, stream_id: str) -> StreamBase:
         stream = self._active.get(stream_id)
         if stream is None:
             raise StreamNotFound(stream_id)
@@ -71,7 +72,7 @@ class StreamManager:
             return self._finished[stream_id]
         raise StreamNotFound(stream_id)
 
-    def only_stream(self, stream_id: str | None = None) -> TrickleStream:
+    def only_stream(self, stream_id: str | None = None) -> StreamBase:
         """The BYOC single-stream forms: the named stream, or the only one running."""
         if stream_id:
             return self.get(stream_id)
@@ -97,25 +98,15 @@ class StreamManager:
     def start(self, spec: StreamSpec) -> TrickleStream:
         """Register and start a stream (its worker comes up in the background). Synchronous, so that
         the duplicate and capacity checks and the registration cannot interleave with another start."""
-        if self._closing:
-            raise AtCapacity("the server is shutting down")
-        if spec.stream_id in self._active:
-            raise StreamExists(spec.stream_id)
-        if len(self._active) >= self.config.max_streams:
-            raise AtCapacity(f"{len(self._active)} of {self.config.max_streams} streams run")
-        pipeline = self._pipeline_factory(spec)
+        self._admit(spec.stream_id)
         stream = TrickleStream(
             spec,
-            pipeline,
+            self._pipeline_factory(spec),
             config=self.config,
-            events=self._events,
             metrics=self._metrics,
             on_control=self._on_control_message,
-            on_finished=self._on_finished,
         )
-        self._active[spec.stream_id] = stream
-        self._finished.pop(spec.stream_id, None)
-        self._metrics.streams_started.labels(spec.architecture).inc()
+        self._add(stream)
         stream.start()
         logger.info(
             "stream %s: started (%s, %dx%d, %d prompt(s))",
@@ -131,22 +122,28 @@ class StreamManager:
         """A pipeline from this manager's factory, for a stream started outside it (WebRTC)."""
         return self._pipeline_factory(spec)
 
-    def register(self, stream: Any) -> None:
+    def register(self, stream: StreamBase) -> None:
         """Add a stream started outside this manager (a WebRTC peer connection), with the same id and
-        capacity checks as `start`. It has a trickle stream's face (info, stats, update, stop) and
-        calls `stream_finished(stream)` when it ends."""
+        capacity checks as `start`. From here on its events go to the server's bus, and its end is
+        recorded here as a trickle stream's is."""
+        self._admit(stream.stream_id)
+        self._add(stream)
+
+    def _admit(self, stream_id: str) -> None:
+        """Raises unless a new stream of this id may start now."""
         if self._closing:
             raise AtCapacity("the server is shutting down")
-        if stream.stream_id in self._active:
-            raise StreamExists(stream.stream_id)
+        if stream_id in self._active:
+            raise StreamExists(stream_id)
         if len(self._active) >= self.config.max_streams:
             raise AtCapacity(f"{len(self._active)} of {self.config.max_streams} streams run")
+
+    def _add(self, stream: StreamBase) -> None:
+        stream.add_event_sink(self._events.publish)
+        stream.on_finished = self._on_finished
         self._active[stream.stream_id] = stream
         self._finished.pop(stream.stream_id, None)
         self._metrics.streams_started.labels(stream.spec.architecture).inc()
-
-    def stream_finished(self, stream: Any) -> None:
-        self._on_finished(stream)
 
     async def stop(self, stream_id: str, reason: str = "stopped by request") -> StreamInfo:
         stream = self.get(stream_id)
@@ -220,7 +217,8 @@ class StreamManager:
             "stream %s: control update applied (%d prompt(s))", stream.stream_id, outcome.prompts_count
         )
 
-    def _on_finished(self, stream: TrickleStream) -> None:
+    def _on_finished(self, stream: StreamBase) -> None:
+        stream.record_counters(self._metrics)
         if self._active.get(stream.stream_id) is stream:
             del self._active[stream.stream_id]
         self._finished[stream.stream_id] = stream.info()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.models import StreamConfig
+from server.models import StreamConfig, Transport
 
 # (dedicated_worker, use_prompt_worker) -> (pipeline class, architecture name); a prompt worker wins.
 _ARCHITECTURES = {
@@ -29,6 +29,7 @@ class StreamSpec:
     dedicated_worker: bool = True
     use_prompt_worker: bool = False
     extra_params: dict[str, Any] = field(default_factory=dict)  # params we pass through untouched
+    transport: Transport = "trickle"  # how frames come and go: trickle channels or a WebRTC peer
 
     @property
     def _kind(self) -> str:
@@ -45,17 +46,6 @@ class StreamSpec:
         return _ARCHITECTURES[self._kind][1]
 
     def config(self) -> StreamConfig:
-        return StreamConfig(
-            subscribe_url=self.subscribe_url,
-            publish_url=self.publish_url,
-            control_url=self.control_url,
-            events_url=self.events_url,
-            width=self.width,
-            height=self.height,
-            dedicated_worker=self.dedicated_worker,
-            use_prompt_worker=self.use_prompt_worker,
-            pipeline_type=self.pipeline_type,  # type: ignore[arg-type]
-            architecture=self.architecture,  # type: ignore[arg-type]
-            prompts_set=self.prompts_set,
-            prompt_count=len(self.prompts),
-        )
+        # Every field of the config is an attribute of the spec of the same name, but the count.
+        fields = {name: getattr(self, name) for name in StreamConfig.model_fields if name != "prompt_count"}
+        return StreamConfig(**fields, prompt_count=len(self.prompts))

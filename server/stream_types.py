@@ -3,7 +3,7 @@ update and the refusals (mapped to 404 / 409 / 503 by the routes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 class StreamNotFound(LookupError):
@@ -18,8 +18,15 @@ class AtCapacity(RuntimeError):
     pass
 
 
+class NotNow(RuntimeError):
+    """A request the stream's mode does not allow now (pause while its prompts are stopped, ...)."""
+
+
 @dataclass
 class UpdateOutcome:
     prompts_count: int
     parameters_updated: bool
     warmup_performed: bool
+
+    def to_dict(self) -> dict[str, int | bool]:
+        return asdict(self)

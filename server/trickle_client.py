@@ -19,6 +19,7 @@ import numpy as np
 from comfystream.media import SegmentDecoder, SegmentEncoder, frame_to_ndarray, make_index_frame, read_index
 from comfystream.media.testpattern import PatternError
 from comfystream.trickle import TricklePublisher, TrickleSubscriber
+from server.trickle_media import SegmentWriter
 
 TIME_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000
@@ -70,9 +71,7 @@ class PatternPublisher:
         self.width, self.height, self.fps = width, height, fps
         self._encoder = SegmentEncoder(width, height, segment_seconds=segment_seconds, preset="ultrafast")
         self._publisher = TricklePublisher(url, mime_type="video/mp2t")
-        self._segment_cm: Any = None
-        self._segment: Any = None
-        self._segment_no: int | None = None
+        self._writer = SegmentWriter(self._publisher)
         self.sent_at: dict[int, float] = {}  # index -> monotonic time its bytes were written
         self.published = 0
 
@@ -110,26 +109,12 @@ class PatternPublisher:
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def _write(self, chunks) -> None:
-        for chunk in chunks:
-            if chunk.segment != self._segment_no:
-                await self._end()
-                self._segment_cm = self._publisher.segment()
-                self._segment = await self._segment_cm.__aenter__()
-                self._segment_no = chunk.segment
-            if chunk.data:
-                await self._segment.write(chunk.data)
-            if chunk.end:
-                await self._end()
-
-    async def _end(self) -> None:
-        if self._segment_cm is not None:
-            cm, self._segment_cm = self._segment_cm, None
-            await cm.__aexit__(None, None, None)
+        await self._writer.write(chunks)
 
     async def close(self) -> None:
         """Ends the input: flush, then close the channel (the server sees its input end)."""
         await self._write(self._encoder.flush())
-        await self._end()
+        await self._writer.end()
         await self._publisher.close()
 
 

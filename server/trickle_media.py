@@ -58,6 +58,35 @@ async def decoded_frames(url: str, stream_id: str) -> AsyncIterator[av.VideoFram
                 await task
 
 
+class SegmentWriter:
+    """An encoder's chunks -> trickle segments: a segment opens when the chunk's segment changes
+    and closes at its end, its bytes streamed as they come."""
+
+    def __init__(self, publisher: TricklePublisher) -> None:
+        self._publisher = publisher
+        self._segment_cm: Any = None
+        self._segment: Any = None
+        self._key: tuple[int, int] | None = None  # (encoder generation, encoder segment)
+
+    async def write(self, chunks: list[Any], generation: int = 0) -> None:
+        for chunk in chunks:
+            key = (generation, chunk.segment)
+            if key != self._key:
+                await self.end()
+                self._segment_cm = self._publisher.segment()
+                self._segment = await self._segment_cm.__aenter__()
+                self._key = key
+            if chunk.data:
+                await self._segment.write(chunk.data)
+            if chunk.end:
+                await self.end()
+
+    async def end(self) -> None:
+        if self._segment_cm is not None:
+            cm, self._segment_cm, self._segment = self._segment_cm, None, None
+            await cm.__aexit__(None, None, None)
+
+
 class MediaOutput:
     """Processed frames -> H.264/MPEG-TS -> the output channel, each segment streamed as it is
     encoded. A change of frame size starts a new encoder (and so a new segment).
@@ -73,15 +102,14 @@ class MediaOutput:
         self._publisher: TricklePublisher | None = None
         self._encoder: SegmentEncoder | None = None
         self._lock = asyncio.Lock()
-        self._segment_cm: Any = None
-        self._segment: Any = None
-        self._segment_key: tuple[int, int] | None = None  # (encoder generation, encoder segment)
-        self._generation = 0
+        self._writer: SegmentWriter | None = None
+        self._generation = 0  # a new encoder's segment numbers start again: a new segment
 
     async def start(self) -> None:
         self._publisher = TricklePublisher(
             self.url, mime_type=SegmentEncoder.mime_type, stream_id=self.stream_id
         )
+        self._writer = SegmentWriter(self._publisher)
 
     async def _encode(self, fn: Callable[..., list[Any]], *args: Any) -> None:
         """Encode (in a thread) and send what it made, as one step a cancel cannot cut: the
@@ -127,23 +155,12 @@ class MediaOutput:
         return self._encoder
 
     async def _send(self, chunks: list[Any]) -> None:
-        assert self._publisher is not None
-        for chunk in chunks:
-            key = (self._generation, chunk.segment)
-            if key != self._segment_key:
-                await self._end_segment()
-                self._segment_cm = self._publisher.segment()
-                self._segment = await self._segment_cm.__aenter__()
-                self._segment_key = key
-            if chunk.data:
-                await self._segment.write(chunk.data)
-            if chunk.end:
-                await self._end_segment()
+        assert self._writer is not None
+        await self._writer.write(chunks, self._generation)
 
     async def _end_segment(self) -> None:
-        if self._segment_cm is not None:
-            cm, self._segment_cm, self._segment = self._segment_cm, None, None
-            await cm.__aexit__(None, None, None)
+        if self._writer is not None:
+            await self._writer.end()
 
     async def finish(self) -> None:
         """Encode what the encoder holds and end the last segment."""

@@ -12,76 +12,52 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import av
 
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
-from server.events import EventBus
 from server.metrics import ServerMetrics
-from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
+from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
-from server.stream_types import StreamNotFound, UpdateOutcome
+from server.stream_types import StreamNotFound
 from server.trickle_media import ControlChannel, EventsChannel, MediaOutput, decoded_frames
 
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 5.0
-_SIZE_KEYS = ("width", "height")
 
 
-class TrickleStream:
+class TrickleStream(StreamBase):
     def __init__(
         self,
         spec: StreamSpec,
         pipeline: Any,
         *,
         config: ServerConfig,
-        events: EventBus,
         metrics: ServerMetrics,
         on_control: Callable[[TrickleStream, dict[str, Any]], Awaitable[None]],
-        on_finished: Callable[[TrickleStream], None],
     ) -> None:
-        self.spec = spec
-        self.pipeline = pipeline
+        super().__init__(spec, pipeline)
         self._config = config
-        self._bus = events
         self._metrics = metrics
         self._on_control = on_control
-        self._on_finished = on_finished
-        self.state = "starting"
-        self.created_at = time.time()
-        self._started_mono = time.monotonic()
-        self._ended_mono: float | None = None
-        self.stop_reason: str | None = None
-        self.stop_kind = "request"
-        self.error: str | None = None
         self._stop_requested = asyncio.Event()
         self._done = asyncio.Event()
         self._running = asyncio.Event()  # the worker is up: updates may go to it
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._events_channel: EventsChannel | None = None
         self._output: MediaOutput | None = None
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
-        self.prompt_updates = 0
-        self._last_dropped = 0
-        self._last_restarts = 0
-        self._final_stats: dict[str, Any] | None = None
-        self._final_workers: list[dict[str, Any]] = []
-
-    @property
-    def stream_id(self) -> str:
-        return self.spec.stream_id
+        self.add_event_sink(self._to_events_channel)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"stream-{self.stream_id}")
 
     async def stop(self, reason: str = "stopped by request", kind: str = "request") -> None:
@@ -119,8 +95,7 @@ class TrickleStream:
                 )
                 await self._events_channel.start()
             self._set_state("starting")
-            with contextlib.suppress(AttributeError, TypeError):
-                self.pipeline.on_event = self._on_pipeline_event
+            self._watch_pipeline(self.pipeline)
             init = asyncio.create_task(self.pipeline.initialize(self.spec.prompts))
             await asyncio.wait({init, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not init.done():
@@ -189,40 +164,28 @@ class TrickleStream:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._final_stats = self._collect_stats()
         if self._output is not None:
             with _logged(self.stream_id, "closing the output"):
                 await self._output.finish()
-            self._final_stats["published"] = self._output.frames_published
-        self.emit(
-            "stream_stopped",
-            {"reason": self.stop_reason, "error": self.error, "stats": self._final_stats},
-        )
+        self.emit("stream_stopped", {"reason": self.stop_reason, "error": self.error, "stats": self.stats()})
         if self._output is not None:
             with _logged(self.stream_id, "deleting the output channel"):
                 await self._output.close()
         if self._events_channel is not None:
+            channel, self._events_channel = self._events_channel, None  # its last event is sent
             with _logged(self.stream_id, "closing the events channel"):
-                await self._events_channel.close()
-        with contextlib.suppress(Exception):
-            self._final_workers = self._pipeline_workers()
-        with _logged(self.stream_id, "freeing the worker"):
-            await self.pipeline.cleanup()
-        self._record_counters()
-        self.state = "error" if self.error else "stopped"
-        self._ended_mono = time.monotonic()
-        self._bus.publish("stream_state", {"stream_id": self.stream_id, "state": self.state})
-        logger.info("stream %s: %s (%s)", self.stream_id, self.state, self.stop_reason)
+                await channel.close()
+        await self._release_pipeline()
+        self._finish()
         self._done.set()
-        self._on_finished(self)
 
     # ---- media -----------------------------------------------------------------------------------
 
     async def _ingest(self) -> None:
         async for frame in decoded_frames(self.spec.subscribe_url, self.stream_id):
             if isinstance(frame, av.VideoFrame):
-                if self._frames_in == 0 and self._events_channel is not None:
-                    self._events_channel.send({"type": FIRST_SEGMENT_IN, "stream_id": self.stream_id})
+                if self._frames_in == 0:
+                    self._event_to_gateway(FIRST_SEGMENT_IN)
                 self._frames_in += 1
                 await self.pipeline.put_video_frame(frame)
             elif isinstance(frame, av.AudioFrame):
@@ -233,8 +196,8 @@ class TrickleStream:
         while True:
             frame = await self.pipeline.get_processed_video_frame()
             await self._output.write_video(frame)
-            if self._frames_out == 0 and self._events_channel is not None:
-                self._events_channel.send({"type": FIRST_SEGMENT_OUT, "stream_id": self.stream_id})
+            if self._frames_out == 0:
+                self._event_to_gateway(FIRST_SEGMENT_OUT)
             self._frames_out += 1  # after the write: draining waits for the frame to be out
 
     async def _egress_audio(self) -> None:
@@ -257,118 +220,34 @@ class TrickleStream:
     async def _stats_loop(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
-            self._record_counters()
-            self.emit("stream_stats", {"stats": self._collect_stats()})
+            self.record_counters(self._metrics)
+            self.emit("stream_stats", {"stats": self.stats()})
 
     # ---- updates ---------------------------------------------------------------------------------
 
-    async def update(
-        self, prompts: list[dict[str, Any]], parameters: UpdateParameters | None
-    ) -> UpdateOutcome:
-        """Swap prompts (validated by the caller) and apply parameters, at a frame boundary."""
-        params = parameters.model_dump(exclude_none=True) if parameters is not None else {}
-        if not params.get("warmup"):
-            params.pop("warmup", None)
-        await self._until_running()
+    @contextlib.asynccontextmanager
+    async def _controlled(self) -> AsyncIterator[None]:
+        """An update sent while the worker still comes up waits for it; a stream that ends meanwhile
+        is gone (StreamNotFound). REST and control-channel updates take turns."""
+        if not self._running.is_set() or self._stop_requested.is_set():
+            waits = [asyncio.ensure_future(e.wait()) for e in (self._running, self._stop_requested)]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._stop_requested.is_set():
+                raise StreamNotFound(self.stream_id)
         async with self._update_lock:
-            result = await self.pipeline.update_prompts(prompts, parameters=params or None)
-            self.spec.prompts = prompts
-            self.spec.prompts_set = True
-            self.prompt_updates += 1
-            for key in _SIZE_KEYS:
-                if key in params:
-                    setattr(self.spec, key, params[key])
-        size_changed = any(k in params for k in _SIZE_KEYS)
-        outcome = UpdateOutcome(
-            prompts_count=int(getattr(result, "prompts_count", len(prompts))),
-            parameters_updated=bool(getattr(result, "parameters_updated", bool(params))),
-            warmup_performed=bool(
-                getattr(result, "warmup_performed", size_changed or bool(params.get("warmup")))
-            ),
-        )
-        self.emit(
-            "prompts_updated",
-            {
-                "prompts_count": outcome.prompts_count,
-                "parameters_updated": outcome.parameters_updated,
-                "warmup_performed": outcome.warmup_performed,
-            },
-        )
-        return outcome
-
-    async def _until_running(self) -> None:
-        """An update sent while the worker still comes up waits for it; a stream that ends
-        meanwhile is gone (StreamNotFound)."""
-        if self._running.is_set() and not self._stop_requested.is_set():
-            return
-        waits = [asyncio.ensure_future(e.wait()) for e in (self._running, self._stop_requested)]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        if self._stop_requested.is_set():
-            raise StreamNotFound(self.stream_id)
-
-    async def restart_worker(self) -> None:
-        await self._until_running()
-        async with self._update_lock:
-            await self.pipeline.restart_worker()
-        self.emit("worker_restarted", {"requested": True})
+            yield
 
     # ---- status ----------------------------------------------------------------------------------
 
-    def _pipeline_stats(self) -> dict[str, Any]:
-        try:
-            return dict(self.pipeline.stats())
-        except Exception:  # a pipeline being torn down may not answer
-            return {}
-
-    def _pipeline_workers(self) -> list[dict[str, Any]]:
-        try:
-            return [dict(w) for w in self.pipeline.worker_status()]
-        except Exception:
-            return []
-
-    def _collect_stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         stats = self._pipeline_stats()
         stats["published"] = self._output.frames_published if self._output is not None else 0
         stats.setdefault("received", self._frames_in)
         return stats
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._final_stats) if self._final_stats is not None else self._collect_stats()
-
-    def worker_status(self) -> list[dict[str, Any]]:
-        return self._final_workers if self._done.is_set() else self._pipeline_workers()
-
-    def _record_counters(self) -> None:
-        """Feed the server-wide totals (which outlive the stream) with what changed since last time."""
-        dropped = int(self.stats().get("dropped") or 0)
-        restarts = sum(int(w.get("restarts") or 0) for w in self.worker_status())
-        if dropped > self._last_dropped:
-            self._metrics.frames_dropped.inc(dropped - self._last_dropped)
-        if restarts > self._last_restarts:
-            self._metrics.worker_restarts.inc(restarts - self._last_restarts)
-        self._last_dropped, self._last_restarts = (
-            max(dropped, self._last_dropped),
-            max(restarts, self._last_restarts),
-        )
-
-    def info(self) -> StreamInfo:
-        return StreamInfo(
-            stream_id=self.stream_id,
-            state=self.state,  # type: ignore[arg-type]
-            created_at=self.created_at,
-            uptime_s=round((self._ended_mono or time.monotonic()) - self._started_mono, 3),
-            stop_reason=self.stop_reason if self._stop_requested.is_set() or self._done.is_set() else None,
-            error=self.error,
-            prompts_count=len(self.spec.prompts),
-            prompt_updates=self.prompt_updates,
-            config=self.spec.config(),
-            stats=StreamStats.model_validate(self.stats()),
-            workers=[WorkerStatus.model_validate(w) for w in self.worker_status()],
-        )
 
     # ---- events ----------------------------------------------------------------------------------
 
@@ -378,28 +257,17 @@ class TrickleStream:
         self.state = state
         self.emit("stream_state", {"state": state})
 
-    def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        """A stream event: to the server's event bus and to the stream's events channel."""
-        payload = {"stream_id": self.stream_id, **data}
-        self._bus.publish(event_type, payload)
+    def _to_events_channel(self, event_type: str, payload: dict[str, Any]) -> None:
         if self._events_channel is not None:
             self._events_channel.send({"type": event_type, "stream_id": self.stream_id, "data": payload})
 
+    def _event_to_gateway(self, event_type: str) -> None:
+        """An event for the gateway only (its events channel), not the server's bus."""
+        if self._events_channel is not None:
+            self._events_channel.send({"type": event_type, "stream_id": self.stream_id})
+
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
-
-    def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
-        if event_type == "stream_state":  # the pipeline's own states (ready, ...), not the stream's
-            event_type = "pipeline_state"
-        # The pipeline may report from one of its threads; events are handled on the loop.
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self.emit(event_type, dict(data))
-        else:
-            self._loop.call_soon_threadsafe(self.emit, event_type, dict(data))
 
 
 @contextlib.contextmanager

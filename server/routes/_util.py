@@ -17,7 +17,7 @@ from comfystream.prompts import PromptFormatError
 from server import errors
 from server.app_keys import CONFIG_KEY, METRICS_KEY
 from server.prompt_validation import PromptRejected
-from server.stream_manager import AtCapacity, StreamExists, StreamNotFound
+from server.stream_types import AtCapacity, NotNow, StreamExists, StreamNotFound
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -77,6 +77,8 @@ def to_http_error(exc: Exception, request: web.Request) -> web.HTTPException | N
         return errors.conflict(str(exc.args[0]))
     if isinstance(exc, AtCapacity):
         return errors.at_capacity(request.app[CONFIG_KEY].max_streams)
+    if isinstance(exc, NotNow):  # e.g. a restart while a WebRTC stream's prompts are stopped
+        return errors.error_response(web.HTTPConflict, "Not possible now", str(exc))
     if isinstance(exc, PromptRejected):
         return errors.prompt_validation_failed(exc.result, exc.index, exc.count)
     if isinstance(exc, PromptValidationError):  # the worker's own check (should the server's have passed)

@@ -6,11 +6,12 @@ from importlib import metadata
 
 from aiohttp import web
 
-from server.app_keys import METRICS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.app_keys import METRICS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
 from server.metrics import CONTENT_TYPE
 from server.models import HealthResponse
-from server.openapi import add_api_route
+from server.openapi import route_adder
 from server.routes._util import respond
+from server.workspace import load_errors
 
 TITLE = "comfystream"
 DESCRIPTION = "ComfyUI workflows on live video: trickle streams, WebRTC, workflow jobs."
@@ -26,15 +27,15 @@ def version() -> str:
 async def health(request: web.Request) -> web.Response:
     manager = request.app[STREAM_MANAGER_KEY]
     registry = request.app[NODE_REGISTRY_KEY]
-    load_errors = dict(getattr(registry, "load_errors", {}) or {})
+    errors = load_errors(registry, request.app[WORKSPACE_KEY])
     return respond(
         HealthResponse(
-            status="degraded" if load_errors else "ok",
+            status="degraded" if errors else "ok",
             version=version(),
             streams_active=len(manager.active),
             max_streams=manager.config.max_streams,
             node_types=len(registry),
-            node_load_errors={str(k): str(v) for k, v in load_errors.items()},
+            node_load_errors=errors,
         )
     )
 
@@ -49,34 +50,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    api = app[OPENAPI_KEY]
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/health",
-        health,
-        "Liveness and a summary",
-        tags=("operations",),
-        responses={200: HealthResponse},
-    )
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/metrics",
-        metrics,
-        "Prometheus metrics",
-        tags=("operations",),
-        responses={200: "text/plain"},
-    )
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/openapi.json",
-        openapi,
-        "This document",
-        tags=("operations",),
-        responses={200: "application/json"},
-    )
+    route = route_adder(app, app[OPENAPI_KEY], tags=("operations",))
+    route("GET", "/health", health, "Liveness and a summary", responses={200: HealthResponse})
+    route("GET", "/metrics", metrics, "Prometheus metrics", responses={200: "text/plain"})
+    route("GET", "/openapi.json", openapi, "This document", responses={200: "application/json"})

@@ -4,12 +4,13 @@ workers, and the gateway's BYOC single-stream forms."""
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from aiohttp import web
 
 from server import errors
-from server.app_keys import CONFIG_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
 from server.models import (
     CreateStreamRequest,
     ErrorResponse,
@@ -26,20 +27,18 @@ from server.models import (
     UpdatePromptsResponse,
     WorkerStatus,
     WorkerStatusResponse,
-    WorkspaceInfo,
     WorkspaceInfoResponse,
 )
-from server.openapi import add_api_route
+from server.openapi import route_adder
 from server.routes._util import api_handler, json_body, parse, respond
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
+from server.workspace import describe as describe_workspace
 
 logger = logging.getLogger(__name__)
 
 # Keys a params update carries to address a stream rather than to change it.
 _ID_KEYS = ("gateway_request_id", "request_id", "stream_id")
-# What a worker is configured with (the seed's workspace-info `config_keys`).
-_WORKER_CONFIG_KEYS = ["cwd", "disable_cuda_malloc", "gpu_only", "preview_method"]
 
 
 def _manager(request: web.Request) -> StreamManager:
@@ -184,16 +183,14 @@ async def restart_worker(request: web.Request) -> web.Response:
 @api_handler
 async def workspace_info(request: web.Request) -> web.Response:
     stream = _manager(request).get(request.match_info["id"])
-    config = request.app[CONFIG_KEY]
-    # The pipeline knows its workers' spec; the server knows its own workspace flags.
+    # The pipeline knows its workers and their spec; the server knows the nodes it loaded.
     from_pipeline = dict(getattr(stream.pipeline, "workspace_info", dict)() or {})
-    info = WorkspaceInfo(
-        workspace_path=from_pipeline.get("workspace_path")
-        or (str(config.workspace) if config.workspace else None),
-        custom_node_dirs=[str(d) for d in config.custom_node_dirs],
-        config_keys=sorted(set(from_pipeline.get("config_keys") or []) | set(_WORKER_CONFIG_KEYS)),
-        total_workers=int(from_pipeline.get("total_workers", len(stream.worker_status()))),
-        active_prompt_id=from_pipeline.get("active_prompt_id"),
+    info = describe_workspace(
+        request.app[NODE_REGISTRY_KEY],
+        request.app[WORKSPACE_KEY],
+        request.app[CONFIG_KEY],
+        from_pipeline,
+        worker_count=len(stream.worker_status()),
     )
     return respond(WorkspaceInfoResponse(stream_id=stream.stream_id, workspace_info=info))
 
@@ -207,6 +204,23 @@ async def list_streams(request: web.Request) -> web.Response:
     streams = [s.info() for s in manager.active.values()]
     return respond(
         StreamListResponse(count=len(streams), max_streams=manager.config.max_streams, streams=streams)
+    )
+
+
+@api_handler
+async def all_stats(request: web.Request) -> web.Response:
+    now = time.time()
+    return web.json_response(
+        {sid: {"timestamp": now, **s.stats()} for sid, s in _manager(request).active.items()}
+    )
+
+
+@api_handler
+async def stream_stats(request: web.Request) -> web.Response:
+    stream_id = request.match_info["id"]
+    info = _manager(request).info(stream_id)  # live or recently finished; 404 otherwise
+    return web.json_response(
+        {"stream_id": stream_id, "state": info.state, "timestamp": time.time(), **info.stats.model_dump()}
     )
 
 
@@ -258,11 +272,8 @@ async def byoc_status(request: web.Request) -> web.Response:
 
 
 def setup_routes(app: web.Application) -> None:
-    api = app[OPENAPI_KEY]
     err = ErrorResponse  # every error status has the one error body
-
-    def route(method: str, path: str, handler, summary: str, **spec) -> None:
-        add_api_route(app, api, method, path, handler, summary, tags=("streams",), **spec)
+    route = route_adder(app, app[OPENAPI_KEY], tags=("streams",))
 
     start_spec = {
         "request_model": StartStreamRequest,
@@ -286,6 +297,13 @@ def setup_routes(app: web.Application) -> None:
         responses={200: StartStreamResponse, 400: err, 409: err, 503: err},
     )
     route("GET", "/streams", list_streams, "List the running streams", responses={200: StreamListResponse})
+    route(
+        "GET",
+        "/streams/stats",
+        all_stats,
+        "Stats of every running stream, by id",
+        responses={200: "application/json"},
+    )
     # The BYOC forms before /stream/{id}, though aiohttp prefers the plain path anyway.
     route(
         "POST",
@@ -365,6 +383,13 @@ def setup_routes(app: web.Application) -> None:
             alias_of=alias,
             responses={200: RestartWorkerResponse, 404: err},
         )
+    route(
+        "GET",
+        "/stream/{id}/stats",
+        stream_stats,
+        "A stream's stats (fps, dropped, latency)",
+        responses={200: "application/json", 404: err},
+    )
     route(
         "GET",
         "/stream/{id}/workspace-info",

@@ -1,4 +1,4 @@
-"""WebRTC routes: `POST /offer`, the `/webrtc` page and its config, and the streams' stats.
+"""WebRTC routes: `POST /offer`, the `/webrtc` page and its config.
 
 `POST /offer` makes a stream of the peer connection: its own worker (ProcessPoolPipeline), listed
 in `GET /streams` beside the trickle streams and stopped by `DELETE /stream/{id}` like them.
@@ -7,7 +7,6 @@ in `GET /streams` beside the trickle streams and stopped by `DELETE /stream/{id}
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from pathlib import Path
 
@@ -15,9 +14,9 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server import errors
-from server.app_keys import CONFIG_KEY, EVENT_BUS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
 from server.models import ErrorResponse, UpdatePromptsRequest
-from server.openapi import add_api_route
+from server.openapi import route_adder
 from server.routes._util import api_handler, json_body, parse, respond, to_http_error
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
@@ -119,7 +118,7 @@ async def offer(request: web.Request) -> web.Response:
         prompts_set=given,
         dedicated_worker=True,
         use_prompt_worker=False,
-        extra_params={"transport": "webrtc"},
+        transport="webrtc",
     )
     pc = RTCPeerConnection(rtc_configuration(request.app[ICE_SERVERS_KEY]))
     stream = WebRTCStream(spec, pc, manager.create_pipeline)
@@ -131,12 +130,12 @@ async def offer(request: web.Request) -> web.Response:
             raise errors.error_response(
                 web.HTTPBadRequest, "Invalid offer", f"the offer's SDP could not be used: {exc}"
             ) from None
-        manager.register(stream)  # the same id and capacity checks as a trickle start
+        # The same id and capacity checks as a trickle start; listed from here on, its events go
+        # out and its end is recorded.
+        manager.register(stream)
     except BaseException:
         await stream.stop("offer rejected", "rejected")  # never listed: no events, no finished entry
         raise
-    # Listed from here on: its events go out, and its end is reported to the manager.
-    stream.attach(emit=request.app[EVENT_BUS_KEY].publish, on_finished=manager.stream_finished)
     try:
         await stream.start()
         await pc.setLocalDescription(await pc.createAnswer())
@@ -177,36 +176,16 @@ async def webrtc_config(request: web.Request) -> web.Response:
     return respond(WebRTCConfig(iceServers=[IceServerInfo.model_validate(s.to_browser()) for s in servers]))
 
 
-@api_handler
-async def all_stats(request: web.Request) -> web.Response:
-    now = time.time()
-    return web.json_response(
-        {sid: {"timestamp": now, **s.stats()} for sid, s in _manager(request).active.items()}
-    )
-
-
-@api_handler
-async def stream_stats(request: web.Request) -> web.Response:
-    stream_id = request.match_info["id"]
-    info = _manager(request).info(stream_id)  # live or recently finished; 404 otherwise
-    return web.json_response(
-        {"stream_id": stream_id, "state": info.state, "timestamp": time.time(), **info.stats.model_dump()}
-    )
-
-
 def setup_routes(app: web.Application) -> None:
     config = app[CONFIG_KEY]
     app[ICE_SERVERS_KEY] = parse_ice_servers(list(getattr(config, "ice_servers", None) or []))
     use_loopback_when_no_network()
-    api = app[OPENAPI_KEY]
-    add_api_route(
-        app,
-        api,
+    route = route_adder(app, app[OPENAPI_KEY], tags=("webrtc",))
+    route(
         "POST",
         "/offer",
         offer,
         "Start a WebRTC stream: the peer's offer in, the answer out (a dedicated worker per peer)",
-        tags=("webrtc",),
         request_model=OfferRequest,
         responses={
             200: OfferAnswer,
@@ -216,35 +195,6 @@ def setup_routes(app: web.Application) -> None:
             503: ErrorResponse,
         },
     )
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/webrtc/config",
-        webrtc_config,
-        "The page's ICE servers",
-        tags=("webrtc",),
-        responses={200: WebRTCConfig},
-    )
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/streams/stats",
-        all_stats,
-        "Stats of every running stream, by id",
-        tags=("streams",),
-        responses={200: "application/json"},
-    )
-    add_api_route(
-        app,
-        api,
-        "GET",
-        "/stream/{id}/stats",
-        stream_stats,
-        "A stream's stats (fps, dropped, latency)",
-        tags=("streams",),
-        responses={200: "application/json", 404: ErrorResponse},
-    )
+    route("GET", "/webrtc/config", webrtc_config, "The page's ICE servers", responses={200: WebRTCConfig})
     app.router.add_get("/webrtc", webrtc_page)
     app.router.add_get(r"/webrtc/{name:[A-Za-z0-9_-]+\.(?:js|css)}", webrtc_asset)

@@ -1,7 +1,6 @@
 """One WebRTC stream: a peer connection, its dedicated pipeline, and the frames between them.
 
-It offers the stream manager the same face as a trickle stream (`stream_id`, `spec`, `info()`,
-`stats()`, `worker_status()`, `update()`, `restart_worker()`, `stop()`, `emit()`), so it is
+Its status, updates, restarts and events are a trickle stream's (`server.stream_base`), so it is
 listed, updated and stopped by the same REST routes.
 """
 
@@ -11,7 +10,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -20,14 +18,13 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from comfystream.media import frame_to_ndarray, ndarray_to_frame
-from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
-from server.stream_manager import UpdateOutcome
+from server.stream_base import StreamBase, cleanup_quietly
 from server.stream_spec import StreamSpec
+from server.stream_types import NotNow
 from server.webrtc.tracks import OutboundTrack
 
 logger = logging.getLogger(__name__)
 
-_SIZE_KEYS = ("width", "height")
 # Frames waiting for the sender: few for video (latency stays low when the encoder lags; the newest
 # frames win), more for audio (20 ms frames come in bursts, and a gap is heard).
 VIDEO_QUEUE = 2
@@ -52,11 +49,7 @@ class FramePipeline(Protocol):
 
 
 PipelineFactory = Callable[[StreamSpec], FramePipeline]  # a pipeline for the spec, not yet initialized
-EventSink = Callable[[str, dict[str, Any]], Any]  # (event_type, data with stream_id)
-
-
-class NotNow(RuntimeError):
-    """A control request that the stream's mode does not allow (pause while stopped, ...)."""
+__all__ = ["FramePipeline", "Mode", "NotNow", "WebRTCStream"]
 
 
 class Mode(enum.StrEnum):
@@ -65,7 +58,7 @@ class Mode(enum.StrEnum):
     STOPPED = "stopped"  # the worker is released; frames pass through until resumed
 
 
-class WebRTCStream:
+class WebRTCStream(StreamBase):
     """A peer connection's stream: the peer's tracks feed the pipeline, outbound tracks send its output.
 
     Life: `start()` (spawns and warms the worker) -> running -> `stop()` (peer closed or lost,
@@ -78,20 +71,11 @@ class WebRTCStream:
         pc: RTCPeerConnection,
         pipeline_factory: PipelineFactory,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec)
         self.pc = pc
-        self.created_at = time.time()
-        self._started_mono = time.monotonic()
-        self.state = "starting"  # starting, running, stopping, stopped, error
-        self.stop_reason: str | None = None
-        self.stop_kind = "request"
-        self.error: str | None = None
         self.mode = Mode.PROCESSING
         self._factory = pipeline_factory
-        self._emit: EventSink | None = None
-        self._on_finished: Callable[[WebRTCStream], Any] | None = None
         self._closers: list[Callable[[], Any]] = []  # what else ends with the stream (its control channel)
-        self.pipeline: FramePipeline | None = None
         self._pipeline_tasks: list[asyncio.Task[Any]] = []
         self._input_tasks: list[asyncio.Task[Any]] = []
         self.video_out: OutboundTrack | None = None
@@ -99,23 +83,11 @@ class WebRTCStream:
         self.video_received = 0
         self.audio_received = 0
         self.passed_through = 0  # video frames sent unprocessed while paused or stopped
-        self._last_pipeline_stats: dict[str, Any] = {}
-        self._last_workers: list[dict[str, Any]] = []
         self._closing: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()  # one control operation at a time, REST and data channel alike
-        self._loop = asyncio.get_running_loop()
-
-    def attach(self, emit: EventSink, on_finished: Callable[[WebRTCStream], Any]) -> None:
-        """Once the stream is registered: where its events go, and whom its end is reported to."""
-        self._emit = emit
-        self._on_finished = on_finished
 
     def on_close(self, closer: Callable[[], Any]) -> None:
         self._closers.append(closer)
-
-    @property
-    def stream_id(self) -> str:
-        return self.spec.stream_id
 
     # ---- start -----------------------------------------------------------------------------
 
@@ -129,12 +101,11 @@ class WebRTCStream:
 
     async def _new_pipeline(self) -> None:
         pipeline = self._factory(self.spec)
-        with contextlib.suppress(AttributeError, TypeError):
-            pipeline.on_event = self._on_pipeline_event  # type: ignore[attr-defined]
+        self._watch_pipeline(pipeline)
         try:
             await pipeline.initialize(self.spec.prompts)
         except BaseException:
-            await _cleanup_quietly(pipeline, self.stream_id)
+            await cleanup_quietly(pipeline, self.stream_id)
             raise
         self.pipeline = pipeline
         self._pipeline_tasks = [
@@ -147,19 +118,13 @@ class WebRTCStream:
         ]
 
     async def _release_pipeline(self) -> None:
-        pipeline, self.pipeline = self.pipeline, None
         tasks, self._pipeline_tasks = self._pipeline_tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if pipeline is not None:
-            with contextlib.suppress(Exception):
-                self._last_pipeline_stats = dict(pipeline.stats())
-            with contextlib.suppress(Exception):
-                self._last_workers = [dict(w) for w in pipeline.worker_status()]
-            await _cleanup_quietly(pipeline, self.stream_id)
+        await super()._release_pipeline()
 
     # ---- tracks ----------------------------------------------------------------------------
 
@@ -234,43 +199,8 @@ class WebRTCStream:
 
     # ---- updates and control ----------------------------------------------------------------
 
-    async def update(
-        self, prompts: list[dict[str, Any]], parameters: UpdateParameters | None
-    ) -> UpdateOutcome:
-        """Swap prompts (validated by the caller) and apply parameters; while stopped, kept for resume."""
-        params = parameters.model_dump(exclude_none=True) if parameters is not None else {}
-        if not params.get("warmup"):
-            params.pop("warmup", None)
-        async with self._lock:
-            result = None
-            if self.pipeline is not None:
-                result = await self.pipeline.update_prompts(prompts, parameters=params or None)
-            self.spec.prompts = prompts
-            self.spec.prompts_set = True
-            for key in _SIZE_KEYS:
-                if key in params:
-                    setattr(self.spec, key, params[key])
-        size_changed = any(k in params for k in _SIZE_KEYS)
-        outcome = UpdateOutcome(
-            prompts_count=int(getattr(result, "prompts_count", len(prompts))),
-            parameters_updated=bool(getattr(result, "parameters_updated", bool(params))),
-            warmup_performed=bool(
-                getattr(
-                    result,
-                    "warmup_performed",
-                    self.pipeline is not None and (size_changed or bool(params.get("warmup"))),
-                )
-            ),
-        )
-        self.emit(
-            "prompts_updated",
-            {
-                "prompts_count": outcome.prompts_count,
-                "parameters_updated": outcome.parameters_updated,
-                "warmup_performed": outcome.warmup_performed,
-            },
-        )
-        return outcome
+    def _controlled(self) -> asyncio.Lock:
+        return self._lock  # while the prompts are stopped, an update is kept for `resume`
 
     async def pause(self) -> None:
         async with self._lock:
@@ -290,25 +220,12 @@ class WebRTCStream:
             self._set_mode(Mode.STOPPED)
             await self._release_pipeline()
 
-    async def restart_worker(self) -> None:
-        async with self._lock:
-            if self.pipeline is None:
-                raise NotNow("the prompts are stopped: there is no worker to restart")
-            await self.pipeline.restart_worker()
-        self.emit("worker_restarted", {"requested": True})
-
     def _set_mode(self, mode: Mode) -> None:
         if mode is not self.mode:
             self.mode = mode
             self.emit("stream_mode", {"mode": str(mode)})
 
     # ---- status ----------------------------------------------------------------------------
-
-    def _pipeline_stats(self) -> dict[str, Any]:
-        if self.pipeline is not None:
-            with contextlib.suppress(Exception):
-                self._last_pipeline_stats = dict(self.pipeline.stats())
-        return dict(self._last_pipeline_stats)
 
     def stats(self) -> dict[str, Any]:
         """The pipeline's counters (as a trickle stream has them), and what went over the peer connection."""
@@ -326,48 +243,6 @@ class WebRTCStream:
         stats["dropped_out_of_order"] = video.dropped_out_of_order if video else 0
         stats["mode"] = str(self.mode)
         return stats
-
-    def worker_status(self) -> list[dict[str, Any]]:
-        if self.pipeline is not None:
-            with contextlib.suppress(Exception):
-                self._last_workers = [dict(w) for w in self.pipeline.worker_status()]
-                return list(self._last_workers)
-            return []
-        return list(self._last_workers) if self.state in ("stopped", "error") else []
-
-    def info(self) -> StreamInfo:
-        return StreamInfo(
-            stream_id=self.stream_id,
-            state=self.state,  # type: ignore[arg-type]
-            created_at=self.created_at,
-            uptime_s=round(time.monotonic() - self._started_mono, 3),
-            stop_reason=self.stop_reason,
-            error=self.error,
-            prompts_count=len(self.spec.prompts),
-            config=self.spec.config(),
-            stats=StreamStats.model_validate(self.stats()),
-            workers=[WorkerStatus.model_validate(w) for w in self.worker_status()],
-        )
-
-    # ---- events ----------------------------------------------------------------------------
-
-    def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        if self._emit is not None:
-            try:
-                self._emit(event_type, {"stream_id": self.stream_id, **data})
-            except Exception:
-                logger.exception("stream %s: publishing %s failed", self.stream_id, event_type)
-
-    def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
-        # The pipeline may report from one of its threads; events are handled on the loop.
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self.emit(event_type, dict(data))
-        else:
-            self._loop.call_soon_threadsafe(self.emit, event_type, dict(data))
 
     # ---- stop ------------------------------------------------------------------------------
 
@@ -405,19 +280,5 @@ class WebRTCStream:
             await self.pc.close()
         except Exception:
             logger.exception("stream %s: closing the peer connection failed", self.stream_id)
-        self.state = "error" if self.error else "stopped"
-        logger.info("stream %s: %s (%s)", self.stream_id, self.state, self.stop_reason)
         self.emit("stream_stopped", {"reason": self.stop_reason, "error": self.error, "stats": self.stats()})
-        self.emit("stream_state", {"state": self.state})
-        if self._on_finished is not None:
-            try:
-                self._on_finished(self)
-            except Exception:
-                logger.exception("stream %s: on_finished failed", self.stream_id)
-
-
-async def _cleanup_quietly(pipeline: FramePipeline, stream_id: str) -> None:
-    try:
-        await pipeline.cleanup()
-    except Exception:
-        logger.exception("stream %s: freeing the worker failed", stream_id)
+        self._finish()

@@ -152,6 +152,7 @@ async def test_stream_preview_prompt_edit_and_stop_from_the_page(
         card = page.locator('[data-stream-id="cam-a"]')
         await card.locator(f"text=pid {pid}").wait_for()
         assert await card.locator("text=dedicated worker").count() == 1
+        assert await card.locator(".tag").filter(has_text="trickle").count() == 1  # its `transport`
         await page.wait_for_function(
             """() => [...document.querySelectorAll('[data-stream-id="cam-a"] .stat')]
                  .some(s => s.textContent.startsWith('fps in / out') && !s.textContent.includes('0.0 / 0.0'))"""

@@ -4,9 +4,14 @@ and its error cases (400 with the seed's body and ComfyUI's node_errors, 404, 40
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from stream_stack import INVERT_PROMPT, PASSTHROUGH_PROMPT, Stack
+
+from server.app_keys import NODE_REGISTRY_KEY
+
+NODES = Path(__file__).resolve().parent / "nodes"  # a custom node package that loads, one that fails
 
 BLUR_PROMPT = {
     "1": {"class_type": "LoadTensor", "inputs": {}},
@@ -55,6 +60,7 @@ async def test_start_variants_and_config(stack: Stack) -> None:
     status, listing = await stack.call("GET", "/streams")
     assert status == 200 and listing["count"] == 2 and listing["max_streams"] == 2
     assert {s["stream_id"] for s in listing["streams"]} == {"s-default", "s-multi"}
+    assert {s["transport"] for s in listing["streams"]} == {"trickle"}
 
     # A third is over --max-streams: 503, and the running two are untouched.
     body = {
@@ -198,10 +204,12 @@ async def test_unknown_stream_is_404_everywhere(stack: Stack) -> None:
     assert status == 200 and body["stream_count"] == 0 and body["processing_active"] is False
 
 
+@pytest.mark.server_config(custom_nodes=[NODES])
 async def test_running_stream_endpoints(stack: Stack) -> None:
     await stack.start("live", {"width": 128, "height": 128, "prompt": json.dumps(INVERT_PROMPT)})
     info = await stack.wait_state("live", {"running"})
     assert info["config"]["prompts_set"] is True and info["prompts_count"] == 1
+    assert info["transport"] == "trickle"
     assert set(info["stats"]) >= {"received", "processed", "dropped", "published", "fps_in", "fps_out"}
 
     status, worker = await stack.call("GET", "/stream/live/worker")
@@ -214,8 +222,23 @@ async def test_running_stream_endpoints(stack: Stack) -> None:
 
     status, ws = await stack.call("GET", "/stream/live/workspace-info")
     assert status == 200 and ws["success"] and ws["stream_id"] == "live"
-    assert ws["workspace_info"]["total_workers"] == 1
-    assert set(ws["workspace_info"]["config_keys"]) >= {"cwd", "disable_cuda_malloc", "gpu_only"}
+    info = ws["workspace_info"]
+    assert info["total_workers"] == 1
+    assert set(info["config_keys"]) >= {"cwd", "disable_cuda_malloc", "gpu_only", "preview_method"}
+    # No --workspace: it says so, and what the built-in engine loaded (--custom-nodes among it).
+    assert info["engine"] == "builtin" and "no ComfyUI workspace" in info["message"]
+    assert (info["workspace_path"], info["comfyui_version"], info["comfyui_nodes"]) == (None, None, 0)
+    assert (
+        info["nodes_loaded"] == len(stack.app[NODE_REGISTRY_KEY])
+        and "WsScale" in stack.app[NODE_REGISTRY_KEY]
+    )
+    assert info["custom_node_dirs"] == [str(NODES)]
+    packages = {p["name"]: p for p in info["custom_node_packages"]}
+    assert set(packages) == {"ws_good_nodes", "ws_broken_nodes"}
+    assert packages["ws_good_nodes"]["loaded"] and packages["ws_good_nodes"]["nodes"] == ["WsScale"]
+    broken = packages["ws_broken_nodes"]
+    assert not broken["loaded"] and "lacks" in broken["error"] and broken["nodes"] == []
+    assert info["load_errors"] == {broken["path"]: broken["error"]}
 
     # Updates: a prompt, then prompts with parameters (new size, forced warmup).
     status, up = await stack.call(

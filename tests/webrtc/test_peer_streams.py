@@ -84,8 +84,9 @@ async def test_frames_come_back_processed_in_order_with_their_timestamps(server:
         # Listed like a trickle stream, with its stats and its worker.
         status, listing = await server.call("GET", "/streams")
         assert status == 200 and [s["stream_id"] for s in listing["streams"]] == [stream_id]
+        assert listing["streams"][0]["transport"] == "webrtc"
         status, info = await server.call("GET", f"/stream/{stream_id}")
-        assert status == 200 and info["state"] == "running"
+        assert status == 200 and info["state"] == "running" and info["transport"] == "webrtc"
         assert info["config"]["pipeline_type"] == "ProcessPoolPipeline"
         assert info["config"]["subscribe_url"] == f"webrtc:{stream_id}"
         assert info["stats"]["received"] >= 30 and info["stats"]["processed"] >= 30
@@ -186,6 +187,8 @@ async def test_control_channel_prompts_pause_resume_stop_and_resolution(server: 
         status, info = await server.call("GET", f"/stream/{stream_id}")
         assert info["state"] == "running" and info["workers"] == []
         assert not any(f.inverted for f in await _frames_sent_after(peer, time.monotonic(), 5))
+        status, err = await server.call("POST", f"/stream/{stream_id}/restart-worker")
+        assert status == 409 and "no worker" in err["message"], err
         reply = await peer.request("pause_prompts")
         assert reply["success"] is False and "resume" in reply["error"]
         reply = await peer.request("resume_prompts")
@@ -204,6 +207,7 @@ async def test_control_channel_prompts_pause_resume_stop_and_resolution(server: 
         assert (reply["type"], reply["success"], reply["prompts_count"]) == ("prompts_updated", True, 1), (
             reply
         )
+        assert (await server.call("GET", f"/stream/{stream_id}"))[1]["prompt_updates"] == 1
         assert not any(f.inverted for f in await _frames_sent_after(peer, time.monotonic(), 5))
         flags = [f.inverted for f in peer.received if f.index is not None and sent[f.index] > resumed]
         assert flags == sorted(flags, reverse=True), "the prompts alternated around the swap"

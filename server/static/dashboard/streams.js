@@ -16,7 +16,7 @@ const ARCHITECTURES = {
 };
 const STATE_KIND = { running: 'ok', starting: 'warn', stopping: 'warn', stopped: 'muted', error: 'err' };
 
-const transportOf = (info) => (String(info.config?.subscribe_url || '').startsWith('webrtc:') ? 'WebRTC' : 'trickle');
+const TRANSPORTS = { trickle: 'trickle', webrtc: 'WebRTC' };
 
 /** The stream's latest output frame, refreshed: one request at a time, paused while the tab is hidden. */
 function Preview({ streamId, live, width, height }) {
@@ -78,7 +78,7 @@ function StreamCard({ info, stopping, onStop, onEdit }) {
     <header class="card-head">
       <span class="mono strong" title=${info.stream_id}>${shortId(info.stream_id, 18)}</span>
       <${Pill} kind=${STATE_KIND[info.state] || 'muted'}>${stopping ? 'stopping' : info.state}<//>
-      <span class="tag">${transportOf(info)}</span>
+      <span class="tag">${TRANSPORTS[info.transport] || info.transport}</span>
       <span class="tag" title=${config.pipeline_type}>${ARCHITECTURES[config.architecture] || config.architecture}</span>
       <span class="grow"></span>
       <span class="muted small">${config.width}×${config.height}</span>
