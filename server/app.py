@@ -22,8 +22,8 @@ from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics
 from server.openapi import OpenApiRegistry
-from server.pipelines import PipelineFactory, PipelineResources
-from server.stream_manager import StreamManager
+from server.pipelines import PipelineResources
+from server.stream_manager import PipelineFactory, StreamManager
 from server.workspace import NodeSetup, load_nodes
 
 logger = logging.getLogger(__name__)

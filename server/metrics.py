@@ -29,7 +29,7 @@ class _StreamCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         samples = list(self._samples())
-        active = GaugeMetricFamily("comfystream_streams_active", "Trickle streams running now")
+        active = GaugeMetricFamily("comfystream_streams_active", "Streams running now (trickle and WebRTC)")
         active.add_metric([], len(samples))
         fps_in = GaugeMetricFamily(
             "comfystream_stream_fps_in", "Input frames per second", labels=["stream_id"]

@@ -13,7 +13,6 @@ from pydantic import (
     Field,
     StrictBool,
     WithJsonSchema,
-    field_validator,
 )
 
 # Sizes must be even: H.264 (yuv420p) cannot encode odd widths or heights.
@@ -70,7 +69,28 @@ def _check_url(value: str | None) -> str | None:
     return value.rstrip("/")
 
 
-class StreamParams(BaseModel):
+def _check_stream_id(value: str | None) -> str | None:
+    if value is not None and not _STREAM_ID.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
+    return value
+
+
+TrickleUrl = Annotated[str, BeforeValidator(_check_url)]
+OptionalTrickleUrl = Annotated[str | None, BeforeValidator(_check_url)]
+StreamId = Annotated[str | None, AfterValidator(_check_stream_id)]
+# Params that configure a worker process itself (the seed's restart parameters).
+WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
+
+
+class GivesPrompts:
+    """A body with `prompt` and `prompts` fields."""
+
+    def prompt_value(self) -> Any:
+        """The prompt(s) given, whichever field holds them (`prompts` first); None when neither does."""
+        return self.prompts if self.prompts is not None else self.prompt  # type: ignore[attr-defined]
+
+
+class StreamParams(GivesPrompts, BaseModel):
     """`params` of a stream start (and the body of a params update): size, prompts, architecture."""
 
     model_config = ConfigDict(extra="allow")
@@ -90,40 +110,28 @@ class StreamParams(BaseModel):
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
 
-    def prompt_value(self) -> Any:
-        """The prompt(s) given, whichever field holds them; None when neither does."""
-        return self.prompts if self.prompts is not None else self.prompt
-
 
 class StartStreamRequest(BaseModel):
     """`POST /stream/start` and `POST /live-video-to-video`: the gateway's start request."""
 
     model_config = ConfigDict(extra="allow")
 
-    subscribe_url: str = Field(..., description="trickle channel to read the input video from")
-    publish_url: str = Field(..., description="trickle channel to publish the processed video to")
-    control_url: str | None = Field(None, description="trickle channel of control messages (params updates)")
-    events_url: str | None = Field(None, description="trickle channel this server publishes events on")
-    data_url: str | None = None
-    gateway_request_id: str | None = Field(
+    subscribe_url: TrickleUrl = Field(..., description="trickle channel to read the input video from")
+    publish_url: TrickleUrl = Field(..., description="trickle channel to publish the processed video to")
+    control_url: OptionalTrickleUrl = Field(
+        None, description="trickle channel of control messages (params updates)"
+    )
+    events_url: OptionalTrickleUrl = Field(
+        None, description="trickle channel this server publishes events on"
+    )
+    data_url: OptionalTrickleUrl = None
+    gateway_request_id: StreamId = Field(
         None, description="the stream's id (also accepted: request_id, stream_id)"
     )
-    request_id: str | None = None
-    stream_id: str | None = None
+    request_id: StreamId = None
+    stream_id: StreamId = None
     manifest_id: str | None = None
     params: StreamParams = Field(default_factory=StreamParams)
-
-    @field_validator("subscribe_url", "publish_url", "control_url", "events_url", "data_url", mode="before")
-    @classmethod
-    def _check_urls(cls, value: Any) -> Any:
-        return _check_url(value)
-
-    @field_validator("gateway_request_id", "request_id", "stream_id")
-    @classmethod
-    def _check_id(cls, value: str | None) -> str | None:
-        if value is not None and not _STREAM_ID.match(value):
-            raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
-        return value
 
     def chosen_id(self) -> str | None:
         return self.gateway_request_id or self.request_id or self.stream_id
@@ -132,19 +140,14 @@ class StartStreamRequest(BaseModel):
 class CreateStreamRequest(StreamParams):
     """`POST /stream`: the flat form, the stream's params beside its URLs."""
 
-    subscribe_url: str
-    publish_url: str
-    control_url: str | None = None
-    events_url: str | None = None
-    data_url: str | None = None
-    gateway_request_id: str | None = None
-    request_id: str | None = None
-    stream_id: str | None = None
-
-    @field_validator("subscribe_url", "publish_url", "control_url", "events_url", "data_url", mode="before")
-    @classmethod
-    def _check_urls(cls, value: Any) -> Any:
-        return _check_url(value)
+    subscribe_url: TrickleUrl
+    publish_url: TrickleUrl
+    control_url: OptionalTrickleUrl = None
+    events_url: OptionalTrickleUrl = None
+    data_url: OptionalTrickleUrl = None
+    gateway_request_id: StreamId = None
+    request_id: StreamId = None
+    stream_id: StreamId = None
 
     def to_start(self) -> StartStreamRequest:
         urls_and_ids = set(StartStreamRequest.model_fields) - {"params", "manifest_id"}
@@ -166,15 +169,12 @@ class UpdateParameters(BaseModel):
     gpu_only: StrictBool | None = None
 
 
-class UpdatePromptsRequest(BaseModel):
+class UpdatePromptsRequest(GivesPrompts, BaseModel):
     """`POST /stream/{id}/update-prompts`."""
 
     prompt: PromptsValue | None = None
     prompts: PromptsValue | None = None
     parameters: UpdateParameters | None = None
-
-    def prompt_value(self) -> Any:
-        return self.prompts if self.prompts is not None else self.prompt
 
 
 class StopStreamRequest(BaseModel):

@@ -4,25 +4,21 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from server.config import ServerConfig
+from server.models import WORKER_PARAMS
 from server.stream_spec import StreamSpec
 from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)
-
-PipelineFactory = Callable[[StreamSpec], Any]
 
 _CLASSES: dict[str, type[BasePipeline]] = {
     "ProcessPoolPipeline": ProcessPoolPipeline,
     "PromptWorkerPipeline": PromptWorkerPipeline,
     "Pipeline": Pipeline,
 }
-# Start params that configure the worker process itself (the seed's restart parameters).
-WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
 
 
 class PipelineResources:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics, StreamSample
-from server.models import StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
+from server.models import WORKER_PARAMS, StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
 from server.prompt_validation import validate_prompts
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
@@ -22,7 +22,7 @@ from server.trickle_stream import TrickleStream
 
 logger = logging.getLogger(__name__)
 
-PipelineFactory = Callable[[StreamSpec], Any]
+PipelineFactory = Callable[[StreamSpec], Any]  # a pipeline for the spec, not yet initialized
 __all__ = [
     "AtCapacity",
     "PipelineFactory",
@@ -177,7 +177,7 @@ class StreamManager:
         fields: dict[str, Any] = {k: getattr(parsed, k) for k in ("width", "height") if k in given}
         if parsed.warmup is not None:
             fields["warmup"] = parsed.warmup
-        for key in ("cwd", "disable_cuda_malloc", "gpu_only"):
+        for key in WORKER_PARAMS:
             if getattr(parsed, key) is not None:
                 fields[key] = getattr(parsed, key)
         parameters = UpdateParameters.model_validate(fields) if fields else None

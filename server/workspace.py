@@ -11,12 +11,12 @@ from typing import Any
 
 from comfystream.comfyui import WorkspaceInfo as LoadedWorkspace
 from server.config import ServerConfig
-from server.models import CustomNodePackage, WorkspaceInfo
+from server.models import WORKER_PARAMS, CustomNodePackage, WorkspaceInfo
 
 logger = logging.getLogger(__name__)
 
 # What a worker is configured with (the seed's workspace-info `config_keys`).
-WORKER_CONFIG_KEYS = ("cwd", "disable_cuda_malloc", "gpu_only", "preview_method")
+WORKER_CONFIG_KEYS = (*WORKER_PARAMS, "preview_method")
 BUILTIN_SOURCE = "comfystream"  # the registry's source of comfystream's own nodes
 
 

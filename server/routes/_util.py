@@ -61,7 +61,7 @@ def api_handler(handler: Handler) -> Handler:
                 request.app[METRICS_KEY].requests_rejected.labels(str(exc.status)).inc()
             raise
         except Exception as exc:
-            http = to_http_error(exc, request)
+            http = to_http_error(exc, request.app)
             if http is None:
                 raise
             request.app[METRICS_KEY].requests_rejected.labels(str(http.status)).inc()
@@ -70,13 +70,14 @@ def api_handler(handler: Handler) -> Handler:
     return wrapped
 
 
-def to_http_error(exc: Exception, request: web.Request) -> web.HTTPException | None:
+def to_http_error(exc: Exception, app: web.Application) -> web.HTTPException | None:
+    """The HTTP error a request error is answered with (None: not a request error)."""
     if isinstance(exc, StreamNotFound):
         return errors.not_found(str(exc.args[0]) if exc.args else "")
     if isinstance(exc, StreamExists):
         return errors.conflict(str(exc.args[0]))
     if isinstance(exc, AtCapacity):
-        return errors.at_capacity(request.app[CONFIG_KEY].max_streams)
+        return errors.at_capacity(app[CONFIG_KEY].max_streams)
     if isinstance(exc, NotNow):  # e.g. a restart while a WebRTC stream's prompts are stopped
         return errors.error_response(web.HTTPConflict, "Not possible now", str(exc))
     if isinstance(exc, PromptRejected):

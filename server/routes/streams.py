@@ -12,6 +12,7 @@ from aiohttp import web
 from server import errors
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
 from server.models import (
+    WORKER_PARAMS,
     CreateStreamRequest,
     ErrorResponse,
     RestartWorkerResponse,
@@ -67,7 +68,7 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         use_prompt_worker=params.use_prompt_worker,
         extra_params={
             **(params.model_extra or {}),
-            **params.model_dump(include={"cwd", "disable_cuda_malloc", "gpu_only"}, exclude_none=True),
+            **params.model_dump(include=set(WORKER_PARAMS), exclude_none=True),
         },
     )
     manager.start(spec)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from server.models import Dimension, PromptsValue, StartStreamRequest
+from server.models import Dimension, GivesPrompts, PromptsValue, StreamId
 
 
 class SessionDescription(BaseModel):
@@ -19,7 +19,7 @@ class Resolution(BaseModel):
     height: Dimension = 512
 
 
-class OfferRequest(BaseModel):
+class OfferRequest(GivesPrompts, BaseModel):
     """`POST /offer`: a peer's offer, the prompts to run (default: invert) and the processing size."""
 
     model_config = ConfigDict(extra="allow")
@@ -30,15 +30,7 @@ class OfferRequest(BaseModel):
     )
     prompt: PromptsValue | None = Field(None, description="one prompt, as `prompts` takes it")
     resolution: Resolution = Field(default_factory=Resolution, description="the size frames are processed at")
-    stream_id: str | None = Field(None, description="the stream's id; by default a new `webrtc-...` id")
-
-    @field_validator("stream_id")
-    @classmethod
-    def _check_id(cls, value: str | None) -> str | None:
-        return StartStreamRequest._check_id(value)  # the same ids a trickle stream accepts
-
-    def prompt_value(self) -> Any:
-        return self.prompts if self.prompts is not None else self.prompt
+    stream_id: StreamId = Field(None, description="the stream's id; by default a new `webrtc-...` id")
 
 
 class OfferAnswer(BaseModel):

@@ -61,7 +61,7 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
         )
 
     def http_error(exc: Exception) -> web.HTTPException | None:
-        return _to_http_error(app, exc)
+        return to_http_error(exc, app)
 
     def describe_nodes(prompts: list[dict]) -> dict:
         return nodes_info(prompts, registry.object_info())
@@ -75,23 +75,8 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
-        state = pc.connectionState
-        logger.info("stream %s: peer connection %s", stream.stream_id, state)
-        if state == "failed":
-            stream.close_soon("peer connection lost", "peer_lost")
-        elif state == "closed":
-            stream.close_soon("peer connection closed", "peer_closed")
-
-
-class _FakeRequest:
-    """`to_http_error` reads only `request.app`."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-
-
-def _to_http_error(app: web.Application, exc: Exception) -> web.HTTPException | None:
-    return to_http_error(exc, _FakeRequest(app))  # type: ignore[arg-type]
+        logger.info("stream %s: peer connection %s", stream.stream_id, pc.connectionState)
+        stream.close_if_peer_gone()
 
 
 def _offer_has_video(sdp: str) -> bool:
@@ -144,7 +129,7 @@ async def offer(request: web.Request) -> web.Response:
         stream.error = stream.error or f"{type(exc).__name__}: {exc}"
         await stream.stop(f"error: {stream.error}", "error")
         if isinstance(exc, Exception) and not isinstance(exc, web.HTTPException):
-            if _to_http_error(request.app, exc) is None:  # not a request error: the worker did not come up
+            if to_http_error(exc, request.app) is None:  # not a request error: the worker did not come up
                 raise errors.error_response(
                     web.HTTPInternalServerError,
                     "Stream failed to start",

@@ -165,15 +165,9 @@ class WebRTCStream(StreamBase):
         except Exception as exc:
             logger.exception("stream %s: reading the peer's %s track failed", self.stream_id, track.kind)
             self.error = f"{track.kind} input: {exc}"
-        if video:
-            # The track ends when the connection does; name the cause the connection knows.
-            state = self.pc.connectionState
-            if state == "failed":
-                self.close_soon("peer connection lost", "peer_lost")
-            elif state == "closed":
-                self.close_soon("peer connection closed", "peer_closed")
-            else:
-                self.close_soon("the peer's video ended", "input_ended")
+        # The track ends when the connection does; name the cause the connection knows.
+        if video and not self.close_if_peer_gone():
+            self.close_soon("the peer's video ended", "input_ended")
 
     def _at_stream_size(self, frame: av.VideoFrame) -> av.VideoFrame:
         """A passed-through frame at the stream's size (as the pipeline's own pass-through), so the
@@ -245,6 +239,15 @@ class WebRTCStream(StreamBase):
         return stats
 
     # ---- stop ------------------------------------------------------------------------------
+
+    def close_if_peer_gone(self) -> bool:
+        """Stop the stream when its peer connection has failed or closed; whether it has."""
+        state = self.pc.connectionState
+        if state == "failed":
+            self.close_soon("peer connection lost", "peer_lost")
+        elif state == "closed":
+            self.close_soon("peer connection closed", "peer_closed")
+        return state in ("failed", "closed")
 
     def close_soon(self, reason: str, kind: str = "request") -> asyncio.Future[None]:
         """Schedule the stop (from a callback that cannot await); the first reason given is kept."""

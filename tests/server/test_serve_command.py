@@ -4,21 +4,17 @@ leaving no worker behind."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from serve_process import serve_process
 
 from server.cli import build_parser
 from server.commands import config_from_args
 from server.trickle_client import create_channel
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_serve_flags() -> None:
@@ -69,59 +65,29 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: signal.Signals) -> None:
     base = f"http://127.0.0.1:{free_port}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--relay",
-            "--port",
-            str(free_port),
-            "--log-level",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, "server exited early"
-                try:
-                    async with http.get(f"{base}/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "server did not come up"
-                await asyncio.sleep(0.1)
-            await create_channel(f"{base}/trickle/sig-in")
-            body = {
-                "subscribe_url": f"{base}/trickle/sig-in",
-                "publish_url": f"{base}/trickle/sig-out",
-                "gateway_request_id": "sig",
-                "params": {"width": 64, "height": 64},
-            }
-            async with http.post(f"{base}/stream/start", json=body) as resp:
-                assert resp.status == 200, await resp.text()
-            while True:
-                async with http.get(f"{base}/stream/sig/worker") as resp:
-                    worker = (await resp.json())["worker"]
-                if worker and worker.get("pid") and worker.get("state") not in (None, "starting"):
-                    break
-                assert time.monotonic() < deadline, f"worker not up: {worker}"
-                await asyncio.sleep(0.1)
+    async with serve_process(free_port, "--relay") as (proc, _), aiohttp.ClientSession() as http:
+        await create_channel(f"{base}/trickle/sig-in")
+        body = {
+            "subscribe_url": f"{base}/trickle/sig-in",
+            "publish_url": f"{base}/trickle/sig-out",
+            "gateway_request_id": "sig",
+            "params": {"width": 64, "height": 64},
+        }
+        async with http.post(f"{base}/stream/start", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+        deadline = time.monotonic() + 60
+        while True:
+            async with http.get(f"{base}/stream/sig/worker") as resp:
+                worker = (await resp.json())["worker"]
+            if worker and worker.get("pid") and worker.get("state") not in (None, "starting"):
+                break
+            assert time.monotonic() < deadline, f"worker not up: {worker}"
+            await asyncio.sleep(0.1)
         worker_pid = worker["pid"]
         assert _alive(worker_pid)
         proc.send_signal(sig)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         assert not _alive(worker_pid)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_bad_workspace_fails_at_start(tmp_path: Path, capsys) -> None:

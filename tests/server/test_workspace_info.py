@@ -13,13 +13,12 @@ import collections
 import importlib.util
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from serve_process import serve_process
 
 from comfystream.comfyui import NodePackageInfo, WorkspaceInfo, comfyui_version
 from comfystream.engine import build_registry
@@ -27,7 +26,6 @@ from server.config import ServerConfig
 from server.trickle_client import create_channel
 from server.workspace import describe
 
-ROOT = Path(__file__).resolve().parents[2]
 NODES = Path(__file__).resolve().parent / "nodes"
 
 
@@ -76,6 +74,7 @@ def _server_env(tmp_path: Path, import_log: Path) -> dict[str, str]:
     if importlib.util.find_spec("torchvision") is None:  # ComfyUI imports it; a stand-in will do
         from tests.comfyui.torchvision_standin import write_standin
 
+        (tmp_path / "standin").mkdir()
         standin = write_standin(tmp_path / "standin")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(standin), env.get("PYTHONPATH", "")) if p)
     return env
@@ -86,67 +85,39 @@ async def test_real_workspace_info_and_custom_nodes_loaded_once(
 ) -> None:
     base = f"http://127.0.0.1:{free_port}"
     import_log = tmp_path / "imports.log"
-    (tmp_path / "standin").mkdir()
     args = ["--workspace", str(comfyui_path), "--custom-nodes", str(NODES), "--relay", "--job-workers", "0"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--port",
-            str(free_port),
-            "--log-level",
-            "WARNING",
-            *args,
-        ],
-        cwd=ROOT,
-        env=_server_env(tmp_path, import_log),
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, "server exited early"
-                try:
-                    async with http.get(f"{base}/health") as resp:
-                        if resp.status == 200:
-                            health = await resp.json()
-                            break
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, "server did not come up"
-                await asyncio.sleep(0.2)
-            # One custom node package failed: the server says so.
-            assert health["status"] == "degraded"
-            assert any(k.endswith("ws_broken_nodes") for k in health["node_load_errors"])
+    env = _server_env(tmp_path, import_log)
+    async with (
+        serve_process(free_port, *args, env=env, timeout=180) as (proc, health),
+        aiohttp.ClientSession() as http,
+    ):
+        # One custom node package failed: the server says so.
+        assert health["status"] == "degraded"
+        assert any(k.endswith("ws_broken_nodes") for k in health["node_load_errors"])
 
-            await create_channel(f"{base}/trickle/ws-in")
-            body = {
-                "subscribe_url": f"{base}/trickle/ws-in",
-                "publish_url": f"{base}/trickle/ws-out",
-                "gateway_request_id": "ws",
-                "params": {"width": 64, "height": 64},
-            }
-            async with http.post(f"{base}/stream/start", json=body) as resp:
-                assert resp.status == 200, await resp.text()
-            while True:  # the worker loads the workspace too
-                async with http.get(f"{base}/stream/ws") as resp:
-                    stream = await resp.json()
-                if stream["state"] == "running":
-                    break
-                assert stream["state"] == "starting" and time.monotonic() < deadline, stream
-                await asyncio.sleep(0.2)
-            worker_pid = stream["workers"][0]["pid"]
-            async with http.get(f"{base}/stream/ws/workspace-info") as resp:
-                assert resp.status == 200
-                info = (await resp.json())["workspace_info"]
+        await create_channel(f"{base}/trickle/ws-in")
+        body = {
+            "subscribe_url": f"{base}/trickle/ws-in",
+            "publish_url": f"{base}/trickle/ws-out",
+            "gateway_request_id": "ws",
+            "params": {"width": 64, "height": 64},
+        }
+        async with http.post(f"{base}/stream/start", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+        deadline = time.monotonic() + 180
+        while True:  # the worker loads the workspace too
+            async with http.get(f"{base}/stream/ws") as resp:
+                stream = await resp.json()
+            if stream["state"] == "running":
+                break
+            assert stream["state"] == "starting" and time.monotonic() < deadline, stream
+            await asyncio.sleep(0.2)
+        worker_pid = stream["workers"][0]["pid"]
+        async with http.get(f"{base}/stream/ws/workspace-info") as resp:
+            assert resp.status == 200
+            info = (await resp.json())["workspace_info"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
     assert info["engine"] == "comfyui" and info["workspace_path"] == str(comfyui_path)
     assert info["comfyui_version"] == comfyui_version(comfyui_path)
