@@ -5,6 +5,7 @@
 Each figure comes with a baseline measured in the same run, and their ratio:
   encode  SegmentEncoder.encode (rgb24 in: one swscale pass, x264, TS mux) vs bare libx264 on yuv420p
   decode  SegmentDecoder (TS gate, demux, decode) + frame_to_ndarray vs bare PyAV demux+decode
+  hop     encode -> TS -> streaming decode, per frame at 30 fps vs bare x264 -> h264 packets
   relay   one publisher -> relay -> 1 and 10 subscribers vs one POST into a discarding handler
 The relay runs in its own process (as `comfystream relay` would).
 """
@@ -18,6 +19,7 @@ import logging
 import multiprocessing as mp
 import socket
 import statistics
+import threading
 import time
 from fractions import Fraction
 
@@ -120,6 +122,64 @@ def bench_codec(n: int) -> None:
     print(f"decode TS -> yuv frames:     {dec_fps:7.0f} fps (per frame {fmt_ms(dec_times)})")
     print(f"  baseline bare PyAV decode: {base_fps:7.0f} fps  ratio {dec_fps / base_fps:.2f}")
     print(f"  yuv420p -> rgb24 512x512 (frame_to_ndarray): {fmt_ms(conv_times)}")
+
+
+def bench_hop(n: int) -> None:
+    """Encode -> TS -> streaming decode at FPS: time from a frame going into the encoder to it
+    coming out of the decoder, and how many frames later. Baseline: the same codecs on bare
+    H.264 packets (no TS, no segments), which hold no frame back."""
+    rgb = [ndarray_to_frame(scene(i)) for i in range(n)]
+    out_at: dict[int, float] = {}
+    cond = threading.Condition()
+
+    def on_frame(frame) -> None:
+        if isinstance(frame, av.VideoFrame):
+            with cond:
+                out_at[frame.pts] = time.perf_counter()
+                cond.notify_all()
+
+    encoder = SegmentEncoder(SIZE, SIZE, segment_seconds=1.0)
+    decoder = SegmentDecoder(on_frame=on_frame, stream_id="bench")
+    in_at: dict[int, float] = {}
+    behind: list[int] = []
+    for i, f in enumerate(rgb):
+        f.pts, f.time_base = i * 3000, Fraction(1, 90000)
+        in_at[f.pts] = time.perf_counter()
+        for c in encoder.encode(f):
+            if c.data:
+                decoder.feed(c.data)
+            if c.end:
+                decoder.end_segment()
+        with cond:
+            cond.wait(1 / FPS)  # a frame interval, or until something comes out
+            behind.append(i + 1 - len(out_at))
+        time.sleep(max(0.0, in_at[f.pts] + 1 / FPS - time.perf_counter()))
+    for c in encoder.flush():
+        decoder.feed(c.data)
+    decoder.end_segment()
+    decoder.close()
+    hop = [out_at[p] - in_at[p] for p in in_at if p in out_at]
+
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width = enc.height = SIZE
+    enc.pix_fmt, enc.time_base = "yuv420p", Fraction(1, 90000)
+    enc.options = {"preset": "superfast", "tune": "zerolatency", "bf": "0", "crf": "23"}
+    dec = av.CodecContext.create("h264", "r")
+    base = []
+    for i, f in enumerate(rgb):
+        t0 = time.perf_counter()
+        yuv = f.reformat(format="yuv420p")
+        yuv.pts = i * 3000
+        frames = [d for p in enc.encode(yuv) for d in dec.decode(p)]
+        if frames:
+            base.append(time.perf_counter() - t0)
+    print(
+        f"hop encode -> TS -> streaming decode: {fmt_ms(hop)}, frames behind median "
+        f"{statistics.median(behind):.0f} max {max(behind)}"
+    )
+    print(
+        f"  baseline bare x264 -> h264 packets: {fmt_ms(base)}  ratio {statistics.median(hop) / statistics.median(base):.2f}"
+    )
 
 
 def _relay_main(port: int, ready) -> None:
@@ -239,6 +299,7 @@ def main() -> None:
         logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(name)s: %(message)s")
     if not args.skip_codec:
         bench_codec(args.frames)
+        bench_hop(min(args.frames, 90))
     asyncio.run(bench_relay(args.mb))
 
 

@@ -26,8 +26,10 @@ Frame = av.VideoFrame | av.AudioFrame
 FrameCallback = Callable[[Frame], None]
 
 # Probe as little as possible: decoding starts as soon as PAT/PMT and the keyframe are in.
-# (Not fflags=nobuffer: it drops the packets read while probing.)
-_OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
+# (Not fflags=nobuffer: it drops the packets read while probing.) noparse: each PES is one
+# whole access unit (as MPEG-TS muxers write them), so it goes to the decoder as it is; the
+# H.264 parser would hold every frame back until the next one starts.
+_OPEN_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fflags": "+noparse+nofillin"}
 
 
 @dataclass

@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 MIME_TYPE = "video/mp2t"
 TS_TIME_BASE = Fraction(1, 90_000)
+# flush_packets: bytes out as each packet is muxed. omit_video_pes_length=0: video PES carry
+# their length, so a reader knows a frame is whole at its last byte (without it, the demuxer
+# and the TsGate wait for the next frame's PES to start: a frame of latency per hop).
+_MUX_OPTIONS = {"flush_packets": "1", "omit_video_pes_length": "0"}
 _MAX_HELD_AUDIO = 200  # packets held for the next segment (about 4 s of AAC)
 _ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 
@@ -233,7 +237,7 @@ class SegmentEncoder:
     def _start_segment(self, start_pts: int) -> None:
         self._segment += 1
         self._segment_start = start_pts
-        self._mux = av.open(self._sink, "w", format="mpegts", container_options={"flush_packets": "1"})
+        self._mux = av.open(self._sink, "w", format="mpegts", container_options=_MUX_OPTIONS)
         self._mux_video = self._mux.add_mux_stream("h264", width=self.width, height=self.height)
         self._mux_video.time_base = TS_TIME_BASE
         self._mux_audio = None

@@ -3,10 +3,11 @@
 FFmpeg's demuxer resyncs over garbage and its H.264 decoder conceals what is missing, so a
 damaged segment would come out as damaged frames, silently. The gate checks each 188-byte
 packet (sync byte, per-PID continuity counter) and holds back the bytes of the video PES in
-progress until the next one starts. The demuxer cannot emit a video PES before that anyway
-(video PES have no length in MPEG-TS), so holding costs no latency. At the first fault the
-held PES and everything after it are dropped: the frames before the fault come out intact,
-and none after it.
+progress until it is known to be whole: at once when its last byte arrives if its header gives
+its length (our encoder writes it), else when the next video PES starts (the demuxer cannot emit
+a PES without a length any earlier, so holding that one costs nothing). At the first fault the
+held PES and everything after it are dropped: the frames before the fault come out intact, and
+none after it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 TS_PACKET = 188
 _SYNC = 0x47
 _NULL_PID = 0x1FFF
+_PES_HEADER = 6  # start code, stream id, PES_packet_length
 
 
 class TsGate:
@@ -27,6 +29,8 @@ class TsGate:
         self._held = bytearray()
         self._cc: dict[int, int] = {}
         self._video_seen = False
+        self._pes_pid: int | None = None  # the PES being held, while it is not whole yet
+        self._pes_missing: int | None = None  # its bytes still to come (None: no length given)
 
     def push(self, data: bytes) -> bytes:
         if self.error is not None or not data:
@@ -45,33 +49,51 @@ class TsGate:
                 self._partial = b""
                 return bytes(out)
             self.offset += TS_PACKET
-            if self._is_release_point(packet):
+            pes_start = self._release_point(packet)
+            if pes_start is not None:
                 out += self._held
                 self._held = bytearray(packet)
+                self._pes_pid = _pid(packet)
+                length = (packet[pes_start + 4] << 8) | packet[pes_start + 5]
+                self._pes_missing = length + _PES_HEADER - (TS_PACKET - pes_start) if length else None
+            elif self._pes_pid is None:
+                out += packet  # no PES held (tables, or after a whole one): nothing to wait for
+                continue
             else:
                 self._held += packet
+                if self._pes_missing is not None and _pid(packet) == self._pes_pid:
+                    self._pes_missing -= _payload_size(packet)
+            if self._pes_missing is not None and self._pes_missing <= 0:
+                out += self._held  # the PES is whole: the demuxer can emit it now
+                self._held.clear()
+                self._pes_pid = self._pes_missing = None
         return bytes(out)
 
     def finish(self) -> bytes:
         """The end of the segment: the last PES goes through, unless the segment was cut
-        inside a packet (then that PES is incomplete and is dropped)."""
+        inside a packet or short of the PES's own length (then that PES is incomplete and is
+        dropped)."""
         if self.error is not None:
             return b""
         if self._partial:
             self.error = f"truncated inside a packet at byte {self.offset + len(self._partial)}"
             # the held PES is whole if the cut packet was already starting the next one
             padded = memoryview(self._partial.ljust(TS_PACKET, b"\xff"))
-            whole = self._check(padded) is None and self._is_release_point(padded)
-            out = bytes(self._held) if whole else b""
+            whole = self._check(padded) is None and self._release_point(padded) is not None
+            out = bytes(self._held) if whole and self._pes_missing is None else b""
             self._held.clear()
             return out
+        if self._pes_missing is not None:
+            self.error = f"truncated: the last PES lacks {self._pes_missing} bytes at byte {self.offset}"
+            self._held.clear()
+            return b""
         out, self._held = bytes(self._held), bytearray()
         return out
 
     def _check(self, packet: memoryview) -> str | None:
         if packet[0] != _SYNC:
             return "lost sync"
-        pid = ((packet[1] & 0x1F) << 8) | packet[2]
+        pid = _pid(packet)
         afc = (packet[3] >> 4) & 3
         if afc == 0:
             return "reserved adaptation field control"
@@ -85,18 +107,30 @@ class TsGate:
             return None  # (a repeated counter is an allowed duplicate)
         return f"continuity error on pid {pid} (expected {(last + 1) & 0x0F}, got {cc})"
 
-    def _is_release_point(self, packet: memoryview) -> bool:
-        """The start of a video PES (of any PES while no video has been seen: audio only)."""
+    def _release_point(self, packet: memoryview) -> int | None:
+        """Where the PES starts in ``packet`` if it starts a video PES (any PES while no video
+        has been seen: audio only); ``None`` otherwise."""
         if not packet[1] & 0x40:  # payload_unit_start_indicator
-            return False
+            return None
         afc = (packet[3] >> 4) & 3
         start = 4 + (1 + packet[4] if afc & 2 else 0)
-        if not afc & 1 or start + 4 > TS_PACKET:
-            return False
+        if not afc & 1 or start + _PES_HEADER > TS_PACKET:
+            return None
         head = packet[start : start + 4]
         if not (head[0] == 0 and head[1] == 0 and head[2] == 1):
-            return False  # a table (PAT/PMT), not a PES
+            return None  # a table (PAT/PMT), not a PES
         if 0xE0 <= head[3] <= 0xEF:
             self._video_seen = True
-            return True
-        return not self._video_seen
+            return start
+        return None if self._video_seen else start
+
+
+def _pid(packet: memoryview) -> int:
+    return ((packet[1] & 0x1F) << 8) | packet[2]
+
+
+def _payload_size(packet: memoryview) -> int:
+    afc = (packet[3] >> 4) & 3
+    if not afc & 1:
+        return 0
+    return TS_PACKET - 4 - (1 + packet[4] if afc & 2 else 0)

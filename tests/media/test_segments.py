@@ -21,6 +21,7 @@ from comfystream.media import (
     ndarray_to_frame,
     read_index,
 )
+from comfystream.media.tsgate import TsGate
 
 W, H = 128, 96
 FPS = 30
@@ -183,6 +184,52 @@ def test_streaming_decode_emits_frames_before_the_segment_ends(three_seconds):
     assert decoder.stats.video_frames == 90 and decoder.stats.corrupt_segments == 0
     with pytest.raises(RuntimeError):
         decoder.feed(b"after close")
+
+
+def test_each_frame_is_decoded_from_its_own_bytes_without_waiting_for_the_next():
+    """No frame of latency in demuxing: a frame comes out once its bytes are in (the PES
+    carries its length, the gate releases it whole, no parser waits for the next frame)."""
+    encoder = SegmentEncoder(W, H, segment_seconds=10.0)
+    got: list[int] = []
+    cond = threading.Condition()
+
+    def on_frame(frame):
+        with cond:
+            got.append(read_index(frame_to_ndarray(frame)))
+            cond.notify_all()
+
+    decoder = SegmentDecoder(on_frame=on_frame, stream_id="t")
+    behind: list[int] = []
+    try:
+        for i, frame in enumerate(index_frames(20)):
+            for chunk in encoder.encode(frame):
+                decoder.feed(chunk.data)
+            with cond:
+                cond.wait_for(lambda i=i: len(got) > i, timeout=5)
+                behind.append(i + 1 - len(got))
+        for chunk in encoder.flush():
+            decoder.feed(chunk.data)
+        decoder.end_segment()
+    finally:
+        decoder.close()
+    assert behind == [0] * 20  # frames still inside the decoder when the next one was sent
+    assert got == list(range(20)) and decoder.stats.corrupt_segments == 0
+
+
+def test_gate_passes_a_pes_at_its_last_byte_and_refuses_one_cut_short():
+    encoder = SegmentEncoder(W, H, segment_seconds=10.0)
+    per_frame = [b"".join(c.data for c in encoder.encode(f)) for f in index_frames(3)]
+    gate = TsGate()
+    passed = [gate.push(data) for data in per_frame]
+    assert passed == per_frame and gate.error is None  # nothing held back between frames
+    assert gate.finish() == b""
+
+    cut = TsGate()  # the keyframe's PES lacks its last packet: the segment ended early
+    head = per_frame[0][:-188]
+    assert len(cut.push(head)) < len(head)  # the frame's PES is held: it is not whole
+    assert cut.finish() == b"" and "truncated" in (cut.error or "")
+    # what went through before the cut was the tables only: no part of the frame
+    assert SegmentDecoder().decode_segment(per_frame[0][:-188]) == []
 
 
 def corrupt_middle(seg: bytes) -> bytes:
