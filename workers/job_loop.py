@@ -17,7 +17,7 @@ import time
 import traceback
 from collections import OrderedDict
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, NoReturn
 
 from workers import child
 from workers import job_messages as jm
@@ -29,13 +29,25 @@ logger = logging.getLogger(__name__)
 # whose inputs did not change (ComfyUI's cache: they are reported in execution_cached).
 PLAN_CACHE_SIZE = 4
 
+# At stop, a running job gets this long to honour its cancel token (and report "interrupted");
+# well inside the server's graceful stop, so a node that ignores the token cannot push the exit
+# into SIGTERM.
+STOP_JOB_GRACE_S = 0.5
 
-def run_job_loop() -> dict[str, Any]:
-    """The task submitted once to a job worker's executor (after `child.initialize`)."""
+
+def run_job_loop() -> NoReturn:
+    """The task submitted once to a job worker's executor (after `child.initialize`); ends the
+    process."""
     state = child._STATE  # set by the initializer that ran in this process
     if state is None:
         raise RuntimeError("run_job_loop without initialize")
-    return _JobLoop(state).run()
+    summary = _JobLoop(state).run()
+    # Leave at once, as the frame loop does: returning to the executor would make the exit wait
+    # for the server's exit sentinel and then for interpreter finalisation, which joins every
+    # non-daemon thread a node library started and the job thread if it ignored its cancel token
+    # (seconds, or for ever). Every answer has been sent; outputs are written by finished jobs.
+    logging.shutdown()
+    os._exit(0 if summary["reason"] == "stop" else child.ABANDONED_EXIT_CODE)
 
 
 class _JobLoop:
@@ -80,7 +92,7 @@ class _JobLoop:
             self.stopping = True
             self._interrupt(None, "worker stopping")
             self._jobs.put(None)
-            self._thread.join(2.0)  # a node that ignores the cancel token must not hold the exit
+            self._thread.join(STOP_JOB_GRACE_S)  # a node that ignores the token must not hold the exit
         logger.debug("job loop ends: %s", reason)
         return {"reason": reason, "jobs_done": self.jobs_done}
 

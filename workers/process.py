@@ -32,6 +32,9 @@ _SPAWN = multiprocessing.get_context("spawn")
 # *thread* that forked the child exits, and spawning here also keeps fork+exec off the event loop.
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner")
 
+# How long a stop waits for the executor's manager thread to reap a process that is already gone.
+REAP_TIMEOUT_S = 5.0
+
 _live: set[WorkerProcess] = set()
 _live_lock = threading.Lock()
 
@@ -386,13 +389,25 @@ class WorkerProcess:
                         logger.error("%s (pid %s) survived SIGKILL", self.name, self.pid)
             await self._reap()
         finally:
+            if self._proc is not None:
+                # Cancelled part-way (a server shutting down with a deadline): the process
+                # must not outlive its handle, so it goes now, without waiting.
+                self.kill()
             self._finish(reason)
             self._stopped.set_result(None)
 
     _stopped: asyncio.Future[None] | None = None
 
     async def _reap(self) -> None:
-        """Join the executor's manager thread (fast now that the process is gone) and close fds."""
+        """Wait for the executor's manager thread, then read the exit code and close.
+
+        The process is gone (or killed) by now. The manager thread reaps it in every path (its
+        orderly exit, or `terminate_broken` -> `join_executor_internals` -> `p.join()`), so it
+        alone joins the process: a second joiner races its waitpid (and reads no exit code), and
+        closing the Process before the manager is done makes its join raise "process object is
+        closed". Waited on a thread of its own, not the loop's default executor, which may be
+        busy with other blocking work when many streams stop at once.
+        """
         loop = self._loop
         assert loop is not None
         if self._conn is not None:
@@ -401,28 +416,34 @@ class WorkerProcess:
             loop.remove_reader(self._proc.sentinel)
         proc, manager = self._proc, self._manager
         result_queue = self._result_queue
+        if proc is None:
+            return
+        reaped: asyncio.Future[int | None] = loop.create_future()
+
+        def report(exitcode: int | None) -> None:
+            if not reaped.done():
+                reaped.set_result(exitcode)
 
         def join() -> None:
-            if proc is not None:
-                proc.join(5.0)
-            # The executor's manager thread joins the process too, then ends: wait for it before
-            # closing the process object it holds, and close the queue it read from.
             if manager is not None:
-                manager.join(5.0)
-            if proc is not None:
-                # Read after both joins: the two threads race to reap, and the loser sees None.
-                self.exitcode = proc.exitcode
+                manager.join(REAP_TIMEOUT_S)
+            else:
+                proc.join(REAP_TIMEOUT_S)
+            exitcode = proc.exitcode
             if manager is not None and manager.is_alive():
-                logger.warning("%s: executor thread still running after 5 s", self.name)
-                return
-            if result_queue is not None:
-                result_queue.close()
-            if proc is not None and proc.exitcode is not None:
+                logger.warning("%s: executor thread still running after %.0f s", self.name, REAP_TIMEOUT_S)
+            elif exitcode is not None:
+                # Nothing else holds them now.
+                if result_queue is not None:
+                    result_queue.close()
                 proc.close()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(report, exitcode)
 
-        await loop.run_in_executor(None, join)
-        if proc is not None and self.exitcode is not None:
-            self._proc = None  # closed: its pid and exit code are kept above
+        threading.Thread(target=join, name=f"{self.name}-reap", daemon=True).start()
+        self.exitcode = await asyncio.shield(reaped)
+        if self.exitcode is not None:
+            self._proc = None  # closed: its pid and exit code are kept
 
     def _finish(self, reason: str) -> None:
         if self._conn is not None:
