@@ -20,7 +20,7 @@ from typing import Any
 import av
 import numpy as np
 
-from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
+from comfystream.media.convert import frame_to_ndarray
 from comfystream.pipeline.backend import (
     ChannelSpec,
     EventCallback,
@@ -240,7 +240,7 @@ class BasePipeline:
         """The input as output, at the stream's size so the encoder sees one size throughout."""
         if frame.width == self.width and frame.height == self.height:
             return frame
-        return ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
+        return rgb_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
 
     def _on_result(
         self,

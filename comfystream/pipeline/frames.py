@@ -34,9 +34,16 @@ def rgb_to_frame(rgb: np.ndarray, template: Any = None) -> av.VideoFrame:
     dst = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, : width * 3]
     np.copyto(dst.reshape(height, width, 3), rgb)
     if template is not None:
-        frame.pts = template.pts
-        frame.time_base = template.time_base
+        copy_timing(template, frame)
     return frame
+
+
+def copy_timing(src: Any, dst: av.VideoFrame) -> None:
+    """`src`'s pts and time_base onto `dst`. A frame made in code may have a pts and no time_base
+    (None): the output keeps exactly that, as PyAV refuses None for time_base."""
+    dst.pts = src.pts
+    if src.time_base is not None:
+        dst.time_base = src.time_base
 
 
 @dataclass(slots=True)

@@ -77,7 +77,26 @@ class FailAlways:
         raise RuntimeError("this node always fails")
 
 
-NODE_CLASS_MAPPINGS = {"SlowInvert": SlowInvert, "HangIfFile": HangIfFile, "FailAlways": FailAlways}
+class FailIfFile:
+    """Passes images through, and fails while `path` exists (the dry run passes; frames fail)."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "path": ("STRING", {"default": ""})}}
+
+    def run(self, images, path):
+        if os.path.exists(path):
+            raise RuntimeError(f"{path} exists")
+        return (images,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "SlowInvert": SlowInvert, "HangIfFile": HangIfFile, "FailAlways": FailAlways, "FailIfFile": FailIfFile
+}
 '''
 
 
@@ -95,6 +114,14 @@ def hang_prompt(path: str, stubborn: bool = False) -> dict:
         "2": {"class_type": "HangIfFile", "inputs": {"images": ["1", 0], "path": path, "stubborn": stubborn}},
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
         "4": {"class_type": "SaveTensor", "inputs": {"images": ["3", 0]}},
+    }
+
+
+def fail_if_file_prompt(path: str) -> dict:
+    return {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "FailIfFile", "inputs": {"images": ["1", 0], "path": path}},
+        "3": {"class_type": "SaveTensor", "inputs": {"images": ["2", 0]}},
     }
 
 

@@ -7,8 +7,17 @@ import os
 import signal
 
 import av
-from conftest import IDENTITY_PROMPT, Collector, check_output, make_frame, slow_prompt
+from conftest import (
+    IDENTITY_PROMPT,
+    Collector,
+    check_output,
+    eventually,
+    fail_if_file_prompt,
+    make_frame,
+    slow_prompt,
+)
 
+from comfystream.media.testpattern import make_index_frame, read_index
 from comfystream.pipeline import Pipeline, ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
 
@@ -133,3 +142,34 @@ async def test_shared_worker_keeps_streams_apart(backend, no_leaks):
     assert {(f.width, f.height) for f in out_a} == {(128, 96)}
     assert {(f.width, f.height) for f in out_b} == {(96, 64)}
     assert stats_a["mismatched"] == stats_b["mismatched"] == 0
+
+
+async def test_frames_without_time_base_keep_their_pts_processed_or_passed_through(backend, tmp_path, no_leaks):
+    """A frame made in code may carry a pts and no time_base: outputs keep exactly that, whether the
+    workflow processed the frame or it passed through (here resized to the stream's size)."""
+    marker = tmp_path / "fail-now"
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="no-time-base", backend=backend, max_queued=10_000
+    )
+    await pipeline.initialize([fail_if_file_prompt(str(marker))])
+    try:
+        collector = Collector(pipeline)
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(make_index_frame(i, 128, 96), format="rgb24")
+            frame.pts = i * 1000
+            await pipeline.put_video_frame(frame)
+        await eventually(lambda: pipeline.stats()["processed"] == 3)
+        marker.touch()  # from now on the workflow fails: frames pass through
+        for i in range(3, 6):
+            frame = av.VideoFrame.from_ndarray(make_index_frame(i, 160, 120), format="rgb24")
+            frame.pts = i * 1000
+            await pipeline.put_video_frame(frame)
+        outputs = await collector.finish()
+        stats = pipeline.stats()
+    finally:
+        await pipeline.cleanup()
+    assert (stats["processed"], stats["passed_through"], stats["mismatched"]) == (3, 3, 0)
+    assert [(f.pts, f.time_base, f.width, f.height) for f in outputs] == [
+        (i * 1000, None, 128, 96) for i in range(6)
+    ]
+    assert [read_index(f.to_ndarray(format="rgb24")) for f in outputs[:3]] == [0, 1, 2]

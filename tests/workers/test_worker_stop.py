@@ -22,7 +22,7 @@ from workers.process import WorkerStartError
 # A node that ignores its cancel token, run from a non-daemon thread that never ends (as a node
 # library's own worker thread would be): an interpreter finalising normally waits for it for ever.
 STUBBORN_NODES = textwrap.dedent(
-    '''
+    """
     import threading
     import time
 
@@ -48,7 +48,7 @@ STUBBORN_NODES = textwrap.dedent(
 
 
     NODE_CLASS_MAPPINGS = {"StubbornNode": StubbornNode}
-    '''
+    """
 )
 
 STUBBORN_PROMPT = {"1": {"class_type": "StubbornNode", "inputs": {}}}
@@ -66,7 +66,9 @@ async def test_job_worker_stops_gracefully_while_a_node_ignores_its_cancel_token
     proc = await backend.spawn_process(WorkerSpec(), "stubborn-job", JobWorkerProcess)
     assert isinstance(proc, JobWorkerProcess)
     started = asyncio.get_running_loop().create_future()
-    proc.on_job_event = lambda msg: msg.event == "progress_text" and not started.done() and started.set_result(msg)
+    proc.on_job_event = lambda msg: (
+        msg.event == "progress_text" and not started.done() and started.set_result(msg)
+    )
     try:
         proc.send(jm.RunJob("p1", STUBBORN_PROMPT))
         event = await asyncio.wait_for(started, 60.0)
