@@ -360,6 +360,7 @@ class TrickleRelay:
         if content.at_eof():
             return None
         read = asyncio.ensure_future(content.readany())
+        closed: asyncio.Future[None] | None = None
         try:
             while True:
                 if seg.closed:
@@ -378,10 +379,14 @@ class TrickleRelay:
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     request.writer.output_size = 0
         finally:
+            if closed is not None:
+                closed.cancel()
             if not read.done():
                 read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                    await read
+            # also when it is done: a publisher whose connection dropped as this handler was
+            # cancelled left its ConnectionResetError there, to be retrieved
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await read
 
 
 async def _quiet_expect_handler(request: web.Request) -> None:

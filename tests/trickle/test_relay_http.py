@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import socket
+import struct
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from comfystream.trickle.protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_RESET, HEADER_SEQ
+from comfystream.trickle.relay import TrickleRelay, add_relay_routes
 
 from .conftest import start_relay
 
@@ -307,3 +312,30 @@ async def test_every_reader_gets_every_byte(relay_server, http, readers):
     for task in gets:
         async with await asyncio.wait_for(task, 5) as resp:
             assert await resp.read() == payload
+
+
+async def test_a_publisher_dropping_its_connection_leaves_no_unretrieved_error(caplog):
+    """The publisher's connection resets while the relay waits for its first byte, and aiohttp
+    cancels the handler in the same step: the pending read's error is still taken care of."""
+    app = web.Application()
+    add_relay_routes(app, "", TrickleRelay())
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    try:
+        for k in range(3):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.setblocking(False)
+                head = f"POST /drop/{k} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                await loop.sock_sendall(sock, head.encode())
+                await asyncio.sleep(0.1)  # the handler waits for the first byte
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+            await asyncio.sleep(0.1)
+    finally:
+        await runner.cleanup()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
