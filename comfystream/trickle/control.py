@@ -8,7 +8,6 @@ an exception in it is logged and does not stop the subscription.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import json
 import logging
@@ -17,6 +16,7 @@ from typing import Any
 
 from .protocol import KEEPALIVE_MESSAGE, TrickleError
 from .subscriber import TrickleSubscriber
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,7 @@ class ControlSubscriber:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._subscriber.close()
 
     async def wait(self) -> None:

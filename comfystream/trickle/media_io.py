@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 import av
 
@@ -27,28 +27,13 @@ from ..media.encoder import MIME_TYPE, EncodedChunk, SegmentEncoder
 from .protocol import TrickleError
 from .publisher import SegmentWriter, TricklePublisher
 from .subscriber import TrickleSubscriber
+from .tasks import cancel_and_wait, run_uncut
 
 logger = logging.getLogger(__name__)
 
 Frame = av.VideoFrame | av.AudioFrame
 SegmentHook = Callable[[int], Awaitable[None] | None]
 _END = object()
-_T = TypeVar("_T")
-
-
-async def run_uncut(step: Awaitable[_T]) -> _T:
-    """Run ``step`` to its end even if the caller is cancelled (the cancel then propagates once
-    it is done). For encode-and-send: the bytes an encoder made belong to the stream (later
-    frames refer to them, the muxer counted their TS packets), so dropping them midway would
-    damage the rest of the segment for every reader."""
-    task = asyncio.ensure_future(step)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait({task})
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("step finished after a cancel failed: %r", task.exception())
-        raise
 
 
 async def _call(hook: SegmentHook | None, seq: int) -> None:
@@ -157,10 +142,7 @@ class FrameSubscriber:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await self._subscriber.close()
 
 
