@@ -13,6 +13,7 @@ Budget: < 0.5 ms at the median. Then the aggregate frames/s of 1, 2 and 4 stream
 own worker, each kept busy (max_inflight frames always in its worker).
 
     .venv/bin/python bench/transport.py [--frames 300] [--size 512] [--duration 5] [--streams 1,2,4]
+                                        [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.pipeline.frames import rgb_to_frame
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend
+from workers.tensors import image_into_rgb, rgb_to_image
 
 BUDGET_MS = 0.5
 
@@ -50,16 +52,23 @@ def make_frame(i: int, size: int) -> av.VideoFrame:
     return frame
 
 
-def in_process(plan, frame: av.VideoFrame, size: int) -> tuple[av.VideoFrame, float]:
-    """The frame through the prompt in this process; returns (output, ms the prompt itself took)."""
-    rgb = frame_to_ndarray(frame, size, size)
-    tensor = torch.from_numpy(rgb).to(torch.float32).div_(255.0).unsqueeze_(0)
-    started = time.perf_counter()
-    result = plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
-    prompt_ms = (time.perf_counter() - started) * 1000.0
-    out = torch.empty((size, size, 3), dtype=torch.uint8)
-    out.copy_(result.frames[0][0].clamp(0.0, 1.0).mul_(255.0).add_(0.5))
-    return rgb_to_frame(out.numpy(), frame), prompt_ms  # the same conversion the pipeline uses
+class InProcess:
+    """The frame through the prompt in this process, with the worker's own conversions."""
+
+    def __init__(self, plan, size: int):
+        self.plan, self.size = plan, size
+        self.out = np.empty((size, size, 3), dtype=np.uint8)
+        self.scratch = None
+
+    def __call__(self, frame: av.VideoFrame) -> tuple[av.VideoFrame, float]:
+        """Returns (output, ms the prompt itself took)."""
+        rgb = frame_to_ndarray(frame, self.size, self.size)
+        tensor = rgb_to_image(torch, rgb)
+        started = time.perf_counter()
+        result = self.plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
+        prompt_ms = (time.perf_counter() - started) * 1000.0
+        self.scratch = image_into_rgb(torch, result.frames[0][0], self.out, self.scratch)
+        return rgb_to_frame(self.out, frame), prompt_ms  # the same conversion the pipeline uses
 
 
 def line(name: str, values: list[float]) -> str:
@@ -67,7 +76,7 @@ def line(name: str, values: list[float]) -> str:
 
 
 async def latency(backend: ProcessPoolBackend, frames: int, size: int, gap_s: float) -> None:
-    plan = compile_prompt(DEFAULT_PROMPT, build_registry())
+    in_process = InProcess(compile_prompt(DEFAULT_PROMPT, build_registry()), size)
     pipeline = ProcessPoolPipeline(
         width=size, height=size, stream_id="bench", backend=backend, warmup_frames=5
     )
@@ -81,7 +90,7 @@ async def latency(backend: ProcessPoolBackend, frames: int, size: int, gap_s: fl
         for i in range(frames + 20):
             frame = inputs[i % len(inputs)]
             t0 = time.perf_counter()
-            out_local, local_prompt_ms = in_process(plan, frame, size)
+            out_local, local_prompt_ms = in_process(frame)
             t1 = time.perf_counter()
             await pipeline.put_video_frame(frame)
             out_worker = await pipeline.get_processed_video_frame()
@@ -152,7 +161,11 @@ async def throughput(backend: ProcessPoolBackend, streams: int, size: int, durat
 
 async def main_async(args: argparse.Namespace) -> None:
     env = {"OMP_WAIT_POLICY": args.omp_wait_policy} if args.omp_wait_policy else {}
-    backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[], env=env)
+    threads = args.torch_threads or None
+    backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[], env=env, torch_threads=threads)
+    if threads:
+        torch.set_num_threads(threads)  # the in-process side runs as a worker does
+    print(f"torch threads: {torch.get_num_threads()} in-process and in each worker")
     try:
         await latency(backend, args.frames, args.size, args.gap_ms / 1000.0)
         print(
@@ -184,6 +197,12 @@ def main() -> int:
         "--omp-wait-policy",
         default="",
         help="OMP_WAIT_POLICY for the workers (PASSIVE: idle OpenMP threads sleep instead of spinning)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads of the workers and of the in-process side (0: torch's default)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -41,6 +41,7 @@ class BackendSettings:
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
     workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
     workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
+    torch_threads: int | None = 1  # each worker's torch intra-op threads (None: torch's default)
 
 
 class ProcessPoolBackend:
@@ -125,6 +126,7 @@ class ProcessPoolBackend:
             env=s.env,
             workspace=s.workspace,
             workspace_settings=s.workspace_settings,
+            torch_threads=s.torch_threads,
         )
         proc = process_class(
             config,

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from workers import messages as m
 from workers.lifecycle import die_with_parent
 from workers.ring import FrameRing
+from workers.tensors import image_into_rgb, rgb_to_image
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class WorkerConfig:
     # its WorkspaceSettings fields beyond gpu_only / disable_cuda_malloc, as (name, value) pairs.
     workspace: str | None = None
     workspace_settings: tuple[tuple[str, Any], ...] = ()
+    # torch's intra-op threads (None: torch's default, one per core). Several workers share the
+    # cores with the server, and OpenMP threads of different processes fighting for them cost
+    # more than they gain: one each unless asked.
+    torch_threads: int | None = 1
 
 
 def pinned_environment(config: WorkerConfig) -> dict[str, str]:
@@ -103,6 +108,9 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         if config.cwd:
             os.chdir(config.cwd)
         import torch
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
 
         from comfystream.engine import build_registry
 
@@ -203,6 +211,7 @@ class _Channel:
     last_frame: Any = None
     last_frame_id: int = -1
     frames: int = 0
+    scratch: Any = None  # the float buffer of the conversion back to uint8, kept between frames
 
 
 class _FrameLoop:
@@ -306,6 +315,7 @@ class _FrameLoop:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cuda_device_count": ready.cuda_device_count,
             "cwd": os.getcwd(),
+            "torch_threads": self.torch.get_num_threads(),
             "frames_processed": self.frames_processed,
             "channels": {
                 name: {"width": c.width, "height": c.height, "prompts": len(c.plans), "active": c.active}
@@ -348,12 +358,7 @@ class _FrameLoop:
 
     def _load(self, rgb: Any) -> Any:
         """uint8 HxWx3 in shared memory -> IMAGE [1,H,W,3] float32 0..1 on the device (one conversion)."""
-        torch = self.torch
-        src = torch.from_numpy(rgb)
-        if self.device.type != "cpu":
-            src = src.to(self.device, non_blocking=False)
-        # mul by 1/255 rather than div: a faster kernel, and the same bytes once scaled back.
-        return src.to(torch.float32).mul_(1.0 / 255.0).unsqueeze_(0)
+        return rgb_to_image(self.torch, rgb, self.device)
 
     def _execute(self, channel: _Channel, index: int, frame: Any) -> Any:
         from comfystream.engine import ExecutionContext
@@ -381,9 +386,7 @@ class _FrameLoop:
                 mode="bilinear",
                 align_corners=False,
             )[0].permute(1, 2, 0)
-        # copy_ casts float -> uint8 by truncation, so +0.5 rounds; one pass, straight into shared memory.
-        scaled = torch.add(0.5, img.float(), alpha=255.0).clamp_(0.0, 255.0)  # 255 * img + 0.5, one pass
-        torch.from_numpy(dst).copy_(scaled)
+        channel.scratch = image_into_rgb(torch, img, dst, channel.scratch)  # straight into shared memory
         return (channel.height, channel.width, 3)
 
     # -- prompts -----------------------------------------------------------------------------
