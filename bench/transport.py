@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from comfystream.engine import ExecutionContext, build_registry, compile_prompt
-from comfystream.media.convert import frame_to_ndarray
+from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
 from comfystream.pipeline import ProcessPoolPipeline
-from comfystream.pipeline.frames import rgb_to_frame
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend
 from workers.tensors import image_into_rgb, rgb_to_image
@@ -68,7 +67,7 @@ class InProcess:
         result = self.plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
         prompt_ms = (time.perf_counter() - started) * 1000.0
         self.scratch = image_into_rgb(torch, result.frames[0][0], self.out, self.scratch)
-        return rgb_to_frame(self.out, frame), prompt_ms  # the same conversion the pipeline uses
+        return ndarray_to_frame(self.out, frame), prompt_ms  # the same conversion the pipeline uses
 
 
 def line(name: str, values: list[float]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import av
 import numpy as np
 
-from comfystream.media.convert import frame_to_ndarray
+from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
 from comfystream.pipeline.backend import (
     ChannelSpec,
     EventCallback,
@@ -29,7 +29,7 @@ from comfystream.pipeline.backend import (
     WorkerSpec,
     get_backend,
 )
-from comfystream.pipeline.frames import FrameTracker, rgb_to_frame
+from comfystream.pipeline.frames import FrameTracker
 from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
 
 logger = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ class BasePipeline:
         """The input as output, at the stream's size so the encoder sees one size throughout."""
         if frame.width == self.width and frame.height == self.height:
             return frame
-        return rgb_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
+        return ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
 
     def _on_result(
         self,
@@ -267,7 +267,7 @@ class BasePipeline:
         else:
             self._exec_ms.append(exec_ms)
             self._prompt_ms.append(prompt_ms)
-            tracker.complete(frame_id, rgb_to_frame(image, entry.frame))  # copies out of shared memory
+            tracker.complete(frame_id, ndarray_to_frame(image, entry.frame))  # copies out of shared memory
         self._pump()
 
     def _on_lost(self, frame_ids: list[int], reason: str) -> None:

@@ -15,35 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
 WAITING, INFLIGHT, DONE = 0, 1, 2
-
-
-def rgb_to_frame(rgb: np.ndarray, template: Any = None) -> av.VideoFrame:
-    """An rgb24 av.VideoFrame holding a copy of `rgb` (H, W, 3 uint8), with `template`'s pts and
-    time_base. One copy straight into the frame's plane: about 4x faster than
-    `av.VideoFrame.from_ndarray` at 512x512, and it reads `rgb` only during the call (so `rgb`
-    may be a view into shared memory that is reused right after)."""
-    height, width, _ = rgb.shape
-    frame = av.VideoFrame(width, height, "rgb24")
-    plane = frame.planes[0]
-    dst = np.frombuffer(plane, np.uint8).reshape(height, plane.line_size)[:, : width * 3]
-    np.copyto(dst.reshape(height, width, 3), rgb)
-    if template is not None:
-        copy_timing(template, frame)
-    return frame
-
-
-def copy_timing(src: Any, dst: av.VideoFrame) -> None:
-    """`src`'s pts and time_base onto `dst`. A frame made in code may have a pts and no time_base
-    (None): the output keeps exactly that, as PyAV refuses None for time_base."""
-    dst.pts = src.pts
-    if src.time_base is not None:
-        dst.time_base = src.time_base
 
 
 @dataclass(slots=True)

@@ -7,7 +7,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from comfystream.pipeline.frames import FrameTracker, rgb_to_frame
+from comfystream.media.convert import ndarray_to_frame
+from comfystream.pipeline.frames import FrameTracker
 
 
 def _tracker(max_queued: int = 1) -> tuple[FrameTracker, list]:
@@ -61,13 +62,13 @@ def test_waiting_frames_pass_through_when_no_worker_can_take_them():
     assert stats["received"] == 3 and stats["queued"] == 0 and stats["inflight"] == 0
 
 
-def test_rgb_to_frame_copies_pixels_and_timing():
+def test_ndarray_to_frame_copies_pixels_and_timing():
     template = av.VideoFrame(8, 8, "rgb24")
     template.pts, template.time_base = 42, Fraction(1, 90000)
     for width, height in ((512, 512), (130, 96), (17, 5)):  # padded and unpadded line sizes
         rgb = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
         expected = rgb.copy()
-        frame = rgb_to_frame(rgb, template)
+        frame = ndarray_to_frame(rgb, template)
         rgb[...] = 0  # the frame holds its own copy
         np.testing.assert_array_equal(frame.to_ndarray(), expected)
         assert (frame.pts, frame.time_base) == (42, Fraction(1, 90000))
