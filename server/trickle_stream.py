@@ -96,27 +96,29 @@ class TrickleStream(StreamBase):
                 await self._events_channel.start()
             self._set_state("starting")
             self._watch_pipeline(self.pipeline)
-            init = asyncio.create_task(self.pipeline.initialize(self.spec.prompts))
-            await asyncio.wait({init, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            if not init.done():
-                init.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await init
-                return
-            init.result()  # a worker that failed to come up ends the stream here
+            init = asyncio.create_task(
+                self.pipeline.initialize(self.spec.prompts), name=f"stream-{self.stream_id}-init"
+            )
+            tasks.append(init)
+            # The input is read from the start, not once the worker is up (spawn + warmup can take
+            # seconds): until then its frames go out unprocessed, counted as passed through, so the
+            # output starts at once and the stream never joins its own input late.
             self._output = MediaOutput(self.spec.publish_url, self.stream_id)
             await self._output.start()
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
             audio = asyncio.create_task(self._egress_audio(), name=f"stream-{self.stream_id}-audio")
-            tasks = [ingest, egress, audio]
+            tasks += [ingest, egress, audio]
             if self.spec.control_url:
                 tasks.append(asyncio.create_task(self._control(), name=f"stream-{self.stream_id}-control"))
             tasks.append(asyncio.create_task(self._stats_loop(), name=f"stream-{self.stream_id}-stats"))
-            self._set_state("running")
-            self._running.set()
-            self.emit("stream_started", {"config": self.spec.config().model_dump()})
-            await asyncio.wait({ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({init, ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if init.done():
+                init.result()  # a worker that failed to come up ends the stream here
+                self._set_state("running")
+                self._running.set()
+                self.emit("stream_started", {"config": self.spec.config().model_dump()})
+                await asyncio.wait({ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if egress.done():
                 egress.result()  # an output failure ends the stream as an error
                 raise RuntimeError("output ended unexpectedly")

@@ -169,7 +169,7 @@ class BasePipeline:
             raise
         self.prompts = normalized
         self._set_state("ready")
-        self._pump()  # frames put while the worker was starting
+        self._pump()  # frames put before `initialize` (state "new")
 
     async def set_prompts(self, prompts: Any) -> UpdateResult:
         """The original comfystream name: `initialize` before the first call, `update_prompts` after."""
@@ -217,6 +217,11 @@ class BasePipeline:
         tracker = self._tracker
         while (entry := tracker.next_waiting()) is not None:
             if self.state in ("stopping", "stopped"):
+                return
+            if self.state == "starting":
+                # The worker is still coming up (spawn, load, warmup): a live stream goes on
+                # unprocessed meanwhile, as during a restart, rather than stalling or dropping.
+                tracker.pass_waiting(self._passthrough)
                 return
             target = self._target()
             if target is None or target[0].state not in ("ready",):

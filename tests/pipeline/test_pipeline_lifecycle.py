@@ -128,3 +128,33 @@ def _gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+async def test_frames_put_while_the_worker_starts_pass_through_in_order(backend, tmp_path, no_leaks):
+    marker = tmp_path / "hold-warmup"
+    marker.touch()  # the warmup frame hangs on it: the pipeline stays "starting" until it is gone
+    pipeline = ProcessPoolPipeline(width=128, height=96, stream_id="early", backend=backend, warmup_frames=1)
+    init = asyncio.create_task(pipeline.initialize([hang_prompt(str(marker))]))
+    try:
+        assert await eventually(lambda: pipeline.state == "starting")
+        collector = Collector(pipeline)
+        for i in range(6):  # a live input does not wait for the worker
+            await pipeline.put_video_frame(make_frame(i))
+        assert await eventually(lambda: len(collector.frames) == 6), pipeline.stats()
+        assert pipeline.state == "starting" and not init.done()
+        marker.unlink()
+        await asyncio.wait_for(init, 60)
+        for i in range(6, 12):
+            await pipeline.put_video_frame(make_frame(i))
+            await asyncio.sleep(0.02)
+        outputs = [check_output(f) for f in await collector.finish()]
+        assert [index for index, _ in outputs] == list(range(12))  # none lost, in order, own pts
+        assert [inverted for _, inverted in outputs[:6]] == [False] * 6  # passed through while starting
+        assert all(inverted for _, inverted in outputs[6:])  # processed once the worker is up
+        stats = pipeline.stats()
+        assert (stats["passed_through"], stats["processed"], stats["mismatched"]) == (6, 6, 0)
+    finally:
+        marker.unlink(missing_ok=True)
+        if not init.done():
+            init.cancel()
+        await pipeline.cleanup()
