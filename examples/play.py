@@ -5,7 +5,7 @@
 
 Stops when the channel ends, after --duration seconds of video, or on Ctrl-C. With
 --check-pattern it also reads the index test pattern (examples/publish.py) from each frame
-and reports gaps, so it doubles as a quick end-to-end check (add --inverted after an invert).
+and reports gaps and how many frames came inverted, so it doubles as a quick end-to-end check.
 """
 
 from __future__ import annotations
@@ -21,6 +21,15 @@ from comfystream.media import PatternError, frame_to_ndarray, read_index
 from comfystream.trickle import FrameSubscriber
 
 
+def read_pattern(rgb) -> tuple[int, bool] | None:
+    """(index, inverted) of a test-pattern frame, in either orientation; None if it is not one."""
+    for flipped in (False, True):
+        try:
+            return read_index(rgb, inverted=flipped), flipped
+        except PatternError:
+            pass
+    return None
+
 async def record(args: argparse.Namespace) -> int:
     container = av.open(args.output, "w")
     stream = None
@@ -29,6 +38,7 @@ async def record(args: argparse.Namespace) -> int:
     frames = 0
     indices: list[int] = []
     unreadable = 0
+    inverted = 0
     try:
         async with FrameSubscriber(
             args.url, start_seq=args.start_seq, connect_timeout=args.connect_timeout
@@ -58,10 +68,12 @@ async def record(args: argparse.Namespace) -> int:
                 container.mux(stream.encode(out))
                 frames += 1
                 if args.check_pattern:
-                    try:
-                        indices.append(read_index(frame_to_ndarray(frame), inverted=args.inverted))
-                    except PatternError:
+                    index = read_pattern(frame_to_ndarray(frame))
+                    if index is None:
                         unreadable += 1
+                    else:
+                        indices.append(index[0])
+                        inverted += index[1]
     finally:
         if stream is not None:
             container.mux(stream.encode(None))
@@ -70,7 +82,7 @@ async def record(args: argparse.Namespace) -> int:
     if args.check_pattern:
         gaps = sum(1 for a, b in zip(indices, indices[1:], strict=False) if b != a + 1)
         span = f"{indices[0]}..{indices[-1]}" if indices else "none"
-        print(f"pattern: indices {span}, {gaps} gaps, {unreadable} unreadable frames")
+        print(f"pattern: indices {span}, {gaps} gaps, {inverted} inverted, {unreadable} unreadable frames")
         return 0 if indices and not gaps and not unreadable else 1
     return 0 if frames else 1
 
@@ -85,7 +97,6 @@ def main() -> int:
     parser.add_argument("--start-seq", type=int, default=-1, help="first segment (-1: the live edge)")
     parser.add_argument("--connect-timeout", type=float, default=30.0)
     parser.add_argument("--check-pattern", action="store_true", help="read the test pattern's frame indices")
-    parser.add_argument("--inverted", action="store_true", help="the pattern went through an invert")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
