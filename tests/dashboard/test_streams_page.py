@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfystream.media import read_index
+from comfystream.media import PatternError, read_index
 from server.trickle_client import PatternPublisher, create_channel
 from tests.dashboard.conftest import Server, open_dashboard
 
@@ -137,8 +137,8 @@ async def test_stream_preview_prompt_edit_and_stop_from_the_page(
                     Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
                 )
                 assert rgb.shape == (SIZE, SIZE, 3)
-                index = read_index(rgb, inverted=True)
-            else:
+                index = _processed_index(rgb)
+            if index is None:
                 await asyncio.sleep(0.2)
         first = index
         # ...and it is live: a later preview is a later frame.
@@ -215,7 +215,17 @@ async def _preview_index_after(page, stream_id: str, index: int) -> bool:
     if not data_url:
         return False
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
-    return read_index(rgb, inverted=True) > index
+    return (_processed_index(rgb) or -1) > index
+
+
+def _processed_index(rgb: np.ndarray) -> int | None:
+    """The index of a processed (inverted) preview; None for a frame passed through while the
+    stream's worker was starting (still a valid pattern frame, only not inverted)."""
+    try:
+        return read_index(rgb, inverted=True)
+    except PatternError:
+        read_index(rgb, inverted=False)  # anything else is a broken preview
+        return None
 
 
 async def _gone(server: Server, stream_id: str) -> bool:
