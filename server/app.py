@@ -38,6 +38,8 @@ FEATURE_MODULES: tuple[str, ...] = (
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
+# server.registration.Registrar, when the server registers with an orchestrator (--orch-url)
+REGISTRAR_KEY: web.AppKey[Any] = web.AppKey("registrar", object)
 CLIENT_MAX_SIZE = 32 * 1024**2  # prompts with embedded images can be large
 
 
@@ -73,6 +75,15 @@ def create_app(
         from comfystream.trickle import add_relay_routes
 
         add_relay_routes(app, prefix="/trickle")
+    if config.registration is not None:
+        from server.registration import Registrar
+
+        app[REGISTRAR_KEY] = Registrar(config.registration, lambda: _capacity(app))
+    if config.auth_token:
+        from server.auth import auth_middleware
+
+        # A mounted relay stays open: trickle publishers and subscribers send no Authorization.
+        app.middlewares.append(auth_middleware(config.auth_token, ("/trickle/",) if config.relay else ()))
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
@@ -81,6 +92,17 @@ def create_app(
 
 async def _on_startup(app: web.Application) -> None:
     await app[PIPELINE_RESOURCES_KEY].start()
+    registrar = app.get(REGISTRAR_KEY)
+    if registrar is not None:
+        registrar.start()  # in the background: an orchestrator that is down never holds up the server
+
+
+def _capacity(app: web.Application) -> int:
+    """What the orchestrator may route here: the streams this server runs at once (each in its own
+    worker process); none while the workers cannot start."""
+    from server.routes.ops import server_status
+
+    return 0 if server_status(app) == "ERROR" else app[CONFIG_KEY].max_streams
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -89,4 +111,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
+    registrar = app.get(REGISTRAR_KEY)
+    if registrar is not None:
+        await registrar.close()
     await app[PIPELINE_RESOURCES_KEY].close()

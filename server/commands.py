@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -68,9 +69,82 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="output images folder (default: the workspace's, or ./output)",
     )
+    _add_livepeer_flags(parser)
     # The dispatcher has a global --log-level; this one lets it follow the subcommand too.
     parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, help="logging level")
     parser.set_defaults(func=run)
+
+
+def _add_livepeer_flags(parser: argparse.ArgumentParser) -> None:
+    """Auth and orchestrator registration (README "Running as a Livepeer worker"). The environment
+    variables are pytrickle's and ai-runner's names; a flag wins over its variable."""
+    group = parser.add_argument_group("Livepeer worker (auth and orchestrator registration)")
+    group.add_argument(
+        "--auth-token",
+        default=None,
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on the API (env AUTH_TOKEN); /health stays open. "
+        "Off by default on 127.0.0.1; on any other address a token is generated unless --no-auth",
+    )
+    group.add_argument("--no-auth", action="store_true", help="serve the API without a token on any address")
+    group.add_argument("--orch-url", default=None, help="register with this orchestrator (env ORCH_URL)")
+    group.add_argument("--orch-secret", default=None, help="the orchestrator's secret (env ORCH_SECRET)")
+    group.add_argument("--capability-name", default=None, help="env CAPABILITY_NAME (default comfystream)")
+    group.add_argument(
+        "--capability-url",
+        default=None,
+        help="where the orchestrator reaches this server (env CAPABILITY_URL; default http://localhost:PORT)",
+    )
+    group.add_argument(
+        "--capability-capacity",
+        type=int,
+        default=None,
+        help="streams the orchestrator may send here (env CAPABILITY_CAPACITY; default --max-streams)",
+    )
+    group.add_argument(
+        "--capability-price-per-unit", type=int, default=None, help="env CAPABILITY_PRICE_PER_UNIT (default 0)"
+    )
+    group.add_argument(
+        "--capability-price-scaling", type=int, default=None, help="env CAPABILITY_PRICE_SCALING (default 1)"
+    )
+    group.add_argument(
+        "--capability-currency",
+        default=None,
+        help="the price's currency: wei, eth or a price-feed currency (env CAPABILITY_PRICE_CURRENCY; default wei)",
+    )
+
+
+def livepeer_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> dict:
+    """ServerConfig's auth and registration fields from the flags and the environment."""
+    from server.auth import resolve_token
+    from server.registration import settings_from
+
+    env = dict(os.environ) if env is None else env
+    token, generated = resolve_token(
+        args.host, getattr(args, "auth_token", None) or env.get("AUTH_TOKEN"), getattr(args, "no_auth", False)
+    )
+    if generated:
+        logger.warning(
+            "listening on %s without --auth-token: the API requires a generated token (given to the "
+            "orchestrator when registering); pass --auth-token / AUTH_TOKEN to call it yourself, or "
+            "--no-auth to serve it open",
+            args.host,
+        )
+    registration = settings_from(
+        orch_url=getattr(args, "orch_url", None),
+        orch_secret=getattr(args, "orch_secret", None),
+        name=getattr(args, "capability_name", None),
+        url=getattr(args, "capability_url", None),
+        capacity=getattr(args, "capability_capacity", None),
+        price_per_unit=getattr(args, "capability_price_per_unit", None),
+        price_scaling=getattr(args, "capability_price_scaling", None),
+        currency=getattr(args, "capability_currency", None),
+        token=token,
+        port=args.port,
+        env=env,
+    )
+    name = (registration.name if registration else None) or env.get("CAPABILITY_NAME") or "comfystream"
+    return {"auth_token": token, "registration": registration, "pipeline_name": name}
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -98,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         input_dir=args.input_dir,
         output_dir=args.output_dir,
         log_level=str(getattr(args, "log_level", "INFO")),
+        **livepeer_settings(args),
     )
 
 

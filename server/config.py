@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -28,6 +29,10 @@ class ServerConfig:
     input_dir: Path | None = None  # LoadImage / uploads; None: the workspace's input/, else ./input
     output_dir: Path | None = None  # SaveImage (temp/ inside it); None: the workspace's output/, else ./output
     job_workers_at_startup: bool = False  # spawn them with the server (serve); else with the first prompt
+    # Livepeer worker (README "Running as a Livepeer worker")
+    auth_token: str | None = field(default=None, repr=False)  # Bearer token the API requires; None: open
+    registration: Any = None  # server.registration.CapabilitySettings: register with an orchestrator
+    pipeline_name: str = "comfystream"  # the capability's name: /version's model_id, status events' pipeline
 
     @property
     def custom_node_dirs(self) -> list[Path]:

@@ -18,7 +18,7 @@ from pydantic import (
 # Sizes must be even: H.264 (yuv420p) cannot encode odd widths or heights.
 MIN_SIZE = 16
 MAX_SIZE = 4096
-_STREAM_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
 def _integer(value: Any) -> Any:
@@ -70,11 +70,43 @@ def _check_url(value: str | None) -> str | None:
 
 
 def _check_stream_id(value: str | None) -> str | None:
-    if value is not None and not _STREAM_ID.match(value):
+    if value is not None and not STREAM_ID_PATTERN.match(value):
         raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
     return value
 
 
+def _max_framerate(value: Any) -> Any:
+    """pytrickle's rule: an integer (or integer string) 1..60."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    try:
+        fps = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("max_framerate must be a valid integer") from None
+    if not 1 <= fps <= 60:
+        raise ValueError("max_framerate must be 1..60")
+    return fps
+
+
+def _flag(value: Any) -> Any:
+    """pytrickle's boolean: a bool, an int, or "true"/"1"/"yes" / "false"/"0"/"no"."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError("must be a boolean")
+
+
+MaxFramerate = Annotated[
+    int | None,
+    BeforeValidator(_max_framerate),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 60}),
+]
+Flag = Annotated[bool | None, BeforeValidator(_flag), WithJsonSchema({"type": "boolean"})]
 TrickleUrl = Annotated[str, BeforeValidator(_check_url)]
 OptionalTrickleUrl = Annotated[str | None, BeforeValidator(_check_url)]
 StreamId = Annotated[str | None, AfterValidator(_check_stream_id)]
@@ -109,6 +141,21 @@ class StreamParams(GivesPrompts, BaseModel):
     cwd: str | None = Field(None, description="the worker's working directory (a ComfyUI workspace)")
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
+    max_framerate: MaxFramerate = Field(
+        None, description="at most this many input frames per second go to the worker (1..60)"
+    )
+    detect_out_resolution: Flag = Field(
+        None,
+        description="the output takes the processed frames' size (default); false: the stream's width x height",
+    )
+
+
+def _start_params(value: Any) -> Any:
+    """`params: null` is no params (pytrickle), and the gateway's wrappings come off."""
+    from server.gateway_params import unwrap_params
+
+    value = unwrap_params(value)
+    return {} if value is None else value
 
 
 class StartStreamRequest(BaseModel):
@@ -116,22 +163,31 @@ class StartStreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    subscribe_url: TrickleUrl = Field(..., description="trickle channel to read the input video from")
-    publish_url: TrickleUrl = Field(..., description="trickle channel to publish the processed video to")
+    subscribe_url: OptionalTrickleUrl = Field(
+        None, description="trickle channel to read the input video from (none: a stream without video input)"
+    )
+    publish_url: OptionalTrickleUrl = Field(
+        None, description="trickle channel to publish the processed video to (none: no video output)"
+    )
     control_url: OptionalTrickleUrl = Field(
         None, description="trickle channel of control messages (params updates)"
     )
     events_url: OptionalTrickleUrl = Field(
         None, description="trickle channel this server publishes events on"
     )
-    data_url: OptionalTrickleUrl = None
+    data_url: OptionalTrickleUrl = Field(
+        None, description="trickle channel for data output (accepted and reported; workflows write none yet)"
+    )
     gateway_request_id: StreamId = Field(
-        None, description="the stream's id (also accepted: request_id, stream_id)"
+        None, description="the stream's id (also accepted: request_id, stream_id, the X-Stream-Id header)"
     )
     request_id: StreamId = None
     stream_id: StreamId = None
     manifest_id: str | None = None
-    params: StreamParams = Field(default_factory=StreamParams)
+    params: Annotated[StreamParams, BeforeValidator(_start_params)] = Field(
+        default_factory=StreamParams,
+        description="the stream's params (null: none); the gateway's {\"prompt\": params} wrapping is undone",
+    )
 
     def chosen_id(self) -> str | None:
         return self.gateway_request_id or self.request_id or self.stream_id
@@ -140,8 +196,8 @@ class StartStreamRequest(BaseModel):
 class CreateStreamRequest(StreamParams):
     """`POST /stream`: the flat form, the stream's params beside its URLs."""
 
-    subscribe_url: TrickleUrl
-    publish_url: TrickleUrl
+    subscribe_url: OptionalTrickleUrl = None
+    publish_url: OptionalTrickleUrl = None
     control_url: OptionalTrickleUrl = None
     events_url: OptionalTrickleUrl = None
     data_url: OptionalTrickleUrl = None
@@ -194,10 +250,11 @@ class StopStreamRequest(BaseModel):
 
 
 class StreamConfig(BaseModel):
-    subscribe_url: str
-    publish_url: str
+    subscribe_url: str | None = None
+    publish_url: str | None = None
     control_url: str | None = None
     events_url: str | None = None
+    data_url: str | None = None
     width: int
     height: int
     dedicated_worker: bool
@@ -208,6 +265,8 @@ class StreamConfig(BaseModel):
         ..., description="true when the request gave prompts (false: the default prompt)"
     )
     prompt_count: int
+    max_framerate: int | None = None
+    detect_out_resolution: bool = True
 
 
 class StartStreamResponse(BaseModel):
@@ -259,6 +318,9 @@ class StreamInfo(BaseModel):
     config: StreamConfig
     stats: StreamStats
     workers: list[WorkerStatus]
+    status: dict[str, Any] | None = Field(
+        None, description="ai-runner's status event for the stream (state, input/inference fps, errors)"
+    )
 
 
 class StreamListResponse(BaseModel):
@@ -334,9 +396,25 @@ class WorkspaceInfoResponse(BaseModel):
     workspace_info: WorkspaceInfo
 
 
-class StreamStatusResponse(BaseModel):
-    """`GET /stream/status` (BYOC runner contract)."""
+HealthStatus = Literal["LOADING", "IDLE", "OK", "ERROR"]
 
+
+class StreamStatusResponse(BaseModel):
+    """`GET /stream/status` (BYOC runner contract): pytrickle's fields (its pipeline state and the
+    current stream's client, fps and params) and ours (every stream)."""
+
+    status: HealthStatus
+    state: HealthStatus
+    error_message: str | None = None
+    pipeline_ready: bool
+    active_streams: int
+    startup_complete: bool
+    pipeline_state: str
+    additional_info: dict[str, Any] = Field(default_factory=dict)
+    client_active: bool
+    client_running: bool
+    fps: dict[str, float] | None = None
+    current_params: dict[str, Any] | None = None
     processing_active: bool
     stream_count: int
     message: str | None = None
@@ -345,7 +423,15 @@ class StreamStatusResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "degraded"]
+    """pytrickle's `{"status": LOADING | IDLE | OK | ERROR}` and our summary beside it."""
+
+    status: HealthStatus = Field(
+        ...,
+        description="LOADING: the warm worker(s) are not ready yet; IDLE: ready, no stream; "
+        "OK: streams run; ERROR: the workers cannot start",
+    )
+    degraded: bool = Field(False, description="some custom node packages failed to load")
+    error_message: str | None = None
     version: str
     streams_active: int
     max_streams: int

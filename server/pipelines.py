@@ -45,9 +45,24 @@ class PipelineResources:
             custom_node_dirs=custom,
             **workspace,
         )
+        self._started = False
+        self.error: str | None = None  # why the workers cannot start (`/health` says ERROR)
 
     async def start(self) -> None:
-        await self.backend.start()
+        self._started = False
+        try:
+            await self.backend.start()
+        except Exception as exc:
+            self.error = f"the workers could not start: {type(exc).__name__}: {exc}"
+            raise
+        self._started = True
+
+    @property
+    def ready(self) -> bool:
+        """Start-up is done and the default warm worker(s) have come up once (`/health` is
+        LOADING until then)."""
+        pool = self.backend.pool
+        return self._started and (pool is None or pool.spawned >= pool.size)
 
     async def close(self) -> None:
         await self.backend.shutdown()

@@ -12,11 +12,13 @@ from pydantic import ValidationError
 
 from server.config import ServerConfig
 from server.events import EventBus
+from server.gateway_params import unwrap_params
 from server.metrics import ServerMetrics, StreamSample
 from server.models import WORKER_PARAMS, StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
 from server.prompt_validation import validate_prompts
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
+from server.stream_status import StreamStatusMonitor
 from server.stream_types import AtCapacity, StreamExists, StreamNotFound, UpdateOutcome
 from server.trickle_stream import TrickleStream
 
@@ -49,6 +51,7 @@ class StreamManager:
         self._metrics = metrics
         self._active: dict[str, StreamBase] = {}
         self._finished: OrderedDict[str, StreamInfo] = OrderedDict()
+        self._monitors: dict[str, StreamStatusMonitor] = {}  # ai-runner status, per trickle stream
         self._closing = False
         metrics.watch_streams(self.samples)
 
@@ -67,7 +70,11 @@ class StreamManager:
     def info(self, stream_id: str) -> StreamInfo:
         """A live stream's status, or a finished one's last status (kept for a while)."""
         if stream_id in self._active:
-            return self._active[stream_id].info()
+            info = self._active[stream_id].info()
+            monitor = self._monitors.get(stream_id)
+            if monitor is not None:
+                info.status = monitor.status()
+            return info
         if stream_id in self._finished:
             return self._finished[stream_id]
         raise StreamNotFound(stream_id)
@@ -108,6 +115,9 @@ class StreamManager:
         )
         self._add(stream)
         stream.start()
+        monitor = StreamStatusMonitor(stream, stream.send_to_gateway, pipeline=self.config.pipeline_name)
+        self._monitors[spec.stream_id] = monitor
+        monitor.start()
         logger.info(
             "stream %s: started (%s, %dx%d, %d prompt(s))",
             spec.stream_id,
@@ -156,6 +166,7 @@ class StreamManager:
         prompt_value: Any,
         parameters: UpdateParameters | None,
         source: str = "rest",
+        params: dict[str, Any] | None = None,
     ) -> UpdateOutcome:
         """Validate here, then swap on the worker. No prompts given: the current ones, re-sent with the
         new parameters. Raises PromptFormatError / PromptRejected before the stream is touched."""
@@ -166,7 +177,23 @@ class StreamManager:
             prompts, _ = self.validate_prompts(prompt_value, default_if_none=False)
         result = await stream.update(prompts, parameters)
         self._metrics.prompt_updates.labels(source).inc()
+        self._params_updated(stream, params, prompt_value, parameters)
         return result
+
+    def _params_updated(
+        self, stream: StreamBase, params: dict[str, Any] | None, prompt_value: Any, parameters: Any
+    ) -> None:
+        """pytrickle's `params_updated` event to the gateway, and the status's `last_params`."""
+        if params is None:
+            params = {"prompts": prompt_value} if prompt_value is not None else {}
+            if parameters is not None:
+                params["parameters"] = parameters.model_dump(exclude_none=True)
+        monitor = self._monitors.get(stream.stream_id)
+        if monitor is not None:
+            monitor.params_updated(params)
+        send = getattr(stream, "send_to_gateway", None)
+        if send is not None:
+            send({"type": "params_updated", "params": params})
 
     def params_to_update(self, params: dict[str, Any]) -> tuple[Any, UpdateParameters | None]:
         """A gateway params update (`POST .../params`, control messages): the start's `params` shape.
@@ -185,7 +212,7 @@ class StreamManager:
 
     async def apply_params(self, stream_id: str, params: dict[str, Any], source: str) -> UpdateOutcome:
         prompt_value, parameters = self.params_to_update(params)
-        return await self.update(stream_id, prompt_value, parameters, source)
+        return await self.update(stream_id, prompt_value, parameters, source, params=params)
 
     async def stop_all(self, reason: str = "server shutting down") -> None:
         self._closing = True
@@ -201,6 +228,13 @@ class StreamManager:
         """A control-channel message has the effect of the REST update whose body it is: the
         update-prompts body (with `parameters`) or the params body. A bad one is reported on the
         events channel and changes nothing."""
+        message = unwrap_params(message)
+        if not message:  # the gateway's replay of a stream started without params
+            return
+        if not isinstance(message, dict):
+            logger.warning("stream %s: control message rejected: params are not an object", stream.stream_id)
+            stream.emit("error", {"source": "control", "message": "params must be a JSON object"})
+            return
         try:
             if "parameters" in message:  # the update-prompts body
                 body = UpdatePromptsRequest.model_validate(message)
@@ -221,7 +255,12 @@ class StreamManager:
         stream.record_counters(self._metrics)
         if self._active.get(stream.stream_id) is stream:
             del self._active[stream.stream_id]
-        self._finished[stream.stream_id] = stream.info()
+        info = stream.info()
+        monitor = self._monitors.pop(stream.stream_id, None)
+        if monitor is not None:
+            monitor.close()
+            info.status = monitor.status()  # its last word: OFFLINE, or ERROR
+        self._finished[stream.stream_id] = info
         while len(self._finished) > self.config.finished_streams_kept:
             self._finished.popitem(last=False)
         self._metrics.streams_stopped.labels(stream.stop_kind).inc()

@@ -18,10 +18,11 @@ _ARCHITECTURES = {
 @dataclass
 class StreamSpec:
     stream_id: str
-    subscribe_url: str
-    publish_url: str
+    subscribe_url: str | None  # None: no video input (a data-only stream, as BYOC allows)
+    publish_url: str | None  # None: no video output
     control_url: str | None = None
     events_url: str | None = None
+    data_url: str | None = None
     width: int = 512
     height: int = 512
     prompts: list[dict[str, Any]] = field(default_factory=list)
@@ -29,6 +30,8 @@ class StreamSpec:
     dedicated_worker: bool = True
     use_prompt_worker: bool = False
     extra_params: dict[str, Any] = field(default_factory=dict)  # params we pass through untouched
+    max_framerate: int | None = None  # input frames per second handed to the worker, at most
+    detect_out_resolution: bool = True  # False: output at width x height whatever the workflow makes
     transport: Transport = "trickle"  # how frames come and go: trickle channels or a WebRTC peer
 
     @property

@@ -19,6 +19,7 @@ import av
 
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
+from server.frame_rate import FrameRateLimiter, fixed_size, frame_time
 from server.metrics import ServerMetrics
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
@@ -28,6 +29,8 @@ from server.trickle_media import ControlChannel, EventsChannel, MediaOutput, dec
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 5.0
+# Stream events the events channel does not carry under our name: pytrickle's name goes instead.
+GATEWAY_RENAMED = frozenset({"prompts_updated"})
 
 
 class TrickleStream(StreamBase):
@@ -52,6 +55,7 @@ class TrickleStream(StreamBase):
         self._output: MediaOutput | None = None
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
+        self._skipped_rate = 0  # input frames above max_framerate
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
         self.add_event_sink(self._to_events_channel)
 
@@ -91,7 +95,10 @@ class TrickleStream(StreamBase):
                     self.spec.events_url,
                     self.stream_id,
                     stats=self._heartbeat_stats,
-                    urls={"subscribe_url": self.spec.subscribe_url, "publish_url": self.spec.publish_url},
+                    urls={
+                        key: getattr(self.spec, key) or ""
+                        for key in ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
+                    },
                 )
                 await self._events_channel.start()
             self._set_state("starting")
@@ -103,8 +110,9 @@ class TrickleStream(StreamBase):
             # The input is read from the start, not once the worker is up (spawn + warmup can take
             # seconds): until then its frames go out unprocessed, counted as passed through, so the
             # output starts at once and the stream never joins its own input late.
-            self._output = MediaOutput(self.spec.publish_url, self.stream_id)
-            await self._output.start()
+            if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
+                self._output = MediaOutput(self.spec.publish_url, self.stream_id)
+                await self._output.start()
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
             audio = asyncio.create_task(self._egress_audio(), name=f"stream-{self.stream_id}-audio")
@@ -184,8 +192,14 @@ class TrickleStream(StreamBase):
     # ---- media -----------------------------------------------------------------------------------
 
     async def _ingest(self) -> None:
+        if not self.spec.subscribe_url:  # no video input: the stream runs until it is stopped
+            await asyncio.Event().wait()
+        limiter = FrameRateLimiter(self.spec.max_framerate) if self.spec.max_framerate else None
         async for frame in decoded_frames(self.spec.subscribe_url, self.stream_id):
             if isinstance(frame, av.VideoFrame):
+                if limiter is not None and not limiter.admit(frame_time(frame)):
+                    self._skipped_rate += 1  # above max_framerate: never reaches the worker
+                    continue
                 if self._frames_in == 0:
                     self._event_to_gateway(FIRST_SEGMENT_IN)
                 self._frames_in += 1
@@ -194,19 +208,23 @@ class TrickleStream(StreamBase):
                 await self.pipeline.put_audio_frame(frame)
 
     async def _egress(self) -> None:
-        assert self._output is not None
         while True:
             frame = await self.pipeline.get_processed_video_frame()
+            if self._output is None:  # no video output: frames are counted and let go
+                self._frames_out += 1
+                continue
+            if not self.spec.detect_out_resolution:
+                frame = fixed_size(frame, self.spec.width, self.spec.height)
             await self._output.write_video(frame)
             if self._frames_out == 0:
                 self._event_to_gateway(FIRST_SEGMENT_OUT)
             self._frames_out += 1  # after the write: draining waits for the frame to be out
 
     async def _egress_audio(self) -> None:
-        assert self._output is not None
         while True:
             frame = await self.pipeline.get_processed_audio_frame()
-            await self._output.write_audio(frame)
+            if self._output is not None:
+                await self._output.write_audio(frame)
 
     async def _control(self) -> None:
         assert self.spec.control_url is not None
@@ -249,6 +267,8 @@ class TrickleStream(StreamBase):
         stats = self._pipeline_stats()
         stats["published"] = self._output.frames_published if self._output is not None else 0
         stats.setdefault("received", self._frames_in)
+        if self.spec.max_framerate:
+            stats["skipped_rate"] = self._skipped_rate
         return stats
 
     # ---- events ----------------------------------------------------------------------------------
@@ -260,13 +280,20 @@ class TrickleStream(StreamBase):
         self.emit("stream_state", {"state": state})
 
     def _to_events_channel(self, event_type: str, payload: dict[str, Any]) -> None:
+        if event_type in GATEWAY_RENAMED:  # the gateway gets pytrickle's event instead (params_updated)
+            return
         if self._events_channel is not None:
             self._events_channel.send({"type": event_type, "stream_id": self.stream_id, "data": payload})
 
     def _event_to_gateway(self, event_type: str) -> None:
         """An event for the gateway only (its events channel), not the server's bus."""
+        self.send_to_gateway({"type": event_type})
+
+    def send_to_gateway(self, event: dict[str, Any]) -> None:
+        """An event as it is, on the events channel only (ai-runner's `status`, pytrickle's
+        `params_updated`): the gateway reads these fields at the event's top level."""
         if self._events_channel is not None:
-            self._events_channel.send({"type": event_type, "stream_id": self.stream_id})
+            self._events_channel.send({**event, "stream_id": self.stream_id})
 
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}

@@ -1,5 +1,10 @@
 """The control channel: one JSON object per segment, handed to a callback.
 
+The reader starts at seq -2 (the segment written last, as pytrickle and ai-runner do): the
+gateway writes the stream's params there when it starts a stream or moves it to another
+orchestrator, possibly before this reader connects, and a reader at the live edge (-1) would
+miss them. On a channel with nothing written yet, -2 is its first segment.
+
 ``{"keep": "alive"}`` messages carry nothing and are dropped; a segment that is not a JSON
 object is logged and skipped. The callback may be a plain function or a coroutine function;
 an exception in it is logged and does not stop the subscription.
@@ -14,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .protocol import KEEPALIVE_MESSAGE, TrickleError
+from .protocol import KEEPALIVE_MESSAGE, SEQ_CURRENT, TrickleError
 from .subscriber import TrickleSubscriber
 from .tasks import cancel_and_wait
 
@@ -33,7 +38,7 @@ class ControlSubscriber:
         on_message: MessageCallback,
         *,
         connect_timeout: float = 30.0,
-        start_seq: int = -1,
+        start_seq: int = SEQ_CURRENT,
         stream_id: str = "",
     ) -> None:
         self.url = url

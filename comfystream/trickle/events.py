@@ -2,9 +2,14 @@
 
 Each segment is ``{"event": {"type": ..., "timestamp": ms, ...}, "queue_event_type": ...}``.
 A heartbeat (``queue_event_type`` "stream_heartbeat") goes out every ``heartbeat_interval``
-seconds with the stream's dimensions and fps in/out: the gateway gives up on a stream after
-30 s without events. Lifecycle events use pytrickle's type names. Emitting never raises: an
-event that cannot be sent is logged and dropped, the stream goes on.
+seconds with pytrickle's keys (``urls``, ``dimensions``, ``fps``): the gateway gives up on a
+stream after 30 s without events. Lifecycle events use pytrickle's type names. Emitting never
+raises: an event that cannot be sent is logged and dropped, the stream goes on.
+
+Segments are paced: the reference server keeps 5 segments per channel (one of them the
+publisher's preconnected next one), so at most ``WINDOW - 1`` events go out in any second. A
+burst (a stream's start-up) then reaches a reader that polls once a second before the window
+moves past it, instead of the reader getting 470 and losing the events it skipped.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import TrickleError
+from .protocol import WINDOW, TrickleError
 from .publisher import TricklePublisher
 
 logger = logging.getLogger(__name__)
@@ -37,6 +43,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class SegmentPacer:
+    """At most ``max_segments`` segments in any ``per_s`` seconds (the caller passes the clock)."""
+
+    def __init__(self, max_segments: int = WINDOW - 1, per_s: float = 1.0) -> None:
+        if max_segments < 1:
+            raise ValueError("max_segments must be >= 1")
+        self.max_segments = max_segments
+        self.per_s = per_s
+        self._sent: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next segment may go (0: now)."""
+        while self._sent and now - self._sent[0] >= self.per_s:
+            self._sent.popleft()
+        if len(self._sent) < self.max_segments:
+            return 0.0
+        return self._sent[0] + self.per_s - now
+
+    def sent(self, now: float) -> None:
+        self._sent.append(now)
+
+
+def heartbeat_urls(urls: dict[str, str]) -> dict[str, str]:
+    """pytrickle's heartbeat ``urls``: subscribe, publish, control, events, data ("" when none);
+    ``subscribe_url`` and ``subscribe`` are both taken."""
+    given = {k.removesuffix("_url"): v for k, v in urls.items()}
+    return {k: given.get(k) or "" for k in ("subscribe", "publish", "control", "events", "data")}
+
+
+def _fps(stats: dict[str, Any], *keys: str) -> float:
+    for key in keys:
+        if stats.get(key) is not None:
+            return float(stats[key] or 0.0)
+    return 0.0
+
+
 class EventsPublisher:
     """Publish events to the channel at ``url``.
 
@@ -54,6 +96,7 @@ class EventsPublisher:
         stats: Callable[[], dict[str, Any]] | None = None,
         urls: dict[str, str] | None = None,
         stream_id: str = "",
+        pacer: SegmentPacer | None = None,
     ) -> None:
         self.url = url
         self.heartbeat_interval = heartbeat_interval
@@ -62,6 +105,7 @@ class EventsPublisher:
         self.stats = stats
         self.urls = urls or {}
         self.stream_id = stream_id
+        self.pacer = pacer or SegmentPacer()
         self.sent = 0
         self.dropped = 0
         self._publisher = TricklePublisher(url, "application/json", stream_id=stream_id)
@@ -93,6 +137,10 @@ class EventsPublisher:
             body.setdefault("stream_id", self.stream_id)
         data = json.dumps({"event": body, "queue_event_type": queue_event_type}, default=str).encode()
         async with self._lock:
+            wait = self.pacer.delay(time.monotonic())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.pacer.sent(time.monotonic())
             try:
                 await self._publisher.write_segment(data)
             except TrickleError as exc:
@@ -133,14 +181,16 @@ class EventsPublisher:
         return {
             "type": HEARTBEAT,
             "timestamp": now_ms(),
-            "urls": self.urls,
+            "urls": heartbeat_urls(self.urls),
             "dimensions": {
                 "width": int(stats.get("width", self.width) or 0),
                 "height": int(stats.get("height", self.height) or 0),
             },
-            "fps": {
-                "ingress_video_fps": float(stats.get("fps_in", 0.0) or 0.0),
-                "egress_video_fps": float(stats.get("fps_out", 0.0) or 0.0),
+            "fps": {  # pytrickle's FPSMeter.get_fps_stats() keys
+                "ingress_video_fps": _fps(stats, "input_fps", "fps_in"),
+                "ingress_audio_fps": _fps(stats, "input_audio_fps"),
+                "egress_video_fps": _fps(stats, "output_fps", "fps_out"),
+                "egress_audio_fps": _fps(stats, "output_audio_fps"),
             },
         }
 

@@ -75,7 +75,8 @@ class TrickleSegment:
 
 
 class TrickleSubscriber:
-    """Subscribe to ``url`` (a channel) from ``start_seq`` (-1: the next segment written).
+    """Subscribe to ``url`` (a channel) from ``start_seq`` (-1: the next segment written; -2: the
+    one written last, or the first one of a channel with none yet).
 
     404 or ``Lp-Trickle-Closed`` ends the subscription, except that before the first segment a
     404 is retried until ``connect_timeout`` (the publisher may start after us); a live-edge

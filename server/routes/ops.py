@@ -1,12 +1,24 @@
-"""Operations: `GET /health`, `GET /metrics` (Prometheus), `GET /openapi.json`."""
+"""Operations: `GET /health` (pytrickle's LOADING | IDLE | OK | ERROR), `/version`,
+`/app-version`, `/hardware/info`, `/hardware/stats` (pytrickle's shapes), `GET /metrics`
+(Prometheus), `GET /openapi.json`."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from importlib import metadata
 
 from aiohttp import web
 
-from server.app_keys import METRICS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
+from server.app_keys import (
+    CONFIG_KEY,
+    METRICS_KEY,
+    NODE_REGISTRY_KEY,
+    OPENAPI_KEY,
+    STREAM_MANAGER_KEY,
+    WORKSPACE_KEY,
+)
+from server.hardware import INFO_KEYS, STATS_KEYS, placed_gpus, query_gpus, shaped
 from server.metrics import CONTENT_TYPE
 from server.models import HealthResponse
 from server.openapi import route_adder
@@ -24,19 +36,85 @@ def version() -> str:
         return "0.0.0"
 
 
+def _resources(app: web.Application):
+    from server.app import PIPELINE_RESOURCES_KEY  # the app module imports this one
+
+    return app.get(PIPELINE_RESOURCES_KEY)
+
+
+def server_status(app: web.Application) -> str:
+    """pytrickle's health status: ERROR when the workers cannot start, LOADING until the default
+    warm worker(s) are ready, then OK while a stream runs and IDLE when none does."""
+    resources = _resources(app)
+    if resources is not None and resources.error is not None:
+        return "ERROR"
+    if resources is not None and not resources.ready:
+        return "LOADING"
+    return "OK" if app[STREAM_MANAGER_KEY].active else "IDLE"
+
+
 async def health(request: web.Request) -> web.Response:
     manager = request.app[STREAM_MANAGER_KEY]
     registry = request.app[NODE_REGISTRY_KEY]
     errors = load_errors(registry, request.app[WORKSPACE_KEY])
+    resources = _resources(request.app)
     return respond(
         HealthResponse(
-            status="degraded" if errors else "ok",
+            status=server_status(request.app),  # type: ignore[arg-type]
+            degraded=bool(errors),
+            error_message=getattr(resources, "error", None),
             version=version(),
             streams_active=len(manager.active),
             max_streams=manager.config.max_streams,
             node_types=len(registry),
             node_load_errors=errors,
         )
+    )
+
+
+def _pipeline() -> str:
+    return os.environ.get("PIPELINE", "byoc")  # pytrickle's default
+
+
+async def version_info(request: web.Request) -> web.Response:
+    """pytrickle's Version: the pipeline kind, the capability's name, the package's version."""
+    return web.json_response(
+        {"pipeline": _pipeline(), "model_id": request.app[CONFIG_KEY].pipeline_name, "version": version()}
+    )
+
+
+async def app_version(request: web.Request) -> web.Response:
+    return web.json_response({"version": version()})
+
+
+async def _gpus(request: web.Request) -> dict[str, dict]:
+    """The GPUs the workers are placed on, with their worker counts ({} on a CPU machine)."""
+    resources = _resources(request.app)
+    if resources is None:
+        return {}
+    backend = resources.backend
+    placer = backend.placer
+    gpus = await asyncio.to_thread(query_gpus) if placer.gpus else []
+    return placed_gpus(gpus, list(placer.gpus), backend.gpu_load())
+
+
+async def hardware_info(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "pipeline": _pipeline(),
+            "model_id": request.app[CONFIG_KEY].pipeline_name,
+            "gpu_info": shaped(await _gpus(request), INFO_KEYS),
+        }
+    )
+
+
+async def hardware_stats(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "pipeline": _pipeline(),
+            "model_id": request.app[CONFIG_KEY].pipeline_name,
+            "gpu_stats": shaped(await _gpus(request), STATS_KEYS),
+        }
     )
 
 
@@ -51,6 +129,29 @@ async def openapi(request: web.Request) -> web.Response:
 
 def setup_routes(app: web.Application) -> None:
     route = route_adder(app, app[OPENAPI_KEY], tags=("operations",))
-    route("GET", "/health", health, "Liveness and a summary", responses={200: HealthResponse})
+    json_body = {200: "application/json"}
+    route(
+        "GET",
+        "/health",
+        health,
+        "Health: LOADING, IDLE, OK or ERROR, and a summary",
+        responses={200: HealthResponse},
+    )
+    route(
+        "GET",
+        "/version",
+        version_info,
+        "Pipeline, capability name (model_id) and version",
+        responses=json_body,
+    )
+    route("GET", "/app-version", app_version, "The application's version", responses=json_body)
+    route("GET", "/hardware/info", hardware_info, "The GPUs workers are placed on", responses=json_body)
+    route(
+        "GET",
+        "/hardware/stats",
+        hardware_stats,
+        "GPU memory and utilization, workers per GPU",
+        responses=json_body,
+    )
     route("GET", "/metrics", metrics, "Prometheus metrics", responses={200: "text/plain"})
     route("GET", "/openapi.json", openapi, "This document", responses={200: "application/json"})

@@ -3,6 +3,7 @@ workers, and the gateway's BYOC single-stream forms."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -11,7 +12,9 @@ from aiohttp import web
 
 from server import errors
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
+from server.gateway_params import unwrap_params
 from server.models import (
+    STREAM_ID_PATTERN,
     WORKER_PARAMS,
     CreateStreamRequest,
     ErrorResponse,
@@ -40,10 +43,29 @@ logger = logging.getLogger(__name__)
 
 # Keys a params update carries to address a stream rather than to change it.
 _ID_KEYS = ("gateway_request_id", "request_id", "stream_id")
+# go-livepeer's orchestrator names the stream in this header on every request to the worker
+# (byoc `createWorkerReq`), so that a proxy, or a server running several streams, can route it.
+STREAM_ID_HEADER = "X-Stream-Id"
+_STOP_REASON_MAX = 200
 
 
 def _manager(request: web.Request) -> StreamManager:
     return request.app[STREAM_MANAGER_KEY]
+
+
+def header_stream_id(request: web.Request) -> str | None:
+    """The stream the orchestrator names in `X-Stream-Id` (None without the header); a malformed
+    one is a 400."""
+    value = request.headers.get(STREAM_ID_HEADER, "").strip()
+    if not value:
+        return None
+    if not STREAM_ID_PATTERN.match(value):
+        raise errors.error_response(
+            web.HTTPBadRequest,
+            "Invalid request",
+            f"{STREAM_ID_HEADER} must be 1-128 characters of letters, digits and . _ : @ -",
+        )
+    return value
 
 
 # ---- start ---------------------------------------------------------------------------------------
@@ -51,7 +73,7 @@ def _manager(request: web.Request) -> StreamManager:
 
 async def _start(request: web.Request, body: StartStreamRequest) -> web.Response:
     manager = _manager(request)
-    stream_id = body.chosen_id() or uuid.uuid4().hex
+    stream_id = header_stream_id(request) or body.chosen_id() or uuid.uuid4().hex
     prompts, given = manager.validate_prompts(body.params.prompt_value())
     params = body.params
     spec = StreamSpec(
@@ -60,6 +82,9 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         publish_url=body.publish_url,
         control_url=body.control_url,
         events_url=body.events_url,
+        data_url=body.data_url,
+        max_framerate=params.max_framerate,
+        detect_out_resolution=params.detect_out_resolution is not False,
         width=params.width,
         height=params.height,
         prompts=prompts,
@@ -134,6 +159,7 @@ def _update_response(stream_id: str, outcome) -> UpdatePromptsResponse:
 
 
 async def _apply_params(request: web.Request, stream_id: str, data: object) -> web.Response:
+    data = unwrap_params(data)
     if not isinstance(data, dict):
         parse(StreamParams, data)  # raises the 400 for a body that is not an object
     outcome = await _manager(request).apply_params(stream_id, data, source="rest")  # type: ignore[arg-type]
@@ -225,12 +251,31 @@ async def stream_stats(request: web.Request) -> web.Response:
     )
 
 
+async def _stop_body(request: web.Request) -> tuple[str | None, str | None]:
+    """(stream named in the body, reason). go-livepeer sends a plain-text reason (`timeout waiting
+    for events`, `stream ended`, an error's text) or nothing; a JSON object may name the stream."""
+    raw = await request.read()
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        return None, None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None, text[:_STOP_REASON_MAX]
+    if isinstance(data, dict):
+        body = parse(StopStreamRequest, data)
+        reason = data.get("reason")
+        return body.chosen_id(), str(reason)[:_STOP_REASON_MAX] if reason else None
+    return None, text[:_STOP_REASON_MAX]  # JSON, but not an object: a reason all the same
+
+
 @api_handler
 async def byoc_stop(request: web.Request) -> web.Response:
-    body = parse(StopStreamRequest, await json_body(request, required=False))
+    named, reason = await _stop_body(request)
     manager = _manager(request)
-    stream = manager.only_stream(body.chosen_id() or request.query.get("stream_id"))
-    await stream.stop("stopped by the gateway", kind="gateway")
+    stream = manager.only_stream(header_stream_id(request) or named or request.query.get("stream_id"))
+    why = f"stopped by the gateway: {reason}" if reason else "stopped by the gateway"
+    await stream.stop(why, kind="gateway")
     info = stream.info()
     return respond(
         StopStreamResponse(
@@ -241,8 +286,8 @@ async def byoc_stop(request: web.Request) -> web.Response:
 
 @api_handler
 async def byoc_params(request: web.Request) -> web.Response:
-    data = await json_body(request)
-    stream_id = request.query.get("stream_id")
+    data = unwrap_params(await json_body(request))
+    stream_id = header_stream_id(request) or request.query.get("stream_id")
     if isinstance(data, dict):
         data = dict(data)
         for key in _ID_KEYS:
@@ -252,17 +297,50 @@ async def byoc_params(request: web.Request) -> web.Response:
     return await _apply_params(request, stream.stream_id, data)
 
 
+def _fps(stats: dict, *keys: str) -> float:
+    return next((float(stats[k]) for k in keys if stats.get(k) is not None), 0.0)
+
+
 @api_handler
 async def byoc_status(request: web.Request) -> web.Response:
+    """Our fields (every stream) and pytrickle's (its StreamState.get_pipeline_state() and its
+    client keys, about the stream named by X-Stream-Id / ?stream_id=, or the only one)."""
+    from server.routes.ops import server_status
+
     manager = _manager(request)
-    streams = {sid: s.info() for sid, s in manager.active.items()}
-    wanted = request.query.get("stream_id")
+    streams = {sid: manager.info(sid) for sid in manager.active}
+    wanted = header_stream_id(request) or request.query.get("stream_id")
     if wanted:
         current: StreamInfo | None = manager.info(wanted)
     else:
         current = next(iter(streams.values())) if len(streams) == 1 else None
+    status = server_status(request.app)
+    fps = params = None
+    if current is not None:
+        stats = current.stats.model_dump()
+        fps = {
+            "ingress_video_fps": _fps(stats, "input_fps", "fps_in"),
+            "ingress_audio_fps": 0.0,
+            "egress_video_fps": _fps(stats, "output_fps", "fps_out"),
+            "egress_audio_fps": 0.0,
+        }
+        params = {
+            "subscribe_url": current.config.subscribe_url,
+            "publish_url": current.config.publish_url,
+            "gateway_request_id": current.stream_id,
+        }
     return respond(
         StreamStatusResponse(
+            status=status,
+            state=status,
+            pipeline_ready=status in ("IDLE", "OK"),
+            active_streams=len(streams),
+            startup_complete=status != "LOADING",
+            pipeline_state=status,
+            client_active=current is not None and current.state in ("starting", "running"),
+            client_running=current is not None and current.state == "running",
+            fps=fps,
+            current_params=params,
             processing_active=any(s.state == "running" for s in streams.values()),
             stream_count=len(streams),
             message=f"{len(streams)} stream(s) active",
