@@ -92,7 +92,7 @@ async def test_real_workspace_info_and_custom_nodes_loaded_once(
         aiohttp.ClientSession() as http,
     ):
         # One custom node package failed: the server says so.
-        assert health["status"] == "degraded"
+        assert health["degraded"] is True and health["status"] in ("LOADING", "IDLE")
         assert any(k.endswith("ws_broken_nodes") for k in health["node_load_errors"])
 
         await create_channel(f"{base}/trickle/ws-in")

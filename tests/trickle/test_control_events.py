@@ -99,7 +99,14 @@ async def test_events_publisher_heartbeats_and_lifecycle_events(relay_server):
     assert len(heartbeats) >= 2
     assert heartbeats[0]["type"] == "heartbeat"
     assert heartbeats[0]["dimensions"] == {"width": 512, "height": 384}
-    assert heartbeats[0]["fps"] == {"ingress_video_fps": 29.5, "egress_video_fps": 28.0}
+    # pytrickle's heartbeat keys: its FPSMeter's four figures and five urls
+    assert heartbeats[0]["fps"] == {
+        "ingress_video_fps": 29.5,
+        "ingress_audio_fps": 0.0,
+        "egress_video_fps": 28.0,
+        "egress_audio_fps": 0.0,
+    }
+    assert set(heartbeats[0]["urls"]) == {"subscribe", "publish", "control", "events", "data"}
     types = [e["type"] for e in others]
     assert types[:3] == ["receive_first_ingest_segment", "send_first_processed_segment", "error"]
     assert others[2]["message"] == "worker crashed" and others[2]["kind"] == "worker"
