@@ -274,7 +274,7 @@ class StreamStatusMonitor:
     def __init__(
         self,
         stream: Any,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[dict[str, Any]], bool | None],
         *,
         pipeline: str = "comfyui",
         interval_s: float = STATUS_INTERVAL_S,
@@ -334,7 +334,6 @@ class StreamStatusMonitor:
                     self.stream.stop(f"no input for {IDLE_STOP_S:.0f} s", kind="input_idle"),
                     name=f"stream-{self.stream.stream_id}-idle-stop",
                 )
-            if now >= next_report:
-                self._send(self.tracker.event(now))
-                next_report = now + self.interval_s
+            if now >= next_report and self._send(self.tracker.event(now)) is not False:
+                next_report = now + self.interval_s  # (not sent: the channel is not open yet)
             await asyncio.sleep(self.poll_s)

@@ -289,11 +289,14 @@ class TrickleStream(StreamBase):
         """An event for the gateway only (its events channel), not the server's bus."""
         self.send_to_gateway({"type": event_type})
 
-    def send_to_gateway(self, event: dict[str, Any]) -> None:
+    def send_to_gateway(self, event: dict[str, Any]) -> bool:
         """An event as it is, on the events channel only (ai-runner's `status`, pytrickle's
-        `params_updated`): the gateway reads these fields at the event's top level."""
-        if self._events_channel is not None:
-            self._events_channel.send({**event, "stream_id": self.stream_id})
+        `params_updated`): the gateway reads these fields at the event's top level. False when
+        there is no events channel (yet, or at all)."""
+        if self._events_channel is None:
+            return False
+        self._events_channel.send({**event, "stream_id": self.stream_id})
+        return True
 
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
