@@ -388,7 +388,8 @@ def setup_routes(app: web.Application) -> None:
         "POST",
         "/stream/stop",
         byoc_stop,
-        "Stop the stream (BYOC: the only one, or the one named in the body)",
+        "Stop the stream (BYOC): the one named by the X-Stream-Id header, the body or ?stream_id=, "
+        "or the only one; the body may be plain text (the reason, as go-livepeer sends it)",
         request_model=StopStreamRequest,
         request_required=False,
         query={"stream_id": "the stream, when several run"},
@@ -398,7 +399,7 @@ def setup_routes(app: web.Application) -> None:
         "POST",
         "/stream/params",
         byoc_params,
-        "Update the stream's params (BYOC: as a control message)",
+        "Update the stream's params (BYOC: as a control message); X-Stream-Id names the stream",
         request_model=StreamParams,
         query={"stream_id": "the stream, when several run"},
         responses={200: UpdatePromptsResponse, 400: err, 404: err},
@@ -407,7 +408,8 @@ def setup_routes(app: web.Application) -> None:
         "GET",
         "/stream/status",
         byoc_status,
-        "Status of the running stream(s) (BYOC)",
+        "Status (BYOC): pytrickle's fields for the stream named by X-Stream-Id (or the only one), "
+        "and every stream",
         query={"stream_id": "the stream to report as current_stream"},
         responses={200: StreamStatusResponse, 404: err},
     )
@@ -415,7 +417,7 @@ def setup_routes(app: web.Application) -> None:
         "GET",
         "/stream/{id}",
         get_stream,
-        "A stream's status and stats",
+        "A stream's status and stats, with ai-runner's status event (`status`)",
         responses={200: StreamInfo, 404: err},
     )
     route(
