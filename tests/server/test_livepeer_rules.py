@@ -276,3 +276,37 @@ def test_bearer_token_check() -> None:
     assert resolve_token("0.0.0.0", None, True) == (None, False)
     token, generated = resolve_token("0.0.0.0", None, False)
     assert generated and token and len(token) >= 32
+
+
+def test_serve_reads_the_livepeer_flags_and_environment(monkeypatch) -> None:
+    from server.cli import build_parser
+    from server.commands import config_from_args
+
+    for name in ("AUTH_TOKEN", "ORCH_URL", "ORCH_SECRET", "CAPABILITY_NAME", "CAPABILITY_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)
+    local = config_from_args(build_parser().parse_args(["serve"]))
+    assert local.auth_token is None and local.registration is None  # loopback: open, no registration
+
+    monkeypatch.setenv("ORCH_URL", "https://orch:9995")
+    monkeypatch.setenv("ORCH_SECRET", "env-secret")
+    monkeypatch.setenv("CAPABILITY_NAME", "comfyui")
+    args = ["serve", "--host", "0.0.0.0", "--max-streams", "3", "--capability-url", "http://w:8000"]
+    exposed = config_from_args(build_parser().parse_args(args))
+    reg = exposed.registration
+    assert exposed.auth_token and reg.token == exposed.auth_token  # generated, handed to the orchestrator
+    assert (reg.orch_secret, reg.name, reg.url, exposed.pipeline_name) == (
+        "env-secret",
+        "comfyui",
+        "http://w:8000",
+        "comfyui",
+    )
+    monkeypatch.setenv("AUTH_TOKEN", "from-env")
+    given = config_from_args(build_parser().parse_args([*args, "--orch-secret", "flag-secret"]))
+    assert given.auth_token == "from-env" and given.registration.orch_secret == "flag-secret"
+    open_api = config_from_args(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--no-auth"]))
+    monkeypatch.delenv("AUTH_TOKEN")
+    assert (
+        config_from_args(build_parser().parse_args(["serve", "--host", "0.0.0.0", "--no-auth"])).auth_token
+        is None
+    )
+    assert open_api.auth_token == "from-env"  # a token given is used even with --no-auth
