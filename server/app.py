@@ -35,6 +35,7 @@ FEATURE_MODULES: tuple[str, ...] = (
     "server.webrtc.routes",
     "server.dashboard",
     "server.jobs",
+    "server.editor",  # after server.jobs: it serves the jobs API under the editor's path too
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)

@@ -70,6 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="output images folder (default: the workspace's, or ./output)",
     )
     _add_livepeer_flags(parser)
+    parser.add_argument(
+        "--user-dir",
+        type=Path,
+        default=None,
+        help="the editor's settings and saved workflows (default: the workspace's user/, or ./user)",
+    )
     # The dispatcher has a global --log-level; this one lets it follow the subcommand too.
     parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, help="logging level")
     parser.set_defaults(func=run)
@@ -171,6 +177,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         job_workers_at_startup=True,
         input_dir=args.input_dir,
         output_dir=args.output_dir,
+        user_dir=args.user_dir,
         log_level=str(getattr(args, "log_level", "INFO")),
         **livepeer_settings(args),
     )

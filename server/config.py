@@ -33,6 +33,7 @@ class ServerConfig:
     auth_token: str | None = field(default=None, repr=False)  # Bearer token the API requires; None: open
     registration: Any = None  # server.registration.CapabilitySettings: register with an orchestrator
     pipeline_name: str = "comfystream"  # the capability's name: /version's model_id, status events' pipeline
+    user_dir: Path | None = None  # the editor's settings and saved workflows; None: the workspace's user/, else ./user
 
     @property
     def custom_node_dirs(self) -> list[Path]:

@@ -72,6 +72,7 @@ def load_custom_node_package(path: str, registry: NodeRegistry) -> list[str]:
         registry.record_load_error(source, traceback.format_exc())
         logger.warning("Cannot import %s module for custom nodes:\n%s", source, traceback.format_exc())
         return []
+    _record_web_dir(module, source, registry)
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
     if not isinstance(mappings, dict):
         logger.info("Skip %s module for custom nodes due to the lack of NODE_CLASS_MAPPINGS.", source)
@@ -83,6 +84,17 @@ def load_custom_node_package(path: str, registry: NodeRegistry) -> list[str]:
     added = registry.register_mappings(mappings, display if isinstance(display, dict) else {}, source=source)
     logger.info("Loaded %d custom node(s) from %s", len(added), source)
     return added
+
+
+def _record_web_dir(module: ModuleType, source: str, registry: NodeRegistry) -> None:
+    """A package's `WEB_DIRECTORY` (its frontend extensions), as ComfyUI records it: by the package's
+    folder name, relative to the package, only when it is a folder."""
+    web = getattr(module, "WEB_DIRECTORY", None)
+    if not isinstance(web, str) or not os.path.isdir(source):
+        return
+    web_dir = os.path.abspath(os.path.join(source, web))
+    if os.path.isdir(web_dir):
+        registry.web_dirs[os.path.basename(source)] = web_dir
 
 
 def load_custom_nodes(directory: str, registry: NodeRegistry) -> list[str]:

@@ -32,6 +32,8 @@ class NodeRegistry(Mapping[str, type]):
         self.sources: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self.conflicts: list[NodeConflict] = []
+        # ComfyUI's EXTENSION_WEB_DIRS: package name -> its WEB_DIRECTORY (frontend extensions).
+        self.web_dirs: dict[str, str] = {}
 
     # Mapping interface
     def __getitem__(self, name: str) -> type:

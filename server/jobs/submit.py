@@ -3,6 +3,7 @@ registry, with the jobs' input folder in view), number it, and hand it to the sc
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,6 +92,7 @@ def submit_prompt(
         number: float = float(request.number)
     else:
         number = scheduler.queue.next_number(bool(request.front))
+    extra_data["create_time"] = int(time.time() * 1000)  # ComfyUI's: the jobs API sorts by it
     item = QueueItem(number, prompt_id, result.prompt, extra_data, list(result.outputs))
     scheduler.submit(item)
     return Submitted(item, result.node_errors or {})
