@@ -74,7 +74,10 @@ async def get_logs(request: web.Request) -> web.Response:
 async def get_raw_logs(request: web.Request) -> web.Response:
     size = os.get_terminal_size() if sys.stdout.isatty() else os.terminal_size((80, 24))
     return web.json_response(
-        {"entries": request.app[LOG_BUFFER_KEY].snapshot(), "size": {"cols": size.columns, "rows": size.lines}}
+        {
+            "entries": request.app[LOG_BUFFER_KEY].snapshot(),
+            "size": {"cols": size.columns, "rows": size.lines},
+        }
     )
 
 

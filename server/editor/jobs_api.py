@@ -14,7 +14,13 @@ from aiohttp import web
 from server.jobs.queue import QueueItem
 from server.jobs.settings import scheduler_of
 
-PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "pending", "in_progress", "completed", "failed", "cancelled"
+PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
+    "pending",
+    "in_progress",
+    "completed",
+    "failed",
+    "cancelled",
+)
 ALL_STATUSES = (PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
 HISTORY_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED})
 PREVIEWABLE = frozenset({"images", "video", "audio", "3d", "text"})

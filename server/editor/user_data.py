@@ -167,7 +167,11 @@ async def list_userdata(request: web.Request) -> web.Response:
         return web.Response(status=403, text="Invalid directory")
     if not path.is_dir():
         return web.Response(status=404, text="Directory not found")
-    recurse, full_info, split = _flag(request, "recurse"), _flag(request, "full_info"), _flag(request, "split")
+    recurse, full_info, split = (
+        _flag(request, "recurse"),
+        _flag(request, "full_info"),
+        _flag(request, "split"),
+    )
     files = sorted(p for p in (path.rglob("*") if recurse else path.glob("*")) if p.is_file())
     out: list[Any] = []
     for f in files:
