@@ -99,8 +99,8 @@ class NetLog:
         ]
 
 
-async def open_editor(browser: Any, server: Server, context: Any = None) -> tuple[Any, NetLog]:
-    context = context or await browser.new_context(viewport=VIEWPORT)
+async def open_editor(chromium: Any, server: Server, context: Any = None) -> tuple[Any, NetLog]:
+    context = context or await chromium.new_context(viewport=VIEWPORT)
     page = await context.new_page()
     log = NetLog(server.base)
     log.attach(page)
