@@ -30,6 +30,10 @@ FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "editor_config(**kwargs): ServerConfig fields for the editor server")
+    # tests/dashboard's stream helpers are imported here, with their module's marks.
+    config.addinivalue_line(
+        "markers", "server_config(**kwargs): ServerConfig fields for the dashboard server"
+    )
 
 
 @pytest.fixture

@@ -57,7 +57,9 @@ export async function applyToStream(streamId) {
   } else {
     const error = typeof body.error === "object" ? body.error : { message: body.message || body.error };
     showNodeErrors(body.node_errors || null, error);
-    const detail = [error?.message, error?.details || body.detail].filter(Boolean).join(": ");
+    const perNode = Object.entries(body.node_errors || {}).flatMap(([id, e]) =>
+      (e.errors || []).map((x) => `#${id} ${e.class_type}: ${x.message}${x.details ? ` (${x.details})` : ""}`));
+    const detail = perNode.length ? perNode.join("\n") : [error?.message, error?.details].filter(Boolean).join(": ");
     toast("error", `Stream ${streamId} kept its prompt`, detail || `HTTP ${res.status}`);
   }
   return { ok: res.ok, status: res.status, body };
