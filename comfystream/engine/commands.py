@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
         help="validate an API-format workflow the way ComfyUI does",
-        description='Prints {"ok": true} and exits 0, or prints ComfyUI\'s {"error", "node_errors"} and exits 1.',
+        description='Prints {"ok": true} (with ComfyUI\'s "node_errors" of any invalid branch beside a valid output) and exits 0, or prints ComfyUI\'s {"error", "node_errors"} and exits 1.',
     )
     p.add_argument("workflow", help="API-format workflow JSON file")
     p.add_argument(
@@ -78,7 +78,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 2
     result = validate_prompt(text, _registry(args.custom_nodes, args.workspace))
     if result.ok:
-        print(json.dumps({"ok": True}))
+        # As POST /prompt: the valid outputs run; an invalid branch's errors are reported beside them.
+        answer: dict[str, Any] = {"ok": True}
+        if result.node_errors:
+            answer["node_errors"] = result.node_errors
+            print(
+                f"{len(result.node_errors)} node(s) failed validation; their outputs will not run",
+                file=sys.stderr,
+            )
+        print(json.dumps(answer, default=str))
         return 0
     print(json.dumps(result.to_comfy(), default=str))
     return 1

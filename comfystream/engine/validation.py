@@ -10,6 +10,7 @@ the result for planning.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import sys
 import traceback
@@ -385,6 +386,8 @@ def validate_prompt(
     extra_data: dict[str, Any] | None = None,
 ) -> ValidationResult:
     """Validate one prompt; never raises on bad input (the result says what is wrong)."""
+    if _is_empty_prompt(prompt):  # ComfyUI finds no output node in it
+        return _failed(_prompt_error("prompt_no_outputs", "Prompt has no outputs"), {})
     try:
         prompt = parse_prompt(prompt)
     except PromptFormatError as exc:
@@ -478,6 +481,18 @@ def validate_prompt(
         error = _prompt_error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
         return ValidationResult(False, error, [], node_errors, prompt)
     return ValidationResult(True, None, good_outputs, node_errors, prompt)
+
+
+def _is_empty_prompt(prompt: Any) -> bool:
+    """`{}`, as a dict, a JSON string or wrapped as `{"prompt": {}}`."""
+    if isinstance(prompt, str):
+        try:
+            prompt = json.loads(prompt)
+        except ValueError:
+            return False
+    if isinstance(prompt, dict) and set(prompt) == {"prompt"} and isinstance(prompt["prompt"], dict | str):
+        return _is_empty_prompt(prompt["prompt"])
+    return isinstance(prompt, dict) and not prompt
 
 
 def _node_order_key(node_id: str) -> tuple[int, int | str]:

@@ -23,6 +23,7 @@ class QueueItem:
     prompt: dict[str, Any]
     extra_data: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)  # ComfyUI's outputs_to_execute
+    cache_key: str | None = None  # server/jobs/output_cache.py; None: not cacheable
 
     @property
     def client_id(self) -> str | None:
@@ -67,6 +68,10 @@ class PromptQueue:
         item = heapq.heappop(self._pending)
         self.running[item.prompt_id] = item
         return item
+
+    def start(self, item: QueueItem) -> None:
+        """Count an item as running without it having waited in the queue (a cached prompt)."""
+        self.running[item.prompt_id] = item
 
     def delete(self, prompt_id: str) -> QueueItem | None:
         for i, item in enumerate(self._pending):

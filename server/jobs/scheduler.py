@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from comfystream.pipeline.backend import WorkerSpec
+from server.jobs.output_cache import OutputCache
 from server.jobs.queue import PromptQueue, QueueItem
 from server.jobs.settings import JobSettings
 from workers import job_messages as jm
@@ -44,6 +46,7 @@ class JobScheduler:
         self.settings = settings
         self.queue = PromptQueue(settings.history_max)
         self.sinks: list[JobSink] = []
+        self.output_cache = OutputCache()
         self.workers: list[JobWorker] = []
         self._worker_of: dict[str, JobWorker] = {}
         self._messages: dict[str, list[list[Any]]] = {}
@@ -108,10 +111,35 @@ class JobScheduler:
     # -- commands ------------------------------------------------------------------------------
 
     def submit(self, item: QueueItem) -> None:
+        cached = self.output_cache.get(item.cache_key, self.settings) if item.cache_key else None
+        if cached is not None:
+            # Answered from the cache without a worker; after the POST /prompt reply, as a worker's
+            # events would come.
+            self.queue.start(item)
+            self._messages[item.prompt_id] = []
+            self._queue_changed()
+            asyncio.get_running_loop().call_soon(self._finish_cached, item, cached)
+            return
         self._spawn()
         self.queue.put(item)
         self._queue_changed()
         self._dispatch()
+
+    def _finish_cached(self, item: QueueItem, outputs: dict[str, Any]) -> None:
+        """ComfyUI's events for a prompt whose every node is cached: execution_start,
+        execution_cached (all nodes), `executed` with each output node's cached ui, success."""
+        pid = item.prompt_id
+        logger.info("prompt %s: same as a finished one, its outputs reused", pid)
+        self._on_event(pid, "execution_start", {"prompt_id": pid, "timestamp": _now_ms()})
+        self._on_event(
+            pid, "execution_cached", {"nodes": list(item.prompt), "prompt_id": pid, "timestamp": _now_ms()}
+        )
+        for node, ui in outputs.items():
+            self._on_event(
+                pid, "executed", {"node": node, "display_node": node, "output": ui, "prompt_id": pid}
+            )
+        self._on_event(pid, "execution_success", {"prompt_id": pid, "timestamp": _now_ms()})
+        self._on_finished(jm.JobFinished(pid, "success", outputs=outputs))
 
     def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
         removed = [item for item in (self.queue.delete(str(pid)) for pid in prompt_ids) if item is not None]
@@ -208,6 +236,8 @@ class JobScheduler:
         messages = self._messages.pop(msg.prompt_id, [])
         outputs = msg.outputs or {}
         success = msg.status == "success"
+        if success and item.cache_key:
+            self.output_cache.put(item.cache_key, outputs)
         entry = self.queue.finish(
             msg.prompt_id,
             {
@@ -235,3 +265,7 @@ class JobScheduler:
         remaining = self.queue.remaining
         for sink in self.sinks:
             sink.on_queue_changed(remaining)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

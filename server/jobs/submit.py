@@ -12,6 +12,7 @@ from typing import Any
 
 from comfystream.engine import ExecutionContext, ValidationResult, validate_prompt
 from comfystream.engine.context import reset_current_context, set_current_context
+from server.jobs.output_cache import cache_key
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import JobSettings
@@ -93,6 +94,8 @@ def submit_prompt(
     else:
         number = scheduler.queue.next_number(bool(request.front))
     extra_data["create_time"] = int(time.time() * 1000)  # ComfyUI's: the jobs API sorts by it
-    item = QueueItem(number, prompt_id, result.prompt, extra_data, list(result.outputs))
+    with job_folders(settings):  # LoadImage's IS_CHANGED hashes its file in the input folder
+        key = cache_key(result.prompt, list(result.outputs), registry)
+    item = QueueItem(number, prompt_id, result.prompt, extra_data, list(result.outputs), key)
     scheduler.submit(item)
     return Submitted(item, result.node_errors or {})
