@@ -54,6 +54,20 @@ def test_validate_ok_and_failure(workflow, no_leaks):
     (err,) = body["node_errors"]["2"]["errors"]
     assert err["type"] == "value_bigger_than_max" and err["message"] == "Value 99 bigger than max of 31"
 
+    # One output valid, another on an invalid branch: valid (as POST /prompt), with that branch's errors.
+    branch = dict(good)
+    branch["4"] = {"class_type": "ImageInvert", "inputs": {}}
+    branch["5"] = {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}}
+    proc = cli("validate", workflow(branch))
+    assert proc.returncode == 0, proc.stderr
+    body = json.loads(proc.stdout)
+    assert body["ok"] is True and set(body["node_errors"]) == {"4"}
+    assert body["node_errors"]["4"]["errors"][0]["type"] == "required_input_missing"
+    assert body["node_errors"]["4"]["dependent_outputs"] == ["5"]
+
+    proc = cli("validate", workflow({"prompt": {}}))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["type"] == "prompt_no_outputs"
+
 
 def test_execute_writes_8bit_images_and_events(workflow, tmp_path, no_leaks):
     pixels = np.random.default_rng(7).integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
