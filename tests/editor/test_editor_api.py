@@ -141,6 +141,8 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
                 and str(r.url).endswith("/comfyui/")
                 and "<title>ComfyUI</title>" in await r.text()
             )
+        async with http.get(f"{base}/dashboard/main.js") as r:  # the dashboard links to the editor
+            assert 'href="/comfyui/"' in await r.text()
         async with http.get(f"{base}/comfyui/api/extensions") as r:
             scripts = await r.json()
         assert "/extensions/comfystream/comfystream.js" in scripts

@@ -64,6 +64,7 @@ function App() {
       <span class="brand">comfystream</span>
       <span class="muted small">dashboard</span>
       <${Health} />
+      <a class="small" href="/comfyui/" data-testid="editor-link" title="The ComfyUI editor: design a workflow, run it, send it to a stream">ComfyUI editor</a>
       <span class="grow"></span>
       <${FeedDot} />
       <span class="this-tab" data-testid="client-id" title=${clientId}>this tab: <span class="mono">${shortId(clientId, 6)}</span></span>
