@@ -27,6 +27,11 @@ def web_node_package(root: Path) -> Path:
     (package / "__init__.py").write_text('WEB_DIRECTORY = "./js"\nNODE_CLASS_MAPPINGS = {}\n')
     (package / "js" / "hello.js").write_text("export const hello = 1;\n")
     (package / "js" / "sub" / "more.js").write_text("export const more = 2;\n")
+    (package / "locales" / "fr").mkdir(parents=True)
+    (package / "locales" / "fr" / "main.json").write_text('{"webpkg": {"hello": "bonjour"}}')
+    (package / "locales" / "fr" / "nodeDefs.json").write_text('{"Hello": {"display_name": "Salut"}}')
+    (package / "example_workflows").mkdir()
+    (package / "example_workflows" / "demo.json").write_text(json.dumps(WORKFLOW))
     return package.parent
 
 
@@ -155,7 +160,12 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
             ("/api/embeddings", []),
             ("/api/models", []),
             ("/api/experiment/models", []),
-            ("/api/workflow_templates", {}),
+            ("/api/workflow_templates", {"webpkg": ["demo"]}),
+            ("/api/workflow_templates/webpkg/demo.json", WORKFLOW),
+            (
+                "/comfyui/api/i18n",
+                {"fr": {"webpkg": {"hello": "bonjour"}, "nodeDefs": {"Hello": {"display_name": "Salut"}}}},
+            ),
             ("/api/global_subgraphs", {}),
             ("/comfyui/templates/index.json", []),
             ("/embeddings", []),  # also without the /api prefix, as ComfyUI serves it
