@@ -21,9 +21,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
-# Where this server's editor differs from ComfyUI's defaults until the user changes it: the page
-# works offline, so it does not ask api.comfy.org for release notes.
-EDITOR_DEFAULTS: dict[str, Any] = {"Comfy.Notification.ShowVersionUpdates": False}
+# Where this server's editor differs from ComfyUI's defaults until the user changes them: the page
+# works offline, so it does not ask api.comfy.org for release notes; and ComfyUI's core templates
+# are not installed, so a first visit opens the canvas, not an empty template browser.
+EDITOR_DEFAULTS: dict[str, Any] = {
+    "Comfy.Notification.ShowVersionUpdates": False,
+    "Comfy.TutorialCompleted": True,
+}
 # Made with the user's folder, as a ComfyUI that has saved a workflow, a subgraph and a template
 # has them: the page lists them on load, and an absent one is a 404 in its network log.
 USER_FOLDERS = ("workflows", "subgraphs")

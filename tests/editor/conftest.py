@@ -24,8 +24,6 @@ EDITOR_READY_JS = (
     "() => window.app && window.app.graph && window.app.extensionManager"
     " && !document.getElementById('splash-loader')"
 )
-# Settings that a user who has used the editor once has: no first-run template browser over the canvas.
-FIRST_RUN_DONE = {"Comfy.TutorialCompleted": True}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,9 +48,6 @@ async def editor_server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest
         "user_dir": tmp_path / "user",
     }
     fields.update(marker.kwargs if marker else {})
-    settings = tmp_path / "user" / "default" / "comfy.settings.json"
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(__import__("json").dumps(FIRST_RUN_DONE))
     test_server = TestServer(create_app(ServerConfig(**fields)), host="127.0.0.1")
     await test_server.start_server()
     if fields["job_workers"]:

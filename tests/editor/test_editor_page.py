@@ -65,7 +65,17 @@ async def test_editor_loads_clean_and_runs_a_core_workflow(
     )
     expected = [255 - 0x20, 255 - 0x50, 255 - 0xA0]
     assert all(abs(a - b) <= 1 for a, b in zip(pixel, expected, strict=True)), pixel  # float rounding
-    await asyncio.sleep(1)  # the history/queue refresh after the run
     await page.screenshot(path=str(artifacts_dir / "editor-core-workflow.png"))
+
+    # The history: the assets panel (generated media, from /api/jobs) shows the output image.
+    await page.click("[data-testid=assets-tab-button]")
+    await page.wait_for_function(
+        "(name) => [...document.querySelectorAll('img')].some(i => i.src.includes(name) && i.naturalWidth > 0)",
+        arg=images[0]["filename"],
+        timeout=30_000,
+    )
+    await page.click("[data-testid=queue-overlay-toggle]")  # the queue / job history overlay
+    await asyncio.sleep(1)
+    await page.screenshot(path=str(artifacts_dir / "editor-assets.png"))
     assert log.problems() == [], log.problems()
     await page.context.close()
