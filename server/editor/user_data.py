@@ -31,7 +31,11 @@ EDITOR_DEFAULTS: dict[str, Any] = {
 # Made with the user's folder, as a ComfyUI that has saved a workflow, a subgraph and a template
 # has them: the page lists them on load, and an absent one is a 404 in its network log.
 USER_FOLDERS = ("workflows", "subgraphs")
-USER_FILES = {"user.css": "/* your CSS for the editor */\n", "comfy.templates.json": "[]"}
+USER_FILES = {
+    "user.css": "/* your CSS for the editor */\n",
+    "comfy.templates.json": "[]",
+    "workflows/.index.json": '{"favorites": []}',  # the workflows the user bookmarked
+}
 
 
 class PathOutside(ValueError):
@@ -176,7 +180,12 @@ async def list_userdata(request: web.Request) -> web.Response:
         _flag(request, "full_info"),
         _flag(request, "split"),
     )
-    files = sorted(p for p in (path.rglob("*") if recurse else path.glob("*")) if p.is_file())
+    # As ComfyUI's glob: hidden files and folders (the bookmarks' .index.json) are not listed.
+    files = sorted(
+        p
+        for p in (path.rglob("*") if recurse else path.glob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     out: list[Any] = []
     for f in files:
         if full_info:
