@@ -92,6 +92,7 @@ async def test_settings_and_workflows_on_disk_survive_a_restart(tmp_path: Path, 
         async with http.get(f"{base}/api/v2/userdata?path=workflows") as r:
             assert [(e["path"], e["type"]) for e in await r.json()] == [
                 ("workflows/mine", "directory"),
+                ("workflows/.index.json", "file"),  # the bookmarks (listed here, as ComfyUI's os.walk does)
                 ("workflows/mine/graph.json", "file"),
             ]
         async with http.get(f"{base}/comfyui/api/userdata/workflows%2Fmine%2Fgraph.json") as r:
