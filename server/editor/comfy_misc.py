@@ -10,9 +10,9 @@ import collections
 import json
 import logging
 import os
+import shutil
 import struct
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ class LogBuffer(logging.Handler):
     def __init__(self, size: int = 300):
         super().__init__(logging.INFO)
         self.entries: collections.deque[dict[str, str]] = collections.deque(maxlen=size)
-        self._lock_entries = threading.Lock()
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -55,12 +54,15 @@ class LogBuffer(logging.Handler):
         except Exception:  # a log record that cannot be formatted is not the page's problem
             return
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
-        with self._lock_entries:
-            self.entries.append({"t": f"{stamp}.{int(record.msecs):03d}", "m": line})
+        # logging.Handler.handle() holds self.lock around emit(): records from any thread append safely.
+        self.entries.append({"t": f"{stamp}.{int(record.msecs):03d}", "m": line})
 
     def snapshot(self) -> list[dict[str, str]]:
-        with self._lock_entries:
+        self.acquire()
+        try:
             return list(self.entries)
+        finally:
+            self.release()
 
 
 LOG_BUFFER_KEY = web.AppKey("editor_log_buffer", LogBuffer)
@@ -72,7 +74,7 @@ async def get_logs(request: web.Request) -> web.Response:
 
 
 async def get_raw_logs(request: web.Request) -> web.Response:
-    size = os.get_terminal_size() if sys.stdout.isatty() else os.terminal_size((80, 24))
+    size = shutil.get_terminal_size((80, 24))
     return web.json_response(
         {
             "entries": request.app[LOG_BUFFER_KEY].snapshot(),
