@@ -77,10 +77,7 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def _start(app: web.Application) -> None:
-    store = app[user_data.USER_STORE_KEY]
-    store.ensure()
     logging.getLogger().addHandler(app[comfy_misc.LOG_BUFFER_KEY])
-    logger.info("editor: user data in %s", store.root)
 
 
 async def _cleanup(app: web.Application) -> None:

@@ -48,10 +48,16 @@ class UserStore:
     def __init__(self, user_dir: Path):
         self.user_dir = Path(user_dir).resolve()
         self.root = self.user_dir / DEFAULT_USER
+        self._ensured = False
 
     def ensure(self) -> None:
         """The folder with what the page reads on load: `workflows/`, `subgraphs/`, an empty
-        `user.css` (the stylesheet the page links; a user's own CSS goes there) and no templates."""
+        `user.css` (the stylesheet the page links; a user's own CSS goes there) and no templates.
+        Made on the editor's first request, not at startup: a server nobody edits on writes nothing."""
+        if self._ensured:
+            return
+        self._ensured = True
+        logger.info("editor: user data in %s", self.root)
         for name in USER_FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
         for name, content in USER_FILES.items():
@@ -104,7 +110,9 @@ USER_STORE_KEY = web.AppKey("editor_user_store", UserStore)
 
 
 def _store(request: web.Request) -> UserStore:
-    return request.app[USER_STORE_KEY]
+    store = request.app[USER_STORE_KEY]
+    store.ensure()
+    return store
 
 
 async def _json(request: web.Request) -> Any:

@@ -114,8 +114,10 @@ async def test_every_userdata_path_stays_in_the_user_folder(tmp_path: Path, no_l
     server = await serve(tmp_path)
     base = str(server.make_url("")).rstrip("/")
     user = tmp_path / "user" / "default"
-    os.symlink(tmp_path, user / "workflows" / "link")  # a link inside that leads out
     async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/api/users") as r:  # the editor's first request makes the folder
+            assert r.status == 200 and (user / "workflows").is_dir()
+        os.symlink(tmp_path, user / "workflows" / "link")  # a link inside that leads out
         for name in (
             "..%2F..%2Fsecret.txt",
             "%2E%2E%2F%2E%2E%2Fsecret.txt",
