@@ -41,6 +41,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all visible)"
     )
+    parser.add_argument(
+        "--streams-per-gpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N workers (streams) per GPU (default: as many as its free memory holds)",
+    )
+    parser.add_argument(
+        "--gpu-min-free-mib",
+        type=int,
+        default=1024,
+        metavar="MIB",
+        help="free GPU memory a new worker needs; a GPU with less takes none (default 1024)",
+    )
     parser.add_argument("--relay", action="store_true", help="also serve a trickle relay under /trickle/")
     parser.add_argument(
         "--ice-server",
@@ -163,6 +177,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--warm-workers cannot be negative")
     if args.job_workers < 0:
         raise ValueError("--job-workers cannot be negative")
+    if args.streams_per_gpu is not None and args.streams_per_gpu < 1:
+        raise ValueError("--streams-per-gpu must be at least 1")
+    if args.gpu_min_free_mib < 0:
+        raise ValueError("--gpu-min-free-mib cannot be negative")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -171,6 +189,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_streams=args.max_streams,
         warm_workers=args.warm_workers,
         gpus=parse_gpus(args.gpus),
+        streams_per_gpu=args.streams_per_gpu,
+        gpu_min_free_mib=args.gpu_min_free_mib,
         relay=args.relay,
         ice_servers=list(args.ice_servers),
         job_workers=args.job_workers,

@@ -18,6 +18,8 @@ class ServerConfig:
     max_streams: int = 8  # concurrent trickle streams; a start beyond it gets 503
     warm_workers: int = 0  # spawned, engine-loaded, idle workers kept ready
     gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
+    streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
+    gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
+from comfystream.pipeline.backend import WorkerSpec
 from server.config import ServerConfig
 from server.models import WORKER_PARAMS
 from server.stream_spec import StreamSpec
@@ -40,6 +41,8 @@ class PipelineResources:
             custom = []
         self.backend = ProcessPoolBackend(
             gpus=config.gpus,
+            streams_per_gpu=config.streams_per_gpu,
+            gpu_min_free_mib=config.gpu_min_free_mib,
             warm_workers=config.warm_workers,
             cwd=str(config.workspace) if config.workspace else None,
             custom_node_dirs=custom,
@@ -66,6 +69,19 @@ class PipelineResources:
 
     async def close(self) -> None:
         await self.backend.shutdown()
+
+    async def check_room(self, spec: StreamSpec) -> None:
+        """Raises NoGpuRoom when the stream could get no worker now (503 with the reason). A stream
+        on the shared pipeline may join a running worker: its start is never refused here."""
+        if spec.pipeline_type != "Pipeline":
+            params = {k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None}
+            await self.backend.check_room(
+                WorkerSpec(
+                    cwd=params.get("cwd"),
+                    disable_cuda_malloc=bool(params.get("disable_cuda_malloc", False)),
+                    gpu_only=bool(params.get("gpu_only", False)),
+                )
+            )
 
     def create_pipeline(self, spec: StreamSpec) -> BasePipeline:
         worker_params = {

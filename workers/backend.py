@@ -7,6 +7,7 @@ then `await DEFAULT_BACKEND.start()` / `await DEFAULT_BACKEND.shutdown()`). Test
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import weakref
@@ -15,7 +16,7 @@ from typing import Any
 
 from comfystream.pipeline.backend import WorkerSpec
 from workers.child import WorkerConfig
-from workers.placement import GpuPlacer
+from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
 from workers.supervisor import SupervisedWorker
@@ -42,6 +43,8 @@ class BackendSettings:
     workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
     workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
     torch_threads: int | None = 1  # each worker's torch intra-op threads (None: torch's default)
+    streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
+    gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
 
 
 class ProcessPoolBackend:
@@ -65,6 +68,7 @@ class ProcessPoolBackend:
 
             parsed = parse_gpus(settings["gpus"])
             settings["gpus"] = None if parsed is None else tuple(parsed)
+        if {"gpus", "streams_per_gpu", "gpu_min_free_mib"} & settings.keys():
             self._placer = None
         if "workspace_settings" in settings:
             settings["workspace_settings"] = tuple(dict(settings["workspace_settings"] or {}).items())
@@ -80,7 +84,10 @@ class ProcessPoolBackend:
     @property
     def placer(self) -> GpuPlacer:
         if self._placer is None:
-            self._placer = GpuPlacer(self.settings.gpus)
+            s = self.settings
+            self._placer = GpuPlacer(
+                s.gpus, streams_per_gpu=s.streams_per_gpu, min_free_mib=s.gpu_min_free_mib
+            )
             logger.info("GPUs for workers: %s", self._placer.gpus or "none (CPU)")
         return self._placer
 
@@ -112,7 +119,7 @@ class ProcessPoolBackend:
         WorkerProcess running another loop, e.g. the job loop)."""
         spec = self.resolve(spec)
         placer = self.placer
-        gpu = placer.acquire()
+        gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
         s = self.settings
         config = WorkerConfig(
             parent_pid=os.getpid(),
@@ -147,6 +154,13 @@ class ProcessPoolBackend:
                 logger.info("%s takes warm %s (pid %s)", name, proc.name, proc.pid)
                 return proc
         return await self.spawn_process(resolved, name)
+
+    async def check_room(self, spec: WorkerSpec) -> None:
+        """Raises NoGpuRoom when a stream with `spec` could get no worker now: no warm one ready and
+        no GPU with room for a new one (the server answers 503 with the reason)."""
+        if self.pool is not None and self.pool.has_ready(self.resolve(spec)):
+            return
+        await asyncio.to_thread(self.placer.check_room)
 
     def create_worker(self, spec: WorkerSpec, name: str) -> SupervisedWorker:
         worker = SupervisedWorker(self, self.resolve(spec), name)

@@ -59,6 +59,10 @@ def pinned_environment(config: WorkerConfig) -> dict[str, str]:
     """The environment a worker must start with: its GPU pinning and the configured extras."""
     # "" hides every GPU: a worker placed on the CPU must not grab GPU 0 behind our back.
     env = {"CUDA_VISIBLE_DEVICES": config.gpu if config.gpu is not None else ""}
+    if config.gpu is not None:
+        # Placement numbers GPUs as nvidia-smi does (PCI bus order); CUDA's default order is
+        # fastest first, which may differ on a mixed machine.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if config.gpu is not None and not config.disable_cuda_malloc:
         env["PYTORCH_CUDA_ALLOC_CONF"] = "backend:cudaMallocAsync"
     env.update(dict(config.env))

@@ -67,6 +67,10 @@ class WarmPool:
 
         await asyncio.wait_for(full(), timeout)
 
+    def has_ready(self, spec: WorkerSpec) -> bool:
+        """Whether `take(spec)` would hand out a worker now (issue 17: the GPU room check)."""
+        return not self._closed and spec == self.spec and any(p.state == "ready" for p in self._idle)
+
     def take(self, spec: WorkerSpec) -> WorkerProcess | None:
         """A ready idle worker for `spec` (already merged with the backend's defaults), or None."""
         if self._closed or spec != self.spec:

@@ -18,6 +18,7 @@ from server import errors
 from server.app_keys import CONFIG_KEY, METRICS_KEY
 from server.prompt_validation import PromptRejected
 from server.stream_types import AtCapacity, NotNow, StreamExists, StreamNotFound
+from workers.placement import NoGpuRoom
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -78,6 +79,8 @@ def to_http_error(exc: Exception, app: web.Application) -> web.HTTPException | N
         return errors.conflict(str(exc.args[0]))
     if isinstance(exc, AtCapacity):
         return errors.at_capacity(app[CONFIG_KEY].max_streams)
+    if isinstance(exc, NoGpuRoom):
+        return errors.error_response(web.HTTPServiceUnavailable, "No GPU has room", str(exc))
     if isinstance(exc, NotNow):  # e.g. a restart while a WebRTC stream's prompts are stopped
         return errors.error_response(web.HTTPConflict, "Not possible now", str(exc))
     if isinstance(exc, PromptRejected):

@@ -96,12 +96,22 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
             **params.model_dump(include=set(WORKER_PARAMS), exclude_none=True),
         },
     )
+    await _check_gpu_room(request, spec)
     manager.start(spec)
     return respond(
         StartStreamResponse(
             message=f"Stream {stream_id} started successfully", request_id=stream_id, config=spec.config()
         )
     )
+
+
+async def _check_gpu_room(request: web.Request, spec: StreamSpec) -> None:
+    """NoGpuRoom (503 with the reason) when no GPU can take this stream's worker."""
+    from server.app import PIPELINE_RESOURCES_KEY  # here: server.app imports this module
+
+    resources = request.app.get(PIPELINE_RESOURCES_KEY)
+    if resources is not None:
+        await resources.check_room(spec)
 
 
 @api_handler
