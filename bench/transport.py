@@ -34,7 +34,7 @@ from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
 from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend
-from workers.tensors import image_into_rgb, rgb_to_image
+from workers.tensors import FrameTransfer
 
 BUDGET_MS = 0.5
 
@@ -57,16 +57,16 @@ class InProcess:
     def __init__(self, plan, size: int):
         self.plan, self.size = plan, size
         self.out = np.empty((size, size, 3), dtype=np.uint8)
-        self.scratch = None
+        self.transfer = FrameTransfer(torch, torch.device("cpu"))
 
     def __call__(self, frame: av.VideoFrame) -> tuple[av.VideoFrame, float]:
         """Returns (output, ms the prompt itself took)."""
         rgb = frame_to_ndarray(frame, self.size, self.size)
-        tensor = rgb_to_image(torch, rgb)
+        tensor = self.transfer.upload(rgb)
         started = time.perf_counter()
         result = self.plan.execute_sync(ExecutionContext(prompt_id="bench", frame=tensor))
         prompt_ms = (time.perf_counter() - started) * 1000.0
-        self.scratch = image_into_rgb(torch, result.frames[0][0], self.out, self.scratch)
+        self.transfer.download(result.frames[0][0], self.out)
         return ndarray_to_frame(self.out, frame), prompt_ms  # the same conversion the pipeline uses
 
 

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from workers import messages as m
 from workers.lifecycle import die_with_parent
 from workers.ring import FrameRing
-from workers.tensors import image_into_rgb, rgb_to_image
+from workers.tensors import FrameTransfer
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class _Channel:
     last_frame: Any = None
     last_frame_id: int = -1
     frames: int = 0
-    scratch: Any = None  # the float buffer of the conversion back to uint8, kept between frames
+    transfer: Any = None  # FrameTransfer: this channel's slot <-> device buffers, kept between frames
 
 
 class _FrameLoop:
@@ -339,7 +339,7 @@ class _FrameLoop:
         shape: tuple[int, int, int] | None = None
         prompt_ms = 0.0
         try:
-            frame = self._load(channel.ring.input(msg.slot))
+            frame = self._transfer(channel).upload(channel.ring.input(msg.slot))
             channel.last_frame = frame
             channel.last_frame_id = msg.frame_id
             started = time.perf_counter()
@@ -360,9 +360,11 @@ class _FrameLoop:
             m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0, prompt_ms)
         )
 
-    def _load(self, rgb: Any) -> Any:
-        """uint8 HxWx3 in shared memory -> IMAGE [1,H,W,3] float32 0..1 on the device (one conversion)."""
-        return rgb_to_image(self.torch, rgb, self.device)
+    def _transfer(self, channel: _Channel) -> FrameTransfer:
+        """The channel's frame transfer (uint8 slot <-> IMAGE on the device, once each way)."""
+        if channel.transfer is None:
+            channel.transfer = FrameTransfer(self.torch, self.device)
+        return channel.transfer
 
     def _execute(self, channel: _Channel, index: int, frame: Any) -> Any:
         from comfystream.engine import ExecutionContext
@@ -390,7 +392,7 @@ class _FrameLoop:
                 mode="bilinear",
                 align_corners=False,
             )[0].permute(1, 2, 0)
-        channel.scratch = image_into_rgb(torch, img, dst, channel.scratch)  # straight into shared memory
+        self._transfer(channel).download(img, dst)  # straight into shared memory
         return (channel.height, channel.width, 3)
 
     # -- prompts -----------------------------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from comfystream.pipeline.backend import WorkerSpec
 from workers import messages as m
 from workers.backend import ProcessPoolBackend
-from workers.tensors import image_into_rgb, rgb_to_image
+from workers.tensors import FrameTransfer, image_into_rgb, rgb_to_image
 
 
 def test_uint8_survives_the_round_trip_and_rounding_is_to_nearest():
@@ -45,3 +46,60 @@ async def test_workers_run_torch_with_the_configured_threads(no_leaks):
         finally:
             await proc.stop()
         assert reply.ok and reply.data["torch_threads"] == expected
+
+
+def _frames(n: int, h: int = 8, w: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_frame_transfer_on_the_cpu_is_the_plain_conversions():
+    transfer = FrameTransfer(torch, torch.device("cpu"))
+    assert not transfer.staged and not transfer.pin
+    rgb = _frames(1)[0]
+    image = transfer.upload(rgb)
+    assert torch.equal(image, rgb_to_image(torch, rgb))
+    out = np.empty_like(rgb)
+    transfer.download(image[0], out)
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_staged_transfer_reuses_its_buffers_but_never_hands_them_to_nodes():
+    """The GPU path's logic (staging buffers, one copy each way) run on the CPU."""
+    transfer = FrameTransfer(torch, torch.device("cpu"), staged=True, pin=False)
+    first_rgb, second_rgb, third_rgb = _frames(3)
+    first = transfer.upload(first_rgb)
+    staging = (transfer._host_in.data_ptr(), transfer._dev_in.data_ptr())
+    kept = first.clone()
+    second = transfer.upload(second_rgb)
+    assert (transfer._host_in.data_ptr(), transfer._dev_in.data_ptr()) == staging, "reused every frame"
+    assert first.data_ptr() not in staging and second.data_ptr() != first.data_ptr()
+    assert torch.equal(first, kept), "the next upload leaves the frame a node may have kept alone"
+    assert torch.equal(second, rgb_to_image(torch, second_rgb))
+    second.mul_(0.0)  # a node writing into its input touches no buffer of ours
+    np.testing.assert_array_equal(transfer._host_in.numpy(), second_rgb)
+    # Out: the same bytes as the CPU path, through the staging buffer, also for strided results.
+    out, expected = np.empty_like(third_rgb), np.empty_like(third_rgb)
+    values = torch.rand((3, 8, 6)).permute(1, 2, 0)  # not contiguous, as an interpolated result
+    transfer.download(values, out)
+    image_into_rgb(torch, values.contiguous(), expected)
+    np.testing.assert_array_equal(out, expected)
+    host_out = transfer._host_out.data_ptr()
+    transfer.download(transfer.upload(third_rgb)[0], out)
+    np.testing.assert_array_equal(out, third_rgb)
+    assert transfer._host_out.data_ptr() == host_out
+    bigger = np.zeros((10, 4, 3), np.uint8)
+    assert transfer.upload(bigger).shape == (1, 10, 4, 3), "a new size gets new buffers"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_transfer_is_pinned_and_exact():
+    transfer = FrameTransfer(torch, torch.device("cuda:0"))
+    assert transfer.staged and transfer.pin
+    for rgb in _frames(3, 64, 48):
+        image = transfer.upload(rgb)
+        assert image.is_cuda and transfer._host_in.is_pinned()
+        out = np.empty_like(rgb)
+        transfer.download(image[0], out)
+        assert transfer._host_out.is_pinned()
+        np.testing.assert_array_equal(out, rgb)
