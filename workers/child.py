@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 
 from workers import messages as m
 from workers.lifecycle import die_with_parent
+from workers.oom import describe_frame_error
 from workers.ring import FrameRing
 from workers.tensors import FrameTransfer
 
@@ -350,7 +351,7 @@ class _FrameLoop:
             else:
                 shape = self._store(images, channel, channel.ring.output(msg.slot))
         except Exception as exc:  # one bad frame is reported, never fatal for the loop
-            error = _describe(exc)
+            error = describe_frame_error(exc)  # a CUDA OOM is marked: the server replaces us
             logger.warning("channel %s frame %d failed: %s", msg.channel, msg.frame_id, error)
         elapsed = time.perf_counter() - start
         self.busy_s += elapsed

@@ -21,6 +21,7 @@ import numpy as np
 
 from comfystream.pipeline.backend import ChannelListener, ChannelSpec, WorkerSpec
 from workers import messages as m
+from workers.oom import is_oom_report
 from workers.process import RequestFailed, WorkerError, WorkerLost, WorkerProcess
 from workers.ring import FrameRing
 
@@ -371,6 +372,8 @@ class SupervisedWorker:
             del image
             if expected is not None:
                 ch.ring.release(msg.slot)
+        if is_oom_report(msg.error) and self.proc is not None and self.proc.state == "ready":
+            self.proc._lost(msg.error)  # issue 17: replace the process (restart with backoff)
 
     def _on_progress(self, msg: m.Progress) -> None:
         ch = self.channels.get(msg.channel)
