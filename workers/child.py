@@ -27,7 +27,7 @@ from workers import messages as m
 from workers.lifecycle import die_with_parent
 from workers.oom import describe_frame_error
 from workers.ring import FrameRing
-from workers.tensors import FrameTransfer
+from workers.tensors import FrameTransfer, device_memory
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +321,7 @@ class _FrameLoop:
             "cuda_device_count": ready.cuda_device_count,
             "cwd": os.getcwd(),
             "torch_threads": self.torch.get_num_threads(),
+            "gpu_memory": device_memory(self.torch, self.device),  # issue 17 (bench/gpu.py)
             "frames_processed": self.frames_processed,
             "channels": {
                 name: {"width": c.width, "height": c.height, "prompts": len(c.plans), "active": c.active}

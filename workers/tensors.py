@@ -117,3 +117,18 @@ class FrameTransfer:
         if done is not None:
             done.synchronize()  # the bytes are in host memory before they are read
         np.copyto(dst, self._host_out.numpy())
+
+
+def device_memory(torch: Any, device: Any) -> dict[str, float] | None:
+    """What torch's allocator holds on `device` in this process, in MiB (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    mib = 1024.0 * 1024.0
+    try:
+        return {
+            "allocated_mib": round(torch.cuda.memory_allocated(device) / mib, 1),
+            "reserved_mib": round(torch.cuda.memory_reserved(device) / mib, 1),
+            "max_reserved_mib": round(torch.cuda.max_memory_reserved(device) / mib, 1),
+        }
+    except RuntimeError:  # an allocator backend without these statistics
+        return None
