@@ -2,7 +2,8 @@
 # comfystream on NVIDIA GPUs. Build and run (the host needs the NVIDIA driver and the NVIDIA
 # Container Toolkit; see README.md "GPU image"):
 #   docker build -t comfystream:gpu .
-#   docker run --gpus all --init -p 8000:8000 comfystream:gpu
+#   docker run --gpus all --init --shm-size=1g -p 8000:8000 comfystream:gpu
+# (--shm-size: frames cross to the workers through /dev/shm, 64 MB by default in a container.)
 # The CUDA runtime comes with torch's wheels (PyPI's Linux torch is the CUDA build, with the
 # nvidia-* libraries as its dependencies), so the base image needs no CUDA toolkit; the driver,
 # and nvidia-smi (which placement reads), are mounted in by the toolkit at `docker run --gpus`.
@@ -13,11 +14,11 @@ FROM python:3.11-slim-bookworm
 ARG TORCH_INDEX_URL=""
 ARG UID=1000
 
+# What the NVIDIA runtime exposes: compute for CUDA, utility for nvidia-smi (placement by free
+# memory, /hardware/*), video for NVENC/NVDEC should a workspace node use them.
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # What the NVIDIA runtime exposes: compute for CUDA, utility for nvidia-smi (placement by
-    # free memory, /hardware/*), video for NVENC/NVDEC should a workspace node use them.
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     PATH=/app/.venv/bin:$PATH
