@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from aiohttp import web
+
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from comfystream.pipeline.backend import WorkerSpec
 from server.config import ServerConfig
@@ -95,3 +97,12 @@ class PipelineResources:
             backend=self.backend,
             **worker_params,
         )
+
+
+async def check_gpu_room(app: web.Application, spec: StreamSpec) -> None:
+    """Raises NoGpuRoom (503 with the reason) when no GPU can take `spec`'s worker now."""
+    from server.app import PIPELINE_RESOURCES_KEY  # here: server.app imports this module
+
+    resources = app.get(PIPELINE_RESOURCES_KEY)
+    if resources is not None:
+        await resources.check_room(spec)

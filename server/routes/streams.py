@@ -34,6 +34,7 @@ from server.models import (
     WorkspaceInfoResponse,
 )
 from server.openapi import route_adder
+from server.pipelines import check_gpu_room
 from server.routes._util import api_handler, json_body, parse, respond
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
@@ -96,22 +97,13 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
             **params.model_dump(include=set(WORKER_PARAMS), exclude_none=True),
         },
     )
-    await _check_gpu_room(request, spec)
+    await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
     manager.start(spec)
     return respond(
         StartStreamResponse(
             message=f"Stream {stream_id} started successfully", request_id=stream_id, config=spec.config()
         )
     )
-
-
-async def _check_gpu_room(request: web.Request, spec: StreamSpec) -> None:
-    """NoGpuRoom (503 with the reason) when no GPU can take this stream's worker."""
-    from server.app import PIPELINE_RESOURCES_KEY  # here: server.app imports this module
-
-    resources = request.app.get(PIPELINE_RESOURCES_KEY)
-    if resources is not None:
-        await resources.check_room(spec)
 
 
 @api_handler

@@ -17,6 +17,7 @@ from server import errors
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
 from server.models import ErrorResponse, UpdatePromptsRequest
 from server.openapi import route_adder
+from server.pipelines import check_gpu_room
 from server.routes._util import api_handler, json_body, parse, respond, to_http_error
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
@@ -105,6 +106,7 @@ async def offer(request: web.Request) -> web.Response:
         use_prompt_worker=False,
         transport="webrtc",
     )
+    await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
     pc = RTCPeerConnection(rtc_configuration(request.app[ICE_SERVERS_KEY]))
     stream = WebRTCStream(spec, pc, manager.create_pipeline)
     try:

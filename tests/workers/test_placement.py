@@ -222,6 +222,10 @@ async def test_stream_start_gets_503_with_the_reason_when_no_gpu_has_room(smi, n
             assert (
                 "GPU 0 has 600 MiB free" in error["message"] and "GPU 1 has 900 MiB free" in error["message"]
             )
+            # A WebRTC offer is refused the same way, before its SDP is even used.
+            offer = {"offer": {"sdp": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n", "type": "offer"}}
+            async with http.post(server.make_url("/offer"), json=offer) as resp:
+                assert resp.status == 503 and (await resp.json())["error"] == "No GPU has room"
             async with http.get(server.make_url("/streams")) as resp:
                 assert (await resp.json())["streams"] == [], "a refused start leaves nothing behind"
     finally:
