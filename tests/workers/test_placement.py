@@ -230,3 +230,22 @@ async def test_stream_start_gets_503_with_the_reason_when_no_gpu_has_room(smi, n
                 assert (await resp.json())["streams"] == [], "a refused start leaves nothing behind"
     finally:
         await server.close()
+
+
+def test_serve_flags_reach_the_placer(smi):
+    from server.cli import build_parser
+    from server.commands import config_from_args
+    from server.pipelines import PipelineResources
+
+    args = build_parser().parse_args(["serve", "--streams-per-gpu", "3", "--gpu-min-free-mib", "4096"])
+    config = config_from_args(args)
+    assert (config.streams_per_gpu, config.gpu_min_free_mib) == (3, 4096)
+    smi([_gpu(0, 5000)])
+    placer = PipelineResources(config).backend.placer
+    assert (placer.gpus, placer.streams_per_gpu, placer.min_free_mib) == (["0"], 3, 4096)
+    assert placer.acquire() == "0"
+    with pytest.raises(NoGpuRoom, match="needs 4096 MiB"):
+        placer.acquire()  # 5000 free, less the 4096 the first worker will take
+    for bad in (["--streams-per-gpu", "0"], ["--gpu-min-free-mib", "-1"]):
+        with pytest.raises(ValueError):
+            config_from_args(build_parser().parse_args(["serve", *bad]))
