@@ -101,7 +101,7 @@ _STATUS_TEXT = {
     400: "Bad input: the validation body, with ComfyUI's node_errors",
     404: "No such stream",
     409: "A stream with this id is already running",
-    503: "At capacity (--max-streams)",
+    503: "At capacity (--max-streams), or no GPU has room for another worker",
 }
 
 
