@@ -15,7 +15,7 @@ placed by the server's placement, prompt LoadTensor -> StandInModel -> SaveTenso
 With a GPU the floor also counts the host<->device copies per frame (torch.profiler): 1 up and
 1 down is the worker's transfer path (workers/tensors.py FrameTransfer).
 
-    .venv/bin/python bench/gpu.py                   # CUDA: about 2-3 minutes on one GPU
+    .venv/bin/python bench/gpu.py                   # CUDA: sized for < 5 minutes on one GPU
     .venv/bin/python bench/gpu.py --device cpu      # here: scaled down (64x64, 10 fps, a tiny net)
     options: --streams 1,2,4,8 --size 512 --fps 30 --duration 10 --warmup 2 --channels 64
              --layers 8 --precision auto --floor-frames 200
