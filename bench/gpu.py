@@ -182,6 +182,9 @@ async def run_streams(backend: Any, prompt: dict, n: int, args: argparse.Namespa
     period = 1.0 / args.fps
     try:
         await asyncio.gather(*(p.initialize([prompt]) for p in pipelines))
+        devices = {str(p.worker_status()[0].get("device")) for p in pipelines}
+        if args.device == "cuda" and not all(d.startswith("cuda") for d in devices):
+            raise SystemExit(f"bench/gpu.py: the workers run on {sorted(devices)}, not on a GPU")
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.1
         measure_from = start + args.warmup
@@ -306,6 +309,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         custom_node_dirs=[str(NODES_DIR)],
         startup_timeout_s=300.0,
     )
+    if args.device == "cuda" and not backend.placer.gpus:
+        raise SystemExit("bench/gpu.py: nvidia-smi lists no GPU, so workers would be placed on the CPU")
     rows = []
     try:
         for n in [int(s) for s in args.streams.split(",")]:
