@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--warm-workers", type=int, default=0, help="idle engine-loaded workers kept ready (default 0)"
     )
     parser.add_argument(
-        "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all visible)"
+        "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all nvidia-smi lists; none: CPU)"
     )
     parser.add_argument(
         "--streams-per-gpu",

@@ -76,7 +76,7 @@ class PipelineResources:
         """Raises NoGpuRoom when the stream could get no worker now (503 with the reason). A stream
         on the shared pipeline may join a running worker: its start is never refused here."""
         if spec.pipeline_type != "Pipeline":
-            params = {k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None}
+            params = _worker_params(spec)
             await self.backend.check_room(
                 WorkerSpec(
                     cwd=params.get("cwd"),
@@ -86,9 +86,7 @@ class PipelineResources:
             )
 
     def create_pipeline(self, spec: StreamSpec) -> BasePipeline:
-        worker_params = {
-            k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None
-        }
+        worker_params = _worker_params(spec)
         return _CLASSES[spec.pipeline_type](
             width=spec.width,
             height=spec.height,
@@ -97,6 +95,11 @@ class PipelineResources:
             backend=self.backend,
             **worker_params,
         )
+
+
+def _worker_params(spec: StreamSpec) -> dict[str, Any]:
+    """The stream's parameters that choose its worker process (cwd, disable_cuda_malloc, gpu_only)."""
+    return {k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None}
 
 
 async def check_gpu_room(app: web.Application, spec: StreamSpec) -> None:
