@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 logger = logging.getLogger(__name__)
 
 # The name goes last: it is the one field that may hold a comma, and the split keeps it whole.
-QUERY_FIELDS = ("index", "uuid", "memory.total", "memory.free", "memory.used", "utilization.gpu", "name")
+QUERY_FIELDS = ("index", "uuid", "memory.total", "memory.free", "utilization.gpu", "name")
 DEFAULT_MIN_FREE_MIB = 1024
 DEFAULT_SETTLE_S = 30.0
 
@@ -48,7 +48,6 @@ class GpuInfo:
     name: str
     memory_total_mib: int | None
     memory_free_mib: int | None
-    memory_used_mib: int | None
     utilization_pct: int | None
 
     def to_dict(self) -> dict[str, object]:
@@ -72,10 +71,10 @@ def parse_query_output(text: str) -> list[GpuInfo]:
         parts = [p.strip() for p in line.split(",", len(QUERY_FIELDS) - 1)]
         if len(parts) != len(QUERY_FIELDS):
             raise GpuQueryError(f"unexpected nvidia-smi line: {line!r}")
-        index, uuid, total, free, used, util, name = parts
+        index, uuid, total, free, util, name = parts
         if not index.isdigit():
             raise GpuQueryError(f"unexpected nvidia-smi line: {line!r}")
-        gpus.append(GpuInfo(index, uuid, name, _number(total), _number(free), _number(used), _number(util)))
+        gpus.append(GpuInfo(index, uuid, name, _number(total), _number(free), _number(util)))
     return gpus
 
 
@@ -137,8 +136,9 @@ def parse_gpus(value: str | Iterable[str | int] | None) -> list[str] | None:
 class GpuPlacer:
     """Hands each new worker the GPU with the most free memory; None = CPU (no GPU at all).
 
-    Ties (or no memory figures: nvidia-smi absent with `--gpus` given, or [N/A]) go to the GPU
-    running fewest workers, then to the first listed. `query` and `clock` are nvidia-smi and
+    Ties go to the GPU running fewest workers, then to the first listed. Without a memory figure
+    for every candidate (nvidia-smi absent with `--gpus` given, or [N/A] as under MIG), memory
+    cannot be compared: the GPU running fewest workers wins (then the most free, then the first). `query` and `clock` are nvidia-smi and
     time.monotonic unless a test gives its own."""
 
     def __init__(
@@ -187,7 +187,7 @@ class GpuPlacer:
         """(the GPU for a new worker or None, the reason each other GPU was refused)."""
         readings = self._readings()
         now = self._clock()
-        best: tuple[tuple[bool, int, int, int], str] | None = None
+        candidates: list[tuple[str, int | None, int, int]] = []  # (gpu, free, load, order)
         refused: list[str] = []
         for order, gpu in enumerate(self.gpus):
             load = self._load[gpu]
@@ -205,10 +205,14 @@ class GpuPlacer:
                         f" (counting workers still loading), a worker needs {self.min_free_mib} MiB"
                     )
                     continue
-            key = (free is not None, free or 0, -load, -order)
-            if best is None or key > best[0]:
-                best = (key, gpu)
-        return (best[1] if best else None), refused
+            candidates.append((gpu, free, load, order))
+        if not candidates:
+            return None, refused
+        if all(free is not None for _, free, _, _ in candidates):
+            best = max(candidates, key=lambda c: (c[1], -c[2], -c[3]))
+        else:
+            best = max(candidates, key=lambda c: (-c[2], c[1] is not None, c[1] or 0, -c[3]))
+        return best[0], refused
 
     # -- public ----------------------------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def smi(tmp_path, monkeypatch):
 def test_query_reads_nvidia_smi_csv(smi):
     smi([_gpu(0, 1000), _gpu(1, "[N/A]", **{"utilization.gpu": "[Not Supported]"})])
     first, second = query_gpus()
-    assert first == GpuInfo("0", "GPU-0000", "NVIDIA H200", 143771, 1000, 142771, 0)
+    assert first == GpuInfo("0", "GPU-0000", "NVIDIA H200", 143771, 1000, 0)
     assert second.memory_free_mib is None and second.utilization_pct is None
     assert detect_gpus() == ["0", "1"] and GpuPlacer(None).gpus == ["0", "1"]
     assert [g.to_dict()["memory_total_mib"] for g in list_gpus()] == [143771, 143771]
@@ -115,7 +115,7 @@ class _Readings:
         self.now = 0.0
 
     def query(self) -> list[GpuInfo]:
-        return [GpuInfo(i, f"GPU-{i}", "H200", 143771, f, None, None) for i, f in self.free.items()]
+        return [GpuInfo(i, f"GPU-{i}", "H200", 143771, f, None) for i, f in self.free.items()]
 
 
 def test_most_free_memory_wins_and_fresh_placements_count():
@@ -150,6 +150,10 @@ def test_no_room_is_refused_with_the_reason_for_each_gpu():
 
 def test_without_memory_figures_the_least_loaded_gpu_wins():
     r = _Readings({"0": None, "1": None})  # [N/A], as under MIG
+    placer = GpuPlacer(["0", "1"], query=r.query)
+    assert [placer.acquire() for _ in range(3)] == ["0", "1", "0"]
+    # One GPU without a figure: memory cannot be compared, so worker counts decide.
+    r = _Readings({"0": 100_000, "1": None})
     placer = GpuPlacer(["0", "1"], query=r.query)
     assert [placer.acquire() for _ in range(3)] == ["0", "1", "0"]
 
