@@ -48,8 +48,8 @@ RUN pip install -c scripts/constraints.txt ".[workspace]" \
     && mkdir -p /app/input /app/output
 
 EXPOSE 8000
-# /health answers 200 while the server runs (its body says ok or degraded); the server listens
-# on 8000 unless told otherwise: a container started with another --port needs --health-cmd too.
+# /health answers 200 while the server runs (its body's status: LOADING, IDLE, OK or ERROR); the
+# server listens on 8000 unless told otherwise: another --port needs --health-cmd too.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
