@@ -19,7 +19,7 @@ from workers.child import WorkerConfig
 from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
-from workers.supervisor import SupervisedWorker
+from workers.supervisor import StreamWorker
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ProcessPoolBackend:
         self.settings = BackendSettings()
         self._placer: GpuPlacer | None = None
         self.pool: WarmPool | None = None
-        self._workers: weakref.WeakSet[SupervisedWorker] = weakref.WeakSet()
+        self._workers: weakref.WeakSet[StreamWorker] = weakref.WeakSet()
         self.configure(**settings)
 
     def configure(self, **settings: Any) -> None:
@@ -112,11 +112,9 @@ class ProcessPoolBackend:
     def resolve(self, spec: WorkerSpec) -> WorkerSpec:
         return spec.merged(self.settings.default_spec)
 
-    async def spawn_process(
-        self, spec: WorkerSpec, name: str, process_class: type[WorkerProcess] = WorkerProcess
-    ) -> WorkerProcess:
-        """A new, started worker process for `spec` on the least-loaded GPU (`process_class`: a
-        WorkerProcess running another loop, e.g. the job loop)."""
+    async def spawn_process(self, spec: WorkerSpec, name: str) -> WorkerProcess:
+        """A new, started worker process for `spec` on the least-loaded GPU (it can do frame work
+        and job work alike)."""
         spec = self.resolve(spec)
         placer = self.placer
         gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
@@ -135,7 +133,7 @@ class ProcessPoolBackend:
             workspace_settings=s.workspace_settings,
             torch_threads=s.torch_threads,
         )
-        proc = process_class(
+        proc = WorkerProcess(
             config,
             name=name,
             heartbeat_interval=s.heartbeat_interval_s,
@@ -145,10 +143,10 @@ class ProcessPoolBackend:
         await proc.start(timeout=s.startup_timeout_s)
         return proc
 
-    async def obtain_process(self, spec: WorkerSpec, name: str) -> WorkerProcess:
-        """A ready process from the warm pool when one matches `spec`, else a new one."""
+    async def obtain_process(self, spec: WorkerSpec, name: str, warm: bool = True) -> WorkerProcess:
+        """A ready process from the warm pool when one matches `spec` (and `warm`), else a new one."""
         resolved = self.resolve(spec)
-        if self.pool is not None:
+        if warm and self.pool is not None:
             proc = self.pool.take(resolved)
             if proc is not None:
                 logger.info("%s takes warm %s (pid %s)", name, proc.name, proc.pid)
@@ -162,12 +160,12 @@ class ProcessPoolBackend:
             return
         await asyncio.to_thread(self.placer.check_room)
 
-    def create_worker(self, spec: WorkerSpec, name: str) -> SupervisedWorker:
-        worker = SupervisedWorker(self, self.resolve(spec), name)
+    def create_worker(self, spec: WorkerSpec, name: str) -> StreamWorker:
+        worker = StreamWorker(self, self.resolve(spec), name)
         self._workers.add(worker)
         return worker
 
-    def forget(self, worker: SupervisedWorker) -> None:
+    def forget(self, worker: Any) -> None:
         self._workers.discard(worker)
 
     def gpu_load(self) -> dict[str, int]:

@@ -1,5 +1,9 @@
 """Messages on the pipe between the server and a worker process (pickled by multiprocessing).
 
+The control messages (Ping/Pong, StatusRequest/Reply, Stop, Started/Ready/StartupFailed) and the
+frame work's are here; the job work's are in workers/job_messages.py. The child's loop dispatches
+on the message's type, one handler per type (workers/child.py).
+
 Only small things cross here: slot indexes, frame ids, prompts, status. Frame pixels stay in
 the shared-memory ring (workers/ring.py).
 """
@@ -83,6 +87,14 @@ class Stop:
 
 
 @dataclass(slots=True)
+class Started:
+    """The first word of a new process, before it loads anything: its pid (so that the server can
+    stop it even while it loads)."""
+
+    pid: int
+
+
+@dataclass(slots=True)
 class Ready:
     """Sent once, when the engine and custom nodes are loaded and the frame loop runs."""
 
@@ -131,7 +143,7 @@ class Reply:
 
 @dataclass(slots=True)
 class Progress:
-    """Warmup progress of a channel (`done` of `total` frames)."""
+    """Warmup progress of a channel (`done` of `total` frames). (A job's progress is a JobEvent.)"""
 
     channel: str
     done: int

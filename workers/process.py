@@ -1,9 +1,13 @@
 """The server's handle on one worker process: spawn, pipe, heartbeats, requests, stop.
 
-The process is a `ProcessPoolExecutor(max_workers=1, mp_context=spawn)` whose initializer
-loads the engine and whose one task is the frame loop. The executor is only the vehicle: every
-message goes over our own pipe, read with `loop.add_reader` (no thread hop per frame). This
-class never restarts anything; `workers.supervisor` does that.
+The process is a `ProcessPoolExecutor(max_workers=1, mp_context=spawn)` whose initializer loads
+the engine and whose one task is the worker's loop (`workers.child.serve`). The executor is used
+through its public API alone: its pid and readiness come over our own pipe (`Started`, `Ready`),
+and its death shows as the pipe's EOF or as the long-running future's `BrokenProcessPool`. Every
+message goes over the pipe, read with `loop.add_reader` (no thread hop per frame). Stop is: ask
+(`Stop`), SIGTERM, SIGKILL, each with its timeout, then `executor.shutdown(wait=True)`, which
+joins the executor's thread and process. This class never restarts anything; `workers.supervisor`
+does that.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -32,30 +38,10 @@ _SPAWN = multiprocessing.get_context("spawn")
 # *thread* that forked the child exits, and spawning here also keeps fork+exec off the event loop.
 _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner")
 
-# How long a stop waits for the executor's manager thread to reap a process that is already gone.
+# How long a stop waits for the executor to join a process that is already gone, and how long a
+# stop of a process that has not said its pid yet waits for it.
 REAP_TIMEOUT_S = 5.0
-
-_live: set[WorkerProcess] = set()
-_live_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ while a child is spawned, so it has them from exec on.
-
-    Only the spawner thread calls this, so spawns never see each other's values; the server
-    itself never reads these variables (it does not use CUDA).
-    """
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
+PID_TIMEOUT_S = 30.0
 
 
 class WorkerError(RuntimeError):
@@ -74,13 +60,67 @@ class RequestFailed(WorkerError):
     """A request the worker answered with an error that is not a prompt error."""
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ while a child is spawned, so it has them from exec on. Only the
+    spawner thread calls this; the server itself never reads these variables."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+class _Signaller:
+    """Signals the process by pid, and never after the executor may have reaped it (the pid could
+    then be another process's): the executor marks the long-running future broken before it
+    joins the process, and that marking, seen here under the lock, ends our right to signal."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.pid: int | None = None
+        self.reaped = False
+        self.exitcode: int | None = None
+        self.sent: int | None = None  # the last signal sent
+
+    def on_loop_done(self, future: Future[Any]) -> None:
+        """In the executor's thread, when the worker's loop task ends."""
+        if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
+            return  # the loop raised, the process lives on: the stop that follows kills it
+        pid, exitcode = self.pid, None
+        # Not reaped yet (the executor joins it after this callback): read its exit status and
+        # leave it waitable. Its pipe to the executor closes a moment before it becomes waitable.
+        for _ in range(100 if pid is not None else 0):
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except (ChildProcessError, OSError):
+                break
+            if info is not None:
+                exitcode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+                break
+            time.sleep(0.01)
+        with self._lock:
+            self.exitcode = exitcode
+            self.reaped = True
+
+    def send(self, sig: int) -> None:
+        with self._lock:
+            if self.pid is None or self.reaped:
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+                self.sent = sig
+
+
 class WorkerProcess:
     """One spawned worker. Loop-bound: create and use it on one event loop."""
 
     _ids = itertools.count(1)
-    # What the process runs after the initializer: a module-level function (spawn pickles it by
-    # name). A subclass may run another loop on the same pipe (workers/job_worker.py).
-    loop_target: Callable[[], Any] = staticmethod(child.run_frame_loop)
 
     def __init__(
         self,
@@ -98,41 +138,42 @@ class WorkerProcess:
         self.ready: m.Ready | None = None
         self.started_at = 0.0
         self.lost_reason: str | None = None
-        # Set by the owner: frames, warmup progress, and loss go to it.
-        self.on_frame: Callable[[m.FrameDone], None] | None = None
-        self.on_progress: Callable[[m.Progress], None] | None = None
+        # Set by the owner: the work's messages (FrameDone, Progress, JobEvent, ...) and the loss.
+        self.on_message: Callable[[Any], None] | None = None
         self.on_lost: Callable[[WorkerProcess, str], None] | None = None
         self._on_release = on_release
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
         self._executor: ProcessPoolExecutor | None = None
-        self._loop_future: Future[Any] | None = None
-        self._proc: Any = None
+        self._signaller = _Signaller()
         self._requests: dict[int, asyncio.Future[m.Reply]] = {}
         self._request_ids = itertools.count(1)
+        self._started: asyncio.Future[None] | None = None  # the pid is known
         self._ready_future: asyncio.Future[m.Ready] | None = None
-        self._exited: asyncio.Future[None] | None = None
+        self._gone: asyncio.Future[None] | None = None  # pipe EOF or the loop task's end
+        self._stopped: asyncio.Future[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None  # referenced: the loop keeps tasks weakly
         self._ping_seq = 0
+        self._ping_sent_at: float | None = None  # of the ping not answered yet
         self.last_heard = 0.0
         self.rtt_ms: float | None = None
         self.frames_processed = 0
-        self.exitcode: int | None = None
-        self._pid: int | None = None
-        self._manager: Any = None  # the executor's manager thread
-        self._result_queue: Any = None  # and the queue it reads (closed once it is done)
-        self._released = False
-
-    # -- start -------------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._pid
+        return self._signaller.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        """The exit code once it is gone (negative: the signal); None while unknown."""
+        return self._signaller.exitcode
 
     @property
     def alive(self) -> bool:
         return self.state in ("starting", "ready")
+
+    # -- start -------------------------------------------------------------------------------
 
     async def start(self, timeout: float = 120.0) -> m.Ready:
         if self.state != "new":
@@ -141,12 +182,12 @@ class WorkerProcess:
         loop = self._loop = asyncio.get_running_loop()
         parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
         self._conn = parent_conn
+        self._started = loop.create_future()
         self._ready_future = loop.create_future()
-        self._exited = loop.create_future()
-        with _live_lock:
-            _live.add(self)
+        self._gone = loop.create_future()
+        _live.add(self)
 
-        def spawn() -> tuple[ProcessPoolExecutor, Future[Any], Any]:
+        def spawn() -> ProcessPoolExecutor:
             executor = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=_SPAWN,
@@ -154,55 +195,50 @@ class WorkerProcess:
                 initargs=(self.config, child_conn),
             )
             with _environment(child.pinned_environment(self.config)):
-                future = executor.submit(self.loop_target)
-            # With spawn, submit() starts the process synchronously; the executor keeps it here.
-            (proc,) = executor._processes.values()
-            # Kept for the join at stop: shutdown(wait=False) forgets it.
-            self._manager = executor._executor_manager_thread
-            self._result_queue = executor._result_queue
-            return executor, future, proc
+                future = executor.submit(child.serve)  # with spawn, the process starts here
+            future.add_done_callback(self._signaller.on_loop_done)
+            future.add_done_callback(lambda _: self._call_soon(self._on_gone, "process exited"))
+            return executor
 
-        spawning = loop.run_in_executor(_spawner, spawn)
         try:
-            self._executor, self._loop_future, self._proc = await asyncio.shield(spawning)
-        except asyncio.CancelledError:
-            # The spawn goes on in its thread whatever we do: let it finish, then take it down.
+            # Shielded: the spawn goes on in its thread whatever happens here; its executor is
+            # ours to shut down even when this start is cancelled.
+            spawning = loop.run_in_executor(_spawner, spawn)
             try:
-                self._executor, self._loop_future, self._proc = await spawning
-            except Exception:
-                pass
-            child_conn.close()
-            if self._proc is None:
-                self._finish("cancelled")
-            else:
-                self._pid = self._proc.pid
-                loop.add_reader(self._proc.sentinel, self._on_exit)
-                await self.stop(graceful_timeout=0.0, reason="cancelled while starting")
-            raise
-        except BaseException:
-            child_conn.close()
-            self._finish("spawn failed")
-            raise
-        child_conn.close()  # the child has its own copy now; ours would hide its EOF
-        self._pid = self._proc.pid
-        self.started_at = time.monotonic()
-        self.last_heard = time.monotonic()
-        loop.add_reader(parent_conn.fileno(), self._on_readable)
-        loop.add_reader(self._proc.sentinel, self._on_exit)
-        logger.info("%s spawned (pid %s, gpu %s)", self.name, self._proc.pid, self.config.gpu)
-        try:
+                self._executor = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    self._executor = await spawning
+                raise
+            finally:
+                child_conn.close()  # the child has its own copy; ours would hide its EOF
+            self.started_at = self.last_heard = time.monotonic()
+            loop.add_reader(parent_conn.fileno(), self._on_readable)
             ready = await asyncio.wait_for(asyncio.shield(self._ready_future), timeout)
         except BaseException as exc:
-            reason = "did not start in time" if isinstance(exc, TimeoutError) else f"start failed: {exc}"
-            await self.stop(graceful_timeout=0.0, reason=reason)
+            reason = "did not start in time" if isinstance(exc, TimeoutError) else f"start failed: {exc!r}"
+            self._stop_task = loop.create_task(self.stop(graceful_timeout=0.0, reason=reason))
+            await asyncio.shield(self._stop_task)
             if isinstance(exc, TimeoutError):
                 raise WorkerStartError(f"{self.name} {reason} ({timeout:.0f} s)") from None
             raise
         self.ready = ready
         self.state = "ready"
         self._heartbeat_task = loop.create_task(self._heartbeat(), name=f"{self.name}-heartbeat")
-        logger.info("%s ready in %.2f s on %s", self.name, time.monotonic() - self.started_at, ready.device)
+        logger.info(
+            "%s ready in %.2f s (pid %s, %s)",
+            self.name,
+            time.monotonic() - self.started_at,
+            self.pid,
+            ready.device,
+        )
         return ready
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From another thread: `fn(*args)` on our loop (nothing when the loop is closed)."""
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(fn, *args)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -233,75 +269,70 @@ class WorkerProcess:
         if conn is None:
             return
         try:
-            # One message per call: the loop calls again while the pipe stays readable. (Looping
-            # on conn.poll() would build a selector per check.)
-            self._dispatch(conn.recv())
-        except (EOFError, OSError) as exc:
-            if self._loop is not None:
-                self._loop.remove_reader(conn.fileno())
-            self._lost(f"pipe closed ({type(exc).__name__})")
+            # One message per call: the loop calls again while the pipe stays readable.
+            msg = conn.recv()
+        except (EOFError, OSError):
+            self._on_gone("process exited")
+            return
+        self._dispatch(msg)
 
     def _dispatch(self, msg: Any) -> None:
         self.last_heard = time.monotonic()
         if isinstance(msg, m.FrameDone):
             self.frames_processed += 1
-            if self.on_frame is not None:
-                self.on_frame(msg)
-        elif isinstance(msg, m.Reply):
+        if isinstance(msg, m.Reply):
             future = self._requests.get(msg.request_id)
             if future is not None and not future.done():
                 future.set_result(msg)
         elif isinstance(msg, m.Pong):
             self.rtt_ms = (time.monotonic() - msg.sent) * 1000.0
-        elif isinstance(msg, m.Progress):
-            if self.on_progress is not None:
-                self.on_progress(msg)
+        elif isinstance(msg, m.Started):
+            self._signaller.pid = msg.pid
+            logger.info("%s spawned (pid %s, gpu %s)", self.name, msg.pid, self.config.gpu)
+            _resolve(self._started, None)
         elif isinstance(msg, m.Ready):
-            if self._ready_future is not None and not self._ready_future.done():
-                self._ready_future.set_result(msg)
+            _resolve(self._ready_future, msg)
         elif isinstance(msg, m.StartupFailed):
-            if self._ready_future is not None and not self._ready_future.done():
-                self._ready_future.set_exception(
-                    WorkerStartError(f"{self.name} failed to start:\n{msg.error}")
-                )
-        else:
-            logger.warning("%s: unexpected message %r", self.name, type(msg).__name__)
+            _fail(self._ready_future, WorkerStartError(f"{self.name} failed to start:\n{msg.error}"))
+        elif self.on_message is not None:
+            self.on_message(msg)
 
-    def _on_exit(self) -> None:
-        if self._loop is not None and self._proc is not None:
-            self._loop.remove_reader(self._proc.sentinel)
-        if self._exited is not None and not self._exited.done():
-            self._exited.set_result(None)
-        # Read what the worker said last (a StartupFailed, a final FrameDone) before calling it lost.
+    def _on_gone(self, how: str) -> None:
+        """The pipe's EOF or the end of the loop task, whichever comes first."""
+        if self._gone is None or self._gone.done():
+            return
+        self._gone.set_result(None)
         conn = self._conn
-        if conn is not None:
-            try:
+        if conn is not None and self._loop is not None:
+            self._loop.remove_reader(conn.fileno())
+            # What the worker said last (a StartupFailed, a final FrameDone) before calling it lost.
+            with contextlib.suppress(EOFError, OSError):
                 while conn.poll():
                     self._dispatch(conn.recv())
-            except (EOFError, OSError):
-                pass
-            if self._loop is not None:
-                self._loop.remove_reader(conn.fileno())
-        if self.state in ("starting", "ready"):
-            # The exit code may not be collectable yet (the executor's thread reaps it too); the
-            # stop that follows logs it.
-            self._lost("process exited")
+        _fail(self._started, WorkerLost(f"{self.name}: {how}"))
+        self._lost(how)
 
     async def _heartbeat(self) -> None:
+        """A ping when none is unanswered; lost when one stays unanswered `heartbeat_timeout`.
+        Timed from the ping, not from the last message, so that a pause of the server's own
+        loop is not taken for the worker's silence."""
         while self.state == "ready":
             await asyncio.sleep(self.heartbeat_interval)
             if self.state != "ready":
                 return
-            silent = time.monotonic() - self.last_heard
-            if silent > self.heartbeat_timeout:
+            now = time.monotonic()
+            if self._ping_sent_at is None or self.last_heard >= self._ping_sent_at:
+                self._ping_seq += 1
+                self._ping_sent_at = now
+                try:
+                    self.send(m.Ping(self._ping_seq, now))
+                except WorkerLost:
+                    return
+            elif now - self._ping_sent_at > self.heartbeat_timeout:
+                silent = now - self._ping_sent_at
                 logger.error("%s: no answer for %.1f s, killing it", self.name, silent)
                 self.kill()
                 self._lost(f"not answering for {silent:.1f} s")
-                return
-            self._ping_seq += 1
-            try:
-                self.send(m.Ping(self._ping_seq, time.monotonic()))
-            except WorkerLost:
                 return
 
     # -- loss and stop -------------------------------------------------------------------------
@@ -312,8 +343,7 @@ class WorkerProcess:
         logger.warning("%s lost: %s", self.name, reason)
         self.state = "lost"
         self.lost_reason = reason
-        if self._ready_future is not None and not self._ready_future.done():
-            self._ready_future.set_exception(WorkerLost(f"{self.name}: {reason}"))
+        _fail(self._ready_future, WorkerLost(f"{self.name}: {reason}"))
         self._fail_requests(reason)
         if self.on_lost is not None:
             self.on_lost(self, reason)
@@ -323,24 +353,20 @@ class WorkerProcess:
 
     def _fail_requests(self, reason: str) -> None:
         for future in self._requests.values():
-            if not future.done():
-                future.set_exception(WorkerLost(f"{self.name}: {reason}"))
+            _fail(future, WorkerLost(f"{self.name}: {reason}"))
 
-    def kill(self) -> None:
-        try:
-            if self._proc is not None and self._proc.exitcode is None:
-                self._proc.kill()
-        except (OSError, ValueError):
-            pass
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self._signaller.send(sig)
 
-    async def _wait_exit(self, timeout: float) -> bool:
-        if self._exited is None or self._exited.done():
+    async def _wait_gone(self, timeout: float) -> bool:
+        if self._gone is None or self._gone.done():
             return True
-        try:
-            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
-            return True
-        except TimeoutError:
-            return self._proc is None or self._proc.exitcode is not None
+        with contextlib.suppress(TimeoutError):
+            if timeout <= 0:
+                await asyncio.sleep(0)  # what has already arrived is seen
+                return self._gone.done()
+            await asyncio.wait_for(asyncio.shield(self._gone), timeout)
+        return self._gone.done()
 
     async def stop(
         self,
@@ -349,15 +375,15 @@ class WorkerProcess:
         kill_timeout: float = 5.0,
         reason: str = "stop",
     ) -> None:
-        """Graceful (Stop message), then SIGTERM, then SIGKILL, each with its timeout; then reap."""
-        if self.state in ("stopping", "stopped"):
-            if self._stopped is not None:
-                await asyncio.shield(self._stopped)
+        """Graceful (Stop message), then SIGTERM, then SIGKILL, each with its timeout; then reap.
+        Cancelled half-way, it still kills the process before it returns."""
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
             return
-        graceful = self.state == "ready" and graceful_timeout > 0
-        if self.state in ("new",):
+        if self.state == "new":
             self.state = "stopped"
             return
+        graceful = self.state == "ready" and graceful_timeout > 0
         if self.state != "lost":
             self.lost_reason = reason
         self.state = "stopping"
@@ -367,102 +393,66 @@ class WorkerProcess:
             if self._heartbeat_task is not None and self._heartbeat_task is not asyncio.current_task():
                 self._heartbeat_task.cancel()
             self._fail_requests(reason)
-            if self._executor is not None:
-                # Lets the executor send its own exit sentinel once the frame loop returns. (Not
-                # wait=True here: that blocks until the process is gone, which may need our kill.)
-                self._executor.shutdown(wait=False, cancel_futures=True)
+            if self.pid is None and self._started is not None and self._executor is not None:
+                # It has not said its pid yet: it will within moments (or go).
+                with contextlib.suppress(TimeoutError, WorkerError):
+                    await asyncio.wait_for(asyncio.shield(self._started), PID_TIMEOUT_S)
             if graceful and self._conn is not None:
-                try:
+                with contextlib.suppress(OSError):
                     self._conn.send(m.Stop(reason))
-                except OSError:
-                    pass
-            exited = await self._wait_exit(graceful_timeout) if graceful else self._proc is None
-            if not exited and self._proc is not None and self._proc.exitcode is None:
-                if graceful:
-                    logger.warning("%s did not stop in %.1f s: terminating", self.name, graceful_timeout)
-                self._proc.terminate()
-                exited = await self._wait_exit(terminate_timeout)
-                if not exited:
-                    logger.warning("%s ignored SIGTERM for %.1f s: killing", self.name, terminate_timeout)
-                    self._proc.kill()
-                    if not await self._wait_exit(kill_timeout):
-                        logger.error("%s (pid %s) survived SIGKILL", self.name, self.pid)
+            gone = self._executor is None or await self._wait_gone(graceful_timeout if graceful else 0.0)
+            for sig, timeout in ((signal.SIGTERM, terminate_timeout), (signal.SIGKILL, kill_timeout)):
+                if gone:
+                    break
+                if graceful or sig == signal.SIGKILL:
+                    logger.warning("%s did not stop: sending %s", self.name, signal.Signals(sig).name)
+                self.kill(sig)
+                gone = await self._wait_gone(timeout)
+            if not gone:
+                logger.error("%s (pid %s) survived SIGKILL", self.name, self.pid)
             await self._reap()
         finally:
-            if self._proc is not None:
-                # Cancelled part-way (a server shutting down with a deadline): the process
-                # must not outlive its handle, so it goes now, without waiting.
-                self.kill()
+            if self._executor is not None:
+                self.kill()  # cancelled part-way: the process must not outlive its handle
             self._finish(reason)
             self._stopped.set_result(None)
 
-    _stopped: asyncio.Future[None] | None = None
-
     async def _reap(self) -> None:
-        """Wait for the executor's manager thread, then read the exit code and close.
-
-        The process is gone (or killed) by now. The manager thread reaps it in every path (its
-        orderly exit, or `terminate_broken` -> `join_executor_internals` -> `p.join()`), so it
-        alone joins the process: a second joiner races its waitpid (and reads no exit code), and
-        closing the Process before the manager is done makes its join raise "process object is
-        closed". Waited on a thread of its own, not the loop's default executor, which may be
-        busy with other blocking work when many streams stop at once.
-        """
-        loop = self._loop
-        assert loop is not None
-        if self._conn is not None:
-            loop.remove_reader(self._conn.fileno())
-        if self._proc is not None:
-            loop.remove_reader(self._proc.sentinel)
-        proc, manager = self._proc, self._manager
-        result_queue = self._result_queue
-        if proc is None:
+        """`executor.shutdown(wait=True)` once the process is gone: it joins the executor's thread,
+        which joins the process and closes its queues. On a thread of its own, not the loop's
+        default executor, which may be busy when many streams stop at once."""
+        executor, self._executor = self._executor, None
+        if executor is None:
             return
-        reaped: asyncio.Future[int | None] = loop.create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
 
-        def report(exitcode: int | None) -> None:
-            if not reaped.done():
-                reaped.set_result(exitcode)
-
-        def join() -> None:
-            if manager is not None:
-                manager.join(REAP_TIMEOUT_S)
-            else:
-                proc.join(REAP_TIMEOUT_S)
-            exitcode = proc.exitcode
-            if manager is not None and manager.is_alive():
-                logger.warning("%s: executor thread still running after %.0f s", self.name, REAP_TIMEOUT_S)
-            elif exitcode is not None:
-                # Nothing else holds them now.
-                if result_queue is not None:
-                    result_queue.close()
-                proc.close()
+        def shutdown() -> None:
+            executor.shutdown(wait=True, cancel_futures=True)
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(report, exitcode)
+                loop.call_soon_threadsafe(_resolve, done, None)
 
-        threading.Thread(target=join, name=f"{self.name}-reap", daemon=True).start()
-        self.exitcode = await asyncio.shield(reaped)
-        if self.exitcode is not None:
-            self._proc = None  # closed: its pid and exit code are kept
+        threading.Thread(target=shutdown, name=f"{self.name}-reap", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), REAP_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("%s: executor still running after %.0f s", self.name, REAP_TIMEOUT_S)
+            self.kill()
 
     def _finish(self, reason: str) -> None:
         if self._conn is not None:
             if self._loop is not None:
-                try:
+                with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(self._conn.fileno())
-                except (ValueError, OSError):
-                    pass
             self._conn.close()
             self._conn = None
-        self._executor = None
-        self._loop_future = None
+        if self.exitcode is None and self._signaller.sent is not None and self._signaller.reaped:
+            self._signaller.exitcode = -self._signaller.sent
         self.state = "stopped"
-        with _live_lock:
-            _live.discard(self)
-        if not self._released:
-            self._released = True
-            if self._on_release is not None:
-                self._on_release(self)
+        _live.discard(self)
+        if self._on_release is not None:
+            release, self._on_release = self._on_release, None
+            release(self)
         logger.info("%s stopped (%s, exit code %s)", self.name, reason, self.exitcode)
 
     # -- status ------------------------------------------------------------------------------
@@ -485,19 +475,53 @@ class WorkerProcess:
         }
 
 
-def kill_all_workers() -> None:
-    """Last resort at interpreter exit: no worker may outlive the server, and a running frame
-    loop would otherwise keep concurrent.futures' exit hook waiting for it forever."""
-    with _live_lock:
-        procs = [w._proc for w in _live if w._proc is not None]
-    for proc in procs:
-        try:
-            if proc.exitcode is None:
-                proc.kill()
-        except (OSError, ValueError):
-            pass
+def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
 
 
-# threading's exit hooks run last-registered first, so this runs before concurrent.futures'
-# own hook (which joins the executors' manager threads). A private hook, but the one that fits.
-threading._register_atexit(kill_all_workers)  # type: ignore[attr-defined]
+def _fail(future: asyncio.Future[Any] | None, exc: BaseException) -> None:
+    if future is not None and not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: nobody may be waiting for it any more
+
+
+# -- no worker outlives the server --------------------------------------------------------------
+
+
+class _Live:
+    """The processes not stopped yet (touched by the loop, read by the watcher thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[WorkerProcess] = set()
+
+    def add(self, proc: WorkerProcess) -> None:
+        with self._lock:
+            self._procs.add(proc)
+
+    def discard(self, proc: WorkerProcess) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def snapshot(self) -> list[WorkerProcess]:
+        with self._lock:
+            return list(self._procs)
+
+
+_live = _Live()
+
+
+def _kill_live_workers_when_the_main_thread_ends() -> None:
+    """At interpreter exit, concurrent.futures joins its executors' threads, and an executor whose
+    task runs for ever (our loop) would keep it waiting for ever. The main thread counts as ended
+    as soon as interpreter shutdown begins, before those joins; this watcher then kills what is
+    left (a server that stopped its workers has nothing left)."""
+    threading.main_thread().join()
+    for proc in _live.snapshot():
+        proc.kill()
+
+
+threading.Thread(
+    target=_kill_live_workers_when_the_main_thread_ends, name="worker-reaper", daemon=True
+).start()

@@ -1,11 +1,16 @@
-"""A supervised worker: one live process at a time, its stream channels, restarts with backoff.
+"""A supervised worker: one live process at a time, replaced when it is lost or when asked.
 
-Implements `comfystream.pipeline.backend.WorkerClient`. When the process crashes or stops
-answering, the frames it held are reported lost (the pipeline passes them through), the
-channels' rings are kept, and a new process (from the warm pool when one matches) re-opens
-every channel with its last accepted prompts. Delays between failed attempts grow from
-`backoff_min_s` to `backoff_max_s`; after `max_failures` attempts in a row it gives up
-("failed": the streams go on unprocessed).
+`Supervisor` is the one lifecycle for both kinds of work: it holds the current process, brings a
+new one up (from the warm pool when one is ready, else spawned), retires the old one, and
+restarts after a loss under the one `RestartPolicy` (backoff, give-up, healthy-after). Every
+process it obtains is its own from that moment: a stop in any order of events (during a start, a
+restart, a recovery) cancels the bring-up in progress, which stops the process it was bringing up,
+and then stops the current process and every retiring one before it returns.
+
+`StreamWorker` adds stream channels (implements `comfystream.pipeline.backend.WorkerClient`): a
+lost process's frames are reported lost (the pipeline passes them through), the channels' rings
+are kept, and the new process re-opens every channel with its last accepted prompts.
+`workers.job_worker.JobWorker` adds one-shot jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +36,317 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# A worker that ran this long without trouble starts its next restart from the shortest delay.
-HEALTHY_AFTER_S = 30.0
+
+class RestartPolicy:
+    """When to try again after a lost process, and when to give up. Pure: the clock is given.
+
+    The first attempt after a healthy run is immediate (a warm worker takes over at once); each
+    failed attempt in a row doubles the delay from `backoff_min_s` up to `backoff_max_s`; after
+    `max_failures` in a row it gives up. A process that ran `healthy_after_s` without trouble
+    clears the count."""
+
+    def __init__(
+        self,
+        backoff_min_s: float,
+        backoff_max_s: float,
+        max_failures: int,
+        healthy_after_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.max_failures = max_failures
+        self.healthy_after_s = healthy_after_s
+        self.clock = clock
+        self.failures = 0  # failed or short-lived processes in a row
+        self._ready_since: float | None = None
+
+    def ready(self) -> None:
+        self._ready_since = self.clock()
+
+    def lost(self) -> None:
+        """The running process was lost: a short run counts as a failure."""
+        since, self._ready_since = self._ready_since, None
+        if since is not None and self.clock() - since >= self.healthy_after_s:
+            self.failures = 0
+        elif since is not None:
+            self.failures += 1
+
+    def attempt_failed(self) -> None:
+        self.failures += 1
+
+    def next_delay(self) -> float | None:
+        """Seconds to wait before the next attempt; None: give up."""
+        if self.failures >= self.max_failures:
+            return None
+        if self.failures == 0:
+            return 0.0
+        return min(self.backoff_min_s * 2 ** (self.failures - 1), self.backoff_max_s)
+
+
+class Supervisor:
+    """One supervised process. Subclasses add the work: `_attach` (make a new process ready for
+    it), `_process_lost` (what was inside is lost), `_on_message`, `_on_ready`, `_emit`."""
+
+    start_warm = True  # the first process may come from the warm pool (restarts always may)
+
+    def __init__(self, backend: ProcessPoolBackend, spec: WorkerSpec, name: str):
+        self.backend = backend
+        self.spec = spec
+        self.name = name
+        self.proc: WorkerProcess | None = None
+        self._state = "new"  # new, starting, ready, restarting, failed, stopping, stopped
+        self.restarts = 0
+        self.last_error: str | None = None
+        s = backend.settings
+        self.policy = RestartPolicy(s.backoff_min_s, s.backoff_max_s, s.max_failures)
+        self._task: asyncio.Task[None] | None = None  # the one bring-up in progress
+        self._retiring: set[asyncio.Task[None]] = set()  # stops of processes taken out of service
+        self._last_proc: WorkerProcess | None = None  # the newest process, for its status once gone
+        self._ready_event = asyncio.Event()
+        self._stop_done: asyncio.Future[None] | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def failures(self) -> int:
+        return self.policy.failures
+
+    @property
+    def last_exit_code(self) -> int | None:
+        """The exit code of the last of this worker's processes to end (once it is reaped)."""
+        last = self._last_proc
+        if last is not None and last.state == "stopped":
+            return last.exitcode
+        return self._ended_exitcode
+
+    _ended_exitcode: int | None = None
+
+    # -- hooks ---------------------------------------------------------------------------------
+
+    async def _attach(self, proc: WorkerProcess) -> None:
+        """Make the new process ready for the work (raises: the attempt failed)."""
+
+    def _process_lost(self, reason: str) -> None:
+        """The work inside the current process is lost (called once per process)."""
+
+    def _on_message(self, msg: Any) -> None:
+        logger.warning("%s: unexpected message %r", self.name, type(msg).__name__)
+
+    def _on_ready(self) -> None:
+        """A process is up and attached."""
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        """A lifecycle event (worker_lost, worker_restarting, worker_restarted, worker_failed)."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """The first process (raises when it cannot come up)."""
+        if self._state != "new":
+            return
+        self._state = "starting"
+        await self._run_bring_up("start", requested=True)
+
+    async def restart(self, reason: str = "requested") -> None:
+        """A fresh process now (no backoff). Raises when the new one cannot come up."""
+        if self._state in ("stopping", "stopped"):
+            raise WorkerLost(f"{self.name} is {self._state}")
+        self._take_out_of_service(f"restart: {reason}", graceful=True)
+        self._state = "restarting"
+        self._emit("worker_restarting", {"reason": reason, "attempt": 1, "delay_s": 0.0})
+        await self._run_bring_up(reason, requested=True)
+
+    async def stop(self) -> None:
+        """Stop every process this worker holds or is bringing up; returns once all are gone."""
+        if self._stop_done is not None:
+            await asyncio.shield(self._stop_done)
+            return
+        self._stop_done = asyncio.get_running_loop().create_future()
+        self._state = "stopping"
+        self._ready_event.set()  # wake waiters; they see the state
+        try:
+            await self._cancel_bring_up()
+            self._take_out_of_service("worker stopped", graceful=True)
+            while self._retiring:
+                await asyncio.gather(*list(self._retiring), return_exceptions=True)
+        finally:
+            self._state = "stopped"
+            self.backend.forget(self)
+            self._stop_done.set_result(None)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    async def _cancel_bring_up(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _run_bring_up(self, reason: str, requested: bool) -> None:
+        """Run the bring-up as this worker's one task (a stop cancels it) and wait for it."""
+        await self._cancel_bring_up()
+        task = asyncio.get_running_loop().create_task(
+            self._bring_up(reason, requested), name=f"{self.name}-up"
+        )
+        self._task = task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if self._state in ("stopping", "stopped"):
+                raise WorkerLost(f"{self.name} was stopped") from None
+            raise
+        finally:
+            if self._task is task:
+                self._task = None
+
+    async def _bring_up(self, reason: str, requested: bool) -> None:
+        """Obtain and attach a process; after a loss, retry under the policy until it gives up. A
+        requested start or restart raises its failure instead of retrying."""
+        while True:
+            delay = 0.0 if requested else self.policy.next_delay()
+            if delay is None:
+                self._state = "failed"
+                self._ready_event.set()
+                self._emit("worker_failed", {"reason": self.last_error, "attempts": self.policy.failures})
+                logger.error("%s: giving up after %d failed attempts", self.name, self.policy.failures)
+                return
+            if not requested:
+                self._emit(
+                    "worker_restarting",
+                    {"reason": reason, "attempt": self.policy.failures + 1, "delay_s": delay},
+                )
+                await asyncio.sleep(delay)
+            proc: WorkerProcess | None = None
+            try:
+                warm = self.start_warm or self._state != "starting"
+                proc = await self.backend.obtain_process(self.spec, self.name, warm=warm)
+                self._adopt(proc)
+                # The old process is gone before the new one touches what they share (the rings).
+                while self._retiring:
+                    await asyncio.gather(*list(self._retiring), return_exceptions=True)
+                await self._attach(proc)
+            except asyncio.CancelledError:
+                if proc is not None:
+                    self._take_out_of_service("cancelled", graceful=False, proc=proc)
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "%s: %s failed: %s",
+                    self.name,
+                    "start" if self._state == "starting" else "restart",
+                    self.last_error,
+                )
+                if proc is not None:
+                    self._take_out_of_service(self.last_error, graceful=False, proc=proc)
+                if requested:
+                    self._state = "failed"
+                    self._ready_event.set()
+                    if self.restarts or reason != "start":
+                        self._emit("worker_failed", {"reason": self.last_error})
+                    raise
+                self.policy.attempt_failed()
+                reason = self.last_error
+                continue
+            first = self._state == "starting"
+            self._state = "ready"
+            self.policy.ready()
+            self._ready_event.set()
+            if not first:
+                self.restarts += 1
+                logger.info("%s back (pid %s, %s)", self.name, proc.pid, reason)
+                self._emit(
+                    "worker_restarted",
+                    {
+                        "reason": reason,
+                        "restarts": self.restarts,
+                        "pid": proc.pid,
+                        "device": proc.status()["device"],
+                    },
+                )
+            self._on_ready()
+            return
+
+    def _adopt(self, proc: WorkerProcess) -> None:
+        self.proc = self._last_proc = proc
+        proc.on_message = self._on_message
+        proc.on_lost = self._on_proc_lost
+
+    def _take_out_of_service(self, reason: str, graceful: bool, proc: WorkerProcess | None = None) -> None:
+        """Stop `proc` (default: the current one) in the background, owned by this worker; late
+        messages from it go nowhere. Its work is reported lost."""
+        if proc is None or proc is self.proc:
+            proc, self.proc = self.proc, None
+            self._ready_event.clear()
+            self._process_lost(reason)
+        if proc is None:
+            return
+        proc.on_message = None
+        proc.on_lost = None
+        timeout = self.backend.settings.graceful_stop_s if graceful else 0.0
+        task = asyncio.get_running_loop().create_task(proc.stop(graceful_timeout=timeout, reason=reason))
+        self._retiring.add(task)
+
+        def retired(done: asyncio.Task[None]) -> None:
+            self._retiring.discard(done)
+            self._ended_exitcode = proc.exitcode
+
+        task.add_done_callback(retired)
+
+    def _on_proc_lost(self, proc: WorkerProcess, reason: str) -> None:
+        if proc is not self.proc or self._state in ("stopping", "stopped"):
+            return
+        self.last_error = reason
+        self.policy.lost()
+        self._take_out_of_service(reason, graceful=False)
+        self._state = "restarting"
+        self._emit("worker_lost", {"reason": reason, "pid": proc.pid})
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._bring_up(reason, requested=False), name=f"{self.name}-recover"
+            )
+            self._task.add_done_callback(self._recovered)
+
+    def _recovered(self, task: asyncio.Task[None]) -> None:
+        if self._task is task:
+            self._task = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s: recovery failed: %r", self.name, task.exception())
+
+    async def _wait_ready(self) -> WorkerProcess:
+        if self._state in ("restarting", "starting"):
+            try:
+                await asyncio.wait_for(self._ready_event.wait(), self.backend.settings.startup_timeout_s)
+            except TimeoutError:
+                raise WorkerLost(f"{self.name} did not come back") from None
+        if self._state != "ready" or self.proc is None:
+            raise WorkerLost(
+                f"{self.name} is {self._state}" + (f": {self.last_error}" if self.last_error else "")
+            )
+        return self.proc
+
+    def status(self) -> dict[str, Any]:
+        base = self.proc.status() if self.proc is not None else {"pid": None, "device": None}
+        if self.proc is None and self._last_proc is not None:
+            base["device"] = self._last_proc.status()["device"]
+        base.update(
+            {
+                "worker": self.name,
+                "last_exit_code": self.last_exit_code,
+                "state": self._state,
+                "restarts": self.restarts,
+                "last_error": self.last_error,
+            }
+        )
+        return base
 
 
 def raise_for_reply(reply: m.Reply) -> None:
@@ -56,57 +371,30 @@ class _Channel:
     open: bool = False
 
 
-class SupervisedWorker:
+class StreamWorker(Supervisor):
+    """A supervised worker running stream channels (comfystream's WorkerClient)."""
+
     def __init__(self, backend: ProcessPoolBackend, spec: WorkerSpec, name: str):
-        self.backend = backend
-        self.spec = spec
-        self.name = name
-        self.proc: WorkerProcess | None = None
+        super().__init__(backend, spec, name)
         self.channels: dict[str, _Channel] = {}
-        self._state = "new"
-        self.restarts = 0
-        self.failures = 0  # failed start attempts in a row
-        self.last_error: str | None = None
-        self._ready_since = 0.0
-        self._restart_task: asyncio.Task[None] | None = None
-        self._last_proc: WorkerProcess | None = None  # the newest process, for its device once gone
-        self._ended: WorkerProcess | None = None  # the last process to end, for its exit code
-        self._ready_event = asyncio.Event()
-        self._lock = asyncio.Lock()  # one start / restart / channel change at a time
+        self._lock = asyncio.Lock()  # channel changes and re-opening after a restart take turns
 
     # -- WorkerClient --------------------------------------------------------------------------
-
-    @property
-    def state(self) -> str:
-        return self._state
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._state != "new":
-                return
-            self._state = "starting"
-            try:
-                self._adopt(await self.backend.obtain_process(self.spec, self.name))
-            except BaseException:
-                self._state = "failed"
-                raise
-            self._set_ready()
 
     async def open_channel(self, spec: ChannelSpec, listener: ChannelListener) -> None:
         await self._wait_ready()
         async with self._lock:
             if spec.name in self.channels:
                 raise ValueError(f"channel {spec.name} is already open on {self.name}")
-            if self._state != "ready":
-                raise WorkerLost(f"{self.name} is {self._state}")
-            ring = FrameRing.create(spec.max_inflight, spec.width, spec.height)
-            channel = _Channel(spec, listener, ring)
+            proc = await self._wait_ready()
+            channel = _Channel(spec, listener, FrameRing.create(spec.max_inflight, spec.width, spec.height))
             self.channels[spec.name] = channel
             try:
-                await self._open_on(self._require_proc(), channel)
+                await self._open_on(proc, channel)
             except BaseException:
-                self.channels.pop(spec.name, None)
-                ring.close()
+                if self.channels.get(spec.name) is channel:
+                    del self.channels[spec.name]
+                channel.ring.close()
                 raise
 
     def can_submit(self, channel: str) -> bool:
@@ -115,7 +403,9 @@ class SupervisedWorker:
 
     def submit(self, channel: str, frame_id: int, rgb: np.ndarray) -> None:
         ch = self.channels[channel]
-        proc = self._require_proc()
+        proc = self.proc
+        if proc is None or self._state != "ready":
+            raise WorkerLost(f"{self.name} is {self._state}")
         slot = ch.ring.acquire()
         if slot is None:
             raise WorkerError(f"channel {channel}: no free slot (check can_submit first)")
@@ -125,10 +415,8 @@ class SupervisedWorker:
             ch.ring.release(slot)
             raise
         ch.inflight[slot] = frame_id
-        try:
+        with contextlib.suppress(WorkerLost):  # the loss handler reports it with the others in flight
             proc.send(m.ProcessFrame(channel, frame_id, slot))
-        except WorkerLost:
-            pass  # the loss handler has already reported this frame with the others in flight
 
     async def update_prompts(
         self,
@@ -138,25 +426,21 @@ class SupervisedWorker:
         apply: bool = True,
         warmup_frames: int = 0,
     ) -> int | None:
-        await self._wait_ready()
+        proc = await self._wait_ready()
         ch = self._require_channel(channel)
-        proc = self._require_proc()
         reply = await proc.request(
             lambda rid: m.UpdatePrompts(rid, channel, prompts, active, warmup_frames, apply),
             timeout=self.backend.settings.startup_timeout_s,
         )
         raise_for_reply(reply)
         if apply:
-            # What a restarted worker re-opens the channel with.
-            ch.spec = replace(ch.spec, prompts=list(prompts), active=active)
+            ch.spec = replace(ch.spec, prompts=list(prompts), active=active)  # what a new process re-opens
         return reply.data.get("after_frame_id")
 
     async def set_active_prompt(self, channel: str, index: int) -> int:
-        await self._wait_ready()
+        proc = await self._wait_ready()
         ch = self._require_channel(channel)
-        reply = await self._require_proc().request(
-            lambda rid: m.SetActivePrompt(rid, channel, index), timeout=10.0
-        )
+        reply = await proc.request(lambda rid: m.SetActivePrompt(rid, channel, index), timeout=10.0)
         raise_for_reply(reply)
         ch.spec = replace(ch.spec, active=index)
         return int(reply.data.get("after_frame_id", -1))
@@ -183,150 +467,80 @@ class SupervisedWorker:
         spec: WorkerSpec | None = None,
         channels: dict[str, ChannelSpec] | None = None,
     ) -> None:
-        """A fresh process now (no backoff); with `spec`/`channels`, the new settings. Raises when the
-        new process cannot open the channels (the caller may restart again with the old ones)."""
-        async with self._lock:
-            if self._state in ("stopping", "stopped"):
-                raise WorkerLost(f"{self.name} is {self._state}")
-            if self._restart_task is not None:
-                self._restart_task.cancel()
-                self._restart_task = None
-            self._state = "restarting"
-            self._ready_event.clear()
-            old = self._detach()
-            self._report_lost(f"restart: {reason}")
-            if old is not None:
-                await old.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
-            if spec is not None:
-                self.spec = spec
-            for name, new in (channels or {}).items():
-                ch = self.channels.get(name)
-                if ch is None:
-                    continue
-                if (new.width, new.height, new.max_inflight) != (
-                    ch.spec.width,
-                    ch.spec.height,
-                    ch.spec.max_inflight,
-                ):
-                    ch.ring.close()
-                    ch.ring = FrameRing.create(new.max_inflight, new.width, new.height)
-                ch.spec = new
-            self._emit("worker_restarting", {"reason": reason, "attempt": 1, "delay_s": 0.0})
-            try:
-                proc = await self.backend.obtain_process(self.spec, self.name)
-                self._adopt(proc)
-                for ch in self.channels.values():
-                    await self._open_on(proc, ch)
-            except BaseException as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if self.proc is not None:
-                    lost = self._detach()
-                    await lost.stop(graceful_timeout=0.5)
-                self._state = "failed"
-                self._emit("worker_failed", {"reason": self.last_error})
-                raise
-            self.restarts += 1
-            self._set_ready()
-            self._emit("worker_restarted", {"reason": reason, "restarts": self.restarts, "pid": proc.pid})
-
-    def status(self) -> dict[str, Any]:
-        base = self.proc.status() if self.proc is not None else {"pid": None, "device": None}
-        if self.proc is None and self._last_proc is not None:
-            base["device"] = self._last_proc.status()["device"]
-        base.update(
-            {
-                "worker": self.name,
-                "last_exit_code": self.last_exit_code,
-                "state": self._state,
-                "restarts": self.restarts,
-                "last_error": self.last_error,
-                "channels": sorted(self.channels),
-                "spec": {
-                    "cwd": self.spec.cwd,
-                    "disable_cuda_malloc": self.spec.disable_cuda_malloc,
-                    "gpu_only": self.spec.gpu_only,
-                },
-            }
-        )
-        return base
+        """A fresh process now; with `spec`/`channels`, the new settings (a channel whose geometry
+        changes gets a new ring once the old process is gone)."""
+        if spec is not None:
+            self.spec = spec
+        for name, new in (channels or {}).items():
+            if name in self.channels:
+                self.channels[name].spec = new
+        await super().restart(reason)
 
     async def stop(self) -> None:
-        if self._state == "stopped":
-            return
-        self._state = "stopping"
-        self._ready_event.set()  # wake waiters; they see the state
-        task, self._restart_task = self._restart_task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            # A restart cancelled half-way stops the process it was starting; wait for that.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        proc = self._detach()
         try:
-            self._report_lost("worker stopped")
-            if proc is not None:
-                await proc.stop(graceful_timeout=self.backend.settings.graceful_stop_s)
+            await super().stop()
         finally:
             for ch in self.channels.values():
                 ch.open = False
                 ch.ring.close()
             self.channels.clear()
-            self._state = "stopped"
-            self.backend.forget(self)
+
+    def status(self) -> dict[str, Any]:
+        base = super().status()
+        base["channels"] = sorted(self.channels)
+        base["spec"] = {
+            "cwd": self.spec.cwd,
+            "disable_cuda_malloc": self.spec.disable_cuda_malloc,
+            "gpu_only": self.spec.gpu_only,
+        }
+        return base
+
+    # -- Supervisor hooks ------------------------------------------------------------------------
+
+    async def _attach(self, proc: WorkerProcess) -> None:
+        async with self._lock:
+            for ch in list(self.channels.values()):
+                spec, ring = ch.spec, ch.ring
+                if (spec.max_inflight, spec.width, spec.height) != (ring.slots, ring.width, ring.height):
+                    ch.ring = FrameRing.create(spec.max_inflight, spec.width, spec.height)
+                    ring.close()
+                await self._open_on(proc, ch)
+
+    def _process_lost(self, reason: str) -> None:
+        for ch in self.channels.values():
+            frame_ids = sorted(ch.inflight.values())
+            ch.inflight.clear()
+            ch.ring.release_all()
+            ch.open = False
+            ch.listener.on_lost(frame_ids, reason)
+
+    def _on_ready(self) -> None:
+        for ch in list(self.channels.values()):
+            if ch.open:
+                ch.listener.on_ready()
+
+    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
+        data = {"worker": self.name, **data}
+        for ch in list(self.channels.values()):
+            ch.listener.on_event(event_type, dict(data))
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, m.FrameDone):
+            self._on_frame(msg)
+        elif isinstance(msg, m.Progress):
+            ch = self.channels.get(msg.channel)
+            if ch is not None:
+                ch.listener.on_event("warmup_progress", {"done": msg.done, "total": msg.total})
+        else:
+            super()._on_message(msg)
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _require_proc(self) -> WorkerProcess:
-        if self.proc is None or self.proc.state != "ready":
-            raise WorkerLost(f"{self.name} is {self._state}")
-        return self.proc
 
     def _require_channel(self, channel: str) -> _Channel:
         ch = self.channels.get(channel)
         if ch is None:
             raise KeyError(f"no channel {channel} on {self.name}")
         return ch
-
-    async def _wait_ready(self) -> None:
-        if self._state == "ready":
-            return
-        if self._state in ("restarting", "starting"):
-            try:
-                await asyncio.wait_for(self._ready_event.wait(), self.backend.settings.startup_timeout_s)
-            except TimeoutError:
-                raise WorkerLost(f"{self.name} did not come back") from None
-        if self._state != "ready":
-            raise WorkerLost(
-                f"{self.name} is {self._state}" + (f": {self.last_error}" if self.last_error else "")
-            )
-
-    @property
-    def last_exit_code(self) -> int | None:
-        """The exit code of the last of this worker's processes to end (once it is reaped)."""
-        return self._ended.exitcode if self._ended is not None else None
-
-    def _detach(self) -> WorkerProcess | None:
-        """Take the process away from this worker: late messages from it go nowhere."""
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            proc.on_frame = proc.on_progress = proc.on_lost = None
-            self._ended = proc
-        return proc
-
-    def _adopt(self, proc: WorkerProcess) -> None:
-        self.proc = proc
-        self._last_proc = proc
-        proc.on_frame = self._on_frame
-        proc.on_progress = self._on_progress
-        proc.on_lost = self._on_proc_lost
-
-    def _set_ready(self) -> None:
-        self._state = "ready"
-        self._ready_since = time.monotonic()
-        self._ready_event.set()
-        for ch in self.channels.values():
-            if ch.open:
-                ch.listener.on_ready()
 
     async def _open_on(self, proc: WorkerProcess, ch: _Channel) -> None:
         spec = ch.spec
@@ -341,7 +555,7 @@ class SupervisedWorker:
                 list(spec.prompts),
                 spec.active,
                 spec.warmup_frames,
-            ),
+            ),  # fmt: skip
             timeout=self.backend.settings.startup_timeout_s,
         )
         raise_for_reply(reply)
@@ -373,83 +587,8 @@ class SupervisedWorker:
             if expected is not None:
                 ch.ring.release(msg.slot)
         if is_oom_report(msg.error) and self.proc is not None and self.proc.state == "ready":
-            self.proc._lost(msg.error)  # issue 17: replace the process (restart with backoff)
+            self._on_proc_lost(self.proc, msg.error)  # issue 17: replaced as a lost process
 
-    def _on_progress(self, msg: m.Progress) -> None:
-        ch = self.channels.get(msg.channel)
-        if ch is not None:
-            ch.listener.on_event("warmup_progress", {"done": msg.done, "total": msg.total})
 
-    def _report_lost(self, reason: str) -> None:
-        for ch in self.channels.values():
-            frame_ids = sorted(ch.inflight.values())
-            ch.inflight.clear()
-            ch.ring.release_all()
-            ch.listener.on_lost(frame_ids, reason)
-
-    def _emit(self, event_type: str, data: dict[str, Any]) -> None:
-        data = {"worker": self.name, **data}
-        for ch in list(self.channels.values()):
-            ch.listener.on_event(event_type, dict(data))
-
-    def _on_proc_lost(self, proc: WorkerProcess, reason: str) -> None:
-        if proc is not self.proc or self._state in ("stopping", "stopped", "restarting"):
-            return
-        self.last_error = reason
-        self._detach()
-        self._state = "restarting"
-        self._ready_event.clear()
-        if time.monotonic() - self._ready_since > HEALTHY_AFTER_S:
-            self.failures = 0
-        self._report_lost(reason)
-        self._emit("worker_lost", {"reason": reason, "pid": proc.pid})
-        self._restart_task = asyncio.get_running_loop().create_task(
-            self._restart_loop(reason), name=f"{self.name}-restart"
-        )
-
-    async def _restart_loop(self, reason: str) -> None:
-        settings = self.backend.settings
-        while self._state == "restarting":
-            delay = min(settings.backoff_min_s * (2**self.failures), settings.backoff_max_s)
-            self._emit(
-                "worker_restarting", {"reason": reason, "attempt": self.failures + 1, "delay_s": delay}
-            )
-            await asyncio.sleep(delay)
-            async with self._lock:
-                if self._state != "restarting":
-                    return
-                proc: WorkerProcess | None = None
-                try:
-                    proc = await self.backend.obtain_process(self.spec, self.name)
-                    self._adopt(proc)
-                    for ch in self.channels.values():
-                        await self._open_on(proc, ch)
-                except Exception as exc:
-                    self.failures += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    logger.warning(
-                        "%s: restart attempt %d failed: %s", self.name, self.failures, self.last_error
-                    )
-                    self._detach()
-                    if proc is not None:
-                        await proc.stop(graceful_timeout=0.5)
-                    if self.failures >= settings.max_failures:
-                        self._state = "failed"
-                        self._ready_event.set()
-                        self._emit("worker_failed", {"reason": self.last_error, "attempts": self.failures})
-                        return
-                    reason = self.last_error
-                    continue
-                self.restarts += 1
-                self._restart_task = None
-                self._set_ready()
-                self._emit(
-                    "worker_restarted",
-                    {
-                        "reason": reason,
-                        "restarts": self.restarts,
-                        "pid": proc.pid,
-                        "device": proc.status()["device"],
-                    },
-                )
-                return
+# The name the rest of the project knew it by.
+SupervisedWorker = StreamWorker

@@ -8,7 +8,6 @@ import os
 import signal
 import textwrap
 import threading
-from concurrent.futures.process import _ExecutorManagerThread
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from comfystream.pipeline.backend import WorkerSpec
 from workers import job_messages as jm
 from workers.backend import ProcessPoolBackend
-from workers.job_worker import JobWorkerProcess
 from workers.process import WorkerStartError
 
 # A node that ignores its cancel token, run from a non-daemon thread that never ends (as a node
@@ -54,20 +52,18 @@ STUBBORN_NODES = textwrap.dedent(
 STUBBORN_PROMPT = {"1": {"class_type": "StubbornNode", "inputs": {}}}
 
 
-def _manager_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread)]
-
-
 async def test_job_worker_stops_gracefully_while_a_node_ignores_its_cancel_token(tmp_path: Path, no_leaks):
     nodes = tmp_path / "stubborn_nodes"
     nodes.mkdir()
     (nodes / "__init__.py").write_text(STUBBORN_NODES)
     backend = ProcessPoolBackend(gpus=[], custom_node_dirs=[str(tmp_path)])
-    proc = await backend.spawn_process(WorkerSpec(), "stubborn-job", JobWorkerProcess)
-    assert isinstance(proc, JobWorkerProcess)
+    proc = await backend.spawn_process(WorkerSpec(), "stubborn-job")
     started = asyncio.get_running_loop().create_future()
-    proc.on_job_event = lambda msg: (
-        msg.event == "progress_text" and not started.done() and started.set_result(msg)
+    proc.on_message = lambda msg: (
+        isinstance(msg, jm.JobEvent)
+        and msg.event == "progress_text"
+        and not started.done()
+        and started.set_result(msg)
     )
     try:
         proc.send(jm.RunJob("p1", STUBBORN_PROMPT))
@@ -103,12 +99,13 @@ async def test_a_worker_that_fails_to_start_is_reaped_before_the_error_is_raised
     thread_errors: list[threading.ExceptHookArgs] = []
     previous = threading.excepthook
     threading.excepthook = thread_errors.append
+    threads_before = set(threading.enumerate())
     try:
         backend = ProcessPoolBackend(gpus=[], workspace=str(tmp_path / "nowhere"), startup_timeout_s=60.0)
         with pytest.raises(WorkerStartError, match="does not exist"):
             await backend.spawn_process(WorkerSpec(), "no-workspace")
-        # The executor's manager thread is done with the Process (it joined it) before we closed it.
-        assert _manager_threads() == []
+        # The executor's threads are joined (it joined the process) before the error is raised.
+        assert set(threading.enumerate()) - threads_before == set()
     finally:
         threading.excepthook = previous
     assert [f"{e.exc_type.__name__}: {e.exc_value}" for e in thread_errors] == []

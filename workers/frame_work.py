@@ -1,0 +1,256 @@
+"""Frame work, inside a worker: a stream's channel (its shared-memory ring and compiled prompts),
+its frames, and prompt swaps at a frame boundary. Handlers of the worker's one loop
+(workers/child.py); compiling and warming up run on the loop's background thread, so frames keep
+flowing with the old prompt (and heartbeats keep being answered) while a new one loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers import messages as m
+from workers.child import Background, Outbox, WorkerState, describe
+from workers.oom import describe_frame_error
+from workers.ring import FrameRing
+from workers.tensors import FrameTransfer, device_memory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Channel:
+    name: str
+    ring: FrameRing
+    width: int
+    height: int
+    plans: list[Any] = field(default_factory=list)
+    prompt_ids: list[str] = field(default_factory=list)
+    active: int = 0
+    last_frame: Any = None
+    last_frame_id: int = -1
+    frames: int = 0
+    transfer: Any = None  # FrameTransfer: this channel's slot <-> device buffers, kept between frames
+
+
+class FrameWork:
+    def __init__(self, state: WorkerState, outbox: Outbox, background: Background):
+        self.state = state
+        self.torch = state.torch
+        self.device = state.device
+        self.send = outbox.send
+        self.background = background
+        self.channels: dict[str, _Channel] = {}
+        self.frames_processed = 0
+        self.busy_s = 0.0
+
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        return {
+            m.ProcessFrame: self._process,
+            m.OpenChannel: self._open,
+            m.UpdatePrompts: self._update,
+            m.SetActivePrompt: self._set_active,
+            m.CloseChannel: self._close_channel,
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "gpu_memory": device_memory(self.torch, self.device),  # issue 17 (bench/gpu.py)
+            "frames_processed": self.frames_processed,
+            "channels": {
+                name: {"width": c.width, "height": c.height, "prompts": len(c.plans), "active": c.active}
+                for name, c in self.channels.items()
+            },
+        }
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.ring.close()
+        self.channels.clear()
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _process(self, msg: m.ProcessFrame) -> None:
+        start = time.perf_counter()
+        channel = self.channels.get(msg.channel)
+        if channel is None or not channel.plans:
+            self.send(m.FrameDone(msg.channel, msg.frame_id, msg.slot, None, "channel is not open", 0.0))
+            return
+        error: str | None = None
+        shape: tuple[int, int, int] | None = None
+        prompt_ms = 0.0
+        try:
+            frame = self._transfer(channel).upload(channel.ring.input(msg.slot))
+            channel.last_frame = frame
+            channel.last_frame_id = msg.frame_id
+            started = time.perf_counter()
+            images = self._execute(channel, channel.active, frame)
+            prompt_ms = (time.perf_counter() - started) * 1000.0
+            if images is None:
+                error = "the prompt produced no output frame"
+            else:
+                shape = self._store(images, channel, channel.ring.output(msg.slot))
+        except Exception as exc:  # one bad frame is reported, never fatal for the loop
+            error = describe_frame_error(exc)  # a CUDA OOM is marked: the server replaces us
+            logger.warning("channel %s frame %d failed: %s", msg.channel, msg.frame_id, error)
+        elapsed = time.perf_counter() - start
+        self.busy_s += elapsed
+        self.frames_processed += 1
+        channel.frames += 1
+        self.send(m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0, prompt_ms))
+
+    def _transfer(self, channel: _Channel) -> FrameTransfer:
+        """The channel's frame transfer (uint8 slot <-> IMAGE on the device, once each way)."""
+        if channel.transfer is None:
+            channel.transfer = FrameTransfer(self.torch, self.device)
+        return channel.transfer
+
+    def _execute(self, channel: _Channel, index: int, frame: Any) -> Any:
+        from comfystream.engine import ExecutionContext
+
+        ctx = ExecutionContext(prompt_id=channel.prompt_ids[index], frame=frame)
+        result = channel.plans[index].execute_sync(ctx)
+        return result.frames[0] if result.frames else None
+
+    def _store(self, images: Any, channel: _Channel, dst: Any) -> tuple[int, int, int]:
+        """Write the first image of `images` into `dst` (the output slot) as uint8 at the channel's size."""
+        torch = self.torch
+        img = images
+        if img.dim() == 4:
+            img = img[0]
+        if img.dim() != 3:
+            raise ValueError(f"output image has shape {tuple(images.shape)}, expected [B,H,W,C]")
+        if img.shape[2] == 1:
+            img = img.expand(-1, -1, 3)
+        elif img.shape[2] > 3:
+            img = img[..., :3]
+        if (img.shape[0], img.shape[1]) != (channel.height, channel.width):
+            img = torch.nn.functional.interpolate(
+                img.permute(2, 0, 1).unsqueeze(0).float(),
+                size=(channel.height, channel.width),
+                mode="bilinear",
+                align_corners=False,
+            )[0].permute(1, 2, 0)
+        self._transfer(channel).download(img, dst)  # straight into shared memory
+        return (channel.height, channel.width, 3)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        channel_name: str,
+        prompts: list[dict[str, Any]],
+        active: int,
+        width: int,
+        height: int,
+        sample: Any,
+        warmup_frames: int,
+    ) -> tuple[list[Any], list[str]]:
+        """On the background thread: compile every prompt, run each once (the dry run), then
+        `warmup_frames` more of the active one."""
+        from comfystream.engine import ExecutionContext, compile_prompt
+
+        torch = self.torch
+        if not prompts:
+            raise ValueError("no prompts")
+        if not 0 <= active < len(prompts):
+            raise ValueError(f"active prompt {active} out of range 0..{len(prompts) - 1}")
+        plans = [compile_prompt(p, self.state.registry) for p in prompts]
+        prompt_ids = [f"{channel_name}:{uuid.uuid4().hex[:12]}" for _ in plans]
+        if sample is None:
+            generator = torch.Generator().manual_seed(0)
+            sample = torch.rand((1, height, width, 3), generator=generator).to(self.device)
+        total = max(warmup_frames, 0)
+        for i, plan in enumerate(plans):
+            plan.execute_sync(ExecutionContext(prompt_id=prompt_ids[i], frame=sample))
+        for done in range(1, total + 1):
+            plans[active].execute_sync(ExecutionContext(prompt_id=prompt_ids[active], frame=sample))
+            self.send(m.Progress(channel_name, done, total))
+        return plans, prompt_ids
+
+    def _open(self, msg: m.OpenChannel) -> None:
+        if msg.channel in self.channels:
+            self.send(
+                m.Reply(msg.request_id, False, kind="error", message=f"channel {msg.channel} is already open")
+            )
+            return
+        try:
+            ring = FrameRing.attach(msg.ring_name, msg.slots, msg.width, msg.height)
+        except Exception as exc:
+            self.send(m.Reply(msg.request_id, False, kind="error", message=f"cannot attach ring: {exc}"))
+            return
+        self.channels[msg.channel] = _Channel(msg.channel, ring, msg.width, msg.height)
+        self.background.submit(
+            lambda: self._prepare(
+                msg.channel, msg.prompts, msg.active, msg.width, msg.height, None, msg.warmup_frames
+            ),
+            lambda result, error: self._prepared(msg, result, error),
+        )
+
+    def _update(self, msg: m.UpdatePrompts) -> None:
+        channel = self.channels.get(msg.channel)
+        if channel is None:
+            self.send(
+                m.Reply(msg.request_id, False, kind="error", message=f"channel {msg.channel} is not open")
+            )
+            return
+        sample = channel.last_frame
+        self.background.submit(
+            lambda: self._prepare(
+                msg.channel, msg.prompts, msg.active, channel.width, channel.height, sample, msg.warmup_frames
+            ),
+            lambda result, error: self._prepared(msg, result, error),
+        )
+
+    def _prepared(
+        self, msg: m.OpenChannel | m.UpdatePrompts, result: Any, error: BaseException | None
+    ) -> None:
+        """On the loop's thread, between two frames: the swap is at a frame boundary."""
+        channel = self.channels.get(msg.channel)
+        if channel is None:
+            self.send(
+                m.Reply(msg.request_id, False, kind="error", message=f"channel {msg.channel} was closed")
+            )
+            return
+        if error is not None:
+            if isinstance(msg, m.OpenChannel):
+                self.channels.pop(msg.channel, None)
+                channel.ring.close()
+            self.send(_failure(msg.request_id, error))
+            return
+        if isinstance(msg, m.UpdatePrompts) and not msg.apply:
+            self.send(m.Reply(msg.request_id, True, {"after_frame_id": None}))
+            return
+        channel.plans, channel.prompt_ids = result
+        channel.active = msg.active
+        self.send(m.Reply(msg.request_id, True, {"after_frame_id": channel.last_frame_id}))
+
+    def _set_active(self, msg: m.SetActivePrompt) -> None:
+        channel = self.channels.get(msg.channel)
+        if channel is None or not 0 <= msg.index < len(channel.plans):
+            self.send(m.Reply(msg.request_id, False, kind="error", message="no such channel or prompt"))
+            return
+        channel.active = msg.index
+        self.send(m.Reply(msg.request_id, True, {"after_frame_id": channel.last_frame_id}))
+
+    def _close_channel(self, msg: m.CloseChannel) -> None:
+        channel = self.channels.pop(msg.channel, None)
+        if channel is not None:
+            channel.ring.close()
+        self.send(m.Reply(msg.request_id, True))
+
+
+def _failure(request_id: int, exc: BaseException) -> m.Reply:
+    from comfystream.engine import ExecutionError, PromptValidationError
+
+    if isinstance(exc, PromptValidationError):
+        return m.Reply(request_id, False, kind="validation", message=str(exc), validation=exc.result)
+    if isinstance(exc, ExecutionError):
+        return m.Reply(request_id, False, kind="execution", message=str(exc), payload=exc.payload)
+    logger.warning("prepare failed: %s", "".join(traceback.format_exception(exc)))
+    return m.Reply(request_id, False, kind="error", message=describe(exc))
