@@ -16,10 +16,9 @@ import aiohttp
 import av
 import numpy as np
 
-from comfystream.media import SegmentDecoder, SegmentEncoder, frame_to_ndarray, make_index_frame, read_index
+from comfystream.media import frame_to_ndarray, make_index_frame, read_index
 from comfystream.media.testpattern import PatternError
-from comfystream.trickle import TricklePublisher, TrickleSubscriber
-from server.trickle_media import SegmentWriter
+from comfystream.trickle import FramePublisher, FrameSubscriber, TricklePublisher, TrickleSubscriber
 
 TIME_BASE = Fraction(1, 90_000)
 AUDIO_RATE = 48_000
@@ -69,16 +68,14 @@ class PatternPublisher:
         self.audio = audio  # also send a 440 Hz tone, 48 kHz stereo, in step with the video
         self.audio_samples = 0
         self.width, self.height, self.fps = width, height, fps
-        self._encoder = SegmentEncoder(width, height, segment_seconds=segment_seconds, preset="ultrafast")
-        self._publisher = TricklePublisher(url, mime_type="video/mp2t")
-        self._writer = SegmentWriter(self._publisher)
+        self._out = FramePublisher(url, width, height, segment_seconds=segment_seconds, preset="ultrafast")
         self.sent_at: dict[int, float] = {}  # index -> monotonic time its bytes were written
         self.published = 0
 
     async def send(self, index: int) -> None:
         frame = av.VideoFrame.from_ndarray(make_index_frame(index, self.width, self.height), format="rgb24")
         frame.pts, frame.time_base = pts_of(index, self.fps), TIME_BASE
-        await self._write(self._encoder.encode(frame))
+        await self._out.put(frame)
         self.sent_at[index] = time.monotonic()
         self.published += 1
         if self.audio:
@@ -92,7 +89,7 @@ class PatternPublisher:
             frame.sample_rate = AUDIO_RATE
             frame.pts, frame.time_base = AUDIO_RATE + self.audio_samples, Fraction(1, AUDIO_RATE)
             self.audio_samples += AUDIO_FRAME
-            await self._write(self._encoder.encode(frame))
+            await self._out.put(frame)
 
     async def send_range(
         self, start: int, count: int, *, realtime: bool = True, between: Callable | None = None
@@ -108,14 +105,9 @@ class PatternPublisher:
             if realtime:
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    async def _write(self, chunks) -> None:
-        await self._writer.write(chunks)
-
     async def close(self) -> None:
         """Ends the input: flush, then close the channel (the server sees its input end)."""
-        await self._write(self._encoder.flush())
-        await self._writer.end()
-        await self._publisher.close()
+        await self._out.close()
 
 
 @dataclass
@@ -129,30 +121,17 @@ class OutputReader:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def on_frame(frame) -> None:
-            if isinstance(frame, av.AudioFrame):
-                loop.call_soon_threadsafe(self.audio_pts.append, float(frame.pts * frame.time_base))
-            elif isinstance(frame, av.VideoFrame):
-                try:
-                    out = read_output_frame(frame)
-                except PatternError as exc:
-                    loop.call_soon_threadsafe(self.errors.append, str(exc))
-                    return
-                loop.call_soon_threadsafe(self.frames.append, out)
-
-        decoder = SegmentDecoder(on_frame=on_frame, stream_id="reader")
-        subscriber = TrickleSubscriber(self.url, start_seq=0)
         try:
-            async for segment in subscriber:
-                async for chunk in segment:
-                    decoder.feed(chunk)
-                decoder.end_segment()
+            async with FrameSubscriber(self.url, start_seq=0, max_queued=0, stream_id="reader") as frames:
+                async for frame in frames:
+                    if isinstance(frame, av.AudioFrame):
+                        self.audio_pts.append(float(frame.pts * frame.time_base))
+                    elif isinstance(frame, av.VideoFrame):
+                        try:
+                            self.frames.append(read_output_frame(frame))
+                        except PatternError as exc:
+                            self.errors.append(str(exc))
         finally:
-            await asyncio.to_thread(decoder.close)
-            await asyncio.sleep(0)  # let the decoder thread's last callbacks run
-            await subscriber.close()
             self.ended.set()
 
     async def wait_for(self, predicate: Callable[[list[OutputFrame]], bool], timeout: float = 20.0) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 import av
 
+from comfystream.trickle import FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
 from server.frame_rate import FrameRateLimiter, fixed_size, frame_time
@@ -24,7 +25,7 @@ from server.metrics import ServerMetrics
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
 from server.stream_types import StreamNotFound
-from server.trickle_media import ControlChannel, EventsChannel, MediaOutput, decoded_frames
+from server.trickle_media import ControlChannel, EventsChannel
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class TrickleStream(StreamBase):
         self._running = asyncio.Event()  # the worker is up: updates may go to it
         self._task: asyncio.Task[None] | None = None
         self._events_channel: EventsChannel | None = None
-        self._output: MediaOutput | None = None
+        self._output: FramePublisher | None = None
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._skipped_rate = 0  # input frames above max_framerate
@@ -111,8 +112,7 @@ class TrickleStream(StreamBase):
             # seconds): until then its frames go out unprocessed, counted as passed through, so the
             # output starts at once and the stream never joins its own input late.
             if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
-                self._output = MediaOutput(self.spec.publish_url, self.stream_id)
-                await self._output.start()
+                self._output = FramePublisher(self.spec.publish_url, stream_id=self.stream_id)
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
             audio = asyncio.create_task(self._egress_audio(), name=f"stream-{self.stream_id}-audio")
@@ -195,17 +195,21 @@ class TrickleStream(StreamBase):
         if not self.spec.subscribe_url:  # no video input: the stream runs until it is stopped
             await asyncio.Event().wait()
         limiter = FrameRateLimiter(self.spec.max_framerate) if self.spec.max_framerate else None
-        async for frame in decoded_frames(self.spec.subscribe_url, self.stream_id):
-            if isinstance(frame, av.VideoFrame):
-                if limiter is not None and not limiter.admit(frame_time(frame)):
-                    self._skipped_rate += 1  # above max_framerate: never reaches the worker
-                    continue
-                if self._frames_in == 0:
-                    self._event_to_gateway(FIRST_SEGMENT_IN)
-                self._frames_in += 1
-                await self.pipeline.put_video_frame(frame)
-            elif isinstance(frame, av.AudioFrame):
-                await self.pipeline.put_audio_frame(frame)
+        # Every frame is handed on (max_queued=0): the pipeline decides what to skip, and counts it.
+        async with FrameSubscriber(self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id) as frames:
+            async for frame in frames:
+                if isinstance(frame, av.VideoFrame):
+                    if limiter is not None and not limiter.admit(frame_time(frame)):
+                        self._skipped_rate += 1  # above max_framerate: never reaches the worker
+                        continue
+                    if self._frames_in == 0:
+                        self._event_to_gateway(FIRST_SEGMENT_IN)
+                    self._frames_in += 1
+                    await self.pipeline.put_video_frame(frame)
+                elif isinstance(frame, av.AudioFrame):
+                    await self.pipeline.put_audio_frame(frame)
+        if frames.error is not None:
+            raise frames.error  # an input failure ends the stream as an error
 
     async def _egress(self) -> None:
         while True:
@@ -215,7 +219,7 @@ class TrickleStream(StreamBase):
                 continue
             if not self.spec.detect_out_resolution:
                 frame = fixed_size(frame, self.spec.width, self.spec.height)
-            await self._output.write_video(frame)
+            await self._output.put(frame)
             if self._frames_out == 0:
                 self._event_to_gateway(FIRST_SEGMENT_OUT)
             self._frames_out += 1  # after the write: draining waits for the frame to be out
@@ -224,7 +228,7 @@ class TrickleStream(StreamBase):
         while True:
             frame = await self.pipeline.get_processed_audio_frame()
             if self._output is not None:
-                await self._output.write_audio(frame)
+                await self._output.put(frame)
 
     async def _control(self) -> None:
         assert self.spec.control_url is not None

@@ -161,6 +161,15 @@ class SegmentEncoder:
             out += self._end_segment()
         return out
 
+    def close(self) -> None:
+        """Free the codecs now (libx264 holds a pool of threads until its context is freed),
+        rather than whenever the garbage collector reaches this encoder. Call after `flush`."""
+        if self._mux is not None:
+            self._mux.close()
+        self._video = self._audio = self._resampler = None  # type: ignore[assignment]
+        self._mux = self._mux_video = self._mux_audio = None
+        self._held_audio.clear()
+
     def encode_all(self, frames) -> list[bytes]:
         """Whole segments for an iterable of frames (tests, files); includes the flush."""
         segments: dict[int, list[bytes]] = {}

@@ -4,20 +4,21 @@
         async for frame in frames:              # av.VideoFrame / av.AudioFrame, pts kept
             ...
 
-    out = FramePublisher(url, 512, 512, stream_id="s1")
+    out = FramePublisher(url, stream_id="s1")  # the size of the first video frame
     await out.put(frame)                        # encoded off the event loop, sent as it comes
-    await out.close()                           # last segment, then DELETE
+    await out.finish()                          # (optional) the last segment out
+    await out.close()                           # then DELETE
 
-Decoding and encoding run on threads, so the event loop only moves bytes.
+Decoding and encoding run on threads, so the event loop only moves bytes. Each side owns its
+codec and thread and frees both when it is closed (not when the garbage collector finds them).
+This is the one frame path: the server's streams, the examples and the benches use it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import av
@@ -25,7 +26,7 @@ import av
 from ..media.decoder import SegmentDecoder
 from ..media.encoder import MIME_TYPE, EncodedChunk, SegmentEncoder
 from .protocol import TrickleError
-from .publisher import SegmentWriter, TricklePublisher
+from .publisher import TricklePublisher
 from .subscriber import TrickleSubscriber
 from .tasks import cancel_and_wait, run_uncut
 
@@ -50,8 +51,9 @@ async def _call(hook: SegmentHook | None, seq: int) -> None:
 class FrameSubscriber:
     """Decoded frames of the channel at ``url``; ends when the channel ends.
 
-    At most ``max_queued`` frames wait for the consumer; beyond that the oldest are dropped
-    (and counted in ``dropped``): a live stream keeps its latency bounded.
+    At most ``max_queued`` frames wait for the consumer (0: no limit); beyond that the oldest
+    are dropped (and counted in ``dropped``): a live stream keeps its latency bounded. A lost
+    channel ends the frames; ``error`` then says why.
     """
 
     def __init__(
@@ -135,9 +137,15 @@ class FrameSubscriber:
             self.error = exc
             logger.warning("[%s] input channel lost: %s", self.stream_id, exc)
         finally:
-            # let the decoder finish what it has, then mark the end after its last frame
+            # Run to the end even when cancelled: the decoder's thread is joined (every frame it
+            # made is queued before the end marker) and the subscription is closed.
+            await run_uncut(self._end(decoder))
+
+    async def _end(self, decoder: SegmentDecoder) -> None:
+        try:
             await asyncio.to_thread(decoder.close)
             await self._subscriber.close()
+        finally:
             self._enqueue(_END)
 
     async def close(self) -> None:
@@ -147,13 +155,21 @@ class FrameSubscriber:
 
 
 class FramePublisher:
-    """Encode frames to MPEG-TS segments and publish them to the channel at ``url``."""
+    """Encode frames to MPEG-TS segments and publish them to the channel at ``url``.
+
+    The encoder is made at the first video frame (``width``/``height``: scale to that size
+    instead); a frame of another size starts a new encoder, and so a new segment. Audio before
+    the first video frame has no segment to go in and is skipped. Video and audio may come from
+    two tasks: one lock keeps the encoder to one thread at a time and its chunks in order, and an
+    encode cancelled midway is let finish, and what it made is sent (a gap would damage the
+    segment for every reader).
+    """
 
     def __init__(
         self,
         url: str,
-        width: int,
-        height: int,
+        width: int | None = None,
+        height: int | None = None,
         *,
         segment_seconds: float = 1.0,
         on_segment: SegmentHook | None = None,
@@ -163,19 +179,21 @@ class FramePublisher:
         self.url = url
         self.stream_id = stream_id
         self.on_segment = on_segment
-        self._encoder = SegmentEncoder(
-            width, height, segment_seconds=segment_seconds, stream_id=stream_id, **encoder_options
-        )
+        self.frames_published = 0  # video frames encoded (not dropped by the encoder)
+        self._size = (width, height) if width and height else None
+        self._options = {"segment_seconds": segment_seconds, "stream_id": stream_id, **encoder_options}
+        self._encoder: SegmentEncoder | None = None
+        self._generation = 0  # a new encoder numbers its segments from 0 again: a new segment
         self._publisher = TricklePublisher(url, MIME_TYPE, stream_id=stream_id)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"encoder-{stream_id}")
-        self._segment_cm: contextlib.AbstractAsyncContextManager[SegmentWriter] | None = None
-        self._writer: SegmentWriter | None = None
-        self._writer_seg = -1
+        self._segment_cm: Any = None
+        self._writer: Any = None
+        self._writer_key: tuple[int, int] | None = None
         self._lock = asyncio.Lock()
+        self._finished = False
         self._closed = False
 
     @property
-    def encoder(self) -> SegmentEncoder:
+    def encoder(self) -> SegmentEncoder | None:
         return self._encoder
 
     @property
@@ -187,19 +205,55 @@ class FramePublisher:
         if self._closed:
             raise TrickleError("FramePublisher is closed")
         async with self._lock:
-            await run_uncut(self._encode_and_send(self._encoder.encode, frame))
+            self._finished = False
+            if isinstance(frame, av.VideoFrame):
+                size = self._size or (frame.width, frame.height)
+                encoder = self._encoder
+                if encoder is None or (encoder.width, encoder.height) != size:
+                    encoder = await self._new_encoder(*size)
+                await run_uncut(self._encode_and_send(self._encode_video, encoder, frame))
+            elif self._encoder is not None:
+                await run_uncut(self._encode_and_send(self._encoder.encode, frame))
+
+    def _encode_video(self, encoder: SegmentEncoder, frame: av.VideoFrame) -> list[EncodedChunk]:
+        before = encoder.frames_dropped
+        chunks = encoder.encode(frame)
+        if encoder.frames_dropped == before:
+            self.frames_published += 1
+        return chunks
+
+    async def _new_encoder(self, width: int, height: int) -> SegmentEncoder:
+        old = self._encoder
+        if old is not None:
+            logger.info(
+                "[%s] output size %dx%d -> %dx%d", self.stream_id, old.width, old.height, width, height
+            )
+            await self._retire_encoder()
+        self._generation += 1
+        self._encoder = SegmentEncoder(width, height, **self._options)
+        return self._encoder
+
+    async def _retire_encoder(self) -> None:
+        """Flush the encoder, send the rest of its segment, and free it."""
+        encoder, self._encoder = self._encoder, None
+        if encoder is None:
+            return
+        try:
+            await run_uncut(self._encode_and_send(encoder.flush))
+        finally:
+            encoder.close()
 
     async def _encode_and_send(self, fn: Callable[..., list[EncodedChunk]], *args: Any) -> None:
-        chunks = await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        await self._send(chunks)
+        await self._send(await asyncio.to_thread(fn, *args))
 
     async def _send(self, chunks: list[EncodedChunk]) -> None:
         for chunk in chunks:
-            if self._writer is None or chunk.segment != self._writer_seg:
+            key = (self._generation, chunk.segment)
+            if self._writer is None or key != self._writer_key:
                 await self._end_segment()
                 self._segment_cm = self._publisher.segment()
                 self._writer = await self._segment_cm.__aenter__()
-                self._writer_seg = chunk.segment
+                self._writer_key = key
                 await _call(self.on_segment, self._writer.seq)
             if chunk.data:
                 await self._writer.write(chunk.data)
@@ -211,17 +265,25 @@ class FramePublisher:
         if cm is not None:
             await cm.__aexit__(None, None, None)
 
-    async def close(self, delete: bool = True) -> None:
-        """Flush the encoder, finish the last segment and end the channel."""
-        if self._closed:
-            return
-        self._closed = True
+    async def finish(self) -> None:
+        """Encode what the encoder holds and end the last segment (the channel stays open)."""
         async with self._lock:
+            if self._finished:
+                return
+            self._finished = True
             try:
-                await run_uncut(self._encode_and_send(self._encoder.flush))
+                await self._retire_encoder()
             except TrickleError as exc:
                 logger.warning("[%s] last segment lost: %s", self.stream_id, exc)
             finally:
                 await self._end_segment()
-                self._executor.shutdown(wait=True)
-                await self._publisher.close(delete=delete)
+
+    async def close(self, delete: bool = True) -> None:
+        """`finish`, then end the channel (DELETE unless ``delete`` is false)."""
+        if self._closed:
+            return
+        try:
+            await self.finish()
+        finally:
+            self._closed = True
+            await self._publisher.close(delete=delete)

@@ -1,4 +1,4 @@
-"""The stream's output end (MediaOutput) against a real relay: what the encoder made reaches the
+"""The stream's output end (the library's FramePublisher) against a real relay: what the encoder made reaches the
 channel whole, even when the task writing a frame is cancelled (as a stream's teardown does)."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from comfystream.media import frame_to_ndarray, make_index_frame, ndarray_to_frame, read_index
-from comfystream.trickle import FrameSubscriber, create_relay_app
-from server.trickle_media import MediaOutput
+from comfystream.trickle import FramePublisher, FrameSubscriber, create_relay_app
 
 W, H = 128, 96
 
@@ -30,13 +29,12 @@ async def test_a_write_cancelled_midway_still_reaches_the_channel_intact() -> No
             received.append(read_index(frame_to_ndarray(frame)))
 
     consumer = asyncio.create_task(consume())
-    out = MediaOutput(url, "cancel")
-    await out.start()
+    out = FramePublisher(url, stream_id="cancel")  # as a stream's output: sized by its first frame
     try:
         for i in range(40):
             frame = ndarray_to_frame(make_index_frame(i, W, H))
             frame.pts, frame.time_base = i, Fraction(1, 30)
-            write = asyncio.create_task(out.write_video(frame))
+            write = asyncio.create_task(out.put(frame))
             if i % 4 == 3:
                 # cancelled once its encode is under way: that frame is in the encoder's
                 # state (later frames refer to it), so its bytes must still go out
