@@ -1,0 +1,168 @@
+"""A supervised worker leaves nothing behind in any order of events (stop during start, stop during
+restart, restart during stop, crash during stop), and a restart or a crash takes a warm worker
+from the pool. The restart policy is a pure state machine, tested with a simulated clock."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from comfystream.pipeline.backend import ChannelSpec, WorkerSpec
+from comfystream.prompts import DEFAULT_PROMPT
+from workers.backend import ProcessPoolBackend
+from workers.process import WorkerLost
+from workers.supervisor import RestartPolicy
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.lost: list[int] = []
+
+    def on_result(self, *args: object) -> None:
+        pass
+
+    def on_lost(self, frame_ids: list[int], reason: str) -> None:
+        self.lost += frame_ids
+
+    def on_ready(self) -> None:
+        pass
+
+    def on_event(self, event_type: str, data: dict) -> None:
+        self.events.append(event_type)
+
+
+def _channel() -> ChannelSpec:
+    return ChannelSpec("c", 64, 48, [DEFAULT_PROMPT], warmup_frames=0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def _until(predicate, timeout: float = 120.0) -> bool:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+async def test_stops_in_every_order_leave_no_process(no_leaks):
+    backend = ProcessPoolBackend(gpus=[], graceful_stop_s=1.0)
+
+    # Stop during start: the process being spawned is stopped with the worker.
+    worker = backend.create_worker(WorkerSpec(), "stop-during-start")
+    starting = asyncio.create_task(worker.start())
+    assert await _until(lambda: worker._task is not None)
+    await asyncio.sleep(0.3)  # the spawn is under way
+    await worker.stop()
+    with pytest.raises(WorkerLost):
+        await starting
+    assert worker.state == "stopped" and worker.proc is None
+
+    # Stop during restart (restart-worker, then DELETE a moment later).
+    worker = backend.create_worker(WorkerSpec(), "stop-during-restart")
+    await worker.start()
+    await worker.open_channel(_channel(), Listener())
+    first = worker.pid
+    restarting = asyncio.create_task(worker.restart("requested"))
+    await asyncio.sleep(0.3)
+    await worker.stop()
+    with pytest.raises(WorkerLost):
+        await restarting
+    assert first is not None and not _alive(first)
+
+    # Restart during stop: refused, and the stop completes.
+    worker = backend.create_worker(WorkerSpec(), "restart-during-stop")
+    await worker.start()
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0)
+    with pytest.raises(WorkerLost):
+        await worker.restart("requested")
+    await stopping
+
+    # Crash during stop: the stop still ends with the process reaped, and no restart follows.
+    worker = backend.create_worker(WorkerSpec(), "crash-during-stop")
+    listener = Listener()
+    await worker.start()
+    await worker.open_channel(_channel(), listener)
+    pid = worker.pid
+    assert pid is not None
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0)
+    os.kill(pid, signal.SIGKILL)
+    await stopping
+    assert worker.state == "stopped" and "worker_restarting" not in listener.events
+    await backend.shutdown()
+    # no_leaks: no process and no ring segment is left.
+
+
+async def test_restart_and_crash_take_a_warm_worker(no_leaks):
+    backend = ProcessPoolBackend(gpus=[], warm_workers=1)
+    await backend.start()
+    pool = backend.pool
+    assert pool is not None
+    worker = backend.create_worker(WorkerSpec(), "warm-restarts")
+    try:
+        await worker.start()
+        await worker.open_channel(_channel(), Listener())
+        for how in ("restart-worker", "SIGKILL"):
+            await pool.wait_full(timeout=120)
+            (warm,) = pool._idle
+            old = worker.pid
+            assert old is not None and old != warm.pid
+            if how == "restart-worker":
+                await worker.restart("requested")
+            else:
+                os.kill(old, signal.SIGKILL)
+                assert await _until(lambda: worker.state == "ready" and worker.pid != old), worker.status()
+            assert worker.pid == warm.pid, f"{how}: the warm worker takes over"
+            assert worker.channels["c"].open
+            assert await _until(lambda: not _alive(old)), f"{how}: the old worker is gone"
+        assert worker.restarts == 2
+    finally:
+        await worker.stop()
+        await backend.shutdown()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_restart_policy_backs_off_gives_up_and_forgives_a_healthy_run():
+    clock = Clock()
+    policy = RestartPolicy(backoff_min_s=0.2, backoff_max_s=1.0, max_failures=4, healthy_after_s=30.0, clock=clock)
+    policy.ready()
+    clock.now = 100.0
+    policy.lost()  # after a healthy run: at once (a warm worker takes over)
+    assert policy.next_delay() == 0.0
+    policy.ready()
+    clock.now = 101.0
+    policy.lost()  # a short run counts as a failure
+    assert policy.next_delay() == 0.2
+    policy.attempt_failed()
+    assert policy.next_delay() == 0.4
+    policy.attempt_failed()
+    assert policy.next_delay() == 0.8
+    policy.attempt_failed()
+    assert policy.next_delay() is None  # 4 in a row: give up
+    fresh = RestartPolicy(0.2, 1.0, 10, clock=clock)
+    for _ in range(6):
+        fresh.attempt_failed()
+    assert fresh.next_delay() == 1.0  # capped
+    fresh.ready()
+    clock.now += 30.0
+    fresh.lost()
+    assert fresh.next_delay() == 0.0  # a healthy run clears the count
