@@ -191,21 +191,20 @@ class Supervisor:
                 await task
 
     async def _run_bring_up(self, reason: str, requested: bool) -> None:
-        """Run the bring-up as this worker's one task (a stop cancels it) and wait for it."""
+        """Run the bring-up as this worker's one task and wait for it. The task outlives a cancel
+        of this wait (a stop cancels the task itself, which stops what it brought up)."""
         await self._cancel_bring_up()
         task = asyncio.get_running_loop().create_task(
             self._bring_up(reason, requested), name=f"{self.name}-up"
         )
         self._task = task
+        task.add_done_callback(self._bring_up_done)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            if self._state in ("stopping", "stopped"):
+            if task.done() and self._state in ("stopping", "stopped"):
                 raise WorkerLost(f"{self.name} was stopped") from None
             raise
-        finally:
-            if self._task is task:
-                self._task = None
 
     async def _bring_up(self, reason: str, requested: bool) -> None:
         """Obtain and attach a process; after a loss, retry under the policy until it gives up. A
@@ -313,13 +312,17 @@ class Supervisor:
             self._task = asyncio.get_running_loop().create_task(
                 self._bring_up(reason, requested=False), name=f"{self.name}-recover"
             )
-            self._task.add_done_callback(self._recovered)
+            self._task.add_done_callback(self._bring_up_done)
 
-    def _recovered(self, task: asyncio.Task[None]) -> None:
+    def _bring_up_done(self, task: asyncio.Task[None]) -> None:
         if self._task is task:
             self._task = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("%s: recovery failed: %r", self.name, task.exception())
+        if (
+            not task.cancelled()
+            and task.exception() is not None
+            and not isinstance(task.exception(), WorkerError)
+        ):
+            logger.debug("%s: bring-up ended with %r", self.name, task.exception())
 
     async def _wait_ready(self) -> WorkerProcess:
         if self._state in ("restarting", "starting"):

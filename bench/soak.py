@@ -1,0 +1,253 @@
+"""Soak: does a long-running server grow? Streams are started, fed and stopped over and over, as an
+operator's gateway would, and the server process's RSS, threads, fds, child processes and /dev/shm
+entries are printed before (after warm-up), after, and after an idle wait.
+
+Phase 1: `--cycles` cycles of one stream: start -> frames -> DELETE.
+Phase 2: `--streams` streams at once, `--rounds` cycles each: start -> frames -> POST
+restart-worker and DELETE 0.3 s later (racing); in one cycle of the first stream its worker is
+SIGKILLed mid-stream.
+
+The server runs as `comfystream serve --relay --warm-workers 1 --job-workers 0` in a subprocess;
+this process is the gateway. Budget (DESIGN.md section 8): after warm-up, RSS within 30 MB, and
+threads, fds, children and shared-memory entries back to their baseline. Exit status 1 when not.
+
+    .venv/bin/python bench/soak.py                       # 200 cycles, then 3 streams x 30 cycles
+    .venv/bin/python bench/soak.py --cycles 30 --streams 2 --rounds 3 --json   # the suite's scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+
+from server.trickle_client import PatternPublisher, create_channel
+
+ROOT = Path(__file__).resolve().parent.parent
+RSS_BUDGET_MB = 30.0
+SIZE = 128
+
+
+@dataclass
+class Resources:
+    rss_mb: float
+    threads: int
+    fds: int
+    children: int
+    shm: int
+
+    @classmethod
+    def of(cls, pid: int) -> Resources:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        return cls(
+            rss_mb=int(status["VmRSS"].split()[0]) / 1024,
+            threads=int(status["Threads"]),
+            fds=len(os.listdir(f"/proc/{pid}/fd")),
+            children=len(_descendants(pid)),
+            shm=len([n for n in os.listdir("/dev/shm") if n.startswith("comfystream-")]),
+        )
+
+    def settled(self, baseline: Resources) -> bool:
+        return all(getattr(self, k) <= getattr(baseline, k) for k in ("threads", "fds", "children", "shm"))
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    out, stack = set(), [pid]
+    while stack:
+        for child in parents.get(stack.pop(), []):
+            out.add(child)
+            stack.append(child)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, http: aiohttp.ClientSession, base: str, relay: str):
+        self.http, self.base, self.relay = http, base, relay
+        self.errors: list[str] = []
+
+    async def call(self, method: str, path: str, **kw) -> tuple[int, dict]:
+        async with self.http.request(method, f"{self.base}{path}", **kw) as resp:
+            body = await resp.json() if "json" in resp.headers.get("Content-Type", "") else {}
+            return resp.status, body
+
+    async def cycle(self, name: str, frames: int, race_restart: bool = False, kill: bool = False) -> None:
+        """One stream's life: start, frames (a worker SIGKILLed midway with `kill`), then DELETE,
+        right after a restart-worker with `race_restart`."""
+        await create_channel(f"{self.relay}/{name}")
+        body = {
+            "subscribe_url": f"{self.relay}/{name}",
+            "publish_url": f"{self.relay}/{name}-out",
+            "gateway_request_id": name,
+            "params": {"width": SIZE, "height": SIZE},
+        }
+        status, data = await self.call("POST", "/stream/start", json=body)
+        if status != 200:
+            self.errors.append(f"{name}: start answered {status} {data}")
+            return
+        publisher = PatternPublisher(f"{self.relay}/{name}", SIZE, SIZE, fps=30, segment_seconds=0.25)
+        try:
+            await publisher.send_range(0, frames // 2)
+            if kill:
+                _, workers = await self.call("GET", f"/stream/{name}/worker")
+                pid = (workers.get("workers") or [{}])[0].get("pid")
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+            await publisher.send_range(frames // 2, frames - frames // 2)
+            if race_restart:
+                restart = asyncio.create_task(self.call("POST", f"/stream/{name}/restart-worker"))
+                await asyncio.sleep(0.3)
+                status, _ = await self.call("DELETE", f"/stream/{name}")
+                await restart  # 200, or refused because the stream went: either is fine
+            else:
+                status, _ = await self.call("DELETE", f"/stream/{name}")
+            if status != 200:
+                self.errors.append(f"{name}: DELETE answered {status}")
+        finally:
+            await publisher.close()
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession, base: str, proc: subprocess.Popen, timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            async with http.get(f"{base}/health") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError("server did not come up")
+
+
+async def settle(pid: int, baseline: Resources, idle_s: float) -> Resources:
+    """Wait (at most `idle_s`) until the counts are back to the baseline; the last sample."""
+    deadline = time.monotonic() + idle_s
+    sample = Resources.of(pid)
+    while time.monotonic() < deadline and not sample.settled(baseline):
+        await asyncio.sleep(0.5)
+        sample = Resources.of(pid)
+    return sample
+
+
+async def soak(args: argparse.Namespace) -> dict:
+    port = free_port()
+    base, relay = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/trickle"
+    cmd = [
+        sys.executable, "-m", "server.cli", "--log-level", "WARNING",
+        "serve", "--relay", "--port", str(port), "--warm-workers", "1", "--job-workers", "0",
+        "--max-streams", str(max(args.streams, 1)),
+    ]  # fmt: skip
+    server = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL)
+    report: dict = {}
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, base, server)
+            gw = Gateway(http, base, relay)
+            for i in range(args.warmup):
+                await gw.cycle(f"warm-{i}", args.frames)
+            baseline = await settle(server.pid, Resources.of(server.pid), args.idle)
+            started = time.monotonic()
+            for i in range(args.cycles):
+                await gw.cycle(f"soak-{i}", args.frames)
+            phase1 = Resources.of(server.pid)
+            await asyncio.gather(
+                *(
+                    _rounds(gw, s, args.rounds, args.frames, kill_at=args.rounds // 2 if s == 0 else -1)
+                    for s in range(args.streams)
+                )
+            )
+            after = Resources.of(server.pid)
+            idle = await settle(server.pid, baseline, args.idle)
+            report = {
+                "cycles": args.cycles,
+                "streams": args.streams,
+                "rounds": args.rounds,
+                "seconds": round(time.monotonic() - started, 1),
+                "baseline": asdict(baseline),
+                "after_cycles": asdict(phase1),
+                "after_races": asdict(after),
+                "after_idle": asdict(idle),
+                "rss_growth_mb": round(idle.rss_mb - baseline.rss_mb, 1),
+                "errors": gw.errors,
+            }
+            report["within_budget"] = (
+                report["rss_growth_mb"] <= RSS_BUDGET_MB and idle.settled(baseline) and not gw.errors
+            )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
+    return report
+
+
+async def _rounds(gw: Gateway, stream: int, rounds: int, frames: int, kill_at: int) -> None:
+    for r in range(rounds):
+        await gw.cycle(f"race-{stream}-{r}", frames, race_restart=True, kill=r == kill_at)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--frames", type=int, default=10, help="frames published per cycle")
+    parser.add_argument("--warmup", type=int, default=3, help="cycles before the baseline")
+    parser.add_argument("--idle", type=float, default=120.0, help="longest wait for the counts to settle")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    args = parser.parse_args()
+    report = asyncio.run(soak(args))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(
+            f"{args.cycles} cycles, then {args.streams} streams x {args.rounds} racing cycles: {report['seconds']} s"
+        )
+        print(f"{'':14}{'RSS MB':>8}{'threads':>9}{'fds':>6}{'children':>10}{'shm':>5}")
+        for key in ("baseline", "after_cycles", "after_races", "after_idle"):
+            r = report[key]
+            print(f"{key:14}{r['rss_mb']:8.1f}{r['threads']:9d}{r['fds']:6d}{r['children']:10d}{r['shm']:5d}")
+        print(
+            f"RSS growth {report['rss_growth_mb']} MB (budget {RSS_BUDGET_MB}); errors: {report['errors'] or 'none'}"
+        )
+        print("within budget" if report["within_budget"] else "OVER BUDGET")
+    return 0 if report.get("within_budget") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
