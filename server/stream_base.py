@@ -17,7 +17,7 @@ from typing import Any
 from server.metrics import ServerMetrics
 from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
 from server.stream_spec import StreamSpec
-from server.stream_types import NotNow, UpdateOutcome
+from server.stream_types import NotNow, StreamNotFound, UpdateOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,12 @@ class StreamBase:
         async with self._controlled():
             if self.pipeline is None:
                 raise NotNow("the prompts are stopped: there is no worker to restart")
-            await self.pipeline.restart_worker()
+            try:
+                await self.pipeline.restart_worker()
+            except Exception:
+                if self.stop_reason is not None:  # stopped meanwhile: its stop took the worker down
+                    raise StreamNotFound(self.stream_id) from None
+                raise
         self.emit("worker_restarted", {"requested": True})
 
     # ---- status ----------------------------------------------------------------------------
