@@ -174,8 +174,9 @@ async def soak(args: argparse.Namespace) -> dict:
         async with aiohttp.ClientSession() as http:
             await wait_healthy(http, base, server)
             gw = Gateway(http, base, relay)
-            for i in range(args.warmup):
+            for i in range(args.warmup):  # warm-up: single cycles, then one round of the races
                 await gw.cycle(f"warm-{i}", args.frames)
+            await asyncio.gather(*(_rounds(gw, f"warm-{s}", 1, args.frames, -1) for s in range(args.streams)))
             baseline = await settle(server.pid, Resources.of(server.pid), args.idle)
             started = time.monotonic()
             for i in range(args.cycles):
@@ -183,7 +184,7 @@ async def soak(args: argparse.Namespace) -> dict:
             phase1 = Resources.of(server.pid)
             await asyncio.gather(
                 *(
-                    _rounds(gw, s, args.rounds, args.frames, kill_at=args.rounds // 2 if s == 0 else -1)
+                    _rounds(gw, str(s), args.rounds, args.frames, kill_at=args.rounds // 2 if s == 0 else -1)
                     for s in range(args.streams)
                 )
             )
@@ -214,7 +215,7 @@ async def soak(args: argparse.Namespace) -> dict:
     return report
 
 
-async def _rounds(gw: Gateway, stream: int, rounds: int, frames: int, kill_at: int) -> None:
+async def _rounds(gw: Gateway, stream: str, rounds: int, frames: int, kill_at: int) -> None:
     for r in range(rounds):
         await gw.cycle(f"race-{stream}-{r}", frames, race_restart=True, kill=r == kill_at)
 
@@ -227,7 +228,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--frames", type=int, default=10, help="frames published per cycle")
-    parser.add_argument("--warmup", type=int, default=3, help="cycles before the baseline")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="single cycles before the baseline (then one racing round)"
+    )
     parser.add_argument("--idle", type=float, default=120.0, help="longest wait for the counts to settle")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line")
     args = parser.parse_args()

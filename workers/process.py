@@ -185,7 +185,8 @@ class WorkerProcess:
         self._started = loop.create_future()
         self._ready_future = loop.create_future()
         self._gone = loop.create_future()
-        _live.add(self)
+        with _live_lock:
+            _live.add(self)
 
         def spawn() -> ProcessPoolExecutor:
             executor = ProcessPoolExecutor(
@@ -449,7 +450,8 @@ class WorkerProcess:
         if self.exitcode is None and self._signaller.sent is not None and self._signaller.reaped:
             self._signaller.exitcode = -self._signaller.sent
         self.state = "stopped"
-        _live.discard(self)
+        with _live_lock:
+            _live.discard(self)
         if self._on_release is not None:
             release, self._on_release = self._on_release, None
             release(self)
@@ -489,27 +491,8 @@ def _fail(future: asyncio.Future[Any] | None, exc: BaseException) -> None:
 # -- no worker outlives the server --------------------------------------------------------------
 
 
-class _Live:
-    """The processes not stopped yet (touched by the loop, read by the watcher thread)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._procs: set[WorkerProcess] = set()
-
-    def add(self, proc: WorkerProcess) -> None:
-        with self._lock:
-            self._procs.add(proc)
-
-    def discard(self, proc: WorkerProcess) -> None:
-        with self._lock:
-            self._procs.discard(proc)
-
-    def snapshot(self) -> list[WorkerProcess]:
-        with self._lock:
-            return list(self._procs)
-
-
-_live = _Live()
+_live: set[WorkerProcess] = set()  # not stopped yet; touched by the loop, read by the watcher
+_live_lock = threading.Lock()
 
 
 def _kill_live_workers_when_the_main_thread_ends() -> None:
@@ -518,7 +501,9 @@ def _kill_live_workers_when_the_main_thread_ends() -> None:
     as soon as interpreter shutdown begins, before those joins; this watcher then kills what is
     left (a server that stopped its workers has nothing left)."""
     threading.main_thread().join()
-    for proc in _live.snapshot():
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
         proc.kill()
 
 

@@ -317,6 +317,8 @@ class Supervisor:
     def _bring_up_done(self, task: asyncio.Task[None]) -> None:
         if self._task is task:
             self._task = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a requested bring-up's failure is its caller's to see
         if (
             not task.cancelled()
             and task.exception() is not None
@@ -591,7 +593,3 @@ class StreamWorker(Supervisor):
                 ch.ring.release(msg.slot)
         if is_oom_report(msg.error) and self.proc is not None and self.proc.state == "ready":
             self._on_proc_lost(self.proc, msg.error)  # issue 17: replaced as a lost process
-
-
-# The name the rest of the project knew it by.
-SupervisedWorker = StreamWorker

@@ -123,10 +123,12 @@ async def test_restart_and_crash_take_a_warm_worker(no_leaks):
                 await worker.restart("requested")
             else:
                 os.kill(old, signal.SIGKILL)
-                assert await _until(lambda: worker.state == "ready" and worker.pid != old), worker.status()
+                assert await _until(lambda old=old: worker.state == "ready" and worker.pid != old), (
+                    worker.status()
+                )
             assert worker.pid == warm.pid, f"{how}: the warm worker takes over"
             assert worker.channels["c"].open
-            assert await _until(lambda: not _alive(old)), f"{how}: the old worker is gone"
+            assert await _until(lambda old=old: not _alive(old)), f"{how}: the old worker is gone"
         assert worker.restarts == 2
     finally:
         await worker.stop()
@@ -143,7 +145,9 @@ class Clock:
 
 def test_restart_policy_backs_off_gives_up_and_forgives_a_healthy_run():
     clock = Clock()
-    policy = RestartPolicy(backoff_min_s=0.2, backoff_max_s=1.0, max_failures=4, healthy_after_s=30.0, clock=clock)
+    policy = RestartPolicy(
+        backoff_min_s=0.2, backoff_max_s=1.0, max_failures=4, healthy_after_s=30.0, clock=clock
+    )
     policy.ready()
     clock.now = 100.0
     policy.lost()  # after a healthy run: at once (a warm worker takes over)
