@@ -176,7 +176,9 @@ async def soak(args: argparse.Namespace) -> dict:
             gw = Gateway(http, base, relay)
             for i in range(args.warmup):  # warm-up: single cycles, then one round of the races
                 await gw.cycle(f"warm-{i}", args.frames)
-            await asyncio.gather(*(_rounds(gw, f"warm-{s}", 1, args.frames, -1) for s in range(args.streams)))
+            # (The racing rounds also bring the loop's default executor to the size concurrency
+            # needs; it is bounded, min(32, cores + 4) threads, and stays.)
+            await asyncio.gather(*(_rounds(gw, f"warm-{s}", 2, args.frames, -1) for s in range(args.streams)))
             baseline = await settle(server.pid, Resources.of(server.pid), args.idle)
             started = time.monotonic()
             for i in range(args.cycles):

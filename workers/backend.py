@@ -35,6 +35,10 @@ class BackendSettings:
     startup_timeout_s: float = 180.0  # spawn + import + custom nodes + warmup
     parent_timeout_s: float = 30.0  # a worker hearing nothing from the server this long exits
     graceful_stop_s: float = 3.0
+    # A job that has not stopped this long after an interrupt has its worker killed (and replaced
+    # from the warm pool); so has a stream's worker holding a frame longer than frame_timeout_s.
+    interrupt_grace_s: float = 2.0
+    frame_timeout_s: float = 10.0
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
     max_failures: int = 8

@@ -46,6 +46,8 @@ class JobWorker(Supervisor):
         self._on_finished = on_finished
         self._on_idle = on_idle
         self.current: str | None = None  # prompt_id of the running job
+        self._job: jm.RunJob | None = None
+        self._started_nodes: list[str] = []  # of the running job, from its `executing` events
         self.jobs_done = 0
 
     @property
@@ -59,20 +61,23 @@ class JobWorker(Supervisor):
     def run(self, job: jm.RunJob) -> None:
         if not self.idle or self.proc is None:
             raise WorkerError(f"{self.name} is {self.state}, busy with {self.current}")
-        self.current = job.prompt_id
+        self.current, self._job, self._started_nodes = job.prompt_id, job, []
         try:
             self.proc.send(job)
         except WorkerLost:
             pass  # the loss ends the job as an error
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Fire the running job's cancel token (if it is `prompt_id`, or any with None)."""
+        """Fire the running job's cancel token (if it is `prompt_id`, or any with None). A job still
+        running `interrupt_grace_s` later (a node that never checks the token) has its process
+        killed and replaced, and ends interrupted all the same."""
         if self.current is None or self.proc is None or (prompt_id is not None and prompt_id != self.current):
             return False
         try:
             self.proc.send(jm.InterruptJob(self.current))
         except WorkerLost:
             return False
+        self._watch(("interrupt", self.current), self.backend.settings.interrupt_grace_s)
         return True
 
     async def request_status(self, timeout: float = 2.0) -> dict[str, Any]:
@@ -104,8 +109,25 @@ class JobWorker(Supervisor):
             logger.warning("%s lost (%s) while running %s", self.name, reason, self.current)
         self._end_lost_job(reason)
 
+    def _overdue(self, key: Any) -> None:
+        _, prompt_id = key
+        if prompt_id != self.current:
+            return
+        grace = self.backend.settings.interrupt_grace_s
+        logger.warning(
+            "%s: prompt %s ignored its interrupt for %.1f s: killing the worker", self.name, prompt_id, grace
+        )
+        self._end_interrupted_job()
+        self._replace(f"prompt {prompt_id} did not stop within {grace:.1f} s of its interrupt")
+
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, jm.JobEvent):
+            if (
+                msg.event == "executing"
+                and msg.data.get("node") is not None
+                and msg.prompt_id == self.current
+            ):
+                self._started_nodes.append(str(msg.data["node"]))
             self._on_event(msg.prompt_id, msg.event, msg.data)
         elif isinstance(msg, jm.JobFinished):
             self._job_finished(msg)
@@ -115,6 +137,7 @@ class JobWorker(Supervisor):
     # -- internals -----------------------------------------------------------------------------
 
     def _job_finished(self, msg: jm.JobFinished) -> None:
+        self._deadlines.clear(("interrupt", msg.prompt_id))
         if msg.prompt_id != self.current:
             logger.warning("%s: finished %s but ran %s", self.name, msg.prompt_id, self.current)
         self.current = None
@@ -122,6 +145,31 @@ class JobWorker(Supervisor):
         self._on_finished(msg)
         if self.idle:
             self._on_idle()
+
+    def _end_interrupted_job(self) -> None:
+        """End the running job as a cooperative interrupt ends it: `execution_interrupted` at the
+        node it was running, then the job finished as "interrupted"."""
+        prompt_id, job, nodes = self.current, self._job, self._started_nodes
+        self.current = None
+        if prompt_id is None:
+            return
+        node = nodes[-1] if nodes else None
+        node_type = (job.prompt.get(node) or {}).get("class_type") if job is not None and node else None
+        self._on_event(
+            prompt_id,
+            "execution_interrupted",
+            {
+                "prompt_id": prompt_id,
+                "node_id": node,
+                "node_type": node_type,
+                "executed": nodes[:-1],
+                "timestamp": int(time.time() * 1000),
+            },
+        )
+        self.jobs_done += 1
+        self._on_finished(
+            jm.JobFinished(prompt_id, "interrupted", error={"exception_message": "Interrupted by request"})
+        )
 
     def _end_lost_job(self, reason: str) -> None:
         prompt_id, self.current = self.current, None

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ import numpy as np
 
 from comfystream.pipeline.backend import ChannelListener, ChannelSpec, WorkerSpec
 from workers import messages as m
+from workers.deadlines import Deadlines
 from workers.oom import is_oom_report
 from workers.process import RequestFailed, WorkerError, WorkerLost, WorkerProcess
 from workers.ring import FrameRing
@@ -105,6 +106,8 @@ class Supervisor:
         self._last_proc: WorkerProcess | None = None  # the newest process, for its status once gone
         self._ready_event = asyncio.Event()
         self._stop_done: asyncio.Future[None] | None = None
+        self._deadlines = Deadlines()
+        self._deadline_timer: asyncio.TimerHandle | None = None
 
     @property
     def state(self) -> str:
@@ -177,6 +180,9 @@ class Supervisor:
             while self._retiring:
                 await asyncio.gather(*list(self._retiring), return_exceptions=True)
         finally:
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+                self._deadline_timer = None
             self._state = "stopped"
             self.backend.forget(self)
             self._stop_done.set_result(None)
@@ -285,6 +291,7 @@ class Supervisor:
         if proc is None or proc is self.proc:
             proc, self.proc = self.proc, None
             self._ready_event.clear()
+            self._deadlines.clear_all()  # what it was given to do is over
             self._process_lost(reason)
         if proc is None:
             return
@@ -303,8 +310,17 @@ class Supervisor:
     def _on_proc_lost(self, proc: WorkerProcess, reason: str) -> None:
         if proc is not self.proc or self._state in ("stopping", "stopped"):
             return
-        self.last_error = reason
         self.policy.lost()
+        self._replace(reason)
+
+    def _replace(self, reason: str) -> None:
+        """Take the current process out of service (killed: it is lost or stuck) and bring the
+        next one up in the background, a warm one when the pool has it."""
+        proc = self.proc
+        if proc is None:
+            return
+        proc.kill()
+        self.last_error = reason
         self._take_out_of_service(reason, graceful=False)
         self._state = "restarting"
         self._emit("worker_lost", {"reason": reason, "pid": proc.pid})
@@ -313,6 +329,28 @@ class Supervisor:
                 self._bring_up(reason, requested=False), name=f"{self.name}-recover"
             )
             self._task.add_done_callback(self._bring_up_done)
+
+    # -- deadlines: work that must end in time, or its process is killed and replaced ------------
+
+    def _watch(self, key: Hashable, after_s: float) -> None:
+        self._deadlines.set(key, after_s)
+        if self._deadline_timer is None:
+            self._arm()
+
+    def _arm(self) -> None:
+        due = self._deadlines.next_in()
+        if due is not None:
+            self._deadline_timer = asyncio.get_running_loop().call_later(due, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        for key in self._deadlines.overdue():
+            if self._state == "ready" and self.proc is not None:
+                self._overdue(key)
+        self._arm()
+
+    def _overdue(self, key: Hashable) -> None:
+        """`key` ran past its deadline (the subclass knows what it was)."""
 
     def _bring_up_done(self, task: asyncio.Task[None]) -> None:
         if self._task is task:
@@ -420,6 +458,7 @@ class StreamWorker(Supervisor):
             ch.ring.release(slot)
             raise
         ch.inflight[slot] = frame_id
+        self._watch(("frame", channel, frame_id), self.backend.settings.frame_timeout_s)
         with contextlib.suppress(WorkerLost):  # the loss handler reports it with the others in flight
             proc.send(m.ProcessFrame(channel, frame_id, slot))
 
@@ -529,6 +568,20 @@ class StreamWorker(Supervisor):
         for ch in list(self.channels.values()):
             ch.listener.on_event(event_type, dict(data))
 
+    def _overdue(self, key: Hashable) -> None:
+        # A frame the prompt never finishes: the stream goes on (frames pass through) while a
+        # new process takes over, rather than waiting for the heartbeat to give up on it.
+        _, channel, frame_id = key  # type: ignore[misc]
+        timeout = self.backend.settings.frame_timeout_s
+        logger.warning(
+            "%s: frame %s of %s still running after %.1f s: replacing the worker",
+            self.name,
+            frame_id,
+            channel,
+            timeout,
+        )
+        self._replace(f"frame {frame_id} still running after {timeout:.1f} s")
+
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, m.FrameDone):
             self._on_frame(msg)
@@ -576,6 +629,7 @@ class StreamWorker(Supervisor):
             )
             return
         expected = ch.inflight.pop(msg.slot, None)
+        self._deadlines.clear(("frame", msg.channel, msg.frame_id))
         if expected != msg.frame_id:
             # The pipeline pairs by frame id and counts this; here it means the slot bookkeeping broke.
             logger.error(

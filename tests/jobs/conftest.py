@@ -169,7 +169,6 @@ class JobsServer:
         return [i[1] for i in data["queue_running"]], [i[1] for i in data["queue_pending"]]
 
 
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -80,4 +80,28 @@ class TestFail:
         raise RuntimeError(message)
 
 
-NODE_CLASS_MAPPINGS = {"TestSolid": TestSolid, "TestGate": TestGate, "TestFail": TestFail}
+class TestStubborn:
+    """Waits until `gate` exists and never checks its cancel token (as a node that makes one long
+    library call would): only killing its worker ends it early."""
+
+    CATEGORY = "tests"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):  # noqa: N802
+        return {"required": {"images": ("IMAGE",), "gate": ("STRING", {"default": ""})}}
+
+    def run(self, images, gate):
+        deadline = time.monotonic() + 600
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return (images,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TestSolid": TestSolid,
+    "TestGate": TestGate,
+    "TestFail": TestFail,
+    "TestStubborn": TestStubborn,
+}
