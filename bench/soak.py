@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
+from e2e import free_port, wait_healthy  # bench/ is the script's folder
 
 from server.trickle_client import PatternPublisher, create_channel
 
@@ -81,12 +81,6 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Gateway:
     def __init__(self, http: aiohttp.ClientSession, base: str, relay: str):
         self.http, self.base, self.relay = http, base, relay
@@ -131,23 +125,6 @@ class Gateway:
                 self.errors.append(f"{name}: DELETE answered {status}")
         finally:
             await publisher.close()
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, base: str, proc: subprocess.Popen, timeout: float = 120
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            async with http.get(f"{base}/health") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError("server did not come up")
 
 
 async def settle(pid: int, baseline: Resources, idle_s: float) -> Resources:

@@ -429,7 +429,9 @@ class StreamWorker(Supervisor):
         async with self._lock:
             if spec.name in self.channels:
                 raise ValueError(f"channel {spec.name} is already open on {self.name}")
-            proc = await self._wait_ready()
+            proc = self.proc
+            if self._state != "ready" or proc is None:  # lost meanwhile (its recovery needs the lock)
+                raise WorkerLost(f"{self.name} is {self._state}")
             channel = _Channel(spec, listener, FrameRing.create(spec.max_inflight, spec.width, spec.height))
             self.channels[spec.name] = channel
             try:

@@ -10,17 +10,9 @@ import pytest
 
 from server.jobs import scheduler_of
 
-from .conftest import WAIT_S, JobsServer, gated_prompt
+from .conftest import WAIT_S, JobsServer, _alive, gated_prompt
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_a_node_that_ignores_the_interrupt_is_killed_and_the_other_job_runs_on(

@@ -1,6 +1,6 @@
 """A supervised worker leaves nothing behind in any order of events (stop during start, stop during
 restart, restart during stop, crash during stop), and a restart or a crash takes a warm worker
-from the pool. The restart policy is a pure state machine, tested with a simulated clock."""
+from the pool. (The restart policy's own tests: test_state_machines.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from comfystream.pipeline.backend import ChannelSpec, WorkerSpec
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend
 from workers.process import WorkerLost
-from workers.supervisor import RestartPolicy
 
 
 class Listener:
@@ -133,40 +132,3 @@ async def test_restart_and_crash_take_a_warm_worker(no_leaks):
     finally:
         await worker.stop()
         await backend.shutdown()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_restart_policy_backs_off_gives_up_and_forgives_a_healthy_run():
-    clock = Clock()
-    policy = RestartPolicy(
-        backoff_min_s=0.2, backoff_max_s=1.0, max_failures=4, healthy_after_s=30.0, clock=clock
-    )
-    policy.ready()
-    clock.now = 100.0
-    policy.lost()  # after a healthy run: at once (a warm worker takes over)
-    assert policy.next_delay() == 0.0
-    policy.ready()
-    clock.now = 101.0
-    policy.lost()  # a short run counts as a failure
-    assert policy.next_delay() == 0.2
-    policy.attempt_failed()
-    assert policy.next_delay() == 0.4
-    policy.attempt_failed()
-    assert policy.next_delay() == 0.8
-    policy.attempt_failed()
-    assert policy.next_delay() is None  # 4 in a row: give up
-    fresh = RestartPolicy(0.2, 1.0, 10, clock=clock)
-    for _ in range(6):
-        fresh.attempt_failed()
-    assert fresh.next_delay() == 1.0  # capped
-    fresh.ready()
-    clock.now += 30.0
-    fresh.lost()
-    assert fresh.next_delay() == 0.0  # a healthy run clears the count

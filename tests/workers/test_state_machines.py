@@ -1,8 +1,10 @@
-"""The grace/kill decision: which work has run past its deadline, on a simulated clock."""
+"""The pure state machines of the worker runtime, on a simulated clock: the grace/kill decision
+(which work has run past its deadline) and the restart policy (backoff, give-up, healthy-after)."""
 
 from __future__ import annotations
 
 from workers.deadlines import Deadlines
+from workers.supervisor import RestartPolicy
 
 
 class Clock:
@@ -39,3 +41,32 @@ def test_frames_are_reported_oldest_first_and_a_restart_forgets_them():
     assert deadlines.next_in() == 0.5
     deadlines.clear_all()
     assert deadlines.next_in() is None
+
+
+def test_restart_policy_backs_off_gives_up_and_forgives_a_healthy_run():
+    clock = Clock()
+    policy = RestartPolicy(
+        backoff_min_s=0.2, backoff_max_s=1.0, max_failures=4, healthy_after_s=30.0, clock=clock
+    )
+    policy.ready()
+    clock.now += 100.0
+    policy.lost()  # after a healthy run: at once (a warm worker takes over)
+    assert policy.next_delay() == 0.0
+    policy.ready()
+    clock.now += 1.0
+    policy.lost()  # a short run counts as a failure
+    assert policy.next_delay() == 0.2
+    policy.attempt_failed()
+    assert policy.next_delay() == 0.4
+    policy.attempt_failed()
+    assert policy.next_delay() == 0.8
+    policy.attempt_failed()
+    assert policy.next_delay() is None  # 4 in a row: give up
+    fresh = RestartPolicy(0.2, 1.0, 10, clock=clock)
+    for _ in range(6):
+        fresh.attempt_failed()
+    assert fresh.next_delay() == 1.0  # capped
+    fresh.ready()
+    clock.now += 30.0
+    fresh.lost()
+    assert fresh.next_delay() == 0.0  # a healthy run clears the count
