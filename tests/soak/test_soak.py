@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(900)  # a real server and ~40 stream cycles: minutes on a loaded machine
 def test_a_server_that_ran_many_streams_holds_what_it_held_after_warm_up(no_leaks):
     run = subprocess.run(
         [sys.executable, "bench/soak.py", "--cycles", "30", "--streams", "2", "--rounds", "2",
