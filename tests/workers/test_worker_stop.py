@@ -105,7 +105,9 @@ async def test_a_worker_that_fails_to_start_is_reaped_before_the_error_is_raised
         with pytest.raises(WorkerStartError, match="does not exist"):
             await backend.spawn_process(WorkerSpec(), "no-workspace")
         # The executor's threads are joined (it joined the process) before the error is raised.
-        assert set(threading.enumerate()) - threads_before == set()
+        # (The loop's default executor may have started a thread: placement runs on it.)
+        left = {t for t in set(threading.enumerate()) - threads_before if not t.name.startswith("asyncio_")}
+        assert left == set()
     finally:
         threading.excepthook = previous
     assert [f"{e.exc_type.__name__}: {e.exc_value}" for e in thread_errors] == []
