@@ -1,9 +1,10 @@
 """The frame interface every pipeline offers (DESIGN.md sections 2-3, docs/contracts.md).
 
 A subclass decides which worker and channel a frame goes to (`_target`) and how prompts and
-workers change; this class does the rest: frame ids and correspondence, backpressure (at most
-`max_inflight` frames in a worker, the oldest waiting frame dropped beyond `max_queued`),
-pass-through while no worker can take frames, audio pass-through, events and stats.
+workers change; this class does the rest: frame ids and correspondence, scheduling (at most
+`max_inflight` frames in a worker; waiting frames admitted by the latency budget
+`max_latency_ms` and chosen evenly under overload: `scheduling.FrameScheduler`), pass-through
+while no worker can take frames, audio pass-through, events and stats.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from comfystream.pipeline.backend import (
     get_backend,
 )
 from comfystream.pipeline.frames import FrameTracker
+from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,8 @@ class BasePipeline:
         stream_id: str | None = None,
         *,
         max_inflight: int = 2,
-        max_queued: int = 1,
+        max_queued: int | None = None,
+        max_latency_ms: float | None = DEFAULT_MAX_LATENCY_MS,
         warmup_frames: int = 2,
         cwd: str | None = None,
         custom_node_dirs: list[str] | tuple[str, ...] | None = None,
@@ -121,7 +124,15 @@ class BasePipeline:
         self.on_event = on_event
         self.prompts: list[dict[str, Any]] = []
         self.state = "new"
-        self._tracker = FrameTracker(self._emit_output, max_queued=max_queued, stream_id=self.stream_id)
+        self._tracker = FrameTracker(
+            self._emit_output,
+            max_inflight=max_inflight,
+            max_latency_ms=max_latency_ms,
+            max_queued=max_queued,
+            stream_id=self.stream_id,
+        )
+        self._wake: asyncio.TimerHandle | None = None  # the scheduler's next decision time
+        self._passing_through = False  # a pass-through episode after processed frames is going on
         self._video_out: asyncio.Queue[av.VideoFrame] = asyncio.Queue()
         self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
         self._output_queue_size = output_queue_size
@@ -182,6 +193,9 @@ class BasePipeline:
         if self.state in ("stopping", "stopped"):
             return
         self._set_state("stopping")
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
         try:
             await self._stop()
         finally:
@@ -196,10 +210,30 @@ class BasePipeline:
     # -- frames --------------------------------------------------------------------------------
 
     async def put_video_frame(self, frame: av.VideoFrame) -> None:
-        """Queue `frame` for processing; returns at once (the oldest waiting frame may be dropped)."""
+        """Queue `frame` for processing; returns at once (the scheduler may skip waiting frames)."""
         if self.state in ("stopping", "stopped"):
             raise RuntimeError(f"pipeline {self.stream_id} is {self.state}")
-        self._tracker.add(frame)
+        pts_s = None
+        if frame.pts is not None and frame.time_base is not None:
+            pts_s = float(frame.pts * frame.time_base)
+        entry = self._tracker.add(frame, pts_s)
+        frame.opaque = entry.received  # its ingest time, for the latency at publish (`frame_published`)
+        self._pump()
+
+    def frame_published(self, frame: av.VideoFrame) -> None:
+        """The stream has published `frame` (an output of this pipeline): its ingest-to-publish
+        latency goes into the stats."""
+        ingest = getattr(frame, "opaque", None)
+        if isinstance(ingest, float):
+            self._tracker.published(ingest)
+
+    @property
+    def max_latency_ms(self) -> float | None:
+        """The latency budget: a waiting frame that could not come out within it is skipped."""
+        return self._tracker.max_latency_ms
+
+    def set_max_latency_ms(self, value: float | None) -> None:
+        self._tracker.max_latency_ms = value
         self._pump()
 
     async def get_processed_video_frame(self) -> av.VideoFrame:
@@ -213,9 +247,13 @@ class BasePipeline:
         return await self._audio.get()
 
     def _pump(self) -> None:
-        """Move waiting frames into the worker while it has room; pass them through when there is none."""
+        """Hand waiting frames to the worker as the scheduler decides; pass them through while no
+        worker can take them."""
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
         tracker = self._tracker
-        while (entry := tracker.next_waiting()) is not None:
+        while tracker.waiting:
             if self.state in ("stopping", "stopped"):
                 return
             if self.state == "starting":
@@ -227,12 +265,18 @@ class BasePipeline:
             if target is None or target[0].state not in ("ready",):
                 if self.state == "ready":
                     # No worker can take frames now (restarting, failed): the stream goes on unprocessed.
-                    tracker.pass_waiting(self._passthrough)
+                    self._note_passthrough(tracker.pass_waiting(self._passthrough))
                 return
             client, channel = target
-            if not client.can_submit(channel):
+            self._passing_through = False
+            entry, wake_at = tracker.schedule(client.can_submit(channel))
+            if entry is None:
+                if wake_at is not None:
+                    loop = asyncio.get_running_loop()
+                    delay = max(wake_at - tracker.clock(), 0.0)
+                    self._wake = loop.call_at(loop.time() + delay, self._on_wake)
                 return
-            tracker.start(entry, owner=client)
+            entry.owner = client
             try:
                 rgb = frame_to_ndarray(entry.frame, self.width, self.height)
                 client.submit(channel, entry.frame_id, rgb)
@@ -241,11 +285,24 @@ class BasePipeline:
                 if tracker.in_flight(entry.frame_id) is not None:
                     tracker.fail(entry.frame_id, self._passthrough(entry.frame), error=True)
 
+    def _on_wake(self) -> None:
+        self._wake = None
+        self._pump()
+
+    def _note_passthrough(self, count: int) -> None:
+        """Frames passed through after processed ones (a worker restart): one event per episode."""
+        if count and self._tracker.first_processed_id is not None and not self._passing_through:
+            self._passing_through = True
+            logger.info("stream %s: no worker ready, frames pass through unprocessed", self.stream_id)
+            self._emit("passthrough", {"reason": "worker not ready", "frames": count})
+
     def _passthrough(self, frame: av.VideoFrame) -> av.VideoFrame:
         """The input as output, at the stream's size so the encoder sees one size throughout."""
         if frame.width == self.width and frame.height == self.height:
             return frame
-        return ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
+        out = ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
+        out.opaque = frame.opaque
+        return out
 
     def _on_result(
         self,
@@ -272,7 +329,9 @@ class BasePipeline:
         else:
             self._exec_ms.append(exec_ms)
             self._prompt_ms.append(prompt_ms)
-            tracker.complete(frame_id, ndarray_to_frame(image, entry.frame))  # copies out of shared memory
+            output = ndarray_to_frame(image, entry.frame)  # copies out of shared memory
+            output.opaque = entry.received
+            tracker.complete(frame_id, output)
         self._pump()
 
     def _on_lost(self, frame_ids: list[int], reason: str) -> None:
@@ -281,6 +340,7 @@ class BasePipeline:
             entry = tracker.in_flight(frame_id)
             if entry is not None:
                 tracker.fail(frame_id, self._passthrough(entry.frame))
+                self._note_passthrough(1)
         if frame_ids:
             # Expected when the stream stops; worth a warning when the worker went away under it.
             level = logging.DEBUG if self.state in ("stopping", "stopped") else logging.WARNING
@@ -375,6 +435,9 @@ class BasePipeline:
         """(the restart parameters that actually change, whether a warmup was asked for)."""
         params = dict(parameters or {})
         warmup = bool(params.pop("warmup", False))
+        if params.get("max_latency_ms") is not None:
+            # Scheduling only: applies from the next decision on, no worker involved.
+            self.set_max_latency_ms(float(params.pop("max_latency_ms")))
         changed: dict[str, Any] = {}
         for key in RESTART_PARAMETERS:
             if key not in params or params[key] is None:

@@ -1,9 +1,12 @@
-"""Frame correspondence: ids, the frames in flight, drops, in-order output, and the stream's stats.
+"""Frame correspondence: ids, the frames in flight, skips, in-order output, and the stream's stats.
 
 Every input frame gets a `frame_id` (monotonic per stream) and keeps its `pts`/`time_base`.
 An output is paired with its input by id, never by queue position; outputs leave in id order
 (a frame finished early waits for the ones before it), and a result with no live entry is
-counted as `mismatched` (a bug) and dropped.
+counted as `mismatched` (a bug) and dropped. Which waiting frame goes into the worker, and which
+are skipped, is the scheduler's decision (`scheduling.FrameScheduler`); a skipped frame is never
+sent. After the first processed frame, nothing unprocessed goes out but frames passed through
+while no worker can take them (a worker restart).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS, Decision, FrameScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class FrameEntry:
     state: int = WAITING
     output: Any = None
     owner: Any = None  # which worker holds it while in flight
+    pts_s: float | None = None  # media time in seconds, when the frame has a pts and time base
 
 
 class RateMeter:
@@ -57,59 +63,96 @@ class RateMeter:
 
 
 class FrameTracker:
-    """The frames of one stream between `put` and output."""
+    """The frames of one stream between `add` and output.
 
-    def __init__(self, emit: Callable[[Any], None], max_queued: int = 1, stream_id: str = ""):
-        if max_queued < 1:
+    `clock` is only read here, never in the scheduler: tests drive both with a simulated one."""
+
+    def __init__(
+        self,
+        emit: Callable[[Any], None],
+        *,
+        max_inflight: int = 2,
+        max_latency_ms: float | None = DEFAULT_MAX_LATENCY_MS,
+        max_queued: int | None = None,
+        stream_id: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if max_queued is not None and max_queued < 1:
             raise ValueError("max_queued must be >= 1")
         self.emit = emit
-        self.max_queued = max_queued
         self.stream_id = stream_id
+        self.clock = clock
+        self.scheduler = FrameScheduler(
+            max_inflight, None if max_latency_ms is None else max_latency_ms / 1000.0, max_queued
+        )
         self.next_id = 0
         self.entries: OrderedDict[int, FrameEntry] = OrderedDict()  # not yet emitted, id order
-        self.waiting: deque[FrameEntry] = deque()
+        self.waiting: dict[int, FrameEntry] = {}
         self.inflight: dict[int, FrameEntry] = {}
+        self.first_processed_id: int | None = None  # from then on no unprocessed frame goes out...
         self.counts = {
             "received": 0,
             "processed": 0,
-            "dropped": 0,
-            "passed_through": 0,
+            "skipped_late": 0,
+            "skipped_overload": 0,
+            "skipped_error": 0,  # ...a frame the workflow failed on is skipped, not sent raw
+            "passed_through": 0,  # ...but while no worker can take frames (a restart)
+            "passed_through_after_start": 0,
             "mismatched": 0,
             "errors": 0,
         }
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
-        self.latencies_ms: deque[float] = deque(maxlen=1000)
+        self.skips = RateMeter()
+        self.latencies_ms: deque[float] = deque(maxlen=1000)  # ingest -> publish (see `published`)
+
+    @property
+    def max_latency_ms(self) -> float | None:
+        budget = self.scheduler.max_latency_s
+        return None if budget is None else budget * 1000.0
+
+    @max_latency_ms.setter
+    def max_latency_ms(self, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError("max_latency_ms must be > 0")
+        self.scheduler.max_latency_s = None if value is None else float(value) / 1000.0
 
     # -- input side ----------------------------------------------------------------------------
 
-    def add(self, frame: Any) -> FrameEntry:
-        now = time.monotonic()
-        entry = FrameEntry(self.next_id, frame, now)
+    def add(self, frame: Any, pts_s: float | None = None) -> FrameEntry:
+        now = self.clock()
+        entry = FrameEntry(self.next_id, frame, now, pts_s=pts_s)
         self.next_id += 1
         self.counts["received"] += 1
         self.fps_in.tick(now)
         self.entries[entry.frame_id] = entry
-        self.waiting.append(entry)
-        while len(self.waiting) > self.max_queued:
-            # The worker is behind: drop the oldest waiting frame, so latency stays bounded.
-            old = self.waiting.popleft()
-            del self.entries[old.frame_id]
-            self.counts["dropped"] += 1
-        self._flush()
+        self.waiting[entry.frame_id] = entry
+        self._skip(self.scheduler.arrive(entry.frame_id, now, pts_s), "skipped_overload", now)
         return entry
 
-    def next_waiting(self) -> FrameEntry | None:
-        return self.waiting[0] if self.waiting else None
-
-    def start(self, entry: FrameEntry, owner: Any = None) -> None:
-        """`entry` (the oldest waiting) goes into a worker."""
-        if not self.waiting or self.waiting[0] is not entry:
-            raise RuntimeError("only the oldest waiting frame can start")
-        self.waiting.popleft()
+    def schedule(self, room: bool) -> tuple[FrameEntry | None, float | None]:
+        """Apply the scheduler's decision now: skipped frames leave (unsent); returns the frame to
+        submit (already marked in flight; None when none should go in now) and when to ask again."""
+        now = self.clock()
+        decision: Decision = self.scheduler.decide(now, room)
+        self._skip(decision.skipped_late, "skipped_late", now)
+        self._skip(decision.skipped_overload, "skipped_overload", now)
+        if decision.submit is None:
+            return None, decision.wake_at
+        entry = self.waiting.pop(decision.submit)
         entry.state = INFLIGHT
-        entry.owner = owner
         self.inflight[entry.frame_id] = entry
+        self.scheduler.submitted(entry.frame_id, now)
+        return entry, decision.wake_at
+
+    def _skip(self, frame_ids: list[int], reason: str, now: float) -> None:
+        for frame_id in frame_ids:
+            self.waiting.pop(frame_id, None)
+            self.entries.pop(frame_id, None)
+            self.counts[reason] += 1
+            self.skips.tick(now)
+        if frame_ids:
+            self._flush()  # the frames after a skipped one may be finished already
 
     # -- output side ---------------------------------------------------------------------------
 
@@ -120,10 +163,12 @@ class FrameTracker:
             self.counts["mismatched"] += 1
             logger.error("stream %s: output for frame %d, which is not in flight", self.stream_id, frame_id)
             return False
+        self.scheduler.completed(frame_id, self.clock())
         entry.state = DONE
         entry.output = output
         self.counts["processed"] += 1
-        self.latencies_ms.append((time.monotonic() - entry.received) * 1000.0)
+        if self.first_processed_id is None:
+            self.first_processed_id = frame_id
         self._flush()
         return True
 
@@ -131,30 +176,45 @@ class FrameTracker:
         return self.inflight.get(frame_id)
 
     def fail(self, frame_id: int, output: Any, error: bool = False) -> bool:
-        """Frame `frame_id` leaves unprocessed (`output` is what goes out instead)."""
+        """Frame `frame_id` came back unprocessed. A workflow error (`error`) skips it once the
+        stream has shown processed frames (a raw frame among processed ones is worse than a
+        missing one); before that, and when its worker went away (`error` False: a restart), it
+        leaves as `output`, passed through."""
         entry = self.inflight.pop(frame_id, None)
         if entry is None:
             self.counts["mismatched"] += 1
             logger.error("stream %s: failure for frame %d, which is not in flight", self.stream_id, frame_id)
             return False
-        self._pass(entry, output, error)
+        now = self.clock()
+        if error:
+            self.counts["errors"] += 1
+            self.scheduler.completed(frame_id, now)
+            if self.first_processed_id is not None:
+                self.entries.pop(frame_id, None)
+                self.counts["skipped_error"] += 1
+                self.skips.tick(now)
+                self._flush()
+                return True
+        else:
+            self.scheduler.lost(frame_id)
+        self._pass(entry, output)
         return True
 
     def pass_waiting(self, convert: Callable[[Any], Any]) -> int:
         """Every waiting frame leaves unprocessed (no worker to take them)."""
         n = 0
-        while self.waiting:
-            entry = self.waiting.popleft()
-            self._pass(entry, convert(entry.frame), False)
+        for frame_id in self.scheduler.take_waiting():
+            entry = self.waiting.pop(frame_id)
+            self._pass(entry, convert(entry.frame))
             n += 1
         return n
 
-    def _pass(self, entry: FrameEntry, output: Any, error: bool) -> None:
+    def _pass(self, entry: FrameEntry, output: Any) -> None:
         entry.state = DONE
         entry.output = output
         self.counts["passed_through"] += 1
-        if error:
-            self.counts["errors"] += 1
+        if self.first_processed_id is not None:
+            self.counts["passed_through_after_start"] += 1
         self._flush()
 
     def _flush(self) -> None:
@@ -165,23 +225,45 @@ class FrameTracker:
             if entry.state != DONE:
                 return
             del entries[frame_id]
-            self.fps_out.tick(time.monotonic())
+            self.fps_out.tick(self.clock())
             self.emit(entry.output)
+
+    def published(self, ingest_time: float) -> None:
+        """A frame that entered at `ingest_time` (this tracker's clock) has been published."""
+        self.latencies_ms.append((self.clock() - ingest_time) * 1000.0)
 
     # -- stats ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.clock()
         lat = np.fromiter(self.latencies_ms, dtype=np.float64)
-        out: dict[str, Any] = dict(self.counts)
+        counts = self.counts
+        out: dict[str, Any] = dict(counts)
+        # `dropped`: every frame not sent, whatever the reason (the total the older API reported).
+        out["dropped"] = counts["skipped_late"] + counts["skipped_overload"] + counts["skipped_error"]
+        input_fps = self.fps_in.rate(now)
+        worker_fps = self.scheduler.worker_fps
+        quantiles = (
+            {f"p{q}": round(float(v), 3) for q, v in zip((50, 95, 99), np.percentile(lat, (50, 95, 99)), strict=True)}
+            if lat.size
+            else {"p50": None, "p95": None, "p99": None}
+        )
         out.update(
             {
                 "inflight": len(self.inflight),
                 "queued": len(self.waiting),
-                "fps_in": round(self.fps_in.rate(now), 2),
+                "input_fps": round(input_fps, 2),
+                "worker_fps": round(worker_fps, 2) if worker_fps is not None else None,
+                "output_fps": round(self.fps_out.rate(now), 2),
+                "skip_ratio": round(min(self.skips.rate(now) / input_fps, 1.0), 4) if input_fps else 0.0,
+                "overloaded": self.scheduler.overloaded,
+                "max_latency_ms": self.max_latency_ms,
+                "latency_ms": quantiles,
+                # the names earlier versions reported
+                "fps_in": round(input_fps, 2),
                 "fps_out": round(self.fps_out.rate(now), 2),
-                "latency_ms_p50": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
-                "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+                "latency_ms_p50": quantiles["p50"],
+                "latency_ms_p99": quantiles["p99"],
             }
         )
         return out
