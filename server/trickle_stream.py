@@ -220,6 +220,8 @@ class TrickleStream(StreamBase):
             if not self.spec.detect_out_resolution:
                 frame = fixed_size(frame, self.spec.width, self.spec.height)
             await self._output.put(frame)
+            with contextlib.suppress(AttributeError):  # latency stats: ingest to publish
+                self.pipeline.frame_published(frame)
             if self._frames_out == 0:
                 self._event_to_gateway(FIRST_SEGMENT_OUT)
             self._frames_out += 1  # after the write: draining waits for the frame to be out

@@ -56,6 +56,21 @@ class UpdateResult:
         return asdict(self)
 
 
+class _Ingest:
+    """A frame's ingest time, carried in `frame.opaque` to its publish. One object per frame: PyAV
+    files opaque values by the object's id and forgets it when any frame holding it is freed."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float):
+        self.at = at
+
+
+def _ingest_time(frame: av.VideoFrame) -> float | None:
+    ingest = getattr(frame, "opaque", None)
+    return ingest.at if isinstance(ingest, _Ingest) else None
+
+
 class _Listener:
     """Routes one worker's reports for this pipeline's channel back to the pipeline."""
 
@@ -133,6 +148,7 @@ class BasePipeline:
         )
         self._wake: asyncio.TimerHandle | None = None  # the scheduler's next decision time
         self._passing_through = False  # a pass-through episode after processed frames is going on
+        self._publish_reported = False  # a stream reports its publishes (`frame_published`)
         self._video_out: asyncio.Queue[av.VideoFrame] = asyncio.Queue()
         self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
         self._output_queue_size = output_queue_size
@@ -217,14 +233,15 @@ class BasePipeline:
         if frame.pts is not None and frame.time_base is not None:
             pts_s = float(frame.pts * frame.time_base)
         entry = self._tracker.add(frame, pts_s)
-        frame.opaque = entry.received  # its ingest time, for the latency at publish (`frame_published`)
+        frame.opaque = _Ingest(entry.received)  # for the latency at publish (`frame_published`)
         self._pump()
 
     def frame_published(self, frame: av.VideoFrame) -> None:
         """The stream has published `frame` (an output of this pipeline): its ingest-to-publish
-        latency goes into the stats."""
-        ingest = getattr(frame, "opaque", None)
-        if isinstance(ingest, float):
+        latency goes into the stats. Until a stream reports this, the latency is taken when the
+        frame is handed out by `get_processed_video_frame`."""
+        self._publish_reported = True
+        if (ingest := _ingest_time(frame)) is not None:
             self._tracker.published(ingest)
 
     @property
@@ -238,7 +255,10 @@ class BasePipeline:
 
     async def get_processed_video_frame(self) -> av.VideoFrame:
         """The next output frame, in input order, with its input's pts and time_base."""
-        return await self._video_out.get()
+        frame = await self._video_out.get()
+        if not self._publish_reported and (ingest := _ingest_time(frame)) is not None:
+            self._tracker.published(ingest)
+        return frame
 
     async def put_audio_frame(self, frame: av.AudioFrame) -> None:
         self._audio.put_nowait(frame)
@@ -301,7 +321,8 @@ class BasePipeline:
         if frame.width == self.width and frame.height == self.height:
             return frame
         out = ndarray_to_frame(frame_to_ndarray(frame, self.width, self.height), frame)
-        out.opaque = frame.opaque
+        if (ingest := _ingest_time(frame)) is not None:
+            out.opaque = _Ingest(ingest)
         return out
 
     def _on_result(
@@ -330,7 +351,7 @@ class BasePipeline:
             self._exec_ms.append(exec_ms)
             self._prompt_ms.append(prompt_ms)
             output = ndarray_to_frame(image, entry.frame)  # copies out of shared memory
-            output.opaque = entry.received
+            output.opaque = _Ingest(entry.received)
             tracker.complete(frame_id, output)
         self._pump()
 

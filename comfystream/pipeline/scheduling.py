@@ -22,12 +22,14 @@ the frame the walk wants has not arrived yet, the newest waiting frame goes in i
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_LATENCY_MS = 500.0
 
-_SERVICE_ALPHA = 0.25  # weight of the newest per-frame time: adapts within a few frames
+_SERVICE_SAMPLES = 9  # the worker's time per frame is the median of its last 9 frames:
+_MIN_SAMPLES_FOR_OVERLOAD = 5  # one slow frame (a cold start, a hiccup) is not an overload
 _INTERVAL_ALPHA = 0.1
 _ENTER_OVERLOAD = 1.02  # service / interval above which frames are chosen by the walk...
 _LEAVE_OVERLOAD = 0.95  # ...and below which they go in oldest first again (hysteresis)
@@ -65,11 +67,12 @@ class FrameScheduler:
         if max_waiting is not None and max_waiting < 1:
             raise ValueError("max_waiting must be >= 1")
         self.max_inflight = max_inflight
-        self.max_latency_s = max_latency_s  # None: no frame is ever too late
+        self.max_latency_s = max_latency_s  # None: no frame is ever skipped, however late
         self.max_waiting = max_waiting
         self.waiting: deque[Waiting] = deque()
         self.inflight: dict[int, float] = {}  # frame id -> when it went in (insertion = worker order)
         self.service_s: float | None = None  # the worker's time per frame, measured
+        self._samples: deque[float] = deque(maxlen=_SERVICE_SAMPLES)
         self.interval_s: float | None = None  # the input's frame interval (media time), measured
         self.overloaded = False
         self._last_done: float | None = None  # when the worker last finished a frame
@@ -79,8 +82,13 @@ class FrameScheduler:
     # -- events ----------------------------------------------------------------------------------
 
     def arrive(self, frame_id: int, now: float, pts: float | None = None) -> list[int]:
-        """A new frame waits; returns the ids skipped because more than `max_waiting` wait."""
-        pts = now if pts is None else pts
+        """A new frame waits; returns the ids skipped because more than `max_waiting` wait.
+
+        Without a `pts` the input's rate is unknown (arrival times would take a burst for a fast
+        input): such frames go in oldest first, skipped only when late."""
+        if pts is None:
+            self.waiting.append(Waiting(frame_id, now, now))
+            return self._bound_waiting()
         if self._last_pts is not None:
             delta = pts - self._last_pts
             if 0 < delta <= 1.0:  # (a jump in pts is a discontinuity, not an interval)
@@ -91,6 +99,9 @@ class FrameScheduler:
                 )
         self._last_pts = pts
         self.waiting.append(Waiting(frame_id, now, pts))
+        return self._bound_waiting()
+
+    def _bound_waiting(self) -> list[int]:
         dropped = []
         while self.max_waiting is not None and len(self.waiting) > self.max_waiting:
             dropped.append(self.waiting.popleft().frame_id)
@@ -105,10 +116,8 @@ class FrameScheduler:
         if submitted is None:
             return
         started = submitted if self._last_done is None else max(submitted, self._last_done)
-        sample = max(now - started, 0.0)
-        self.service_s = (
-            sample if self.service_s is None else self.service_s + _SERVICE_ALPHA * (sample - self.service_s)
-        )
+        self._samples.append(max(now - started, 0.0))
+        self.service_s = statistics.median(self._samples)
         self._last_done = now
         self._update_regime()
 
@@ -137,7 +146,7 @@ class FrameScheduler:
         self._skip_late(now, max(now, busy_until) + service, decision)
         if not self.waiting:
             return decision
-        if not self.overloaded:
+        if not self.overloaded or self.max_latency_s is None:
             if room and len(self.inflight) < self.max_inflight:
                 chosen = self.waiting.popleft()
                 decision.submit = chosen.frame_id
@@ -208,7 +217,9 @@ class FrameScheduler:
             decision.skipped_overload.append(self.waiting.popleft().frame_id)
 
     def _update_regime(self) -> None:
-        if self.service_s is None or not self.interval_s:
+        if self.service_s is None or not self.interval_s or self.max_latency_s is None:
+            return  # (without a budget nothing is ever skipped: frames wait their turn)
+        if len(self._samples) < _MIN_SAMPLES_FOR_OVERLOAD:
             return
         ratio = self.service_s / self.interval_s
         if self.overloaded and ratio < _LEAVE_OVERLOAD:

@@ -33,7 +33,7 @@ def _start_all(tracker: FrameTracker) -> list:
 
 def test_a_late_frame_is_skipped_unsent_and_the_next_ones_still_leave():
     clock = Clock()
-    tracker, out = _tracker(max_inflight=1, max_latency_ms=100, clock=clock)
+    tracker, out = _tracker(max_inflight=1, max_latency_ms=150, clock=clock)
     first = tracker.add("first", 0.0)
     _start_all(tracker)
     clock.now += 0.01
@@ -41,7 +41,7 @@ def test_a_late_frame_is_skipped_unsent_and_the_next_ones_still_leave():
     a = tracker.add("a", 1 / 30)
     assert _start_all(tracker) == [a]
     tracker.add("b", 2 / 30)
-    clock.now += 0.2  # a stalls the worker for 200 ms: b can no longer make 100 ms
+    clock.now += 0.2  # a stalls the worker for 200 ms: b can no longer make 150 ms
     tracker.complete(a.frame_id, "A")
     c = tracker.add("c", 3 / 30)
     assert _start_all(tracker) == [c], "c can: it goes in"

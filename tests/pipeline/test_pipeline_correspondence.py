@@ -60,9 +60,9 @@ async def test_sigkill_of_one_worker_restarts_it_and_spares_the_other_stream(bac
         width=128, height=96, stream_id="crashy", backend=backend, warmup_frames=1,
         on_event=lambda t, d: events.append((t, d)),
     )  # fmt: skip
-    # max_queued large: the bystander never drops, so "loses nothing" is exact.
+    # no latency budget: the bystander never skips, so "loses nothing" is exact.
     bystander = ProcessPoolPipeline(
-        width=128, height=96, stream_id="calm", backend=backend, max_queued=10_000
+        width=128, height=96, stream_id="calm", backend=backend, max_latency_ms=None
     )
     await asyncio.gather(crashed.initialize([DEFAULT_PROMPT]), bystander.initialize([DEFAULT_PROMPT]))
     try:
@@ -115,8 +115,8 @@ async def test_sigkill_of_one_worker_restarts_it_and_spares_the_other_stream(bac
 
 async def test_shared_worker_keeps_streams_apart(backend, no_leaks):
     # Two streams on one worker: different sizes, different content, different prompts.
-    a = Pipeline(width=128, height=96, stream_id="a", backend=backend, max_queued=10_000)
-    b = Pipeline(width=96, height=64, stream_id="b", backend=backend, max_queued=10_000)
+    a = Pipeline(width=128, height=96, stream_id="a", backend=backend, max_latency_ms=None)
+    b = Pipeline(width=96, height=64, stream_id="b", backend=backend, max_latency_ms=None)
     await a.initialize([DEFAULT_PROMPT])
     await b.initialize([IDENTITY_PROMPT])
     try:
@@ -146,30 +146,41 @@ async def test_shared_worker_keeps_streams_apart(backend, no_leaks):
 
 async def test_frames_without_time_base_keep_their_pts_processed_or_passed_through(backend, tmp_path, no_leaks):
     """A frame made in code may carry a pts and no time_base: outputs keep exactly that, whether the
-    workflow processed the frame or it passed through (here resized to the stream's size)."""
+    workflow processed the frame or it passed through (here resized to the stream's size). A frame
+    the workflow fails on passes through only before the first processed frame; after it, such a
+    frame is skipped (counted), never sent raw among processed ones."""
     marker = tmp_path / "fail-now"
     pipeline = ProcessPoolPipeline(
-        width=128, height=96, stream_id="no-time-base", backend=backend, max_queued=10_000
+        width=128, height=96, stream_id="no-time-base", backend=backend, max_latency_ms=None
     )
     await pipeline.initialize([fail_if_file_prompt(str(marker))])
+
+    async def put(i: int, width: int, height: int) -> None:
+        frame = av.VideoFrame.from_ndarray(make_index_frame(i, width, height), format="rgb24")
+        frame.pts = i * 1000
+        await pipeline.put_video_frame(frame)
+
     try:
         collector = Collector(pipeline)
+        marker.touch()  # the workflow fails: before any processed frame, frames pass through
         for i in range(3):
-            frame = av.VideoFrame.from_ndarray(make_index_frame(i, 128, 96), format="rgb24")
-            frame.pts = i * 1000
-            await pipeline.put_video_frame(frame)
-        await eventually(lambda: pipeline.stats()["processed"] == 3)
-        marker.touch()  # from now on the workflow fails: frames pass through
+            await put(i, 160, 120)
+        await eventually(lambda: pipeline.stats()["errors"] == 3)
+        marker.unlink()
         for i in range(3, 6):
-            frame = av.VideoFrame.from_ndarray(make_index_frame(i, 160, 120), format="rgb24")
-            frame.pts = i * 1000
-            await pipeline.put_video_frame(frame)
+            await put(i, 128, 96)
+        await eventually(lambda: pipeline.stats()["processed"] == 3)
+        marker.touch()  # fails again, after processed frames: skipped
+        for i in range(6, 9):
+            await put(i, 128, 96)
+        await eventually(lambda: pipeline.stats()["errors"] == 6)
         outputs = await collector.finish()
         stats = pipeline.stats()
     finally:
         await pipeline.cleanup()
     assert (stats["processed"], stats["passed_through"], stats["mismatched"]) == (3, 3, 0)
+    assert stats["skipped_error"] == 3 and stats["dropped"] == 3
     assert [(f.pts, f.time_base, f.width, f.height) for f in outputs] == [
         (i * 1000, None, 128, 96) for i in range(6)
     ]
-    assert [read_index(f.to_ndarray(format="rgb24")) for f in outputs[:3]] == [0, 1, 2]
+    assert [read_index(f.to_ndarray(format="rgb24")) for f in outputs[3:]] == [3, 4, 5]

@@ -31,7 +31,7 @@ def _single_boundary(decoded: list[tuple[int, bool]]) -> int:
 async def test_prompt_swap_mid_stream_bad_updates_and_resize(backend, no_leaks):
     events: list[tuple[str, dict]] = []
     pipeline = ProcessPoolPipeline(
-        width=128, height=96, stream_id="swap", backend=backend, max_queued=10_000, warmup_frames=1,
+        width=128, height=96, stream_id="swap", backend=backend, max_latency_ms=None, warmup_frames=1,
         on_event=lambda t, d: events.append((t, d)),
     )  # fmt: skip
     await pipeline.initialize([DEFAULT_PROMPT])
@@ -98,7 +98,7 @@ async def test_prompt_swap_mid_stream_bad_updates_and_resize(backend, no_leaks):
 async def test_prompt_worker_pipeline_switches_without_warmup(backend, no_leaks):
     events: list[tuple[str, dict]] = []
     pipeline = PromptWorkerPipeline(
-        width=128, height=96, stream_id="pw", backend=backend, max_queued=10_000, warmup_frames=1,
+        width=128, height=96, stream_id="pw", backend=backend, max_latency_ms=None, warmup_frames=1,
         on_event=lambda t, d: events.append((t, d)),
     )  # fmt: skip
     await pipeline.initialize([DEFAULT_PROMPT, IDENTITY_PROMPT])
