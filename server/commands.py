@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from comfystream.comfyui import WorkspaceError, check_workspace
+from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from server.config import ServerConfig, parse_gpus
 
 logger = logging.getLogger(__name__)
@@ -36,7 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-streams", type=int, default=8, help="concurrent streams; more get 503 (default 8)"
     )
     parser.add_argument(
-        "--warm-workers", type=int, default=0, help="idle engine-loaded workers kept ready (default 0)"
+        "--warm-workers",
+        type=int,
+        default=1,
+        help="idle engine-loaded workers kept ready, refilled after each take, so that a stream's "
+        "first frames are processed ones (default 1; 0: each stream spawns its worker)",
+    )
+    parser.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=DEFAULT_MAX_LATENCY_MS,
+        help="default latency budget of a stream: a frame that could not come out within it is "
+        f"skipped (default {DEFAULT_MAX_LATENCY_MS:.0f}; a stream's params.max_latency_ms overrides it)",
     )
     parser.add_argument(
         "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all nvidia-smi lists; none: CPU)"
@@ -181,6 +193,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--streams-per-gpu must be at least 1")
     if args.gpu_min_free_mib < 0:
         raise ValueError("--gpu-min-free-mib cannot be negative")
+    if args.max_latency_ms <= 0:
+        raise ValueError("--max-latency-ms must be positive")
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -188,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         custom_nodes=list(args.custom_nodes),
         max_streams=args.max_streams,
         warm_workers=args.warm_workers,
+        max_latency_ms=args.max_latency_ms,
         gpus=parse_gpus(args.gpus),
         streams_per_gpu=args.streams_per_gpu,
         gpu_min_free_mib=args.gpu_min_free_mib,

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
+
 
 @dataclass
 class ServerConfig:
@@ -16,7 +18,10 @@ class ServerConfig:
     workspace: Path | None = None  # a ComfyUI workspace (its nodes and models); None: built-in nodes
     custom_nodes: list[Path] = field(default_factory=list)  # extra custom-node folders
     max_streams: int = 8  # concurrent trickle streams; a start beyond it gets 503
-    warm_workers: int = 0  # spawned, engine-loaded, idle workers kept ready
+    # Spawned, engine-loaded, idle workers kept ready. `comfystream serve` keeps 1 by default (a
+    # stream's first frames are then processed ones); 0 here, for apps built in code and tests.
+    warm_workers: int = 0
+    max_latency_ms: float = DEFAULT_MAX_LATENCY_MS  # a stream's latency budget unless it sets one
     gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)

@@ -37,12 +37,29 @@ class _StreamCollector(Collector):
         fps_out = GaugeMetricFamily(
             "comfystream_stream_fps", "Processed frames per second (output)", labels=["stream_id"]
         )
+        gauges = {
+            key: GaugeMetricFamily(f"comfystream_stream_{key}", help_, labels=["stream_id"])
+            for key, help_ in (
+                ("input_fps", "Frames per second arriving (decoded)"),
+                ("worker_fps", "Frames per second the worker can do (1 / its time per frame)"),
+                ("output_fps", "Frames per second leaving the pipeline"),
+                ("skip_ratio", "Skipped / received over the last seconds"),
+            )
+        }
+        latency = GaugeMetricFamily(
+            "comfystream_stream_latency_ms",
+            "Latency quantiles over the last 1000 frames, ingest to publish (ms)",
+            labels=["stream_id", "quantile"],
+        )
         counters = {
             key: CounterMetricFamily(f"comfystream_stream_frames_{key}", help_, labels=["stream_id"])
             for key, help_ in (
                 ("received", "Input frames decoded"),
                 ("processed", "Frames processed by the worker"),
-                ("dropped", "Input frames dropped under backpressure"),
+                ("dropped", "Input frames not sent (skipped: late, overload or workflow error)"),
+                ("skipped_late", "Frames skipped: they could not come out within the latency budget"),
+                ("skipped_overload", "Frames skipped: the worker is slower than the input"),
+                ("passed_through", "Frames sent unprocessed (no worker ready: start, restart)"),
                 ("published", "Frames encoded and published"),
             )
         }
@@ -54,11 +71,18 @@ class _StreamCollector(Collector):
             fps_out.add_metric([s.stream_id], float(s.stats.get("fps_out") or 0.0))
             for key, family in counters.items():
                 family.add_metric([s.stream_id], float(s.stats.get(key) or 0))
+            for key, family in gauges.items():
+                family.add_metric([s.stream_id], float(s.stats.get(key) or 0.0))
+            for q, value in (s.stats.get("latency_ms") or {}).items():
+                if value is not None:
+                    latency.add_metric([s.stream_id, f"0.{q[1:]}"], float(value))
             restarts.add_metric([s.stream_id], float(sum(int(w.get("restarts") or 0) for w in s.workers)))
         yield active
         yield fps_in
         yield fps_out
         yield from counters.values()
+        yield from gauges.values()
+        yield latency
         yield restarts
 
 

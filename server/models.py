@@ -38,6 +38,7 @@ Dimension = Annotated[
     BeforeValidator(_integer),
     WithJsonSchema({"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": 2}),
 ]
+LatencyBudget = Annotated[float, Field(gt=0, le=60_000)]
 
 
 def _prompt_shape(value: Any) -> Any:
@@ -138,6 +139,11 @@ class StreamParams(GivesPrompts, BaseModel):
         False, description="one warm worker per prompt (PromptWorkerPipeline)"
     )
     warmup: StrictBool | None = Field(None, description="on an update: warm up even if no size changed")
+    max_latency_ms: LatencyBudget | None = Field(
+        None,
+        description="latency budget (ms, ingest to publish): a frame that could not come out within "
+        "it is skipped; default: the server's --max-latency-ms",
+    )
     cwd: str | None = Field(None, description="the worker's working directory (a ComfyUI workspace)")
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
@@ -220,6 +226,7 @@ class UpdateParameters(BaseModel):
     width: Dimension | None = None
     height: Dimension | None = None
     warmup: StrictBool = Field(False, description="warm up after the update even when nothing requires it")
+    max_latency_ms: LatencyBudget | None = Field(None, description="a new latency budget (ms)")
     cwd: str | None = None
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
@@ -287,6 +294,17 @@ class StreamStats(BaseModel):
     published: int = 0
     fps_in: float = 0.0
     fps_out: float = 0.0
+    input_fps: float = Field(0.0, description="frames per second arriving (decoded)")
+    worker_fps: float | None = Field(None, description="what the worker can do: 1 / its time per frame")
+    output_fps: float = Field(0.0, description="frames per second leaving the pipeline")
+    skipped_late: int = Field(0, description="skipped: could not come out within the latency budget")
+    skipped_overload: int = Field(0, description="skipped: the worker is slower than the input")
+    skipped_error: int = Field(0, description="skipped: the workflow failed on them")
+    skip_ratio: float = Field(0.0, description="skipped / received over the last seconds")
+    latency_ms: dict[str, float | None] = Field(
+        default_factory=dict, description="p50/p95/p99 latency (ms), ingest to publish, server-side"
+    )
+    max_latency_ms: float | None = None
 
 
 class WorkerStatus(BaseModel):

@@ -92,6 +92,7 @@ class PipelineResources:
             height=spec.height,
             stream_id=spec.stream_id,
             max_inflight=self.config.max_inflight,
+            max_latency_ms=spec.extra_params.get("max_latency_ms") or self.config.max_latency_ms,
             backend=self.backend,
             **worker_params,
         )

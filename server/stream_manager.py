@@ -204,6 +204,8 @@ class StreamManager:
         fields: dict[str, Any] = {k: getattr(parsed, k) for k in ("width", "height") if k in given}
         if parsed.warmup is not None:
             fields["warmup"] = parsed.warmup
+        if parsed.max_latency_ms is not None:
+            fields["max_latency_ms"] = parsed.max_latency_ms
         for key in WORKER_PARAMS:
             if getattr(parsed, key) is not None:
                 fields[key] = getattr(parsed, key)

@@ -94,7 +94,7 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         use_prompt_worker=params.use_prompt_worker,
         extra_params={
             **(params.model_extra or {}),
-            **params.model_dump(include=set(WORKER_PARAMS), exclude_none=True),
+            **params.model_dump(include={*WORKER_PARAMS, "max_latency_ms"}, exclude_none=True),
         },
     )
     await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
