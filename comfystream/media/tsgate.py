@@ -3,11 +3,19 @@
 FFmpeg's demuxer resyncs over garbage and its H.264 decoder conceals what is missing, so a
 damaged segment would come out as damaged frames, silently. The gate checks each 188-byte
 packet (sync byte, per-PID continuity counter) and holds back the bytes of the video PES in
-progress until it is known to be whole: at once when its last byte arrives if its header gives
-its length (our encoder writes it), else when the next video PES starts (the demuxer cannot emit
-a PES without a length any earlier, so holding that one costs nothing). At the first fault the
-held PES and everything after it are dropped: the frames before the fault come out intact, and
-none after it.
+progress until it is known to be whole, and passes it on at its last byte:
+
+- when its header gives its length (our encoder writes it), once that many bytes are in;
+- when it has none (PES_packet_length 0: FFmpeg's default for video, so Livepeer's and most
+  publishers' TS), at the packet that ends it: the one whose adaptation field carries stuffing,
+  which a muxer adds only where the PES runs out of bytes (ISO 13818-1, 2.4.3.5). The gate then
+  writes the PES's real length into its header, so that FFmpeg's demuxer emits it at once
+  instead of waiting for the next PES to start (one frame interval; at the end of a stream,
+  until the channel closes). A PES over 65535 bytes, which no length field can hold, or one
+  that fills its last packet exactly, waits for the next PES start as before.
+
+At the first fault the held PES and everything after it are dropped: the frames before the fault
+come out intact, and none after it.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ class TsGate:
         self._video_seen = False
         self._pes_pid: int | None = None  # the PES being held, while it is not whole yet
         self._pes_missing: int | None = None  # its bytes still to come (None: no length given)
+        self._pes_start = 0  # where the PES header sits in the held bytes' first packet
+        self._pes_size = 0  # PES bytes held so far (header included), for a length-less PES
 
     def push(self, data: bytes) -> bytes:
         if self.error is not None or not data:
@@ -56,18 +66,42 @@ class TsGate:
                 self._pes_pid = _pid(packet)
                 length = (packet[pes_start + 4] << 8) | packet[pes_start + 5]
                 self._pes_missing = length + _PES_HEADER - (TS_PACKET - pes_start) if length else None
+                self._pes_start, self._pes_size = pes_start, TS_PACKET - pes_start
+                if self._pes_missing is None and _stuffed(packet) and self._close_unbounded():
+                    out += self._take_held()
             elif self._pes_pid is None:
                 out += packet  # no PES held (tables, or after a whole one): nothing to wait for
                 continue
             else:
                 self._held += packet
-                if self._pes_missing is not None and _pid(packet) == self._pes_pid:
-                    self._pes_missing -= _payload_size(packet)
+                if _pid(packet) == self._pes_pid:
+                    if self._pes_missing is not None:
+                        self._pes_missing -= _payload_size(packet)
+                    else:
+                        self._pes_size += _payload_size(packet)
+                        if _stuffed(packet) and self._close_unbounded():
+                            out += self._take_held()
+                            continue
             if self._pes_missing is not None and self._pes_missing <= 0:
                 out += self._held  # the PES is whole: the demuxer can emit it now
                 self._held.clear()
                 self._pes_pid = self._pes_missing = None
         return bytes(out)
+
+    def _close_unbounded(self) -> bool:
+        """The length-less PES held has just ended: give it its length (False if none fits)."""
+        length = self._pes_size - _PES_HEADER
+        if length > 0xFFFF:
+            return False
+        at = self._pes_start + 4
+        self._held[at : at + 2] = length.to_bytes(2, "big")
+        return True
+
+    def _take_held(self) -> bytes:
+        out = bytes(self._held)
+        self._held.clear()
+        self._pes_pid = self._pes_missing = None
+        return out
 
     def finish(self) -> bytes:
         """The end of the segment: the last PES goes through, unless the segment was cut
@@ -127,6 +161,27 @@ class TsGate:
 
 def _pid(packet: memoryview) -> int:
     return ((packet[1] & 0x1F) << 8) | packet[2]
+
+
+def _stuffed(packet: memoryview) -> bool:
+    """Whether the packet's adaptation field holds stuffing bytes (more bytes than its flags need)."""
+    afc = (packet[3] >> 4) & 3
+    if not afc & 2 or not afc & 1:
+        return False
+    length = packet[4]
+    if length == 0:
+        return True  # a one-byte adaptation field: stuffing of exactly one byte
+    flags = packet[5]
+    need = 1 + (6 if flags & 0x10 else 0) + (6 if flags & 0x08 else 0) + (1 if flags & 0x04 else 0)
+    if flags & 0x02:  # transport private data: its own length byte
+        if 5 + need >= TS_PACKET:
+            return False
+        need += 1 + packet[5 + need]
+    if flags & 0x01:  # adaptation field extension: its own length byte
+        if 5 + need >= TS_PACKET:
+            return False
+        need += 1 + packet[5 + need]
+    return length > need
 
 
 def _payload_size(packet: memoryview) -> int:

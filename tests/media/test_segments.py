@@ -284,3 +284,72 @@ def test_decoded_frames_pass_straight_through_the_encoder_unchanged(three_second
     assert [(f.pts, f.time_base, f.pict_type) for f in decoded] == before
     assert [seconds(f) for f in out] == [seconds(f) for f in frames]
     assert [read_index(frame_to_ndarray(f)) for f in out] == list(range(90))
+
+
+@pytest.fixture
+def ffmpeg_muxing(monkeypatch):
+    """Our encoder muxing TS as FFmpeg does by default (and so Livepeer's publishers): video PES
+    without a length (PES_packet_length 0)."""
+    from comfystream.media import encoder
+
+    monkeypatch.setattr(encoder, "_MUX_OPTIONS", {"flush_packets": "1"})
+
+
+def _pes_lengths(data: bytes) -> list[int]:
+    """PES_packet_length of every video PES that starts in `data`."""
+    out = []
+    for i in range(0, len(data) - 187, 188):
+        p = data[i : i + 188]
+        if not p[1] & 0x40:
+            continue
+        start = 4 + (1 + p[4] if p[3] & 0x20 else 0)
+        if p[start : start + 3] == b"\0\0\1" and 0xE0 <= p[start + 3] <= 0xEF:
+            out.append(int.from_bytes(p[start + 4 : start + 6], "big"))
+    return out
+
+
+def test_a_pes_without_length_leaves_at_its_last_byte(ffmpeg_muxing):
+    """TS as FFmpeg muxes it: no frame waits for the next one's bytes, nor the last for the end
+    of the segment; each frame comes out whole and in order."""
+    encoder = SegmentEncoder(W, H, segment_seconds=10.0)
+    per_frame = [b"".join(c.data for c in encoder.encode(f)) for f in index_frames(20)]
+    assert set(_pes_lengths(b"".join(per_frame))) == {0}, "the muxer writes length-less video PES"
+
+    got: list[int] = []
+    cond = threading.Condition()
+
+    def on_frame(frame):
+        with cond:
+            got.append(read_index(frame_to_ndarray(frame)))
+            cond.notify_all()
+
+    decoder = SegmentDecoder(on_frame=on_frame, stream_id="t")
+    behind: list[int] = []
+    try:
+        for i, data in enumerate(per_frame):
+            decoder.feed(data)
+            with cond:
+                cond.wait_for(lambda i=i: len(got) > i, timeout=5)
+                behind.append(i + 1 - len(got))
+        decoder.end_segment()
+    finally:
+        decoder.close()
+    assert behind == [0] * 20, "a frame waited for the next one's bytes"
+    assert got == list(range(20)) and decoder.stats.corrupt_segments == 0
+
+
+def test_gate_gives_a_length_less_pes_its_length_at_its_last_packet(ffmpeg_muxing):
+    encoder = SegmentEncoder(W, H, segment_seconds=10.0)
+    per_frame = [b"".join(c.data for c in encoder.encode(f)) for f in index_frames(3)]
+    gate = TsGate()
+    passed = [gate.push(data) for data in per_frame]
+    assert [len(p) for p in passed] == [len(d) for d in per_frame] and gate.error is None
+    lengths = _pes_lengths(b"".join(passed))
+    assert len(lengths) == 3 and all(n > 0 for n in lengths)
+    # The lengths written are exact: the whole stream decodes, each frame from its own PES.
+    frames = SegmentDecoder().decode_segment(b"".join(passed))
+    assert [read_index(frame_to_ndarray(f)) for f in frames] == [0, 1, 2]
+    # Cut inside a frame (its last packet missing): that PES is held back, not passed on short.
+    cut = TsGate()
+    head = per_frame[0][:-188]
+    assert len(cut.push(head)) < len(head)
