@@ -72,7 +72,9 @@ async def test_hung_worker_is_replaced_and_a_stubborn_one_is_killed(backend, tmp
 
 
 async def _one_stream(backend, name: str, warm_pids: set[int]) -> int:
-    pipeline = ProcessPoolPipeline(width=64, height=48, stream_id=name, backend=backend, warmup_frames=0)
+    pipeline = ProcessPoolPipeline(
+        width=64, height=48, stream_id=name, backend=backend, warmup_frames=0, max_latency_ms=None
+    )
     await pipeline.initialize([DEFAULT_PROMPT])
     try:
         pid = pipeline.worker_status()[0]["pid"]
