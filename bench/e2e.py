@@ -50,12 +50,21 @@ def fps_of(reader: OutputReader) -> float:
     return (len(frames) - 1) / (frames[-1].received_at - frames[0].received_at)
 
 
-def latencies(reader: OutputReader, publisher: PatternPublisher) -> list[float]:
+def latencies(reader: OutputReader, publisher: PatternPublisher, skip_s: float = 0.0) -> list[float]:
+    """Publish-to-receive latency (ms) of every frame received; with `skip_s`, of the frames sent
+    after the first `skip_s` seconds of the run only (the start: connections, codecs, warm-up)."""
+    if not publisher.sent_at:
+        return []
+    start = min(publisher.sent_at.values())
     return [
         (f.received_at - publisher.sent_at[f.index]) * 1000
         for f in reader.frames
-        if f.index in publisher.sent_at
+        if f.index in publisher.sent_at and publisher.sent_at[f.index] - start >= skip_s
     ]
+
+
+def quantiles(values: list[float]) -> str:
+    return f"p50 {pct(values, 0.5):6.1f} p95 {pct(values, 0.95):6.1f} p99 {pct(values, 0.99):6.1f} ms"
 
 
 async def run_relay_only(relay: str, size: int, frames: int, fps: int) -> tuple[float, list[float]]:
@@ -110,8 +119,9 @@ async def run_streams(
             dropped += (await resp.json())["stats"]["dropped"]
     per_stream_fps = [fps_of(r) for r in readers]
     lat = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p)]
+    settled = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p, 1.0)]
     received = sum(len(r.frames) for r in readers)
-    return per_stream_fps, lat, received, dropped
+    return per_stream_fps, lat, settled, received, dropped
 
 
 async def wait_healthy(
@@ -165,7 +175,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
             ref_fps = None
             for n in counts:
-                fps_list, lat, received, dropped = await run_streams(
+                fps_list, lat, settled, received, dropped = await run_streams(
                     http, base, relay, n, args.size, args.frames, args.fps
                 )
                 med = statistics.median(lat) if lat else float("nan")
@@ -177,6 +187,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"   received {received}/{n * args.frames}, dropped {dropped}"
                     f"   | latency x{med / base_med:5.2f} baseline, fps x{mean_fps / ref_fps:4.2f} of 1 stream"
                 )
+                print(f"    latency, whole run     : {quantiles(lat)}")
+                print(f"    latency, after 1st s   : {quantiles(settled)}")
             # The machine may have changed under us: the baseline again, after.
             after_fps, after_lat = await run_relay_only(relay, args.size, args.frames, args.fps)
             print(
