@@ -121,6 +121,13 @@ async def run_streams(
     lat = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p)]
     settled = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p, 1.0)]
     received = sum(len(r.frames) for r in readers)
+    worst = sorted(
+        ((f.received_at - p.sent_at[f.index]) * 1000, f.index)
+        for r, p in zip(readers, publishers, strict=True)
+        for f in r.frames
+        if f.index in p.sent_at
+    )[-4:]
+    print("    slowest frames (index: ms): " + ", ".join(f"{i}: {ms:.0f}" for ms, i in reversed(worst)))
     return per_stream_fps, lat, settled, received, dropped
 
 

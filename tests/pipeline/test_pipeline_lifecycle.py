@@ -52,6 +52,9 @@ async def test_hung_worker_is_replaced_and_a_stubborn_one_is_killed(backend, tmp
         decoded = [check_output(f) for f in outputs]
         assert [n for n, _ in decoded] == sorted({n for n, _ in decoded})
         assert stats["mismatched"] == 0 and stats["passed_through"] > 0
+        # Frames passed through after processed ones (the restart) are reported, once per episode.
+        assert [t for t, _ in events].count("passthrough") == 1
+        assert stats["passed_through_after_start"] == stats["passed_through"]
         assert stats["processed"] + stats["passed_through"] + stats["dropped"] == stats["received"]
 
         # Now a worker that ignores SIGTERM while hung: stop must end with SIGKILL.
