@@ -352,7 +352,7 @@ class BasePipeline:
             self._prompt_ms.append(prompt_ms)
             output = ndarray_to_frame(image, entry.frame)  # copies out of shared memory
             output.opaque = _Ingest(entry.received)
-            tracker.complete(frame_id, output)
+            tracker.complete(frame_id, output, exec_ms / 1000.0)
         self._pump()
 
     def _on_lost(self, frame_ids: list[int], reason: str) -> None:

@@ -156,14 +156,14 @@ class FrameTracker:
 
     # -- output side ---------------------------------------------------------------------------
 
-    def complete(self, frame_id: int, output: Any) -> bool:
+    def complete(self, frame_id: int, output: Any, work_s: float | None = None) -> bool:
         """The processed frame for `frame_id`; False (and counted) when no such frame is in flight."""
         entry = self.inflight.pop(frame_id, None)
         if entry is None:
             self.counts["mismatched"] += 1
             logger.error("stream %s: output for frame %d, which is not in flight", self.stream_id, frame_id)
             return False
-        self.scheduler.completed(frame_id, self.clock())
+        self.scheduler.completed(frame_id, self.clock(), work_s)
         entry.state = DONE
         entry.output = output
         self.counts["processed"] += 1

@@ -33,7 +33,9 @@ _MIN_SAMPLES_FOR_OVERLOAD = 5  # one slow frame (a cold start, a hiccup) is not 
 _INTERVAL_ALPHA = 0.1
 _ENTER_OVERLOAD = 1.02  # service / interval above which frames are chosen by the walk...
 _LEAVE_OVERLOAD = 0.95  # ...and below which they go in oldest first again (hysteresis)
-_MAX_LEAD_S = 0.005  # a frame is handed over at most this long before the worker needs it
+_MIN_LEAD_S = 0.005  # under overload a frame is handed over this long before the worker needs it,
+# or longer: twice the delay the round trip through the server has been adding (a busy loop
+# answers late, and a worker left waiting for its next frame loses rate), up to half a frame time
 _EPSILON_S = 1e-6  # a wake-up time this close counts as now (no endless wake-ups at float noise)
 
 
@@ -73,6 +75,7 @@ class FrameScheduler:
         self.inflight: dict[int, float] = {}  # frame id -> when it went in (insertion = worker order)
         self.service_s: float | None = None  # the worker's time per frame, measured
         self._samples: deque[float] = deque(maxlen=_SERVICE_SAMPLES)
+        self._delays: deque[float] = deque(maxlen=_SERVICE_SAMPLES)  # round trip beyond the work
         self.interval_s: float | None = None  # the input's frame interval (media time), measured
         self.overloaded = False
         self._last_done: float | None = None  # when the worker last finished a frame
@@ -110,13 +113,16 @@ class FrameScheduler:
     def submitted(self, frame_id: int, now: float) -> None:
         self.inflight[frame_id] = now
 
-    def completed(self, frame_id: int, now: float) -> None:
-        """The worker returned `frame_id` (processed or failed): one sample of its time per frame."""
+    def completed(self, frame_id: int, now: float, work_s: float | None = None) -> None:
+        """The worker returned `frame_id` (processed or failed): one sample of its time per frame.
+        `work_s`: what the worker itself spent on it, when known (the rest is the round trip)."""
         submitted = self.inflight.pop(frame_id, None)
         if submitted is None:
             return
         started = submitted if self._last_done is None else max(submitted, self._last_done)
         self._samples.append(max(now - started, 0.0))
+        if work_s is not None and submitted >= (self._last_done or float("-inf")):
+            self._delays.append(max(now - submitted - work_s, 0.0))
         self.service_s = statistics.median(self._samples)
         self._last_done = now
         self._update_regime()
@@ -143,7 +149,10 @@ class FrameScheduler:
         decision = Decision()
         service = self.service_s or 0.0
         busy_until = self._busy_until(now, service)
-        self._skip_late(now, max(now, busy_until) + service, decision)
+        # An idle worker always gets a frame: the estimate that makes every waiting frame late may
+        # be stale (a cold start, a hiccup), and only frames that go in can correct it.
+        keep = 1 if room and not self.inflight else 0
+        self._skip_late(now, max(now, busy_until) + service, decision, keep)
         if not self.waiting:
             return decision
         if not self.overloaded or self.max_latency_s is None:
@@ -154,7 +163,7 @@ class FrameScheduler:
             return decision
         # Overload: hand a frame over only as the worker is about to need it, so that it is the
         # freshest one and does not queue behind the frame being processed.
-        lead = min(service / 4.0, _MAX_LEAD_S)
+        lead = self._lead(service)
         if self.inflight and busy_until - lead > now + _EPSILON_S:
             decision.wake_at = busy_until - lead
             return decision
@@ -189,6 +198,10 @@ class FrameScheduler:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _lead(self, service: float) -> float:
+        delay = statistics.median(self._delays) if self._delays else 0.0
+        return min(max(_MIN_LEAD_S, 2.0 * delay), service / 2.0)
+
     def _busy_until(self, now: float, service: float) -> float:
         """When the worker is expected to have finished every frame it holds."""
         end = self._last_done if self._last_done is not None else float("-inf")
@@ -196,11 +209,12 @@ class FrameScheduler:
             end = max(submitted, end) + service
         return max(end, now) if self.inflight else now
 
-    def _skip_late(self, now: float, done_at: float, decision: Decision) -> None:
-        """Frames that could not come out within the budget even if they went in now."""
+    def _skip_late(self, now: float, done_at: float, decision: Decision, keep: int = 0) -> None:
+        """Frames that could not come out within the budget even if they went in now (but the
+        newest `keep`)."""
         if self.max_latency_s is None:
             return
-        while self.waiting and done_at - self.waiting[0].arrival > self.max_latency_s:
+        while len(self.waiting) > keep and done_at - self.waiting[0].arrival > self.max_latency_s:
             decision.skipped_late.append(self.waiting.popleft().frame_id)
 
     def _skip_stale(self, now: float, service: float, decision: Decision) -> None:
