@@ -113,6 +113,7 @@ class TrickleStream(StreamBase):
             # output starts at once and the stream never joins its own input late.
             if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
                 self._output = FramePublisher(self.spec.publish_url, stream_id=self.stream_id)
+                await self._output.prepare(self.spec.width, self.spec.height)
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
             audio = asyncio.create_task(self._egress_audio(), name=f"stream-{self.stream_id}-audio")

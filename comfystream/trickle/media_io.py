@@ -215,6 +215,13 @@ class FramePublisher:
             elif self._encoder is not None:
                 await run_uncut(self._encode_and_send(self._encoder.encode, frame))
 
+    async def prepare(self, width: int, height: int) -> None:
+        """Open the encoder now for frames of this size, not at the first frame: opening x264
+        takes tens of ms, which the first frames would wait for."""
+        async with self._lock:
+            if self._encoder is None and not self._closed:
+                await self._new_encoder(*(self._size or (width, height)))
+
     def _encode_video(self, encoder: SegmentEncoder, frame: av.VideoFrame) -> list[EncodedChunk]:
         before = encoder.frames_dropped
         chunks = encoder.encode(frame)
@@ -230,7 +237,8 @@ class FramePublisher:
             )
             await self._retire_encoder()
         self._generation += 1
-        self._encoder = SegmentEncoder(width, height, **self._options)
+        # (in a thread: opening x264 would stall the loop, every stream's frames with it)
+        self._encoder = await asyncio.to_thread(SegmentEncoder, width, height, **self._options)
         return self._encoder
 
     async def _retire_encoder(self) -> None:
