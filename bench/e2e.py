@@ -116,7 +116,10 @@ async def run_streams(
     dropped = 0
     for name in names:
         async with http.get(f"{base}/stream/{name}") as resp:
-            dropped += (await resp.json())["stats"]["dropped"]
+            stats = (await resp.json())["stats"]
+        dropped += stats["dropped"]
+        server_side = {k: stats.get(k) for k in ("latency_ms", "worker_fps", "skipped_late", "skipped_overload")}
+        print(f"    server-side (ingest to publish): {server_side}")
     per_stream_fps = [fps_of(r) for r in readers]
     lat = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p)]
     settled = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p, 1.0)]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 DEFAULT_MAX_LATENCY_MS = 500.0
 
 _SERVICE_SAMPLES = 9  # the worker's time per frame is the median of its last 9 frames:
-_MIN_SAMPLES_FOR_OVERLOAD = 5  # one slow frame (a cold start, a hiccup) is not an overload
+_MIN_SAMPLES_FOR_OVERLOAD = 9  # a few slow frames (a cold start, a hiccup) are not an overload
 _INTERVAL_ALPHA = 0.1
 _ENTER_OVERLOAD = 1.02  # service / interval above which frames are chosen by the walk...
 _LEAVE_OVERLOAD = 0.95  # ...and below which they go in oldest first again (hysteresis)
