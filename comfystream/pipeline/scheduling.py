@@ -13,11 +13,14 @@ not mistaken for a faster input):
   `service_s` of pts (a Bresenham walk: with a worker at 2/3 of the input rate, two of every
   three frames go in and never two in a row are skipped), and each is handed over just before the
   worker finishes the one it has, so that the chosen frame is the freshest and waits in no queue.
-  A frame waiting longer than one worker period while fresher ones have arrived is skipped too
-  (the worker fell behind): latency stays at one worker period instead of growing to the budget.
+  A frame that has waited longer than a frame interval while a fresher one arrived is skipped
+  too (the worker fell behind): latency stays near the worker's own time instead of growing to
+  the budget. Overload is declared on a full window of measurements (one slow frame is not one).
 
 In both regimes the worker is never left idle while a frame that can still be on time waits: when
-the frame the walk wants has not arrived yet, the newest waiting frame goes in instead.
+the frame the walk wants has not arrived yet, the newest waiting frame goes in instead; and an idle
+worker always gets a frame, even when the estimate says every waiting one is late (a stale
+estimate must not starve the stream). Without a budget (`max_latency_s` None) nothing is skipped.
 """
 
 from __future__ import annotations
