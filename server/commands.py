@@ -220,6 +220,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     from server.app import create_app
+    from server.malloc_arenas import cap_malloc_arenas
+
+    cap_malloc_arenas()  # before any thread allocates: a long-running server must not grow
 
     try:
         config = config_from_args(args)
