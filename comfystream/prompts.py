@@ -6,6 +6,8 @@ import copy
 import json
 from typing import Any
 
+from comfystream import json_limits
+
 # LoadTensor -> ImageInvert -> SaveTensor: the prompt a stream runs when none is given.
 DEFAULT_PROMPT: dict[str, dict[str, Any]] = {
     "1": {"class_type": "LoadTensor", "inputs": {}},
@@ -21,7 +23,7 @@ class PromptFormatError(ValueError):
 def _one_prompt(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = json_limits.loads(value)
         except json.JSONDecodeError as exc:
             raise PromptFormatError(f"{where}: not valid JSON ({exc.msg} at position {exc.pos})") from None
     if isinstance(value, dict) and set(value) >= {"prompt"} and isinstance(value["prompt"], dict | str):
@@ -41,7 +43,7 @@ def normalize_prompts(value: Any) -> list[dict[str, Any]]:
     """Return a list of API-format prompts from a dict, a JSON string, or a list of either."""
     if isinstance(value, str):
         try:
-            parsed = json.loads(value)
+            parsed = json_limits.loads(value)
         except json.JSONDecodeError as exc:
             raise PromptFormatError(f"prompt: not valid JSON ({exc.msg} at position {exc.pos})") from None
         value = parsed

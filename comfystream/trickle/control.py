@@ -19,6 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from comfystream import json_limits
+
 from .protocol import KEEPALIVE_MESSAGE, SEQ_CURRENT, TrickleError
 from .subscriber import TrickleSubscriber
 from .tasks import cancel_and_wait
@@ -92,7 +94,7 @@ class ControlSubscriber:
         if not raw.strip():
             return
         try:
-            message = json.loads(raw)
+            message = json_limits.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self.bad_messages += 1
             logger.warning("[%s] control segment %d is not JSON: %s", self.stream_id, seq, exc)

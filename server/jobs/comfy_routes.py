@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from comfystream import json_limits
 from server.app_keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
@@ -27,7 +28,7 @@ async def _json_or(request: web.Request, default: Any) -> Any:
     if not raw.strip():
         return default
     try:
-        return json.loads(raw)
+        return json_limits.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
@@ -104,6 +105,8 @@ async def post_queue(request: web.Request) -> web.Response:
 
 async def post_interrupt(request: web.Request) -> web.Response:
     data = await _json_or(request, {})
+    if data is None:  # unreadable JSON (or nested too deep) is no request to interrupt everything
+        return _bad_request("invalid_request", "Invalid request", "the body is not valid JSON")
     prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
     scheduler_of(request.app).interrupt(str(prompt_id) if prompt_id else None)
     return web.Response(status=200)

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from comfystream import json_limits
 from comfystream.engine import parse_prompt
 from comfystream.prompts import PromptFormatError
 from server.app_keys import NODE_REGISTRY_KEY
@@ -54,7 +55,7 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], tuple[str, b
                 fields[key] = value
         if isinstance(fields.get("prompt"), str):
             try:
-                fields["prompt"] = json.loads(fields["prompt"])
+                fields["prompt"] = json_limits.loads(fields["prompt"])
             except json.JSONDecodeError as exc:
                 raise BadTask(
                     "invalid_prompt", "Invalid prompt", f"the prompt field is not JSON: {exc}"
@@ -62,7 +63,7 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], tuple[str, b
         return fields, upload
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = json_limits.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadTask("invalid_json", "Invalid JSON", str(exc)) from None
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from comfystream import json_limits
 from server.jobs import binary
 from server.jobs.queue import QueueItem
 from server.jobs.settings import hub_of, scheduler_of
@@ -185,7 +186,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 try:
-                    data = json.loads(msg.data)
+                    data = json_limits.loads(msg.data)
                 except json.JSONDecodeError:
                     logger.warning("ws client %s sent invalid JSON", sid)
                     continue

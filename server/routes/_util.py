@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from comfystream import json_limits
 from comfystream.engine import PromptValidationError
 from comfystream.prompts import PromptFormatError
 from server import errors
@@ -33,7 +34,7 @@ async def json_body(request: web.Request, *, required: bool = True) -> Any:
             raise errors.invalid_json(ValueError("the request body is empty"))
         return {}
     try:
-        return json.loads(raw)
+        return json_limits.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise errors.invalid_json(exc) from None
 

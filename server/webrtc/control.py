@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCDataChannel
 
+from comfystream import json_limits
 from server.webrtc.session import NotNow, WebRTCStream
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class ControlChannel:
     async def handle(self, raw: str | bytes) -> dict[str, Any]:
         """One request -> its reply (never raises for bad input)."""
         try:
-            message = json.loads(raw)
+            message = json_limits.loads(raw)
         except (TypeError, ValueError) as exc:
             return {"type": "error", "success": False, "error": f"not valid JSON: {exc}"}
         if not isinstance(message, dict):
