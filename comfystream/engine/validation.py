@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,12 +120,43 @@ class _Validator:
         self.registry = registry
         self.extra_data = extra_data
         self.validated: dict[str, tuple[bool, list[dict[str, Any]], str]] = {}
+        self.visiting_set: set[str] = set()  # the ids on the `visiting` path, for a constant-time check
 
     def validate_inputs(self, unique_id: str, visiting: list[str]) -> tuple[bool, list[dict[str, Any]], str]:
+        """ComfyUI's recursive validation, run on an explicit stack: each node's check is a generator
+        that yields the id of a linked node it needs and is resumed with that node's result (or
+        the exception it raised), so a chain of any length never reaches Python's recursion limit."""
+        stack = [self._validate_node(unique_id, visiting)]
+        result: Any = None
+        error: BaseException | None = None
+        while stack:
+            try:
+                if error is not None:
+                    thrown, error = error, None
+                    needed = stack[-1].throw(thrown)
+                else:
+                    needed = stack[-1].send(result)
+            except StopIteration as done:
+                stack.pop()
+                result = done.value
+                continue
+            except Exception as exc:
+                stack.pop()
+                if not stack:
+                    raise
+                error = exc  # into the node that linked to this one, as the recursion raised it
+                continue
+            result = None
+            stack.append(self._validate_node(needed, visiting))
+        return result
+
+    def _validate_node(
+        self, unique_id: str, visiting: list[str]
+    ) -> Generator[str, Any, tuple[bool, list[dict[str, Any]], str]]:
         prompt, validated = self.prompt, self.validated
         if unique_id in validated:
             return validated[unique_id]
-        if unique_id in visiting:
+        if unique_id in self.visiting_set:  # the list's own `in` is linear: a long chain went quadratic
             path_nodes = visiting[visiting.index(unique_id) :] + [unique_id]
             cycle_nodes = list(dict.fromkeys(path_nodes))
             cycle_path = " -> ".join(f"{n} ({prompt[n]['class_type']})" for n in path_nodes)
@@ -211,10 +242,12 @@ class _Validator:
                     continue
                 try:
                     visiting.append(unique_id)
+                    self.visiting_set.add(unique_id)
                     try:
-                        r = self.validate_inputs(o_id, visiting)
+                        r = yield o_id  # validated by validate_inputs' loop, not by recursion
                     finally:
                         visiting.pop()
+                        self.visiting_set.discard(unique_id)
                     if r[0] is False:
                         valid = False  # the linked node's own errors are recorded under its id
                         continue
