@@ -320,7 +320,12 @@ class TrickleRelay:
         try:
             first = await self._next_chunk(request, seg, first=True)
             if first is None:
-                # closed while preconnected (or an empty body): the seq is spent anyway
+                # An empty body, or a preconnected POST its publisher dropped: close the segment
+                # now, so that a reader waiting in it moves on instead of stalling until the
+                # segment leaves the window. The seq is spent anyway.
+                if not seg.closed:
+                    logger.info("trickle relay: %s/%d ended with no data; closed", name, seg.seq)
+                seg.close()
                 channel.next_write = max(channel.next_write, seg.seq + 1)
                 channel.write_time = time.monotonic()
                 headers = {HEADER_SEQ: str(seg.seq), "Connection": "close"}
@@ -341,7 +346,8 @@ class TrickleRelay:
             seg.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            return _text(500, "Server error")
+            # The publisher left (a stream stopping, or an aborted segment): not a server error.
+            return _text(499, "Publisher gone")
         seg.close()
         logger.debug("trickle relay: %s/%d done, %d bytes", name, seg.seq, total)
         headers = {HEADER_SEQ: str(seg.seq)}
