@@ -22,6 +22,7 @@ from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics
 from server.openapi import OpenApiRegistry
+from server.origin_check import OriginPolicy, documented_responses, origin_middleware
 from server.pipelines import PipelineResources
 from server.stream_manager import PipelineFactory, StreamManager
 from server.workspace import NodeSetup, load_nodes
@@ -53,9 +54,13 @@ def create_app(
     """The server's application. `registry` and `pipeline_factory` default to the engine's registry
     (built-in and custom nodes) and the worker-backed pipelines; tests and embedders may pass theirs."""
     config = config or ServerConfig()
-    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(
+        client_max_size=CLIENT_MAX_SIZE,
+        middlewares=[origin_middleware(OriginPolicy(config.allowed_origins))],
+    )
     app[CONFIG_KEY] = config
     app[OPENAPI_KEY] = OpenApiRegistry()
+    app[OPENAPI_KEY].common_responses.append(documented_responses)
     app[EVENT_BUS_KEY] = EventBus()
     app[METRICS_KEY] = ServerMetrics()
     nodes = NodeSetup(registry) if registry is not None else load_nodes(config)

@@ -102,6 +102,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="the editor's settings and saved workflows (default: the workspace's user/, or ./user)",
     )
+    parser.add_argument(
+        "--allow-origin",
+        dest="allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (scheme://host[:port], or *) allowed to change state besides the "
+        "server's own, e.g. a UI served elsewhere (repeatable; default: same origin only)",
+    )
+    parser.add_argument(
+        "--allow-stream-host",
+        dest="allowed_stream_hosts",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a host that stream URLs (subscribe, publish, control, events) may name (repeatable; "
+        "default: any). With --relay the server's own relay is always allowed",
+    )
     # The dispatcher has a global --log-level; this one lets it follow the subcommand too.
     parser.add_argument("--log-level", dest="log_level", default=argparse.SUPPRESS, help="logging level")
     parser.set_defaults(func=run)
@@ -195,7 +213,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--gpu-min-free-mib cannot be negative")
     if args.max_latency_ms <= 0:
         raise ValueError("--max-latency-ms must be positive")
+    from server.origin_check import OriginPolicy
+
+    OriginPolicy(args.allowed_origins)  # a bad origin is a usage error
     return ServerConfig(
+        allowed_origins=list(args.allowed_origins),
+        allowed_stream_hosts=list(args.allowed_stream_hosts),
         host=args.host,
         port=args.port,
         workspace=args.workspace,

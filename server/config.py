@@ -41,6 +41,11 @@ class ServerConfig:
     registration: Any = None  # server.registration.CapabilitySettings: register with an orchestrator
     pipeline_name: str = "comfystream"  # the capability's name: /version's model_id, status events' pipeline
     user_dir: Path | None = None  # the editor's settings and saved workflows; None: the workspace's user/, else ./user
+    # --allow-origin: browser origins (scheme://host[:port], or *) that may change state besides the
+    # server's own (server.origin_check).
+    allowed_origins: list[str] = field(default_factory=list)
+    # --allow-stream-host: hosts (host or host:port) stream URLs may name; empty: any.
+    allowed_stream_hosts: list[str] = field(default_factory=list)
 
     @property
     def custom_node_dirs(self) -> list[Path]:

@@ -31,19 +31,26 @@ class Operation:
     alias_of: str | None = None
 
 
+ResponsesFor = Callable[[Operation], dict[int, "type[BaseModel] | str | None"]]
+
+
 class OpenApiRegistry:
     def __init__(self) -> None:
         self.operations: list[Operation] = []
+        # Answers a middleware may give on top of an operation's own (e.g. 403 for a foreign
+        # Origin): each maps an operation to the statuses it adds.
+        self.common_responses: list[ResponsesFor] = []
 
     def add(self, operation: Operation) -> None:
         self.operations.append(operation)
 
     def document(self, title: str, version: str, description: str = "") -> dict[str, Any]:
         models: list[tuple[type[BaseModel], str]] = []
+        responses_of = {id(op): self._responses(op) for op in self.operations}
         for op in self.operations:
             if op.request_model is not None:
                 models.append((op.request_model, "validation"))
-            models.extend((m, "serialization") for m in op.responses.values() if isinstance(m, type))
+            models.extend((m, "serialization") for m in responses_of[id(op)].values() if isinstance(m, type))
         unique = list(dict.fromkeys(models))
         refs, defs = models_json_schema(unique, ref_template="#/components/schemas/{model}")
         paths: dict[str, dict[str, Any]] = {}
@@ -78,7 +85,7 @@ class OpenApiRegistry:
                     "required": op.request_required,
                     "content": {"application/json": {"schema": refs[(op.request_model, "validation")]}},
                 }
-            for status, model in op.responses.items():
+            for status, model in responses_of[id(op)].items():
                 response: dict[str, Any] = {"description": _STATUS_TEXT.get(status, str(status))}
                 if isinstance(model, type):
                     response["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
@@ -94,11 +101,20 @@ class OpenApiRegistry:
         }
 
 
+    def _responses(self, op: Operation) -> dict[int, type[BaseModel] | str | None]:
+        responses = dict(op.responses)
+        for extra in self.common_responses:
+            for status, model in extra(op).items():
+                responses.setdefault(status, model)
+        return dict(sorted(responses.items()))
+
+
 _STATUS_TEXT = {
     200: "OK",
     201: "Created",
     204: "No content",
     400: "Bad input: the validation body, with ComfyUI's node_errors",
+    403: "Refused: a cross-site request (Origin not allowed), or a path outside the folders",
     404: "No such stream",
     409: "A stream with this id is already running",
     503: "At capacity (--max-streams), or no GPU has room for another worker",
