@@ -111,6 +111,18 @@ Flag = Annotated[bool | None, BeforeValidator(_flag), WithJsonSchema({"type": "b
 TrickleUrl = Annotated[str, BeforeValidator(_check_url)]
 OptionalTrickleUrl = Annotated[str | None, BeforeValidator(_check_url)]
 StreamId = Annotated[str | None, AfterValidator(_check_stream_id)]
+
+
+def _operator_only(value: str | None) -> str | None:
+    if value is not None:
+        raise ValueError(
+            "a worker's working directory is set by the server's operator (--workspace), not by a request"
+        )
+    return value
+
+
+# A setting that touches the machine (where a worker runs, what files it sees): refused in requests.
+OperatorOnly = Annotated[str | None, AfterValidator(_operator_only)]
 # Params that configure a worker process itself (the seed's restart parameters).
 WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
 
@@ -144,7 +156,9 @@ class StreamParams(GivesPrompts, BaseModel):
         description="latency budget (ms, ingest to publish): a frame that could not come out within "
         "it is skipped; default: the server's --max-latency-ms",
     )
-    cwd: str | None = Field(None, description="the worker's working directory (a ComfyUI workspace)")
+    cwd: OperatorOnly = Field(
+        None, description="refused: the workers' directory is the operator's --workspace, never a request's"
+    )
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
     max_framerate: MaxFramerate = Field(
@@ -227,7 +241,7 @@ class UpdateParameters(BaseModel):
     height: Dimension | None = None
     warmup: StrictBool = Field(False, description="warm up after the update even when nothing requires it")
     max_latency_ms: LatencyBudget | None = Field(None, description="a new latency budget (ms)")
-    cwd: str | None = None
+    cwd: OperatorOnly = None
     disable_cuda_malloc: StrictBool | None = None
     gpu_only: StrictBool | None = None
 

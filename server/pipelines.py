@@ -99,8 +99,14 @@ class PipelineResources:
 
 
 def _worker_params(spec: StreamSpec) -> dict[str, Any]:
-    """The stream's parameters that choose its worker process (cwd, disable_cuda_malloc, gpu_only)."""
-    return {k: spec.extra_params[k] for k in WORKER_PARAMS if spec.extra_params.get(k) is not None}
+    """The stream's parameters that choose its worker process (disable_cuda_malloc, gpu_only). Not
+    cwd: that is the operator's (the backend's --workspace); a request never names one (the models
+    refuse it; this is the second line)."""
+    return {
+        k: spec.extra_params[k]
+        for k in WORKER_PARAMS
+        if k != "cwd" and spec.extra_params.get(k) is not None
+    }
 
 
 async def check_gpu_room(app: web.Application, spec: StreamSpec) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from comfystream.engine import ValidationResult, validate_prompt
 from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
+from server.prompt_files import refuse_outside_files
 
 
 class PromptRejected(ValueError):
@@ -30,7 +31,7 @@ def validate_prompts(
     given = not (value is None or value == [] or value == "")
     prompts = normalize_prompts_or_default(value) if default_if_none else normalize_prompts(value)
     for index, prompt in enumerate(prompts):
-        result = validate_prompt(prompt, registry)
+        result = refuse_outside_files(prompt, registry) or validate_prompt(prompt, registry)
         if not result.ok:
             raise PromptRejected(result, index, len(prompts))
     return prompts, given

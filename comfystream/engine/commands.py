@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import logging
 import os
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from comfystream.comfyui.commands import add_workspace_argument
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--custom-nodes", action="append", default=[], metavar="DIR", help="custom node folder (repeatable)"
     )
     add_workspace_argument(p)
-    p.set_defaults(func=cmd_validate)
+    p.set_defaults(func=_local(cmd_validate))
 
     p = subparsers.add_parser(
         "execute",
@@ -45,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--custom-nodes", action="append", default=[], metavar="DIR", help="custom node folder (repeatable)"
     )
     add_workspace_argument(p)
-    p.set_defaults(func=cmd_execute)
+    p.set_defaults(func=_local(cmd_execute))
 
 
 def _read_workflow(path: str) -> Any:
@@ -66,6 +68,20 @@ def _registry(custom_nodes: list[str], workspace: str | None = None):
         last = error.strip().splitlines()[-1] if error.strip() else ""
         print(f"custom nodes: could not load {source}: {last}", file=sys.stderr)
     return registry
+
+
+def _local(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command run by the machine's own user: its workflow may name files anywhere (a prompt that
+    comes over HTTP is confined to the input, output and temp folders)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from comfystream.nodes.folders import outside_paths_allowed
+
+        with outside_paths_allowed():
+            return command(args)
+
+    return run
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

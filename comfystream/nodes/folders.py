@@ -7,10 +7,13 @@ environment (COMFYSTREAM_INPUT_DIR / _OUTPUT_DIR / _TEMP_DIR); otherwise `input/
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 
 from comfystream.engine.context import current_context
 
@@ -59,15 +62,52 @@ _ANNOTATIONS = {
 }
 
 
+class PathOutsideFolders(ValueError):
+    """A file name that leads out of the input, output and temp folders."""
+
+
+# Off by default: a prompt names files inside the folders. The local CLI (`comfystream execute`)
+# turns it on so that a workflow on the command line may name any file its user can read.
+_outside_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "comfystream_outside_paths_allowed", default=False
+)
+
+
+@contextlib.contextmanager
+def outside_paths_allowed() -> Iterator[None]:
+    """Within this block, prompts may name files anywhere (absolute paths, `..`)."""
+    token = _outside_allowed.set(True)
+    try:
+        yield
+    finally:
+        _outside_allowed.reset(token)
+
+
+def inside(folder: str, name: str) -> str:
+    """`folder/name`, or PathOutsideFolders when it leads out of `folder` (`..`, an absolute name, a
+    symlink). Decided without asking whether the file exists, so the answer never tells."""
+    base = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(base, name.replace("\0", "")))
+    if "\0" in name or os.path.commonpath((base, path)) != base:
+        raise PathOutsideFolders(f"{name!r} is outside the {os.path.basename(base) or base} folder")
+    return path
+
+
 def annotated_filepath(name: str) -> str:
-    """`name`, `name [output]` (ComfyUI's annotations) or a path, resolved to a file path."""
+    """`name` or `name [output]` (ComfyUI's annotations) resolved inside its folder; anything that
+    leads out of the folders is PathOutsideFolders. With `outside_paths_allowed()`, also a path."""
     for suffix, folder in _ANNOTATIONS.items():
         if name.endswith(" " + suffix):
-            return os.path.join(folder(), name[: -len(suffix) - 1])
+            stem = name[: -len(suffix) - 1]
+            if _outside_allowed.get():
+                return os.path.join(folder(), stem)
+            return inside(folder(), stem)
     in_input = os.path.join(get_input_directory(), name)
-    if os.path.isabs(name) or (not os.path.exists(in_input) and os.path.exists(name)):
-        return os.path.abspath(name)
-    return in_input
+    if _outside_allowed.get():
+        if os.path.isabs(name) or (not os.path.exists(in_input) and os.path.exists(name)):
+            return os.path.abspath(name)
+        return in_input
+    return inside(get_input_directory(), name)
 
 
 def _expand_vars(prefix: str, width: int, height: int) -> str:

@@ -61,9 +61,12 @@ class LoadImage:
 
     @classmethod
     def VALIDATE_INPUTS(cls, image):  # noqa: N802
-        if not isinstance(image, str) or not os.path.isfile(folders.annotated_filepath(image)):
-            return f"Invalid image file: {image}"
-        return True
+        # A name outside the folders gets the answer of a missing file: whether it exists stays unsaid.
+        try:
+            valid = isinstance(image, str) and os.path.isfile(folders.annotated_filepath(image))
+        except folders.PathOutsideFolders:
+            valid = False
+        return True if valid else f"Invalid image file: {image}"
 
 
 class PrimaryInputLoadImage(LoadImage):

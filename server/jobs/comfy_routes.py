@@ -268,7 +268,8 @@ async def system_stats(request: web.Request) -> web.Response:
                 "python_version": sys.version,
                 "pytorch_version": torch_version,
                 "embedded_python": False,
-                "argv": sys.argv,
+                # ComfyUI shows its command line here; ours may hold secrets (tokens as flags).
+                "argv": [],
             },
             "devices": devices,
         }

@@ -10,12 +10,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from comfystream.engine import ExecutionContext, ValidationResult, validate_prompt
+from comfystream.engine import ExecutionContext, ValidationResult, parse_prompt, validate_prompt
 from comfystream.engine.context import reset_current_context, set_current_context
+from comfystream.prompts import PromptFormatError
 from server.jobs.output_cache import cache_key
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import JobSettings
+from server.prompt_files import refuse_outside_files
 
 
 @dataclass
@@ -65,7 +67,12 @@ def validate_in_folders(
     prompt: Any, registry: Any, settings: JobSettings, partial: list[str] | None, extra_data: dict[str, Any]
 ) -> ValidationResult:
     with job_folders(settings):
-        return validate_prompt(prompt, registry, partial, extra_data)
+        try:
+            parsed = parse_prompt(prompt)
+        except PromptFormatError:
+            parsed = None  # validate_prompt answers it in ComfyUI's words
+        refused = refuse_outside_files(parsed, registry) if parsed is not None else None
+        return refused or validate_prompt(prompt, registry, partial, extra_data)
 
 
 def submit_prompt(

@@ -36,6 +36,7 @@ from server.models import (
 from server.openapi import route_adder
 from server.pipelines import check_gpu_room
 from server.routes._util import api_handler, json_body, parse, respond
+from server.stream_hosts import check_stream_urls
 from server.stream_manager import StreamManager
 from server.stream_spec import StreamSpec
 from server.workspace import describe as describe_workspace
@@ -74,6 +75,7 @@ def header_stream_id(request: web.Request) -> str | None:
 
 async def _start(request: web.Request, body: StartStreamRequest) -> web.Response:
     manager = _manager(request)
+    check_stream_urls(request, request.app[CONFIG_KEY], body)  # before anything connects out
     stream_id = header_stream_id(request) or body.chosen_id() or uuid.uuid4().hex
     prompts, given = manager.validate_prompts(body.params.prompt_value())
     params = body.params

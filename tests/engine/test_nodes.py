@@ -346,10 +346,15 @@ def test_load_image_with_alpha(registry, tmp_path, monkeypatch):
     (image, mask), _ = run_node(registry, "LoadImage", {"image": "pic.png"})
     close(image, rgba[None, :, :, :3].astype(np.float32) / 255.0)
     close(mask, 1.0 - rgba[None, :, :, 3].astype(np.float32) / 255.0)
-    # a path works too
+    # a path works too where the local CLI allows paths outside the folders (over HTTP it does not)
+    from comfystream.nodes.folders import PathOutsideFolders, outside_paths_allowed
+
     monkeypatch.delenv("COMFYSTREAM_INPUT_DIR")
-    (image2, _), _ = run_node(registry, "LoadImage", {"image": str(tmp_path / "pic.png")})
+    with outside_paths_allowed():
+        (image2, _), _ = run_node(registry, "LoadImage", {"image": str(tmp_path / "pic.png")})
     close(image2, image)
+    with pytest.raises(PathOutsideFolders):
+        registry["LoadImage"]().load_image(str(tmp_path / "pic.png"))
 
 
 def test_load_image_missing_file_fails_validation(registry):
