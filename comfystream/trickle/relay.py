@@ -286,7 +286,12 @@ class TrickleRelay:
                     }
                 )
                 response.enable_chunked_encoding()
-                await response.prepare(request)
+                try:
+                    await response.prepare(request)
+                except (ConnectionError, RuntimeError) as exc:
+                    # the reader left while the segment was on its way (a stream stopping)
+                    logger.debug("trickle relay: reader of %s/%d gone: %s", name, seg.seq, exc)
+                    return response
             try:
                 await response.write(chunk)
             except (ConnectionError, RuntimeError) as exc:

@@ -171,15 +171,23 @@ class TrickleSubscriber:
         (as the reference client does) so that a dead connection does not hang us."""
         task = self._pending if self._pending is not None else self._start_get(seq)
         self._pending = None
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.refresh_interval)
-            if done:
-                return task.result()
-            logger.debug("[%s] trickle GET %s/%d: refreshing", self.stream_id, self.url, seq)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.refresh_interval)
+                if done:
+                    return task.result()
+                logger.debug("[%s] trickle GET %s/%d: refreshing", self.stream_id, self.url, seq)
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    (await task).close()
+                task = self._start_get(seq)
+        except asyncio.CancelledError:
+            # The reader stops (a stream stopping): the GET in flight goes too, and its outcome
+            # (a response, or "Connector is closed" once the session closes) is consumed, never
+            # left as "Task exception was never retrieved".
             task.cancel()
-            with contextlib.suppress(BaseException):
-                (await task).close()
-            task = self._start_get(seq)
+            task.add_done_callback(_discard_response)
+            raise
 
     async def next(self) -> TrickleSegment | None:
         """The next segment, or ``None`` once the channel has ended."""
@@ -269,6 +277,13 @@ class TrickleSubscriber:
     async def _backoff(self, failures: int, cap: float | None = None) -> None:
         delay = min(self.retry_delay * (2 ** (failures - 1)), cap or self.max_retry_delay)
         await asyncio.sleep(delay)
+
+
+def _discard_response(task: asyncio.Task[aiohttp.ClientResponse]) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is None:
+        task.result().close()
 
 
 def _int_header(response: aiohttp.ClientResponse, name: str, default: int) -> int:
