@@ -174,7 +174,8 @@ class StreamManager:
         if prompt_value is None:
             prompts = stream.spec.prompts
         else:
-            prompts, _ = self.validate_prompts(prompt_value, default_if_none=False)
+            # In a thread: the loop carries every stream's frames while a large prompt is checked.
+            prompts, _ = await asyncio.to_thread(self.validate_prompts, prompt_value, default_if_none=False)
         result = await stream.update(prompts, parameters)
         self._metrics.prompt_updates.labels(source).inc()
         self._params_updated(stream, params, prompt_value, parameters)

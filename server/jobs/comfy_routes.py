@@ -17,7 +17,7 @@ from comfystream import json_limits
 from server.app_keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
-from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt
+from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt_async
 from server.jobs.ws import queue_info
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         )
     extra_data = data.get("extra_data") if isinstance(data.get("extra_data"), dict) else {}
     partial = data.get("partial_execution_targets")
-    submitted = submit_prompt(
+    submitted = await submit_prompt_async(
         PromptRequest(
             prompt=data["prompt"],
             prompt_id=str(data["prompt_id"]) if data.get("prompt_id") is not None else None,

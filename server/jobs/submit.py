@@ -3,6 +3,7 @@ registry, with the jobs' input folder in view), number it, and hand it to the sc
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -75,8 +76,35 @@ def validate_in_folders(
         return refused or validate_prompt(prompt, registry, partial, extra_data)
 
 
-def submit_prompt(
+async def submit_prompt_async(
     request: PromptRequest, registry: Any, settings: JobSettings, scheduler: JobScheduler
+) -> Submitted:
+    """`submit_prompt` with the validation in a thread: a large prompt (thousands of nodes takes
+    seconds) must not hold up the event loop that carries every stream's frames."""
+    result = await asyncio.to_thread(
+        validate_in_folders,
+        request.prompt,
+        registry,
+        settings,
+        request.partial_execution_targets,
+        _extra_data(request),
+    )
+    return submit_prompt(request, registry, settings, scheduler, validated=result)
+
+
+def _extra_data(request: PromptRequest) -> dict[str, Any]:
+    extra_data = dict(request.extra_data or {})
+    if request.client_id is not None:
+        extra_data["client_id"] = request.client_id
+    return extra_data
+
+
+def submit_prompt(
+    request: PromptRequest,
+    registry: Any,
+    settings: JobSettings,
+    scheduler: JobScheduler,
+    validated: ValidationResult | None = None,
 ) -> Submitted:
     prompt_id = str(request.prompt_id) if request.prompt_id is not None else str(uuid.uuid4())
     if scheduler.queue.knows(prompt_id):
@@ -87,10 +115,8 @@ def submit_prompt(
                 "invalid_prompt", "Invalid prompt", f"prompt_id {prompt_id} is already queued or running"
             ),
         )
-    extra_data = dict(request.extra_data or {})
-    if request.client_id is not None:
-        extra_data["client_id"] = request.client_id
-    result = validate_in_folders(
+    extra_data = _extra_data(request)
+    result = validated or validate_in_folders(
         request.prompt, registry, settings, request.partial_execution_targets, extra_data
     )
     if not result.ok:

@@ -23,7 +23,7 @@ from server.app_keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of, tracker_of
 from server.jobs.sse import HeartbeatEventSource
-from server.jobs.submit import PromptRequest, comfy_error, submit_prompt
+from server.jobs.submit import PromptRequest, comfy_error, submit_prompt_async
 from server.jobs.tasks import CreateTaskResponse
 
 logger = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ async def create_task(request: web.Request) -> web.Response:
         return _bad(comfy_error("invalid_input_image", "Invalid input image", str(exc)))
     client_id = fields.get("client_id")
     extra = fields.get("extra_data") if isinstance(fields.get("extra_data"), dict) else {}
-    submitted = submit_prompt(
+    submitted = await submit_prompt_async(
         PromptRequest(
             prompt=prompt,
             prompt_id=str(uuid.uuid4()),

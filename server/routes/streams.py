@@ -3,6 +3,7 @@ workers, and the gateway's BYOC single-stream forms."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -77,7 +78,8 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
     manager = _manager(request)
     check_stream_urls(request, request.app[CONFIG_KEY], body)  # before anything connects out
     stream_id = header_stream_id(request) or body.chosen_id() or uuid.uuid4().hex
-    prompts, given = manager.validate_prompts(body.params.prompt_value())
+    # In a thread: a large prompt takes a while to validate, and the loop carries every stream's frames.
+    prompts, given = await asyncio.to_thread(manager.validate_prompts, body.params.prompt_value())
     params = body.params
     spec = StreamSpec(
         stream_id=stream_id,

@@ -6,6 +6,7 @@ in `GET /streams` beside the trickle streams and stopped by `DELETE /stream/{id}
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -88,7 +89,7 @@ def _offer_has_video(sdp: str) -> bool:
 async def offer(request: web.Request) -> web.Response:
     body = parse(OfferRequest, await json_body(request))
     manager = _manager(request)
-    prompts, given = manager.validate_prompts(body.prompt_value())
+    prompts, given = await asyncio.to_thread(manager.validate_prompts, body.prompt_value())
     if not _offer_has_video(body.offer.sdp):
         raise errors.error_response(
             web.HTTPBadRequest, "Invalid offer", "the offer has no video (m=video) section"
