@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from server.trickle_client import OutputReader, PatternPublisher, create_channel  # noqa: E402
 
 EVIL = "http://evil.example"
+LIVE_SIZE = 64
 # Operations the fuzzer leaves alone: they end or restart the live stream by design (not bad input).
 EXCLUDED = [
     ("DELETE", "/stream/{id}"),
@@ -47,6 +48,17 @@ EXCLUDED = [
     ("POST", "/stream/{id}/restart-worker"),
     ("POST", "/stream/{id}/restart-workers"),
 ]
+# What schemathesis checks: no server error, statuses and media types and bodies as documented,
+# 405 with a true Allow header for a method a path does not serve.
+CHECKS = [
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "unsupported_method",
+    "allow_header_conformance",
+]
+SCHEMATHESIS_OUTPUT = os.environ.get("CHAOS_SCHEMATHESIS_OUTPUT")  # a file for its full report
 BAD_LOG = re.compile(r" ERROR |Traceback|never retrieved|Unclosed")
 
 
@@ -91,7 +103,20 @@ class Serve:
             self.proc.wait()
 
     def bad_log_lines(self) -> list[str]:
-        return [ln for ln in self.log_path.read_text().splitlines() if BAD_LOG.search(ln)]
+        """ERROR lines and the like, each traceback with its last lines (where it was raised)."""
+        lines = self.log_path.read_text().splitlines()
+        out = []
+        for i, line in enumerate(lines):
+            if BAD_LOG.search(line):
+                out.append(line)
+                if line.startswith("Traceback"):
+                    block = []
+                    for nxt in lines[i + 1 : i + 60]:
+                        if re.match(r"^\d{4}-\d\d-\d\d ", nxt):
+                            break
+                        block.append(nxt)
+                    out.extend(block[-6:])
+        return out
 
     def status_500_lines(self) -> list[str]:
         return [ln for ln in self.log_path.read_text().splitlines() if '" 500 ' in ln]
@@ -102,7 +127,7 @@ class LiveStream:
 
     def __init__(self, base: str, name: str) -> None:
         self.base, self.name = base, name
-        self.publisher = PatternPublisher(f"{base}/trickle/{name}", 64, 64, fps=20, segment_seconds=0.5)
+        self.publisher = PatternPublisher(f"{base}/trickle/{name}", LIVE_SIZE, LIVE_SIZE, fps=20, segment_seconds=0.5)
         self.reader = OutputReader(f"{base}/trickle/{name}-out")
         self.tasks: list[asyncio.Task] = []
         self.sent = 0
@@ -113,7 +138,7 @@ class LiveStream:
             "subscribe_url": f"{self.base}/trickle/{self.name}",
             "publish_url": f"{self.base}/trickle/{self.name}-out",
             "gateway_request_id": self.name,
-            "params": {"width": 64, "height": 64},
+            "params": {"width": LIVE_SIZE, "height": LIVE_SIZE},
         }
         async with http.post(f"{self.base}/stream/start", json=body) as resp:
             assert resp.status == 200, await resp.text()
@@ -291,6 +316,11 @@ def fuzz_schema(document: dict[str, Any], live_id: str) -> dict[str, Any]:
     doc = json.loads(json.dumps(document))
     for method, path in EXCLUDED:
         doc["paths"].get(path, {}).pop(method.lower(), None)
+    # Size changes are valid requests that restart the live stream's worker: keep its size.
+    for schema in doc.get("components", {}).get("schemas", {}).values():
+        for name in ("width", "height"):
+            if name in schema.get("properties", {}):
+                schema["properties"][name] = {"type": "integer", "enum": [LIVE_SIZE]}
     for path, ops in list(doc["paths"].items()):
         if not ops:
             del doc["paths"][path]
@@ -319,10 +349,14 @@ def run_schemathesis(base: str, doc: dict[str, Any], workdir: Path, seconds: int
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     cmd = [exe, "run", str(schema_path), "--url", base, "--checks", "not_a_server_error,status_code_conformance",
            "--max-examples", str(max_examples), "--max-time", str(seconds), "--workers", "1",
-           "--request-timeout", "10", "--report", "har", "--report-har-path", str(har), "--no-color"]  # fmt: skip
+           "--request-timeout", "30", "--report", "har", "--report-har-path", str(har), "--no-color"]  # fmt: skip
     t = time.monotonic()
+    checks = ",".join(CHECKS)
+    cmd[cmd.index("--checks") + 1] = checks
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     elapsed = time.monotonic() - t
+    if SCHEMATHESIS_OUTPUT:
+        Path(SCHEMATHESIS_OUTPUT).write_text(proc.stdout + proc.stderr)
     entries = json.loads(har.read_text())["log"]["entries"] if har.exists() else []
     statuses: Counter[int] = Counter()
     undocumented: Counter[str] = Counter()
@@ -415,7 +449,7 @@ async def main(args: argparse.Namespace) -> int:
                 "stats_after": {k: after["stats"].get(k) for k in ("processed", "passed_through", "skipped", "dropped")},
             }
             live = None
-            report["server_log"] = {"http_500": len(serve.status_500_lines()), "bad_lines": serve.bad_log_lines()[:10]}
+            report["server_log"] = {"http_500": len(serve.status_500_lines()), "bad_lines": serve.bad_log_lines()[:40]}
         finally:
             if live is not None:
                 await live.abort()

@@ -128,7 +128,7 @@ def setup_routes(app: web.Application) -> None:
         stream_preview,
         "The stream's latest output frame as JPEG (204 before the first)",
         query={"w": f"maximum width in pixels (default {PREVIEW_MAX_WIDTH})"},
-        responses={200: "image/jpeg", 204: None, 404: None},
+        responses={200: "image/jpeg", 204: None, 400: "application/json", 404: None},
     )
     route(
         "GET",

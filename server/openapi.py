@@ -26,7 +26,8 @@ class Operation:
     tags: tuple[str, ...] = ()
     request_model: type[BaseModel] | None = None
     request_required: bool = True
-    responses: dict[int, type[BaseModel] | str | None] = field(default_factory=dict)
+    # status -> a response model, a media type (free-form body), (media type, JSON schema), or None
+    responses: dict[int, Any] = field(default_factory=dict)
     query: dict[str, str] = field(default_factory=dict)  # name -> description
     alias_of: str | None = None
 
@@ -90,7 +91,9 @@ class OpenApiRegistry:
                 if isinstance(model, type):
                     response["content"] = {"application/json": {"schema": refs[(model, "serialization")]}}
                 elif isinstance(model, str):  # a media type with a free-form body
-                    response["content"] = {model: {"schema": {"type": "string"}}}
+                    response["content"] = {model: {"schema": free_form_schema(model)}}
+                elif isinstance(model, tuple):  # (media type, JSON schema): a body no model describes
+                    response["content"] = {model[0]: {"schema": model[1]}}
                 entry["responses"][str(status)] = response
             paths.setdefault(path, {})[op.method.lower()] = entry
         return {
@@ -110,15 +113,43 @@ class OpenApiRegistry:
 
 
 _STATUS_TEXT = {
+    101: "Switching protocols (a WebSocket)",
     200: "OK",
     201: "Created",
     204: "No content",
     400: "Bad input: the validation body, with ComfyUI's node_errors",
     403: "Refused: a cross-site request (Origin not allowed), or a path outside the folders",
-    404: "No such stream",
+    404: "Not found (no such stream, task, prompt or file)",
+    405: "Method not allowed",
     409: "A stream with this id is already running",
+    413: "The request body is too large",
     503: "At capacity (--max-streams), or no GPU has room for another worker",
 }
+
+
+# One Server-Sent Event as clients parse it: `data` (here always a JSON text), `event`, `id`, `retry`.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+
+
+def free_form_schema(media_type: str) -> dict[str, Any]:
+    """The schema of a body given only by its media type: any JSON value for JSON, bytes for
+    images, text otherwise (an SSE stream is text)."""
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return {}
+    if media_type == "text/event-stream":
+        return SSE_EVENT_SCHEMA
+    if media_type.startswith(("image/", "application/octet-stream")):
+        return {"type": "string", "format": "binary"}
+    return {"type": "string"}
 
 
 def _operation_id(method: str, path: str) -> str:

@@ -37,6 +37,37 @@ __all__ = [
 ]
 
 
+JSON = "application/json"
+SSE = "text/event-stream"
+# What each route answers (the OpenAPI document's responses; the 403 of a foreign Origin is added to
+# every state-changing one by server.origin_check).
+RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
+    ("POST", "/prompt"): {200: JSON, 400: JSON},
+    ("GET", "/prompt"): {200: JSON},
+    ("GET", "/queue"): {200: JSON},
+    ("POST", "/queue"): {200: None, 400: JSON},
+    ("POST", "/interrupt"): {200: None, 400: JSON},
+    ("GET", "/history"): {200: JSON, 400: JSON},
+    ("GET", "/history/{prompt_id}"): {200: JSON},
+    ("POST", "/history"): {200: None, 400: JSON},
+    ("GET", "/object_info"): {200: JSON},
+    ("GET", "/object_info/{node_class}"): {200: JSON},
+    ("GET", "/view"): {200: "application/octet-stream", 400: "text/plain", 403: "text/plain", 404: None},
+    ("POST", "/upload/image"): {200: JSON, 400: "text/plain"},
+    ("GET", "/system_stats"): {200: JSON},
+    ("GET", "/ws"): {101: None, 400: "text/plain"},
+    ("POST", "/tasks"): {200: JSON, 400: JSON},
+    ("GET", "/progress/{task_id}"): {200: SSE, 204: None, 404: JSON},
+}
+VIEW_QUERY = {
+    "filename": "the file's name (required)",
+    "type": "input, output (default) or temp",
+    "subfolder": "a folder inside it",
+    "preview": "webp or jpeg, and ;quality",
+    "channel": "rgba (default), rgb or a",
+}
+
+
 def setup_routes(app: web.Application) -> None:
     """Register the routes. The settings come from the server config unless `app[JOB_SETTINGS_KEY]`
     is set before startup; the scheduler and its workers start with the app."""
@@ -72,9 +103,12 @@ def setup_routes(app: web.Application) -> None:
         ),
     ]
     for method, path, handler, summary, tag in routes:
-        add_api_route(app, api, method, path, handler, summary, tags=(tag,))
+        spec: dict[str, Any] = {"responses": RESPONSES.get((method, path), {200: JSON})}
+        if path == "/view":
+            spec["query"] = VIEW_QUERY
+        add_api_route(app, api, method, path, handler, summary, tags=(tag,), **spec)
         add_api_route(
-            app, api, method, f"/api{path}", handler, summary, tags=(tag,), alias_of=f"{method} {path}"
+            app, api, method, f"/api{path}", handler, summary, tags=(tag,), alias_of=f"{method} {path}", **spec
         )
     add_api_route(
         app,
@@ -84,6 +118,7 @@ def setup_routes(app: web.Application) -> None:
         stream_events.stream_events,
         "The stream's events: state, warmup, worker restarts, stats, errors (Server-Sent Events)",
         tags=("streams",),
+        responses={200: SSE, 404: JSON},
     )
     app.on_startup.append(_start)
     app.on_shutdown.append(_shutdown)

@@ -187,7 +187,10 @@ async def view(request: web.Request) -> web.StreamResponse:
 async def upload_image(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         return web.Response(status=400, text="expected multipart/form-data with an `image` file")
-    post = await request.post()
+    try:
+        post = await request.post()
+    except ValueError as exc:  # a multipart body without its boundary, or malformed
+        return web.Response(status=400, text=f"bad multipart body: {exc}")
     image = post.get("image")
     if image is None or not hasattr(image, "file"):
         return web.Response(status=400, text="no `image` file in the form")

@@ -44,7 +44,10 @@ def _bad(error: dict[str, Any], node_errors: dict[str, Any] | None = None) -> we
 async def _read_body(request: web.Request) -> tuple[dict[str, Any], tuple[str, bytes] | None]:
     """The body's fields, and the uploaded image (filename, bytes) if there is one."""
     if request.content_type.startswith("multipart/"):
-        post = await request.post()
+        try:
+            post = await request.post()
+        except ValueError as exc:  # a multipart body without its boundary, or malformed
+            raise BadTask("invalid_request", "Invalid request", f"bad multipart body: {exc}") from None
         fields: dict[str, Any] = {}
         upload = None
         for key, value in post.items():

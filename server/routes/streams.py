@@ -44,6 +44,29 @@ from server.workspace import describe as describe_workspace
 
 logger = logging.getLogger(__name__)
 
+# `/stream/{id}` without the single-stream forms' names: otherwise it also matches `/stream/start`
+# and a 405 there would advertise GET and DELETE in its Allow header.
+STREAM_BY_ID = "/stream/{id:(?!(?:start|stop|params|status)$)[^/]+}"
+# The stats bodies: the pipeline's counters (received, processed, dropped, fps, latency, ...) beside
+# these fields; which counters depends on the pipeline, so they are open.
+STREAM_STATS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "stream_id": {"type": "string"},
+        "state": {"type": "string"},
+        "timestamp": {"type": "number", "description": "seconds since the epoch"},
+    },
+    "required": ["stream_id", "state", "timestamp"],
+}
+ALL_STATS_SCHEMA = {
+    "type": "object",
+    "description": "stream id -> that stream's stats",
+    "additionalProperties": {
+        "type": "object",
+        "properties": {"timestamp": {"type": "number"}},
+        "required": ["timestamp"],
+    },
+}
 # Keys a params update carries to address a stream rather than to change it.
 _ID_KEYS = ("gateway_request_id", "request_id", "stream_id")
 # go-livepeer's orchestrator names the stream in this header on every request to the worker
@@ -387,7 +410,7 @@ def setup_routes(app: web.Application) -> None:
         "/streams/stats",
         all_stats,
         "Stats of every running stream, by id",
-        responses={200: "application/json"},
+        responses={200: ("application/json", ALL_STATS_SCHEMA)},
     )
     # The BYOC forms before /stream/{id}, though aiohttp prefers the plain path anyway.
     route(
@@ -421,14 +444,14 @@ def setup_routes(app: web.Application) -> None:
     )
     route(
         "GET",
-        "/stream/{id}",
+        STREAM_BY_ID,
         get_stream,
         "A stream's status and stats, with ai-runner's status event (`status`)",
         responses={200: StreamInfo, 404: err},
     )
     route(
         "DELETE",
-        "/stream/{id}",
+        STREAM_BY_ID,
         delete_stream,
         "Stop a stream",
         responses={200: StopStreamResponse, 404: err},
@@ -475,7 +498,7 @@ def setup_routes(app: web.Application) -> None:
         "/stream/{id}/stats",
         stream_stats,
         "A stream's stats (fps, dropped, latency)",
-        responses={200: "application/json", 404: err},
+        responses={200: ("application/json", STREAM_STATS_SCHEMA), 404: err},
     )
     route(
         "GET",
