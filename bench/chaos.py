@@ -98,9 +98,14 @@ class Serve:
             await asyncio.sleep(0.2)
 
     def stop(self) -> None:
+        """SIGTERM (its workers and their shared memory go with it), SIGKILL if that hangs."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def bad_log_lines(self) -> list[str]:
         """ERROR lines and the like, each traceback with its last lines (where it was raised)."""
