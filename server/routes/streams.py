@@ -4,13 +4,13 @@ workers, and the gateway's BYOC single-stream forms."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 
 from aiohttp import web
 
+from comfystream import json_limits
 from server import errors
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
 from server.gateway_params import unwrap_params
@@ -288,8 +288,8 @@ async def _stop_body(request: web.Request) -> tuple[str | None, str | None]:
     if not text:
         return None, None
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = json_limits.loads(text)
+    except ValueError:  # not JSON, or nested too deep to be anything but a reason (JsonTooDeep)
         return None, text[:_STOP_REASON_MAX]
     if isinstance(data, dict):
         body = parse(StopStreamRequest, data)

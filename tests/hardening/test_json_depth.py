@@ -59,7 +59,8 @@ async def test_deep_bodies_are_400_everywhere(server: Server, depth: int) -> Non
         status, body = await server.call(
             method, path, data=nested(depth), headers={"Content-Type": "application/json"}
         )
-        assert status == 400, (path, status, body)
+        # A stop's body may be a plain-text reason (go-livepeer's); with no stream running it is a 404.
+        assert status == (404 if path == "/stream/stop" else 400), (path, status, body)
     # Deep inside a valid-looking start body, and deep inside its prompt string (depth 900 reached
     # pydantic's serializer: a 500 before).
     deep = json.loads(nested(900))
