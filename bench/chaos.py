@@ -132,7 +132,9 @@ class LiveStream:
 
     def __init__(self, base: str, name: str) -> None:
         self.base, self.name = base, name
-        self.publisher = PatternPublisher(f"{base}/trickle/{name}", LIVE_SIZE, LIVE_SIZE, fps=20, segment_seconds=0.5)
+        self.publisher = PatternPublisher(
+            f"{base}/trickle/{name}", LIVE_SIZE, LIVE_SIZE, fps=20, segment_seconds=0.5
+        )
         self.reader = OutputReader(f"{base}/trickle/{name}-out")
         self.tasks: list[asyncio.Task] = []
         self.sent = 0
@@ -205,10 +207,14 @@ async def case_deep_json(http: aiohttp.ClientSession, base: str) -> dict[str, An
     for depth in (900, 5000, 50_000):
         body = "[" * depth + "]" * depth
         for path in routes:
-            status, _ = await call(http, "POST", base + path, data=body, headers={"Content-Type": "application/json"})
+            status, _ = await call(
+                http, "POST", base + path, data=body, headers={"Content-Type": "application/json"}
+            )
             statuses[status] += 1
     deep = json.loads("[" * 900 + "]" * 900)
-    status, _ = await call(http, "POST", f"{base}/stream/live/update-prompts", json={"prompt": {"1": {"x": deep}}})
+    status, _ = await call(
+        http, "POST", f"{base}/stream/live/update-prompts", json={"prompt": {"1": {"x": deep}}}
+    )
     statuses[status] += 1
     return {"requests": sum(statuses.values()), "statuses": dict(statuses)}
 
@@ -216,7 +222,12 @@ async def case_deep_json(http: aiohttp.ClientSession, base: str) -> dict[str, An
 async def case_long_chain(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for length in (1000, 10_000):
-        prompt: dict[str, Any] = {"0": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}}
+        prompt: dict[str, Any] = {
+            "0": {
+                "class_type": "EmptyImage",
+                "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+            }
+        }
         for i in range(1, length + 1):
             prompt[str(i)] = {"class_type": "ImageInvert", "inputs": {"image": [str(i - 1), 0]}}
         prompt[str(length + 1)] = {"class_type": "PreviewImage", "inputs": {"images": [str(length), 0]}}
@@ -246,7 +257,9 @@ async def case_empty_segments(http: aiohttp.ClientSession, base: str) -> dict[st
             else:
                 host, port = base.split("//")[1].split(":")
                 _, writer = await asyncio.open_connection(host, int(port))
-                writer.write(f"POST /trickle/chaos-empty/{seq} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+                writer.write(
+                    f"POST /trickle/chaos-empty/{seq} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+                )
                 await writer.drain()
                 writer.close()
             await call(http, "POST", f"{url}/{seq + 1}", data=b"data")
@@ -347,7 +360,9 @@ def _template(doc: dict[str, Any], method: str, url_path: str) -> str | None:
     return None
 
 
-def run_schemathesis(base: str, doc: dict[str, Any], workdir: Path, seconds: int, max_examples: int) -> dict[str, Any]:
+def run_schemathesis(
+    base: str, doc: dict[str, Any], workdir: Path, seconds: int, max_examples: int
+) -> dict[str, Any]:
     schema_path = workdir / "openapi-fuzz.json"
     schema_path.write_text(json.dumps(doc))
     har = workdir / "fuzz.har"
@@ -371,8 +386,14 @@ def run_schemathesis(base: str, doc: dict[str, Any], workdir: Path, seconds: int
         path = "/" + entry["request"]["url"].split("//", 1)[1].split("/", 1)[1].split("?", 1)[0]
         statuses[status] += 1
         template = _template(doc, method, path)
-        documented = doc["paths"].get(template, {}).get(method.lower(), {}).get("responses", {}) if template else {}
-        if status == 0 and "200" in documented and "text/event-stream" in documented["200"].get("content", {}):
+        documented = (
+            doc["paths"].get(template, {}).get(method.lower(), {}).get("responses", {}) if template else {}
+        )
+        if (
+            status == 0
+            and "200" in documented
+            and "text/event-stream" in documented["200"].get("content", {})
+        ):
             continue  # an event stream read until the request timeout: it never ends by design
         if template and str(status) not in documented and "default" not in documented:
             undocumented[f"{method} {template} -> {status}"] += 1
@@ -384,7 +405,9 @@ def run_schemathesis(base: str, doc: dict[str, Any], workdir: Path, seconds: int
         "statuses": dict(sorted(statuses.items())),
         "undocumented": dict(undocumented.most_common()),
         "exit_code": proc.returncode,
-        "summary": proc.stdout[-1500:] if proc.returncode not in (0, 1) else proc.stdout.strip().splitlines()[-3:],
+        "summary": proc.stdout[-1500:]
+        if proc.returncode not in (0, 1)
+        else proc.stdout.strip().splitlines()[-3:],
     }
 
 
@@ -452,11 +475,18 @@ async def main(args: argparse.Namespace) -> int:
             report["live_stream"] = {
                 "state": after["state"],
                 **await live.finish(),
-                "stats_before": {k: before.get(k) for k in ("processed", "passed_through", "skipped", "dropped")},
-                "stats_after": {k: after["stats"].get(k) for k in ("processed", "passed_through", "skipped", "dropped")},
+                "stats_before": {
+                    k: before.get(k) for k in ("processed", "passed_through", "skipped", "dropped")
+                },
+                "stats_after": {
+                    k: after["stats"].get(k) for k in ("processed", "passed_through", "skipped", "dropped")
+                },
             }
             live = None
-            report["server_log"] = {"http_500": len(serve.status_500_lines()), "bad_lines": serve.bad_log_lines()[:40]}
+            report["server_log"] = {
+                "http_500": len(serve.status_500_lines()),
+                "bad_lines": serve.bad_log_lines()[:40],
+            }
         finally:
             if live is not None:
                 await live.abort()

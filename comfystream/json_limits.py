@@ -25,7 +25,8 @@ class JsonTooDeep(json.JSONDecodeError):
 def loads(raw: str | bytes | bytearray, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """`json.loads(raw)`, or JsonTooDeep when arrays and objects nest deeper than `max_depth`."""
     # Fewer brackets than the limit cannot nest past it: most bodies skip the walk entirely.
-    opening = raw.count("[" if isinstance(raw, str) else b"[") + raw.count("{" if isinstance(raw, str) else b"{")
+    brackets = ("[", "{") if isinstance(raw, str) else (b"[", b"{")
+    opening = sum(raw.count(b) for b in brackets)  # type: ignore[arg-type]
     try:
         value = json.loads(raw)
     except RecursionError:

@@ -32,7 +32,7 @@ class Operation:
     alias_of: str | None = None
 
 
-ResponsesFor = Callable[[Operation], dict[int, "type[BaseModel] | str | None"]]
+ResponsesFor = Callable[[Operation], dict[int, Any]]
 
 
 class OpenApiRegistry:
@@ -103,8 +103,7 @@ class OpenApiRegistry:
             "components": {"schemas": defs.get("$defs", {})},
         }
 
-
-    def _responses(self, op: Operation) -> dict[int, type[BaseModel] | str | None]:
+    def _responses(self, op: Operation) -> dict[int, Any]:
         responses = dict(op.responses)
         for extra in self.common_responses:
             for status, model in extra(op).items():

@@ -32,8 +32,10 @@ def escapes_folder(name: str) -> bool:
 
 
 def _names_a_file(input_type: Any, options: dict[str, Any]) -> bool:
-    return isinstance(input_type, list | tuple) or input_type == "COMBO" or any(
-        options.get(flag) for flag in _FILE_FLAGS
+    return (
+        isinstance(input_type, list | tuple)
+        or input_type == "COMBO"
+        or any(options.get(flag) for flag in _FILE_FLAGS)
     )
 
 

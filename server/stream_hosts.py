@@ -55,7 +55,9 @@ def refused_urls(config: ServerConfig, urls: dict[str, str | None], own_host: st
     return bad
 
 
-def check_stream_urls(request: web.Request, config: ServerConfig, body: object, fields: Iterable[str] = URL_FIELDS) -> None:
+def check_stream_urls(
+    request: web.Request, config: ServerConfig, body: object, fields: Iterable[str] = URL_FIELDS
+) -> None:
     """Raises the 400 for a start whose URLs name a host that is not allowed."""
     urls = {f: getattr(body, f, None) for f in fields}
     bad = refused_urls(config, urls, request.host)
@@ -66,7 +68,10 @@ def check_stream_urls(request: web.Request, config: ServerConfig, body: object, 
             f"{', '.join(bad)}: the host is not one this server may connect to (--allow-stream-host)",
             [
                 ValidationErrorItem(
-                    error_type="url_not_allowed", message="host not allowed", input_name=f, received_value=urls[f]
+                    error_type="url_not_allowed",
+                    message="host not allowed",
+                    input_name=f,
+                    received_value=urls[f],
                 )
                 for f in bad
             ],

@@ -46,7 +46,9 @@ def test_a_long_cycle_is_a_cycle(registry) -> None:
     prompt["1"]["inputs"]["image"] = [str(SHORT), 0]  # 1 -> ... -> SHORT -> 1
     result = validate_prompt(prompt, registry)
     assert not result.ok
-    cycle_errors = [e for n in result.node_errors.values() for e in n["errors"] if e["type"] == "dependency_cycle"]
+    cycle_errors = [
+        e for n in result.node_errors.values() for e in n["errors"] if e["type"] == "dependency_cycle"
+    ]
     assert cycle_errors and len(cycle_errors[0]["extra_info"]["cycle_nodes"]) == SHORT
     try:
         compile_prompt(prompt, registry)

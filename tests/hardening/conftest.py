@@ -46,7 +46,9 @@ async def server(no_leaks, request, tmp_path) -> AsyncIterator[Server]:
     base = str(test_server.make_url("")).rstrip("/")
     try:
         async with aiohttp.ClientSession() as http:
-            yield Server(test_server.app, base, f"{base}/trickle", http, kwargs["input_dir"], kwargs["output_dir"])
+            yield Server(
+                test_server.app, base, f"{base}/trickle", http, kwargs["input_dir"], kwargs["output_dir"]
+            )
     finally:
         await test_server.close()
 

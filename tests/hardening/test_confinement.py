@@ -48,7 +48,9 @@ async def test_prompt_files_outside_the_folders_get_one_answer(server: Server, t
     assert all(a == answers[0] for a in answers), answers
     # The same over /tasks (its input_image goes into the LoadImage) and for a stream's prompt.
     status, body = await server.call(
-        "POST", "/tasks", json={"prompt": load_image_prompt("ok.png"), "input_image": "../elsewhere/secret.png"}
+        "POST",
+        "/tasks",
+        json={"prompt": load_image_prompt("ok.png"), "input_image": "../elsewhere/secret.png"},
     )
     assert status in (400, 403, 404), body
     await create_channel(f"{server.relay}/s1")
@@ -99,7 +101,11 @@ async def test_stream_urls_limited_to_allowed_hosts(server: Server) -> None:
     status, answer = await server.call(
         "POST",
         "/stream/start",
-        json={"subscribe_url": f"{server.relay}/s3", "publish_url": f"{server.relay}/s3-out", "gateway_request_id": "s3"},
+        json={
+            "subscribe_url": f"{server.relay}/s3",
+            "publish_url": f"{server.relay}/s3-out",
+            "gateway_request_id": "s3",
+        },
     )
     assert status == 200, answer
     status, _ = await server.call("DELETE", "/stream/s3")

@@ -64,10 +64,17 @@ async def test_deep_bodies_are_400_everywhere(server: Server, depth: int) -> Non
     # Deep inside a valid-looking start body, and deep inside its prompt string (depth 900 reached
     # pydantic's serializer: a 500 before).
     deep = json.loads(nested(900))
-    for params in ({"extra": deep}, {"prompt": json.dumps({"1": {"class_type": "LoadTensor", "inputs": {"x": deep}}})}):
-        status, body = await server.call("POST", "/stream/start", json=start_body("deep", server.relay, params))
+    for params in (
+        {"extra": deep},
+        {"prompt": json.dumps({"1": {"class_type": "LoadTensor", "inputs": {"x": deep}}})},
+    ):
+        status, body = await server.call(
+            "POST", "/stream/start", json=start_body("deep", server.relay, params)
+        )
         assert status == 400, body
-    status, body = await server.call("POST", "/prompt", json={"prompt": {"1": {"class_type": "X", "inputs": {"v": deep}}}})
+    status, body = await server.call(
+        "POST", "/prompt", json={"prompt": {"1": {"class_type": "X", "inputs": {"v": deep}}}}
+    )
     assert status == 400, body
 
 

@@ -94,4 +94,6 @@ async def test_sigterm_with_streams_is_clean(no_leaks, free_port: int, tmp_path:
     text = log_path.read_text()
     bad = [line for line in text.splitlines() if BAD_LINES.search(line)]
     assert not bad, "\n".join(bad[:20])
-    assert "stream one: stopped" in text and "stream two: stopped (server shutting down)" in text, text[-3000:]
+    assert "stream one: stopped" in text and "stream two: stopped (server shutting down)" in text, text[
+        -3000:
+    ]
