@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from comfystream import json_limits
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.editor.frontend import extension_scripts
 from server.jobs.settings import JOB_SETTINGS_KEY
@@ -86,7 +87,7 @@ async def get_raw_logs(request: web.Request) -> web.Response:
 async def subscribe_logs(request: web.Request) -> web.Response:
     # Live log lines over /ws are ComfyUI's terminal panel; the panel reads /internal/logs/raw here.
     try:
-        await request.json()
+        await request.json(loads=json_limits.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return web.Response(status=400)
     return web.Response(status=200)
@@ -305,7 +306,7 @@ async def post_free(request: web.Request) -> web.Response:
     """ComfyUI's `/free` (unload models, free memory before the next prompt). Each job worker and each
     stream's worker owns its models for its whole life here, so there is nothing to do on request."""
     try:
-        body = await request.json()
+        body = await request.json(loads=json_limits.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
         body = {}
     logger.info("/free %s: workers keep their models (nothing to free between prompts)", body)

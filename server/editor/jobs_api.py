@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from comfystream import json_limits
 from server.jobs.queue import QueueItem
 from server.jobs.settings import scheduler_of
 
@@ -241,7 +242,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def cancel_jobs(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
+        body = await request.json(loads=json_limits.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _bad("Request body must be valid JSON")
     ids = body.get("job_ids") if isinstance(body, dict) else None

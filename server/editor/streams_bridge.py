@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from comfystream import json_limits
 from comfystream.engine.convert import PromptConversionError, convert_prompt
 from server.app_keys import STREAM_MANAGER_KEY
 from server.jobs.submit import comfy_error
@@ -31,7 +32,7 @@ async def apply_prompt(request: web.Request) -> web.Response:
     manager = request.app[STREAM_MANAGER_KEY]
     manager.get(stream_id)  # 404 before a 400 about the body
     try:
-        body = await request.json()
+        body = await request.json(loads=json_limits.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return _rejected("invalid_prompt", "Invalid prompt", "the body must be JSON")
     prompt: Any = body.get("prompt") if isinstance(body, dict) else None

@@ -17,6 +17,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from comfystream import json_limits
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_USER = "default"
@@ -117,7 +119,7 @@ def _store(request: web.Request) -> UserStore:
 
 async def _json(request: web.Request) -> Any:
     try:
-        return await request.json()
+        return await request.json(loads=json_limits.loads)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise web.HTTPBadRequest(text="the body must be JSON") from None
 

@@ -25,6 +25,8 @@ ROUTES = [
     ("POST", "/interrupt"),
     ("POST", "/tasks"),
     ("POST", "/offer"),
+    ("POST", "/api/jobs/cancel"),  # the ComfyUI editor's routes
+    ("PATCH", "/internal/logs/subscribe"),
 ]
 
 
