@@ -105,6 +105,9 @@ class OpenApiRegistry:
 
     def _responses(self, op: Operation) -> dict[int, Any]:
         responses = dict(op.responses)
+        if not responses:
+            # An operation that documents nothing yet: a lone 403 would claim it answers nothing else.
+            return responses
         for extra in self.common_responses:
             for status, model in extra(op).items():
                 responses.setdefault(status, model)

@@ -34,6 +34,42 @@ def user_dir_of(config: ServerConfig) -> Path:
     return Path(base) / "user"
 
 
+J = "application/json"
+# The statuses each editor route answers, for the OpenAPI document (schemathesis checks them; the 403
+# of a foreign Origin is added by server.origin_check). A non-200 answer's body is left undescribed.
+RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
+    ("GET", "/users"): {200: J},
+    ("POST", "/users"): {400: None},
+    ("GET", "/settings"): {200: J},
+    ("POST", "/settings"): {200: None, 400: None},
+    ("GET", "/settings/{id}"): {200: J},
+    ("POST", "/settings/{id}"): {200: None, 400: None},
+    ("GET", "/userdata"): {200: J, 400: None, 403: None, 404: None},
+    ("GET", "/v2/userdata"): {200: J, 400: None, 403: None, 404: None},
+    ("GET", "/userdata/{file}"): {200: None, 400: None, 403: None, 404: None},
+    ("POST", "/userdata/{file}"): {200: J, 400: None, 403: None, 409: None},
+    ("DELETE", "/userdata/{file}"): {204: None, 400: None, 403: None, 404: None},
+    ("POST", "/userdata/{file}/move/{dest}"): {200: J, 400: None, 403: None, 404: None, 409: None},
+    ("GET", "/models/{folder}"): {200: J, 404: None},
+    ("GET", "/experiment/models/{folder}"): {200: J, 404: None},
+    ("GET", "/view_metadata/{folder_name}"): {200: J, 404: None},
+    ("GET", "/workflow_templates/{package}/{file:.+}"): {200: None, 404: None},
+    ("GET", "/global_subgraphs/{id}"): {200: J, 404: None},
+    ("POST", "/free"): {200: None},
+    ("PATCH", "/internal/logs/subscribe"): {200: None, 400: None},
+    ("GET", "/internal/files/{directory_type}"): {200: J, 400: None},
+    ("GET", "/jobs"): {200: J, 400: None},
+    ("POST", "/jobs/cancel"): {200: J, 400: None},
+    ("GET", "/jobs/{job_id}"): {200: J, 404: None},
+    ("POST", "/jobs/{job_id}/cancel"): {200: J},
+    ("POST", "/comfystream/streams/{id}/prompt"): {200: J, 400: None, 404: None, 503: None},
+}
+
+
+def _responses(method: str, path: str) -> dict[int, Any]:
+    return RESPONSES.get((method, path), {200: J})
+
+
 def setup_routes(app: web.Application) -> None:
     app[user_data.USER_STORE_KEY] = user_data.UserStore(user_dir_of(app[CONFIG_KEY]))
     app[comfy_misc.LOG_BUFFER_KEY] = comfy_misc.LogBuffer()
@@ -41,8 +77,9 @@ def setup_routes(app: web.Application) -> None:
 
     def add(method: str, path: str, handler: Any, summary: str, bare: bool) -> None:
         """`/api{path}` (and `{path}` when `bare`), documented, and `/comfyui/api{path}` for the page."""
+        responses = _responses(method, path)
         if bare:
-            add_api_route(app, api, method, path, handler, summary, tags=("editor",))
+            add_api_route(app, api, method, path, handler, summary, tags=("editor",), responses=responses)
         add_api_route(
             app,
             api,
@@ -51,6 +88,7 @@ def setup_routes(app: web.Application) -> None:
             handler,
             summary,
             tags=("editor",),
+            responses=responses,
             **({"alias_of": f"{method} {path}"} if bare else {}),
         )
         app.router.add_route(method, f"{EDITOR_PREFIX}/api{path}", handler)
@@ -64,7 +102,9 @@ def setup_routes(app: web.Application) -> None:
     ):
         add(method, path, handler, summary, bare=False)
     for method, path, handler, summary in comfy_misc.INTERNAL_ROUTES:
-        add_api_route(app, api, method, path, handler, summary, tags=("editor",))
+        add_api_route(
+            app, api, method, path, handler, summary, tags=("editor",), responses=_responses(method, path)
+        )
         app.router.add_route(method, f"{EDITOR_PREFIX}{path}", handler)
     # The jobs feature's ComfyUI API, where the page calls it.
     for method, path, handler, _ in comfy_routes.ROUTES:
