@@ -201,7 +201,9 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) ->
 
 
 async def case_deep_json(http: aiohttp.ClientSession, base: str) -> dict[str, Any]:
-    routes = ["/stream/start", "/stream", "/stream/stop", "/stream/params", "/stream/live/update-prompts",
+    # Not /stream/stop: its body may be a plain-text reason (go-livepeer's), so any body stops the
+    # only stream, the live one (tests/hardening covers its deep body with no stream running).
+    routes = ["/stream/start", "/stream", "/stream/params", "/stream/live/update-prompts",
               "/stream/live/params", "/prompt", "/tasks", "/queue", "/history", "/interrupt", "/offer"]  # fmt: skip
     statuses: Counter[int] = Counter()
     for depth in (900, 5000, 50_000):
@@ -330,19 +332,15 @@ async def live_dropped(http: aiohttp.ClientSession, base: str) -> int:
 
 
 def fuzz_schema(document: dict[str, Any], live_id: str) -> dict[str, Any]:
-    """The served document with `{id}` pinned to the live stream and the excluded operations gone."""
+    """The served document with `{id}` pinned to the live stream (EXCLUDED stay documented, for the
+    Allow headers; run_schemathesis leaves them untested)."""
     doc = json.loads(json.dumps(document))
-    for method, path in EXCLUDED:
-        doc["paths"].get(path, {}).pop(method.lower(), None)
     # Size changes are valid requests that restart the live stream's worker: keep its size.
     for schema in doc.get("components", {}).get("schemas", {}).values():
         for name in ("width", "height"):
             if name in schema.get("properties", {}):
                 schema["properties"][name] = {"type": "integer", "enum": [LIVE_SIZE]}
-    for path, ops in list(doc["paths"].items()):
-        if not ops:
-            del doc["paths"][path]
-            continue
+    for ops in doc["paths"].values():
         for op in ops.values():
             for param in op.get("parameters", []):
                 if param["in"] == "path" and param["name"] == "id":
@@ -370,6 +368,8 @@ def run_schemathesis(
     cmd = [exe, "run", str(schema_path), "--url", base, "--checks", "not_a_server_error,status_code_conformance",
            "--max-examples", str(max_examples), "--max-time", str(seconds), "--workers", "1",
            "--request-timeout", "5", "--report", "har", "--report-har-path", str(har), "--no-color"]  # fmt: skip
+    for method, path in EXCLUDED:
+        cmd += ["--exclude-name", f"{method} {path}"]
     t = time.monotonic()
     checks = ",".join(CHECKS)
     cmd[cmd.index("--checks") + 1] = checks
@@ -399,8 +399,11 @@ def run_schemathesis(
             undocumented[f"{method} {template} -> {status}"] += 1
     return {
         "requests": len(entries),
-        "operations": sum(len(v) for v in doc["paths"].values()),
+        "operations": sum(len(v) for v in doc["paths"].values()) - len(EXCLUDED),
         "seconds": round(elapsed),
+        "http_500": statuses.get(500, 0),
+        # 503 is documented (at capacity: the fuzzer's own valid starts fill --max-streams), though
+        # schemathesis' not_a_server_error counts it as a failure.
         "http_5xx": sum(n for s, n in statuses.items() if s >= 500),
         "statuses": dict(sorted(statuses.items())),
         "undocumented": dict(undocumented.most_common()),
@@ -496,7 +499,7 @@ async def main(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=2, default=str))
     fuzz = report.get("schemathesis", {})
     budget = {
-        "http_500": report["server_log"]["http_500"] + fuzz.get("http_5xx", 0),
+        "http_500": report["server_log"]["http_500"] + fuzz.get("http_500", 0),
         "undocumented_statuses": sum(fuzz.get("undocumented", {}).values()),
         "frames_lost": report["live_stream"]["lost"],
         "shutdown_s": report.get("shutdown", {}).get("seconds"),

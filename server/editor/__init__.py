@@ -60,7 +60,7 @@ RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
     ("GET", "/internal/files/{directory_type}"): {200: J, 400: None},
     ("GET", "/jobs"): {200: J, 400: None},
     ("POST", "/jobs/cancel"): {200: J, 400: None},
-    ("GET", "/jobs/{job_id}"): {200: J, 404: None},
+    ("GET", "/jobs/{job_id:(?!cancel$)[^/]+}"): {200: J, 404: None},
     ("POST", "/jobs/{job_id}/cancel"): {200: J},
     ("POST", "/comfystream/streams/{id}/prompt"): {200: J, 400: None, 404: None, 503: None},
 }

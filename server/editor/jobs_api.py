@@ -262,6 +262,7 @@ def _dumps(value: Any) -> str:
 ROUTES: tuple[tuple[str, str, Any, str], ...] = (
     ("GET", "/jobs", list_jobs, "Running, pending and finished jobs, filtered and paged (ComfyUI)"),
     ("POST", "/jobs/cancel", cancel_jobs, "Cancel jobs by id, whatever their state (ComfyUI)"),
-    ("GET", "/jobs/{job_id}", get_job, "One job with its outputs and workflow (ComfyUI)"),
+    # Not `cancel`: a 405 on /jobs/cancel would advertise GET in its Allow header.
+    ("GET", "/jobs/{job_id:(?!cancel$)[^/]+}", get_job, "One job with its outputs and workflow (ComfyUI)"),
     ("POST", "/jobs/{job_id}/cancel", cancel_job, "Cancel one job, whatever its state (ComfyUI)"),
 )
