@@ -13,11 +13,26 @@ import pytest
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
+RING_PREFIX = "comfystream-ring-"  # workers/ring.py names a ring after the pid that made it
+
+
+def _foreign_ring(name: str, ours: set[int]) -> bool:
+    """A ring made by a live process that is not this test run (another run on the machine)."""
+    if not name.startswith(RING_PREFIX):
+        return False
+    pid = name[len(RING_PREFIX) :].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) in ours:
+        return False
+    return os.path.exists(f"/proc/{pid}")  # a dead maker's ring is a leak, whoever made it
+
+
 def _shm_entries() -> set[str]:
     try:
-        return {n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "lttng"))}
+        names = [n for n in os.listdir("/dev/shm") if not n.startswith(("sem.", "lttng"))]
     except FileNotFoundError:
         return set()
+    ours = _child_pids() | {os.getpid()}
+    return {n for n in names if not _foreign_ring(n, ours)}
 
 
 def _child_pids() -> set[int]:

@@ -124,8 +124,11 @@ class WarmPool:
     async def stop(self) -> None:
         self._closed = True
         self._changed.set()
-        # Spawns in progress finish and stop their process themselves (a spawn is not cancellable
-        # half-way without leaving the process behind).
+        # A spawn in progress is cancelled: WorkerProcess.start stops the process it was bringing
+        # up (terminate, then kill) before it re-raises, so nothing is left behind and shutdown
+        # does not wait seconds for a worker nobody will use.
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         idle, self._idle = self._idle, []
         await asyncio.gather(*(proc.stop() for proc in idle))

@@ -288,7 +288,6 @@ class BasePipeline:
                     self._note_passthrough(tracker.pass_waiting(self._passthrough))
                 return
             client, channel = target
-            self._passing_through = False
             entry, wake_at = tracker.schedule(client.can_submit(channel))
             if entry is None:
                 if wake_at is not None:
@@ -348,6 +347,7 @@ class BasePipeline:
                 )
                 self._emit("frame_error", {"frame_id": frame_id, "error": error})
         else:
+            self._passing_through = False  # a processed frame ends a pass-through episode
             self._exec_ms.append(exec_ms)
             self._prompt_ms.append(prompt_ms)
             output = ndarray_to_frame(image, entry.frame)  # copies out of shared memory

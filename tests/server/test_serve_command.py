@@ -65,9 +65,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: signal.Signals) -> None:
     base = f"http://127.0.0.1:{free_port}"
-    # No warm worker: its refill after the stream takes it would be a spawn in flight at the
-    # signal, which shutdown lets finish (seconds on a loaded machine): not what this test is about.
-    args = ("--relay", "--warm-workers", "0")
+    # The default warm worker: the stream takes it, so its refill is a spawn likely in flight at
+    # the signal, which shutdown cancels (the half-started process stopped, nothing left).
+    args = ("--relay",)
     async with serve_process(free_port, *args) as (proc, _), aiohttp.ClientSession() as http:
         await create_channel(f"{base}/trickle/sig-in")
         body = {
