@@ -217,10 +217,14 @@ class FramePublisher:
 
     async def prepare(self, width: int, height: int) -> None:
         """Open the encoder now for frames of this size, not at the first frame: opening x264
-        takes tens of ms, which the first frames would wait for."""
+        takes tens of ms, which the first frames would wait for. The first segment's POST is
+        opened too: the output channel exists from here on, so a reader that comes before the
+        first frame waits for it rather than finding no channel (404) and retrying later."""
         async with self._lock:
             if self._encoder is None and not self._closed:
                 await self._new_encoder(*(self._size or (width, height)))
+            if not self._closed and self._writer is None:
+                self._publisher.preconnect()
 
     def _encode_video(self, encoder: SegmentEncoder, frame: av.VideoFrame) -> list[EncodedChunk]:
         before = encoder.frames_dropped

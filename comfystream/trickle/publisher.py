@@ -155,6 +155,17 @@ class TricklePublisher:
         else:
             self.failures_in_a_row += 1
 
+    def preconnect(self) -> None:
+        """Open the POST of the next segment now, before its first byte exists: the channel and
+        that segment are on the relay from here on, so a reader that asks for it early waits for
+        its bytes instead of being told the channel does not exist (404, then its retry delay)."""
+        if self.closed or (self._next is not None and not self._next.task.done()):
+            return
+        if self._next is not None:
+            self._next.abort()
+        self._next = SegmentWriter(self, self.seq)
+        self._track(self._next)
+
     @contextlib.asynccontextmanager
     async def segment(self) -> AsyncIterator[SegmentWriter]:
         """The next segment: write its bytes inside the ``async with``; leaving ends it."""
