@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import av
 import av.error
 
-from .tsgate import TsGate
+from .tsgate import TS_PACKET, TsGate
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ class DecoderStats:
     audio_frames: int = 0
 
 
+# FFmpeg's MPEG-TS demuxer opens only once its first read holds enough 188-byte packets to be
+# sure of the packet size (7 with a partial buffer, measured): a segment whose first frame is
+# small (PAT + PMT + a keyframe of 3 packets) waited for the next 2 frames' bytes before its first
+# frame came out. Null packets (PID 0x1FFF, which every demuxer discards) after the segment's first
+# bytes make up the count, with a margin for the 192/204-byte scores.
+_PROBE_PACKETS = 16
+_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * 184
+
+
 class _ByteQueue:
     """A file-like whose ``read`` blocks until bytes arrive; ``b""`` once the segment ended."""
 
@@ -48,6 +57,7 @@ class _ByteQueue:
         self._current = memoryview(b"")
         self._ended = False
         self._gate = TsGate()
+        self._padded = False  # the segment's first bytes went out with their null packets
         self.bytes_in = 0
         self.fault: str | None = None  # why (part of) the segment was skipped
 
@@ -56,7 +66,16 @@ class _ByteQueue:
             self.bytes_in += len(data)
             passed = self._gate.push(data)
             if passed:
-                self._chunks.put(passed)
+                self._chunks.put(self._pad_first(passed))
+
+    def _pad_first(self, passed: bytes) -> bytes:
+        if self._padded:
+            return passed
+        self._padded = True
+        packets, rest = divmod(len(passed), TS_PACKET)
+        if rest or packets >= _PROBE_PACKETS:  # (the gate passes whole packets)
+            return passed
+        return passed + _NULL_PACKET * (_PROBE_PACKETS - packets)
 
     def end(self) -> None:
         rest = self._gate.finish()

@@ -353,3 +353,48 @@ def test_gate_gives_a_length_less_pes_its_length_at_its_last_packet(ffmpeg_muxin
     cut = TsGate()
     head = per_frame[0][:-188]
     assert len(cut.push(head)) < len(head)
+
+
+def test_a_segment_whose_first_frame_is_small_decodes_it_without_waiting_for_the_next():
+    """FFmpeg's demuxer opens only once it holds enough TS packets to know their size: a segment
+    that starts with a small keyframe (PAT + PMT + 3 packets) waited for the next frames' bytes.
+    The decoder makes up the count with null packets: each segment's first frame comes out once
+    its own bytes are in."""
+    w = h = 64  # small frames: segment starts of fewer than 7 packets
+    encoder = SegmentEncoder(w, h, segment_seconds=0.1, preset="ultrafast")
+    frames = []
+    for i in range(12):
+        frame = ndarray_to_frame(make_index_frame(i, w, h))
+        frame.pts, frame.time_base = i, Fraction(1, FPS)
+        frames.append(frame)
+    chunks = [(i, c) for i, f in enumerate(frames) for c in encoder.encode(f)]
+    starts = {}
+    for i, c in chunks:
+        starts.setdefault(c.segment, (i, len(c.data)))
+    assert len(starts) >= 3 and any(size < 7 * 188 for _, size in starts.values())
+    got: list[int] = []
+    cond = threading.Condition()
+
+    def on_frame(frame):
+        with cond:
+            got.append(read_index(frame_to_ndarray(frame)))
+            cond.notify_all()
+
+    decoder = SegmentDecoder(on_frame=on_frame, stream_id="t")
+    behind: list[int] = []
+    try:
+        for i in range(12):
+            for chunk in (c for j, c in chunks if j == i):
+                decoder.feed(chunk.data)
+                if chunk.end:
+                    decoder.end_segment()
+            with cond:
+                cond.wait_for(lambda i=i: len(got) > i, timeout=5)
+                behind.append(i + 1 - len(got))
+        for chunk in encoder.flush():
+            decoder.feed(chunk.data)
+        decoder.end_segment()
+    finally:
+        decoder.close()
+    assert behind == [0] * 12, "a segment's first frame waited for the next one's bytes"
+    assert got == list(range(12)) and decoder.stats.corrupt_segments == 0
