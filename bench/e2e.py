@@ -73,6 +73,7 @@ async def run_relay_only(relay: str, size: int, frames: int, fps: int) -> tuple[
     reader = OutputReader(f"{relay}/{name}")
     reading = asyncio.create_task(reader.run())
     publisher = PatternPublisher(f"{relay}/{name}", size, size, fps=fps)
+    await publisher.prepare()
     await asyncio.sleep(0.2)
     await publisher.send_range(0, frames)
     await publisher.close()
@@ -106,6 +107,8 @@ async def run_streams(
     readers = [OutputReader(f"{relay}/{name}-out") for name in names]
     reading = [asyncio.create_task(r.run()) for r in readers]
     publishers = [PatternPublisher(f"{relay}/{name}", size, size, fps=fps) for name in names]
+    # (their encoders and first POSTs up before the first frame: not counted as its latency)
+    await asyncio.gather(*(p.prepare() for p in publishers))
 
     async def feed(p: PatternPublisher) -> None:
         await p.send_range(0, frames)

@@ -72,6 +72,12 @@ class PatternPublisher:
         self.sent_at: dict[int, float] = {}  # index -> monotonic time its bytes were written
         self.published = 0
 
+    async def prepare(self) -> None:
+        """Open the encoder and the first segment's POST now, as a gateway's publisher has its
+        connection up before it sends: a bench then does not count its own start-up in the first
+        frames' latency."""
+        await self._out.prepare(self.width, self.height)
+
     async def send(self, index: int) -> None:
         frame = av.VideoFrame.from_ndarray(make_index_frame(index, self.width, self.height), format="rgb24")
         frame.pts, frame.time_base = pts_of(index, self.fps), TIME_BASE
