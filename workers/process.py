@@ -433,9 +433,12 @@ class WorkerProcess:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(_resolve, done, None)
 
-        threading.Thread(target=shutdown, name=f"{self.name}-reap", daemon=True).start()
+        reaper = threading.Thread(target=shutdown, name=f"{self.name}-reap", daemon=True)
+        reaper.start()
         try:
             await asyncio.wait_for(asyncio.shield(done), REAP_TIMEOUT_S)
+            # Its last act was to wake us: joining it is immediate, and no thread outlives the stop.
+            reaper.join()
         except TimeoutError:
             logger.warning("%s: executor still running after %.0f s", self.name, REAP_TIMEOUT_S)
             self.kill()
