@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.malloc_arenas import cap_malloc_arenas
     from server.shutdown import setup_signal_handling
+    from server.thread_pool import start_default_executor
 
     cap_malloc_arenas()  # before any thread allocates: a long-running server must not grow
 
@@ -259,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         if config.workspace is not None:
             check_workspace(config.workspace)  # a bad --workspace fails here, before anything starts
         app = create_app(config)
+        app.on_startup.insert(0, start_default_executor)
     except WorkspaceError as exc:
         print(f"comfystream serve: {exc}")
         return 2
