@@ -244,7 +244,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     from server.app import create_app
-    from server.malloc_arenas import cap_malloc_arenas
+    from server.native_heap import cap_malloc_arenas
     from server.shutdown import setup_signal_handling
     from server.thread_pool import start_default_executor
 

@@ -10,6 +10,8 @@ import time
 
 import av
 
+from comfystream.media.convert import SWS_THREADS
+
 
 class FrameRateLimiter:
     """A pure rule over frame times (seconds); `admit(t)` says whether the frame at `t` goes on."""
@@ -42,6 +44,6 @@ def fixed_size(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
     """`frame` at `width` x `height` (its pts and time base kept); the frame itself when it is."""
     if (frame.width, frame.height) == (width, height):
         return frame
-    out = frame.reformat(width=width, height=height)
+    out = frame.reformat(width=width, height=height, threads=SWS_THREADS)
     out.pts, out.time_base = frame.pts, frame.time_base
     return out

@@ -15,6 +15,7 @@ from server.events import EventBus
 from server.gateway_params import unwrap_params
 from server.metrics import ServerMetrics, StreamSample
 from server.models import WORKER_PARAMS, StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
+from server.native_heap import HeapTrimmer
 from server.prompt_validation import validate_prompts
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
@@ -53,6 +54,7 @@ class StreamManager:
         self._finished: OrderedDict[str, StreamInfo] = OrderedDict()
         self._monitors: dict[str, StreamStatusMonitor] = {}  # ai-runner status, per trickle stream
         self._closing = False
+        self._heap = HeapTrimmer()  # a stopped stream's codecs and frames are given back to the system
         metrics.watch_streams(self.samples)
 
     # ---- queries ---------------------------------------------------------------------------------
@@ -223,6 +225,7 @@ class StreamManager:
         if streams:
             logger.info("stopping %d stream(s): %s", len(streams), reason)
         await asyncio.gather(*(s.stop(reason, kind="shutdown") for s in streams), return_exceptions=True)
+        await self._heap.close()
         self._closing = False
 
     # ---- callbacks from streams ------------------------------------------------------------------
@@ -267,3 +270,4 @@ class StreamManager:
         while len(self._finished) > self.config.finished_streams_kept:
             self._finished.popitem(last=False)
         self._metrics.streams_stopped.labels(stream.stop_kind).inc()
+        self._heap.request()

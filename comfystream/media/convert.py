@@ -17,6 +17,12 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+# swscale's threads for every conversion of a frame. Its default (one per core) starts and joins a
+# thread pool inside every `reformat`, as each frame gets its own scaler: 0.45 ms a frame at
+# 128x128 against 0.02 ms on the calling thread, 0.47 against 0.17 ms at 512x512 (bench/media.py),
+# and a frame that outlives its stream keeps its pool's threads. Streams already run in parallel.
+SWS_THREADS = 1
+
 
 def _cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
     """The smallest size with the source's aspect ratio that covers ``width x height``."""
@@ -31,7 +37,7 @@ def frame_to_ndarray(frame: av.VideoFrame, width: int | None = None, height: int
     if width <= 0 or height <= 0:
         raise ValueError(f"bad target size {width}x{height}")
     sw, sh = _cover_size(frame.width, frame.height, width, height)
-    rgb = frame.reformat(width=sw, height=sh, format="rgb24").to_ndarray()
+    rgb = frame.reformat(width=sw, height=sh, format="rgb24", threads=SWS_THREADS).to_ndarray()
     if (sw, sh) != (width, height):
         x0, y0 = (sw - width) // 2, (sh - height) // 2
         rgb = np.ascontiguousarray(rgb[y0 : y0 + height, x0 : x0 + width])

@@ -16,6 +16,8 @@ from fractions import Fraction
 import av
 from av.video.frame import PictureType
 
+from .convert import SWS_THREADS
+
 logger = logging.getLogger(__name__)
 
 MIME_TYPE = "video/mp2t"
@@ -202,7 +204,7 @@ class SegmentEncoder:
             if self._mux is not None:
                 out += self._end_segment()
             self._start_segment(pts)
-        yuv = frame.reformat(width=self.width, height=self.height, format="yuv420p")
+        yuv = frame.reformat(width=self.width, height=self.height, format="yuv420p", threads=SWS_THREADS)
         # already yuv420p at size: reformat gave the caller's frame back; x264 copies what it
         # encodes, so borrow it and put its timestamps and picture type back afterwards
         saved = (yuv.pts, yuv.time_base, yuv.pict_type) if yuv is frame else None

@@ -215,7 +215,17 @@ class BasePipeline:
         try:
             await self._stop()
         finally:
+            self._release_frames()
             self._set_state("stopped")
+
+    def _release_frames(self) -> None:
+        """Every frame this stopped pipeline holds is let go now, not when a garbage collection
+        reaches the pipeline: the stream has published what it was going to."""
+        self._tracker.release()
+        self.latest_output_frame = None
+        for queue in (self._video_out, self._audio):
+            while not queue.empty():
+                queue.get_nowait()
 
     async def __aenter__(self) -> BasePipeline:
         return self
@@ -332,6 +342,8 @@ class BasePipeline:
         exec_ms: float,
         prompt_ms: float = 0.0,
     ) -> None:
+        if self.state == "stopped":  # its frames were let go (`_release_frames`)
+            return
         tracker = self._tracker
         entry = tracker.in_flight(frame_id)
         if entry is None:
@@ -356,6 +368,8 @@ class BasePipeline:
         self._pump()
 
     def _on_lost(self, frame_ids: list[int], reason: str) -> None:
+        if self.state == "stopped":
+            return
         tracker = self._tracker
         for frame_id in frame_ids:
             entry = tracker.in_flight(frame_id)

@@ -62,6 +62,10 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+def _discard(_output: Any) -> None:
+    pass
+
+
 class FrameTracker:
     """The frames of one stream between `add` and output.
 
@@ -227,6 +231,15 @@ class FrameTracker:
             del entries[frame_id]
             self.fps_out.tick(self.clock())
             self.emit(entry.output)
+
+    def release(self) -> None:
+        """The pipeline has stopped: every frame still held is let go now (decoded frames are large,
+        and the pipeline that owns this tracker may wait for a garbage collection to be freed, as
+        `emit` refers back to it). Counts and stats stay; nothing is emitted from here on."""
+        self.entries.clear()
+        self.waiting.clear()
+        self.inflight.clear()
+        self.emit = _discard
 
     def published(self, ingest_time: float) -> None:
         """A frame that entered at `ingest_time` (this tracker's clock) has been published."""
