@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import av
@@ -71,3 +72,28 @@ def test_bad_input_is_refused_clearly():
         ndarray_to_frame(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError):
         frame_to_ndarray(rgb_frame(np.zeros((8, 8, 3), np.uint8)), -1, 8)
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_conversions_start_no_thread_pool():
+    """swscale would start a pool of threads for each frame's own scaler (and keep it while the
+    frame lives): every conversion on the frame path runs on the calling thread instead."""
+    from comfystream.media.encoder import SegmentEncoder
+    from server.frame_rate import fixed_size
+
+    frame = av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="rgb24").reformat(
+        format="yuv420p", threads=1
+    )
+    frame.pts, frame.time_base = 0, Fraction(1, 30)
+    encoder = SegmentEncoder(64, 48)  # x264's own threads come with it, before the count
+    before = _threads()
+    rgb = frame_to_ndarray(frame, 96, 96)
+    scaled = fixed_size(frame, 160, 120)
+    encoder.encode(scaled)
+    assert _threads() == before, "a conversion started threads"
+    assert rgb.shape == (96, 96, 3) and (scaled.width, scaled.height) == (160, 120)
+    encoder.flush()
+    encoder.close()

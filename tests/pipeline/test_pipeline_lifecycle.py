@@ -7,6 +7,7 @@ import asyncio
 import gc
 import os
 import signal
+import weakref
 
 from conftest import Collector, check_output, eventually, hang_prompt, make_frame
 
@@ -163,3 +164,28 @@ async def test_frames_put_while_the_worker_starts_pass_through_in_order(backend,
         if not init.done():
             init.cancel()
         await pipeline.cleanup()
+
+
+async def test_a_stopped_pipeline_lets_go_of_its_frames_without_a_garbage_collection(backend, no_leaks):
+    """Decoded frames are large and hold codec buffers: a stopped pipeline drops every one it held
+    (waiting, in flight, unread outputs, the preview) at once, and nothing it made keeps it alive
+    in a cycle that only a collection would free."""
+    await backend.start()
+    gc.collect()
+    gc.disable()
+    try:
+        pipeline = ProcessPoolPipeline(width=128, height=96, stream_id="freed", backend=backend)
+        await pipeline.initialize(DEFAULT_PROMPT)
+        for i in range(6):
+            await pipeline.put_video_frame(make_frame(i))
+        first = await pipeline.get_processed_video_frame()  # the others stay unread
+        assert first.pts == 0
+        assert await eventually(lambda p=pipeline: p.latest_output_frame is not None)
+        await pipeline.cleanup()
+        assert pipeline.latest_output_frame is None and pipeline.stats()["inflight"] == 0
+        freed = weakref.ref(pipeline)
+        del pipeline
+        assert freed() is None, "the stopped pipeline is only freed by a garbage collection"
+    finally:
+        gc.enable()
+        await backend.shutdown()
