@@ -213,8 +213,11 @@ class WorkerProcess:
                 raise
             finally:
                 child_conn.close()  # the child has its own copy; ours would hide its EOF
-            self.started_at = self.last_heard = time.monotonic()
-            loop.add_reader(parent_conn.fileno(), self._on_readable)
+                if self._executor is not None:
+                    # Read the pipe from here on, even when this start was cancelled: the stop
+                    # that follows waits for the pid the worker says first.
+                    self.started_at = self.last_heard = time.monotonic()
+                    loop.add_reader(parent_conn.fileno(), self._on_readable)
             ready = await asyncio.wait_for(asyncio.shield(self._ready_future), timeout)
         except BaseException as exc:
             reason = "did not start in time" if isinstance(exc, TimeoutError) else f"start failed: {exc!r}"

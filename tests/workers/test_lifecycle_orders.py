@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 
 import pytest
 
 from comfystream.pipeline.backend import ChannelSpec, WorkerSpec
 from comfystream.prompts import DEFAULT_PROMPT
+from workers import process as workers_process
 from workers.backend import ProcessPoolBackend
 from workers.process import WorkerLost
 
@@ -132,3 +134,30 @@ async def test_restart_and_crash_take_a_warm_worker(no_leaks):
     finally:
         await worker.stop()
         await backend.shutdown()
+
+
+async def test_a_start_cancelled_while_its_process_spawns_still_stops_that_process(no_leaks):
+    """Cancelled in its first moment (the spawn still running in its thread), a start stops the
+    process it made: the pid that process says first is read, so the stop can signal it (the
+    stream's DELETE right after its start once waited 15 s here, and could not signal it)."""
+    backend = ProcessPoolBackend(gpus=[], graceful_stop_s=1.0)
+    # The spawner thread is busy (another worker's spawn): this spawn waits its turn there.
+    busy = threading.Event()
+    workers_process._spawner.submit(busy.wait, 30)
+    spawning = asyncio.create_task(backend.spawn_process(WorkerSpec(), "cancelled-spawn"))
+
+    def registered() -> list:
+        with workers_process._live_lock:
+            return [p for p in workers_process._live if p.name.startswith("cancelled-spawn")]
+
+    assert await _until(lambda: registered() != [])
+    (proc,) = registered()
+    spawning.cancel()
+    await asyncio.sleep(0.1)
+    busy.set()  # now the process is spawned, after its start was cancelled
+    with pytest.raises(asyncio.CancelledError):
+        await spawning
+    # The stop signalled it (without its pid it could not, and waited for it to go by itself).
+    assert proc.state == "stopped" and proc.exitcode == -signal.SIGTERM, proc.status()
+    assert not _alive(proc.pid)
+    await backend.shutdown()
