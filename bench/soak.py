@@ -128,8 +128,11 @@ class Gateway:
 
 
 async def settle(pid: int, baseline: Resources, idle_s: float) -> Resources:
-    """Wait (at most `idle_s`) until the counts are back to the baseline; the last sample."""
+    """Wait (at most `idle_s`) until the counts are back to the baseline; the last sample. The
+    first sample is taken a second after the last stop: a stop's housekeeping (the C heap's trim)
+    runs just after its answer."""
     deadline = time.monotonic() + idle_s
+    await asyncio.sleep(min(1.0, idle_s))
     sample = Resources.of(pid)
     while time.monotonic() < deadline and not sample.settled(baseline):
         await asyncio.sleep(0.5)
