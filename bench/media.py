@@ -26,6 +26,7 @@ from fractions import Fraction
 import aiohttp
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from comfystream.media import (
     SegmentDecoder,
@@ -34,6 +35,7 @@ from comfystream.media import (
     make_index_frame,
     ndarray_to_frame,
 )
+from comfystream.media.convert import SWS_THREADS
 from comfystream.trickle import TricklePublisher, TrickleSubscriber
 
 SIZE = 512
@@ -63,7 +65,8 @@ def bench_codec(n: int) -> None:
     rgb = [ndarray_to_frame(scene(i)) for i in range(n)]
     for i, f in enumerate(rgb):
         f.pts, f.time_base = i, Fraction(1, FPS)
-    yuv = [f.reformat(format="yuv420p") for f in rgb]
+    # (on the calling thread, as the server converts: a frame's own scaler would keep a thread pool)
+    yuv = [f.reformat(format="yuv420p", threads=SWS_THREADS) for f in rgb]
 
     x264 = {"preset": "superfast", "tune": "zerolatency", "bf": "0", "crf": "23"}
 
@@ -75,9 +78,14 @@ def bench_codec(n: int) -> None:
         ctx.pix_fmt, ctx.time_base = "yuv420p", Fraction(1, 90000)
         ctx.options = dict(x264)
         out = []
+        scaler = VideoReformatter()
         for i, f in enumerate(frames):
             t0 = time.perf_counter()
-            frame = f.reformat(width=SIZE, height=SIZE, format="yuv420p") if convert else f
+            frame = (
+                scaler.reformat(f, width=SIZE, height=SIZE, format="yuv420p", threads=SWS_THREADS)
+                if convert
+                else f
+            )
             frame.pts, frame.time_base = i * 3000, Fraction(1, 90000)
             ctx.encode(frame)
             out.append(time.perf_counter() - t0)
