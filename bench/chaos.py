@@ -189,7 +189,7 @@ class LiveStream:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.publisher._publisher.close(), 5)
+            await asyncio.wait_for(self.publisher.close(), 5)
 
 
 # ---- the cases ----------------------------------------------------------------------------

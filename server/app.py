@@ -86,10 +86,11 @@ def create_app(
 
         app[REGISTRAR_KEY] = Registrar(config.registration, lambda: _capacity(app))
     if config.auth_token:
-        from server.auth import auth_middleware
+        from server.auth import add_login_routes, auth_middleware
 
         # A mounted relay stays open: trickle publishers and subscribers send no Authorization.
         app.middlewares.append(auth_middleware(config.auth_token, ("/trickle/",) if config.relay else ()))
+        add_login_routes(app, config.auth_token)  # the pages' way in: a session cookie
     app.on_startup.append(_on_startup)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

@@ -205,20 +205,24 @@ class TricklePublisher:
         if self._next is not None:
             self._next.abort()  # never written: nothing to send
             self._next = None
-        pending = [w.task for w in self._in_flight if not w.task.done()]
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=timeout)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        if delete:
-            try:
-                session = self._ensure_session()
-                async with session.delete(self.url) as resp:
-                    if resp.status != 200:
-                        logger.info("[%s] trickle DELETE %s: HTTP %d", self.stream_id, self.url, resp.status)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                logger.info("[%s] trickle DELETE %s failed: %r", self.stream_id, self.url, exc)
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        try:
+            pending = [w.task for w in self._in_flight if not w.task.done()]
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=timeout)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            if delete:
+                try:
+                    session = self._ensure_session()
+                    async with session.delete(self.url) as resp:
+                        if resp.status != 200:
+                            logger.info("[%s] trickle DELETE %s: HTTP %d", self.stream_id, self.url, resp.status)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    logger.info("[%s] trickle DELETE %s failed: %r", self.stream_id, self.url, exc)
+        finally:  # cancelled or not (a caller's timeout), our session is closed here
+            for writer in list(self._in_flight):
+                writer.abort()
+            if self._own_session and self._session is not None:
+                session, self._session = self._session, None
+                await session.close()

@@ -139,10 +139,12 @@ class TrickleSubscriber:
         if self._current is not None:
             self._current.close()
             self._current = None
-        await self._cancel_pending()
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        try:
+            await self._cancel_pending()
+        finally:  # cancelled or not, our session is closed here, not left to the garbage collector
+            if self._own_session and self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
 
     # -- protocol -------------------------------------------------------------------------
     def _ensure_session(self) -> aiohttp.ClientSession:

@@ -90,7 +90,7 @@ async def test_sigterm_with_streams_is_clean(no_leaks, free_port: int, tmp_path:
         await asyncio.gather(*tasks, return_exceptions=True)
         for publisher in publishers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(publisher._publisher.close(), 5)
+                await asyncio.wait_for(publisher.close(), 5)
     text = log_path.read_text()
     bad = [line for line in text.splitlines() if BAD_LINES.search(line)]
     assert not bad, "\n".join(bad[:20])
