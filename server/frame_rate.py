@@ -19,6 +19,7 @@ class FrameRateLimiter:
     def __init__(self, max_fps: float) -> None:
         if max_fps <= 0:
             raise ValueError("max_fps must be positive")
+        self.max_fps = max_fps
         self.interval = 1.0 / max_fps
         self._slack = self.interval / 4  # pts jitter must not drop a frame that is on time
         self._next: float | None = None

@@ -95,6 +95,21 @@ class StreamBase:
         self.emit("prompts_updated", outcome.to_dict())
         return outcome
 
+    def set_media_params(
+        self, max_framerate: int | None = None, detect_out_resolution: bool | None = None
+    ) -> None:
+        """pytrickle's media settings, changed mid-stream: they apply from the next frame."""
+        if max_framerate is not None:
+            self.spec.max_framerate = max_framerate
+        if detect_out_resolution is not None:
+            self.spec.detect_out_resolution = detect_out_resolution
+        logger.info(
+            "stream %s: max_framerate %s, detect_out_resolution %s",
+            self.stream_id,
+            self.spec.max_framerate,
+            self.spec.detect_out_resolution,
+        )
+
     async def restart_worker(self) -> None:
         async with self._controlled():
             if self.pipeline is None:

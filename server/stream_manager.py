@@ -198,12 +198,21 @@ class StreamManager:
         if send is not None:
             send({"type": "params_updated", "params": params})
 
-    def params_to_update(self, params: dict[str, Any]) -> tuple[Any, UpdateParameters | None]:
+    def params_to_update(
+        self, params: dict[str, Any]
+    ) -> tuple[Any, UpdateParameters | None, dict[str, Any]]:
         """A gateway params update (`POST .../params`, control messages): the start's `params` shape.
+        (prompts, worker parameters, the stream's own media settings given: pytrickle's
+        `max_framerate` and `detect_out_resolution`, which never reach the worker).
 
         Raises pydantic's ValidationError."""
         parsed = StreamParams.model_validate(params)
         given = parsed.model_fields_set
+        media = {
+            k: getattr(parsed, k)
+            for k in ("max_framerate", "detect_out_resolution")
+            if k in given and getattr(parsed, k) is not None
+        }
         fields: dict[str, Any] = {k: getattr(parsed, k) for k in ("width", "height") if k in given}
         if parsed.warmup is not None:
             fields["warmup"] = parsed.warmup
@@ -213,10 +222,16 @@ class StreamManager:
             if getattr(parsed, key) is not None:
                 fields[key] = getattr(parsed, key)
         parameters = UpdateParameters.model_validate(fields) if fields else None
-        return parsed.prompt_value(), parameters
+        return parsed.prompt_value(), parameters, media
 
     async def apply_params(self, stream_id: str, params: dict[str, Any], source: str) -> UpdateOutcome:
-        prompt_value, parameters = self.params_to_update(params)
+        prompt_value, parameters, media = self.params_to_update(params)
+        stream = self.get(stream_id)
+        if media:
+            stream.set_media_params(**media)
+            if prompt_value is None and parameters is None:  # nothing for the worker: no swap
+                self._params_updated(stream, params, None, None)
+                return UpdateOutcome(len(stream.spec.prompts), True, False)
         return await self.update(stream_id, prompt_value, parameters, source, params=params)
 
     async def stop_all(self, reason: str = "server shutting down") -> None:

@@ -195,11 +195,16 @@ class TrickleStream(StreamBase):
     async def _ingest(self) -> None:
         if not self.spec.subscribe_url:  # no video input: the stream runs until it is stopped
             await asyncio.Event().wait()
-        limiter = FrameRateLimiter(self.spec.max_framerate) if self.spec.max_framerate else None
+        limiter: FrameRateLimiter | None = None  # follows spec.max_framerate, which params may change
         # Every frame is handed on (max_queued=0): the pipeline decides what to skip, and counts it.
         async with FrameSubscriber(self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id) as frames:
             async for frame in frames:
                 if isinstance(frame, av.VideoFrame):
+                    fps = self.spec.max_framerate
+                    if not fps:
+                        limiter = None
+                    elif limiter is None or limiter.max_fps != fps:
+                        limiter = FrameRateLimiter(fps)
                     if limiter is not None and not limiter.admit(frame_time(frame)):
                         self._skipped_rate += 1  # above max_framerate: never reaches the worker
                         continue
