@@ -36,6 +36,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_server(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM (the server's own orderly shutdown), SIGKILL if it is still there after `timeout`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -209,12 +221,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"   p99 {pct(after_lat, 0.99):7.1f} ms   (load average {os.getloadavg()[0]:.1f})"
             )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     return 0
 
 

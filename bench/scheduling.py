@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from e2e import free_port, pct, run_relay_only, wait_healthy
+from e2e import free_port, pct, run_relay_only, stop_server, wait_healthy
 
 from server.trickle_client import OutputReader, PatternPublisher, create_channel
 
@@ -207,16 +206,6 @@ def spawn(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 async def main_async(args: argparse.Namespace) -> int:
     counts = [int(x) for x in args.streams.split(",")]
     scenarios = args.scenarios.split(",")
@@ -266,7 +255,7 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"(load average at the end {os.getloadavg()[0]:.1f})")
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_server(proc)
     return 0
 
 

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
-from e2e import free_port, wait_healthy  # bench/ is the script's folder
+from e2e import free_port, stop_server, wait_healthy  # bench/ is the script's folder
 
 from server.trickle_client import PatternPublisher, create_channel
 
@@ -188,12 +188,7 @@ async def soak(args: argparse.Namespace) -> dict:
                 report["rss_growth_mb"] <= RSS_BUDGET_MB and idle.settled(baseline) and not gw.errors
             )
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        stop_server(server, timeout=60)
     return report
 
 

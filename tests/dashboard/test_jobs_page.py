@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.dashboard.conftest import Server, open_dashboard
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -62,16 +62,6 @@ async def history_status(server: Server, prompt_id: str) -> str | None:
     if "execution_interrupted" in events:
         return "interrupted"
     return entry["status"]["status_str"]
-
-
-async def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_two_tabs_progress_interrupt_cancel_and_outputs(

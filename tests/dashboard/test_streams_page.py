@@ -18,6 +18,7 @@ from PIL import Image
 from comfystream.media import PatternError, read_index
 from server.trickle_client import PatternPublisher, create_channel
 from tests.dashboard.conftest import Server, open_dashboard
+from tests.polling import wait_for
 
 # No job workers: these tests are about streams, and each worker costs an `import torch`.
 pytestmark = [pytest.mark.browser, pytest.mark.server_config(job_workers=0)]
@@ -81,13 +82,6 @@ async def stream_ids(server: Server) -> list[str]:
     status, listing = await server.call("GET", "/streams")
     assert status == 200
     return [s["stream_id"] for s in listing["streams"]]
-
-
-async def wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_page_loads_clean_and_serves_only_its_own_files(

@@ -5,13 +5,12 @@ other running to its output, which that tab shows."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.editor.conftest import open_editor
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -48,16 +47,6 @@ async def queue_from(page, workflow: dict, name: str) -> str:
     return answer["prompt_id"]
 
 
-async def until(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 async def test_two_tabs_run_in_parallel_with_their_own_progress(
     editor_server, browser, artifacts_dir: Path
 ) -> None:
@@ -70,7 +59,7 @@ async def test_two_tabs_run_in_parallel_with_their_own_progress(
         _, jobs = await editor_server.call("GET", "/api/jobs?status=in_progress,pending")
         return {j["id"] for j in jobs["jobs"] if j["status"] == "in_progress"} == {job_a, job_b}
 
-    await until(both_running, what="both jobs in progress at once")
+    await wait_for(both_running, what="both jobs in progress at once")
 
     async def own_progress(page, own: str, other: str):
         state = await page.evaluate(EXECUTION_JS)
@@ -80,7 +69,7 @@ async def test_two_tabs_run_in_parallel_with_their_own_progress(
         return None
 
     for page, own, other in ((page_a, job_a, job_b), (page_b, job_b, job_a)):
-        await until(lambda p=page, o=own, x=other: own_progress(p, o, x), what=f"{own}'s progress in its tab")
+        await wait_for(lambda p=page, o=own, x=other: own_progress(p, o, x), what=f"{own}'s progress in its tab")
     # The queue panel's count of running jobs, in either tab.
     for page in (page_a, page_b):
         await page.wait_for_selector("text=2 active", timeout=30_000)
@@ -94,9 +83,9 @@ async def test_two_tabs_run_in_parallel_with_their_own_progress(
         status, detail = await editor_server.call("GET", f"/api/jobs/{job}")
         return detail["status"] if status == 200 else None
 
-    await until(lambda: _is(status_of(job_a), "cancelled"), what="tab A's job cancelled")
+    await wait_for(lambda: _is(status_of(job_a), "cancelled"), what="tab A's job cancelled")
     assert await status_of(job_b) == "in_progress"  # B runs on
-    await until(lambda: _is(status_of(job_b), "completed"), timeout=120, what="tab B's job to finish")
+    await wait_for(lambda: _is(status_of(job_b), "completed"), timeout=120, what="tab B's job to finish")
     images = await (
         await page_b.wait_for_function("() => window.app.nodeOutputs?.['3']?.images", timeout=30_000)
     ).json_value()

@@ -27,6 +27,7 @@ from server.config import ServerConfig
 from server.registration import CapabilitySettings, Registrar
 from server.stream_status import STATES
 from server.trickle_client import create_channel
+from tests.polling import wait_for
 
 TOKEN = "capability-token-4f1d"
 SECRET = "orch-secret-9a2c"
@@ -50,16 +51,6 @@ async def post(stack: Stack, path: str, body: bytes, headers: dict[str, str]) ->
 
 async def get(stack: Stack, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     return await stack.call("GET", path, headers={**AUTH, **(headers or {})})
-
-
-async def wait_for(check, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def read_events(url: str) -> list[dict]:
