@@ -130,8 +130,15 @@ async def run_streams(
     await asyncio.wait_for(asyncio.gather(*reading), 60)
     dropped = 0
     for name in names:
-        async with http.get(f"{base}/stream/{name}") as resp:
-            stats = (await resp.json())["stats"]
+        # The output ends before the stream has freed its worker: wait for that, or the next
+        # round's starts may find the server still at --max-streams (503).
+        while True:
+            async with http.get(f"{base}/stream/{name}") as resp:
+                info = await resp.json()
+            if info["state"] in ("stopped", "error"):
+                break
+            await asyncio.sleep(0.05)
+        stats = info["stats"]
         dropped += stats["dropped"]
         server_side = {k: stats.get(k) for k in ("latency_ms", "worker_fps", "skipped_late", "skipped_overload")}
         print(f"    server-side (ingest to publish): {server_side}")
