@@ -150,11 +150,13 @@ async def test_a_start_cancelled_while_its_process_spawns_still_stops_that_proce
         with workers_process._live_lock:
             return [p for p in workers_process._live if p.name.startswith("cancelled-spawn")]
 
-    assert await _until(lambda: registered() != [])
-    (proc,) = registered()
-    spawning.cancel()
-    await asyncio.sleep(0.1)
-    busy.set()  # now the process is spawned, after its start was cancelled
+    try:
+        assert await _until(lambda: registered() != [])
+        (proc,) = registered()
+        spawning.cancel()
+        await asyncio.sleep(0.1)  # the cancel reaches the start, still waiting for the spawner
+    finally:
+        busy.set()  # now the process is spawned, after its start was cancelled
     with pytest.raises(asyncio.CancelledError):
         await spawning
     # The stop signalled it (without its pid it could not, and waited for it to go by itself).
