@@ -107,6 +107,21 @@ async def browser(no_leaks) -> AsyncIterator[Any]:
             await chromium.close()
 
 
+def preview_pixels_js(testid: str) -> str:
+    """A page function `(streamId) => PNG data URL | null`: the stream's preview image (the element
+    with `data-testid=<testid>` in the stream's card), read back through a canvas."""
+    return (
+        "(id) => {\n"
+        f"  const img = document.querySelector(`[data-stream-id=\"${{id}}\"] [data-testid={testid}]`);\n"
+        "  if (!img || !img.complete || !img.naturalWidth) return null;\n"
+        "  const c = document.createElement('canvas');\n"
+        "  c.width = img.naturalWidth; c.height = img.naturalHeight;\n"
+        "  c.getContext('2d').drawImage(img, 0, 0);\n"
+        "  return c.toDataURL('image/png');\n"
+        "}"
+    )
+
+
 async def open_dashboard(browser: Any, server: Server) -> tuple[Any, PageLog]:
     context = await browser.new_context(viewport=VIEWPORT)
     page = await context.new_page()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from comfystream.media import PatternError, read_index
 from server.trickle_client import PatternPublisher, create_channel
-from tests.dashboard.conftest import Server, open_dashboard
+from tests.dashboard.conftest import Server, open_dashboard, preview_pixels_js
 from tests.polling import wait_for
 
 # No job workers: these tests are about streams, and each worker costs an `import torch`.
@@ -32,14 +32,7 @@ BLUR_PROMPT = {
 }
 
 # The preview image the page shows, as PNG bytes (read back through a canvas).
-IMG_PIXELS_JS = """(id) => {
-  const img = document.querySelector(`[data-stream-id="${id}"] [data-testid=stream-preview]`);
-  if (!img || !img.complete || !img.naturalWidth) return null;
-  const c = document.createElement('canvas');
-  c.width = img.naturalWidth; c.height = img.naturalHeight;
-  c.getContext('2d').drawImage(img, 0, 0);
-  return c.toDataURL('image/png');
-}"""
+IMG_PIXELS_JS = preview_pixels_js("stream-preview")
 
 
 class LiveInput:

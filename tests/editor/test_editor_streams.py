@@ -17,20 +17,14 @@ from PIL import Image
 
 from comfystream.media import PatternError, read_index
 from comfystream.prompts import DEFAULT_PROMPT
+from tests.dashboard.conftest import preview_pixels_js
 from tests.dashboard.test_streams_page import SIZE, start_stream
 from tests.editor.conftest import open_editor
 
 # No job workers: this is about streams.
 pytestmark = [pytest.mark.browser, pytest.mark.editor_config(job_workers=0)]
 
-PREVIEW_JS = """(id) => {
-  const img = document.querySelector(`[data-stream-id="${id}"] [data-testid=comfystream-preview]`);
-  if (!img || !img.complete || !img.naturalWidth) return null;
-  const c = document.createElement('canvas');
-  c.width = img.naturalWidth; c.height = img.naturalHeight;
-  c.getContext('2d').drawImage(img, 0, 0);
-  return c.toDataURL('image/png');
-}"""
+PREVIEW_JS = preview_pixels_js("comfystream-preview")
 
 MISSING_INPUT = {  # ImageInvert's image is not connected: the server refuses it
     "1": {"class_type": "LoadImage", "inputs": {"image": "frame.png"}},
