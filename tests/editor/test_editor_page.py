@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editor.conftest import open_editor
+from tests.editor.conftest import VIEWPORT, open_editor
 
 pytestmark = pytest.mark.browser
 
@@ -79,3 +79,21 @@ async def test_editor_loads_clean_and_runs_a_core_workflow(
     await page.screenshot(path=str(artifacts_dir / "editor-assets.png"))
     assert log.problems() == [], log.problems()
     await page.context.close()
+
+
+@pytest.mark.editor_config(auth_token="editor-page-token", job_workers=0)
+async def test_the_editor_works_after_signing_in_on_a_token_protected_server(editor_server, browser) -> None:
+    """The editor's own requests and WebSocket carry no Bearer token: after one sign-in at /login
+    they run on the session cookie, with nothing refused in the page's network log."""
+    context = await browser.new_context(viewport=VIEWPORT)
+    page = await context.new_page()
+    await page.goto(f"{editor_server.base}/comfyui/")
+    assert "/login" in page.url  # sent to sign in first, and back to the editor after
+    await page.fill("input[name=token]", "editor-page-token")
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{editor_server.base}/comfyui/")
+    await page.close()
+    page, log = await open_editor(browser, editor_server, context)
+    await asyncio.sleep(1.5)  # the page's first polls (queue, jobs, settings) come and go
+    assert log.problems() == [], log.problems()
+    await context.close()
