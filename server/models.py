@@ -196,7 +196,9 @@ class StartStreamRequest(BaseModel):
         None, description="trickle channel this server publishes events on"
     )
     data_url: OptionalTrickleUrl = Field(
-        None, description="trickle channel for data output (accepted and reported; workflows write none yet)"
+        None,
+        description="trickle channel this server publishes what the workflow's nodes say per frame on "
+        "(their ui but files, as application/jsonl: one JSON array of items a segment)",
     )
     gateway_request_id: StreamId = Field(
         None, description="the stream's id (also accepted: request_id, stream_id, the X-Stream-Id header)"

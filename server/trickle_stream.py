@@ -17,7 +17,7 @@ from typing import Any
 
 import av
 
-from comfystream.trickle import FramePublisher, FrameSubscriber
+from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
 from server.frame_rate import FrameRateLimiter, fixed_size, frame_time
@@ -53,6 +53,7 @@ class TrickleStream(StreamBase):
         self._running = asyncio.Event()  # the worker is up: updates may go to it
         self._task: asyncio.Task[None] | None = None
         self._events_channel: EventsChannel | None = None
+        self._data: DataPublisher | None = None  # the data channel (`data_url`), when given
         self._output: FramePublisher | None = None
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
@@ -102,6 +103,9 @@ class TrickleStream(StreamBase):
                     },
                 )
                 await self._events_channel.start()
+            if self.spec.data_url:  # what the workflow's nodes say per frame besides images
+                self._data = DataPublisher(self.spec.data_url, stream_id=self.stream_id).start()
+                self.pipeline.on_data = self._data.put
             self._set_state("starting")
             self._watch_pipeline(self.pipeline)
             init = asyncio.create_task(
@@ -182,6 +186,10 @@ class TrickleStream(StreamBase):
         if self._output is not None:
             with _logged(self.stream_id, "deleting the output channel"):
                 await self._output.close()
+        if self._data is not None:
+            data, self._data = self._data, None
+            with _logged(self.stream_id, "closing the data channel"):
+                await data.close()
         if self._events_channel is not None:
             channel, self._events_channel = self._events_channel, None  # its last event is sent
             with _logged(self.stream_id, "closing the events channel"):

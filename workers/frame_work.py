@@ -38,6 +38,21 @@ class _Channel:
     transfer: Any = None  # FrameTransfer: this channel's slot <-> device buffers, kept between frames
 
 
+# ComfyUI `ui` keys that name files (SaveImage's, PreviewImage's ...): not data for a live stream.
+MEDIA_UI_KEYS = frozenset({"images", "animated", "audio", "video", "gifs", "3d"})
+
+
+def frame_data(outputs: dict[str, dict[str, Any]], executed: list[str]) -> dict[str, Any] | None:
+    """The `ui` of the nodes that ran for this frame, media left out (a node computed once for
+    every frame says it once, at the prompt's dry run, not with each frame)."""
+    data = {}
+    for node_id in executed:
+        ui = {k: v for k, v in (outputs.get(node_id) or {}).items() if k not in MEDIA_UI_KEYS}
+        if ui:
+            data[node_id] = ui
+    return data or None
+
+
 class FrameWork:
     def __init__(self, state: WorkerState, outbox: Outbox, background: Background):
         self.state = state
@@ -83,13 +98,14 @@ class FrameWork:
             return
         error: str | None = None
         shape: tuple[int, int, int] | None = None
+        data: dict[str, Any] | None = None
         prompt_ms = 0.0
         try:
             frame = self._transfer(channel).upload(channel.ring.input(msg.slot))
             channel.last_frame = frame
             channel.last_frame_id = msg.frame_id
             started = time.perf_counter()
-            images = self._execute(channel, channel.active, frame)
+            images, data = self._execute(channel, channel.active, frame)
             prompt_ms = (time.perf_counter() - started) * 1000.0
             if images is None:
                 error = "the prompt produced no output frame"
@@ -102,7 +118,9 @@ class FrameWork:
         self.busy_s += elapsed
         self.frames_processed += 1
         channel.frames += 1
-        self.send(m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0, prompt_ms))
+        self.send(
+            m.FrameDone(msg.channel, msg.frame_id, msg.slot, shape, error, elapsed * 1000.0, prompt_ms, data)
+        )
 
     def _transfer(self, channel: _Channel) -> FrameTransfer:
         """The channel's frame transfer (uint8 slot <-> IMAGE on the device, once each way)."""
@@ -110,12 +128,13 @@ class FrameWork:
             channel.transfer = FrameTransfer(self.torch, self.device)
         return channel.transfer
 
-    def _execute(self, channel: _Channel, index: int, frame: Any) -> Any:
+    def _execute(self, channel: _Channel, index: int, frame: Any) -> tuple[Any, dict[str, Any] | None]:
+        """The frame's output images, and what its nodes said this frame besides media."""
         from comfystream.engine import ExecutionContext
 
         ctx = ExecutionContext(prompt_id=channel.prompt_ids[index], frame=frame)
         result = channel.plans[index].execute_sync(ctx)
-        return result.frames[0] if result.frames else None
+        return (result.frames[0] if result.frames else None), frame_data(result.outputs, result.executed)
 
     def _store(self, images: Any, channel: _Channel, dst: Any) -> tuple[int, int, int]:
         """Write the first image of `images` into `dst` (the output slot) as uint8 at the channel's size."""

@@ -125,6 +125,9 @@ class FrameDone:
     error: str | None
     exec_ms: float  # all the worker did for this frame (tensor in, prompt, uint8 out)
     prompt_ms: float = 0.0  # the prompt's own execution within it
+    # What the frame's nodes said besides images (node id -> their `ui`, media left out): a node's
+    # text or numbers, for the stream's data channel. None when nothing.
+    data: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -642,7 +642,7 @@ class StreamWorker(Supervisor):
         try:
             if msg.error is None and msg.shape is not None:
                 image = ch.ring.output(msg.slot, msg.shape)
-            ch.listener.on_result(msg.frame_id, image, msg.error, msg.exec_ms, msg.prompt_ms)
+            ch.listener.on_result(msg.frame_id, image, msg.error, msg.exec_ms, msg.prompt_ms, msg.data)
         finally:
             del image
             if expected is not None:

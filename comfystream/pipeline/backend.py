@@ -61,10 +61,17 @@ class ChannelListener(Protocol):
     """How a worker reports back to the pipeline that owns a channel (all calls on the loop thread)."""
 
     def on_result(
-        self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float, prompt_ms: float
+        self,
+        frame_id: int,
+        image: np.ndarray | None,
+        error: str | None,
+        exec_ms: float,
+        prompt_ms: float,
+        data: dict[str, Any] | None = None,
     ) -> None:
         """`image` is a view into shared memory, valid only during the call; `exec_ms` is all the
-        worker spent on the frame, `prompt_ms` the prompt's own execution within it."""
+        worker spent on the frame, `prompt_ms` the prompt's own execution within it; `data` what
+        the frame's nodes said besides images (node id -> `ui`), None when nothing."""
 
     def on_lost(self, frame_ids: list[int], reason: str) -> None:
         """These frames were in the worker when it went; they will not come back."""

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,9 +80,15 @@ class _Listener:
         self.client = client
 
     def on_result(
-        self, frame_id: int, image: np.ndarray | None, error: str | None, exec_ms: float, prompt_ms: float
+        self,
+        frame_id: int,
+        image: np.ndarray | None,
+        error: str | None,
+        exec_ms: float,
+        prompt_ms: float,
+        data: dict[str, Any] | None = None,
     ) -> None:
-        self.pipeline._on_result(frame_id, image, error, exec_ms, prompt_ms)
+        self.pipeline._on_result(frame_id, image, error, exec_ms, prompt_ms, data)
 
     def on_lost(self, frame_ids: list[int], reason: str) -> None:
         self.pipeline._on_lost(frame_ids, reason)
@@ -137,6 +144,9 @@ class BasePipeline:
         self.worker_options = worker_options
         self.backend = backend if backend is not None else get_backend()
         self.on_event = on_event
+        # Told what a frame's nodes said besides images ({"frame_id", "pts" (s), "data"}): a
+        # stream's data channel.
+        self.on_data: Callable[[dict[str, Any]], None] | None = None
         self.prompts: list[dict[str, Any]] = []
         self.state = "new"
         self._tracker = FrameTracker(
@@ -341,11 +351,17 @@ class BasePipeline:
         error: str | None,
         exec_ms: float,
         prompt_ms: float = 0.0,
+        data: dict[str, Any] | None = None,
     ) -> None:
         if self.state == "stopped":  # its frames were let go (`_release_frames`)
             return
         tracker = self._tracker
         entry = tracker.in_flight(frame_id)
+        if data and entry is not None and self.on_data is not None:
+            try:
+                self.on_data({"frame_id": frame_id, "pts": entry.pts_s, "data": data})
+            except Exception:
+                logger.exception("stream %s: on_data failed", self.stream_id)
         if entry is None:
             tracker.complete(frame_id, None)  # counts the mismatch and logs it
             return

@@ -4,6 +4,7 @@ See DESIGN.md section 6 and go-livepeer's ``trickle/`` (the reference).
 """
 
 from .control import ControlSubscriber
+from .data import DataPublisher
 from .events import EventsPublisher
 from .media_io import FramePublisher, FrameSubscriber
 from .protocol import TrickleError
@@ -14,6 +15,7 @@ from .subscriber import TrickleSegment, TrickleSubscriber
 __all__ = [
     "RELAY_KEY",
     "ControlSubscriber",
+    "DataPublisher",
     "EventsPublisher",
     "FramePublisher",
     "FrameSubscriber",
