@@ -67,7 +67,7 @@ async def test_openapi_fuzz_with_a_live_stream(server: Server, tmp_path: Path) -
     ]
     proc = await asyncio.create_subprocess_exec(
         exe, "run", str(schema), "--url", server.base, "--checks", CHECKS, "--phases", "fuzzing",
-        "--max-examples", "1", "--max-time", "40", "--workers", "1", "--request-timeout", "20", "--no-color", "--seed", "1",
+        "--max-examples", "1", "--max-time", "25", "--workers", "1", "--request-timeout", "20", "--no-color", "--seed", "1",
         "--suppress-health-check", "all", *[arg for name in untested for arg in ("--exclude-name", name)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
