@@ -97,3 +97,15 @@ def test_conversions_start_no_thread_pool():
     assert rgb.shape == (96, 96, 3) and (scaled.width, scaled.height) == (160, 120)
     encoder.flush()
     encoder.close()
+
+
+def test_a_frame_resized_for_the_output_keeps_its_timestamps_and_ingest_mark():
+    """`detect_out_resolution: false` resizes each output frame: its pts and the pipeline's ingest
+    mark (`opaque`, read for the latency stats at publish) go with it."""
+    from server.frame_rate import fixed_size
+
+    frame = av.VideoFrame(64, 48, "yuv420p")
+    frame.pts, frame.time_base, frame.opaque = 7, Fraction(1, 30), {"ingest": 1.5}
+    out = fixed_size(frame, 32, 24)
+    assert (out.width, out.height) == (32, 24) and out is not frame
+    assert (out.pts, out.time_base, out.opaque) == (7, Fraction(1, 30), {"ingest": 1.5})
