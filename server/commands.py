@@ -55,6 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all nvidia-smi lists; none: CPU)"
     )
     parser.add_argument(
+        "--interrupt-grace-s",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="a job still running S seconds after /interrupt has its worker killed and replaced (default 2)",
+    )
+    parser.add_argument(
+        "--frame-timeout-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="a stream's worker holding one frame longer than S seconds is replaced (default 10)",
+    )
+    parser.add_argument(
         "--streams-per-gpu",
         type=int,
         default=None,
@@ -214,6 +228,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--gpu-min-free-mib cannot be negative")
     if args.max_latency_ms <= 0:
         raise ValueError("--max-latency-ms must be positive")
+    if args.interrupt_grace_s <= 0 or args.frame_timeout_s <= 0:
+        raise ValueError("--interrupt-grace-s and --frame-timeout-s must be positive")
     from server.origin_check import OriginPolicy
 
     OriginPolicy(args.allowed_origins)  # a bad origin is a usage error
@@ -230,6 +246,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         gpus=parse_gpus(args.gpus),
         streams_per_gpu=args.streams_per_gpu,
         gpu_min_free_mib=args.gpu_min_free_mib,
+        interrupt_grace_s=args.interrupt_grace_s,
+        frame_timeout_s=args.frame_timeout_s,
         relay=args.relay,
         ice_servers=list(args.ice_servers),
         job_workers=args.job_workers,

@@ -24,6 +24,8 @@ class ServerConfig:
     max_latency_ms: float = DEFAULT_MAX_LATENCY_MS  # a stream's latency budget unless it sets one
     gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
+    interrupt_grace_s: float = 2.0  # a job still running this long after /interrupt: worker killed
+    frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long: replaced
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"

@@ -45,6 +45,8 @@ class PipelineResources:
             gpus=config.gpus,
             streams_per_gpu=config.streams_per_gpu,
             gpu_min_free_mib=config.gpu_min_free_mib,
+            interrupt_grace_s=config.interrupt_grace_s,
+            frame_timeout_s=config.frame_timeout_s,
             warm_workers=config.warm_workers,
             cwd=str(config.workspace) if config.workspace else None,
             custom_node_dirs=custom,

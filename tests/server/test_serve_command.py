@@ -49,9 +49,21 @@ def test_serve_flags() -> None:
         False,
         None,
     )
-    for bad in (["--max-streams", "0"], ["--gpus", "x"], ["--warm-workers", "-1"]):
+    for bad in (["--max-streams", "0"], ["--gpus", "x"], ["--warm-workers", "-1"], ["--frame-timeout-s", "0"]):
         with pytest.raises(ValueError):
             config_from_args(build_parser().parse_args(["serve", *bad]))
+
+
+def test_worker_deadlines_reach_the_workers_backend() -> None:
+    """The interrupt grace and the frame timeout are the operator's: flags, down to the backend
+    whose supervisors enforce them (streams' and jobs' workers alike)."""
+    from server.pipelines import PipelineResources
+
+    args = ["serve", "--interrupt-grace-s", "5", "--frame-timeout-s", "30"]
+    settings = PipelineResources(config_from_args(build_parser().parse_args(args))).backend.settings
+    assert (settings.interrupt_grace_s, settings.frame_timeout_s) == (5.0, 30.0)
+    defaults = PipelineResources(config_from_args(build_parser().parse_args(["serve"]))).backend.settings
+    assert (defaults.interrupt_grace_s, defaults.frame_timeout_s) == (2.0, 10.0)
 
 
 def _alive(pid: int) -> bool:
