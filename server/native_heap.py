@@ -81,13 +81,7 @@ class HeapTrimmer:
         if self._task is not None and not self._task.done():
             self._again = True
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a stream finished by a synchronous close): trim here
-            self._trim()
-            self.trims += 1
-            return
-        self._task = loop.create_task(self._run(), name="heap-trim")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="heap-trim")
 
     async def _run(self) -> None:
         while True:

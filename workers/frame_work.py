@@ -45,11 +45,14 @@ MEDIA_UI_KEYS = frozenset({"images", "animated", "audio", "video", "gifs", "3d"}
 def frame_data(outputs: dict[str, dict[str, Any]], executed: list[str]) -> dict[str, Any] | None:
     """The `ui` of the nodes that ran for this frame, media left out (a node computed once for
     every frame says it once, at the prompt's dry run, not with each frame)."""
+    if not outputs:  # the usual frame: no node said anything
+        return None
+    ran = set(executed)
     data = {}
-    for node_id in executed:
-        ui = {k: v for k, v in (outputs.get(node_id) or {}).items() if k not in MEDIA_UI_KEYS}
-        if ui:
-            data[node_id] = ui
+    for node_id, ui in outputs.items():
+        said = {k: v for k, v in ui.items() if k not in MEDIA_UI_KEYS} if node_id in ran else None
+        if said:
+            data[node_id] = said
     return data or None
 
 

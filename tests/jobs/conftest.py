@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +26,7 @@ from server.app import create_app
 from server.config import ServerConfig
 from server.jobs import JOB_SETTINGS_KEY, scheduler_of
 from server.jobs.binary import DecodedFrame, decode
+from tests.processes import alive
 
 NODE_PACKAGE = Path(__file__).resolve().parent / "node_package" / "slow_test_nodes.py"
 TASK_TTL_S = 4.0  # finished tasks are forgotten this fast here (the default is 5 minutes)
@@ -169,13 +169,6 @@ class JobsServer:
         return [i[1] for i in data["queue_running"]], [i[1] for i in data["queue_pending"]]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")
@@ -210,7 +203,7 @@ async def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         gate.touch()
     await server.close()
     for _ in range(200):
-        if not any(_alive(pid) for pid in pids if pid is not None):
+        if not any(alive(pid) for pid in pids if pid is not None):
             break
         await asyncio.sleep(0.05)
-    assert not any(_alive(pid) for pid in pids if pid is not None), f"job workers {pids} outlived the server"
+    assert not any(alive(pid) for pid in pids if pid is not None), f"job workers {pids} outlived the server"

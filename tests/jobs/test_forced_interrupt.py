@@ -9,8 +9,9 @@ import asyncio
 import pytest
 
 from server.jobs import scheduler_of
+from tests.processes import alive
 
-from .conftest import WAIT_S, JobsServer, _alive, gated_prompt
+from .conftest import WAIT_S, JobsServer, gated_prompt
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -45,10 +46,10 @@ async def test_a_node_that_ignores_the_interrupt_is_killed_and_the_other_job_run
     assert not any(m["type"] == "execution_error" and m["data"]["prompt_id"] == x for m in ws.json())
 
     for _ in range(int(WAIT_S / 0.05)):  # the stuck worker is gone, a new one takes its place
-        if not _alive(old_pid) and stuck.state == "ready":
+        if not alive(old_pid) and stuck.state == "ready":
             break
         await asyncio.sleep(0.05)
-    assert not _alive(old_pid) and stuck.state == "ready" and stuck.pid != old_pid, stuck.status()
+    assert not alive(old_pid) and stuck.state == "ready" and stuck.pid != old_pid, stuck.status()
 
     running, _ = await jobs_server.queue()
     assert running == [y]  # untouched

@@ -13,6 +13,7 @@ from conftest import Collector, check_output, eventually, hang_prompt, make_fram
 
 from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
+from tests.processes import alive
 
 
 async def test_hung_worker_is_replaced_and_a_stubborn_one_is_killed(backend, tmp_path, no_leaks):
@@ -107,7 +108,7 @@ async def test_warm_pool_serves_twenty_start_stop_cycles_and_nothing_is_left(bac
             pids = await asyncio.gather(*(_one_stream(backend, f"c{cycle}-{k}", warm_pids) for k in range(2)))
             assert len(set(pids)) == 2
             for pid in pids:
-                assert await eventually(lambda pid=pid: _gone(pid)), f"worker {pid} outlived its stream"
+                assert await eventually(lambda pid=pid: not alive(pid)), f"worker {pid} outlived its stream"
             await pool.wait_full(timeout=60)
         assert pool.taken == 20 and pool.spawned == 22
     finally:
@@ -128,12 +129,6 @@ def _fds() -> dict[str, str]:
     return out
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 async def test_frames_put_while_the_worker_starts_pass_through_in_order(backend, tmp_path, no_leaks):

@@ -15,6 +15,7 @@ from serve_process import serve_process
 from server.cli import build_parser
 from server.commands import config_from_args
 from server.trickle_client import create_channel
+from tests.processes import alive
 
 
 def test_serve_flags() -> None:
@@ -66,12 +67,6 @@ def test_worker_deadlines_reach_the_workers_backend() -> None:
     assert (defaults.interrupt_grace_s, defaults.frame_timeout_s) == (2.0, 10.0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -99,10 +94,10 @@ async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: s
             assert time.monotonic() < deadline, f"worker not up: {worker}"
             await asyncio.sleep(0.1)
         worker_pid = worker["pid"]
-        assert _alive(worker_pid)
+        assert alive(worker_pid)
         proc.send_signal(sig)
         assert await asyncio.to_thread(proc.wait, 30) == 0
-        assert not _alive(worker_pid)
+        assert not alive(worker_pid)
 
 
 def test_bad_workspace_fails_at_start(tmp_path: Path, capsys) -> None:

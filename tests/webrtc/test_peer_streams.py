@@ -17,6 +17,7 @@ import aioice.ice
 import pytest
 
 from comfystream.prompts import DEFAULT_PROMPT
+from tests.processes import alive
 from tests.webrtc.conftest import PASSTHROUGH_PROMPT, Server
 from tests.webrtc.peers import Peer, Received
 
@@ -24,13 +25,6 @@ from tests.webrtc.peers import Peer, Received
 # frame crosses two encoders (peer -> server -> peer).
 PTS_TOLERANCE = {"H264": 0, "VP8": 2}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def _wait_gone(server: Server, stream_id: str, timeout: float = 30.0) -> dict:
@@ -92,7 +86,7 @@ async def test_frames_come_back_processed_in_order_with_their_timestamps(server:
         assert info["stats"]["received"] >= 30 and info["stats"]["processed"] >= 30
         assert len(info["workers"]) == 1
         worker_pid = info["workers"][0]["pid"]
-        assert _pid_alive(worker_pid)
+        assert alive(worker_pid)
         status, stats = await server.call("GET", f"/stream/{stream_id}/stats")
         assert status == 200 and stats["stream_id"] == stream_id
         assert {"fps", "fps_in", "dropped", "latency_ms_p50", "latency_ms_p99"} <= set(stats), stats
@@ -115,7 +109,7 @@ async def test_frames_come_back_processed_in_order_with_their_timestamps(server:
             expected_reason = {"stopped by DELETE"}
         info = await _wait_gone(server, stream_id)
         assert info["state"] == "stopped" and info["stop_reason"] in expected_reason, info
-        assert not _pid_alive(worker_pid), "the stream's worker outlived it"
+        assert not alive(worker_pid), "the stream's worker outlived it"
         status, _ = await server.call("GET", f"/stream/{stream_id}/stats")
         assert status == 200  # a finished stream's last stats stay readable
     finally:
@@ -183,7 +177,7 @@ async def test_control_channel_prompts_pause_resume_stop_and_resolution(server: 
         # Stop: the worker is freed, the video passes through; resume starts a new worker.
         reply = await peer.request("stop_prompts")
         assert (reply["type"], reply["success"], reply["mode"]) == ("prompts_stopped", True, "stopped")
-        assert not _pid_alive(worker_pid)
+        assert not alive(worker_pid)
         status, info = await server.call("GET", f"/stream/{stream_id}")
         assert info["state"] == "running" and info["workers"] == []
         assert not any(f.inverted for f in await _frames_sent_after(peer, time.monotonic(), 5))
@@ -274,10 +268,10 @@ async def test_two_peers_at_once_see_only_their_own_frames(server: Server) -> No
         # Closing one frees its worker; the other is untouched.
         await a.close()
         await _wait_gone(server, answer_a["stream_id"])
-        assert not _pid_alive(workers[answer_a["stream_id"]])
+        assert not alive(workers[answer_a["stream_id"]])
         n_b = len(b.received)
         await b.wait_count(n_b + 10)
-        assert _pid_alive(workers[answer_b["stream_id"]])
+        assert alive(workers[answer_b["stream_id"]])
     finally:
         for peer in (a, b, third):
             await peer.close()
@@ -347,7 +341,7 @@ async def test_a_lost_peer_stops_its_stream(server: Server, monkeypatch: pytest.
         # On loopback the dead peer's port answers ICMP "unreachable", so the transport may close before
         # consent checks fail: either way the stream ends by the peer connection.
         assert info["stop_reason"] in {"peer connection lost", "peer connection closed"}, info
-        assert not _pid_alive(worker_pid)
+        assert not alive(worker_pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ import pytest
 
 from comfystream.pipeline.backend import ChannelSpec, WorkerSpec
 from comfystream.prompts import DEFAULT_PROMPT
+from tests.processes import alive
 from workers import process as workers_process
 from workers.backend import ProcessPoolBackend
 from workers.process import WorkerLost
@@ -40,12 +41,6 @@ def _channel() -> ChannelSpec:
     return ChannelSpec("c", 64, 48, [DEFAULT_PROMPT], warmup_frames=0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def _until(predicate, timeout: float = 120.0) -> bool:
@@ -79,7 +74,7 @@ async def test_stops_in_every_order_leave_no_process(no_leaks):
     await worker.stop()
     with pytest.raises(WorkerLost):
         await restarting
-    assert first is not None and not _alive(first)
+    assert first is not None and not alive(first)
 
     # Restart during stop: refused, and the stop completes.
     worker = backend.create_worker(WorkerSpec(), "restart-during-stop")
@@ -129,7 +124,7 @@ async def test_restart_and_crash_take_a_warm_worker(no_leaks):
                 )
             assert worker.pid == warm.pid, f"{how}: the warm worker takes over"
             assert worker.channels["c"].open
-            assert await _until(lambda old=old: not _alive(old)), f"{how}: the old worker is gone"
+            assert await _until(lambda old=old: not alive(old)), f"{how}: the old worker is gone"
         assert worker.restarts == 2
     finally:
         await worker.stop()
@@ -161,5 +156,5 @@ async def test_a_start_cancelled_while_its_process_spawns_still_stops_that_proce
         await spawning
     # The stop signalled it (without its pid it could not, and waited for it to go by itself).
     assert proc.state == "stopped" and proc.exitcode == -signal.SIGTERM, proc.status()
-    assert not _alive(proc.pid)
+    assert not alive(proc.pid)
     await backend.shutdown()

@@ -11,6 +11,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from tests.processes import alive
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SERVER = textwrap.dedent(
@@ -44,12 +46,6 @@ SERVER = textwrap.dedent(
 )
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def _until(predicate, timeout: float = 15.0) -> bool:
@@ -72,10 +68,10 @@ def test_worker_dies_when_its_server_is_sigkilled(tmp_path, no_leaks):
         assert line, "the server script did not start its worker"
         info = json.loads(line)
         worker_pid, ring = info["pid"], info["ring"]
-        assert not _gone(worker_pid) and os.path.exists(f"/dev/shm/{ring}")
+        assert alive(worker_pid) and os.path.exists(f"/dev/shm/{ring}")
         server.send_signal(signal.SIGKILL)
         server.wait(10)
-        assert _until(lambda: _gone(worker_pid)), f"worker {worker_pid} outlived its SIGKILLed server"
+        assert _until(lambda: not alive(worker_pid)), f"worker {worker_pid} outlived its SIGKILLed server"
         # The server could not unlink its ring; multiprocessing's tracker does once all are gone.
         assert _until(lambda: not os.path.exists(f"/dev/shm/{ring}")), f"{ring} left in /dev/shm"
     finally:
