@@ -172,8 +172,12 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
     _put_on_path(root)
     # Before anything of ComfyUI is imported: nodes import `server` at module level.
     prompt_server.install()
-    step = "comfy.cli_args"
+    step = "utils.extra_config"
     try:
+        # Before comfy.*: once ComfyUI's model code runs, `comfy/` is first on the import path
+        # and `utils` would be comfy/utils.py (ComfyUI's main.py imports it first too).
+        extra_config = importlib.import_module("utils.extra_config") if _model_path_configs(root, settings) else None
+        step = "comfy.cli_args"
         cli_args = importlib.import_module("comfy.cli_args")
         has_accelerator = torch_has_accelerator()
         if settings.gpu_only and not has_accelerator:
@@ -191,7 +195,7 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
         bridges.install_progress_bridge()
         step = "folder_paths"
         folder_paths = importlib.import_module("folder_paths")
-        _configure_folder_paths(root, settings, folder_paths)
+        _configure_folder_paths(root, settings, folder_paths, extra_config)
         step = "nodes"
         nodes_module = importlib.import_module("nodes")
         step = "node modules"
@@ -267,15 +271,20 @@ def _put_on_path(root: Path) -> None:
         sys.path.insert(0, entry)
 
 
-def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any) -> None:
-    """Models, inputs and outputs of the workspace (ComfyUI's main.py does the same at start)."""
+def _model_path_configs(root: Path, settings: WorkspaceSettings) -> list[str]:
+    """The `extra_model_paths.yaml` files to read: the workspace's own, then the settings'."""
     configs = []
     default_config = root / "extra_model_paths.yaml"
     if default_config.is_file():
         configs.append(str(default_config))
     configs.extend(settings.extra_model_paths)
+    return configs
+
+
+def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any, extra_config: Any) -> None:
+    """Models, inputs and outputs of the workspace (ComfyUI's main.py does the same at start)."""
+    configs = _model_path_configs(root, settings)
     if configs:
-        extra_config = importlib.import_module("utils.extra_config")
         for config in configs:
             if not os.path.isfile(config):
                 raise WorkspaceError(f"extra model paths file {config} does not exist")

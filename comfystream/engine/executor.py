@@ -1,5 +1,9 @@
 """A compiled prompt: validated and planned once, then executed many times (once per frame).
 
+Every execution runs under `torch.inference_mode()`, as ComfyUI's executor runs every prompt:
+model weights loaded by a node would otherwise record autograd graphs (and ops with `out=`
+refuse to run on them).
+
 The per-execution path is a loop over pre-resolved steps (bound node functions, constant
 kwargs, links as indexes into a value list); nothing re-reads the prompt. Nodes that do not
 depend on the frame input run on the first execution and their outputs are reused, until
@@ -18,6 +22,8 @@ import traceback
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from comfystream.engine.context import ExecutionContext, reset_current_context, set_current_context
 from comfystream.engine.errors import ExecutionError, InterruptProcessingException, PromptValidationError
@@ -200,7 +206,10 @@ class CompiledPrompt:
             error: BaseException | None = None
             while True:
                 try:
-                    awaitable = gen.throw(error) if error is not None else gen.send(value)
+                    # Inference mode around each synchronous stretch only: the loop may run
+                    # other coroutines while an async node is awaited.
+                    with torch.inference_mode():
+                        awaitable = gen.throw(error) if error is not None else gen.send(value)
                 except StopIteration as stop:
                     return stop.value
                 error = None
@@ -224,7 +233,8 @@ class CompiledPrompt:
         try:
             gen = self._run(ctx)
             try:
-                next(gen)
+                with torch.inference_mode():
+                    next(gen)
             except StopIteration as stop:
                 return stop.value
             gen.close()
