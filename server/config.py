@@ -25,7 +25,13 @@ class ServerConfig:
     gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
     interrupt_grace_s: float = 2.0  # a job still running this long after /interrupt: worker killed
-    frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long: replaced
+    frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long (and 5x its median): replaced
+    # --torch-threads: each worker's torch intra-op threads; None: cores / --max-streams, at least 1.
+    torch_threads: int | None = None
+    # --preload-prompt / --preload-size: prompts every warm worker loads and warms up before a
+    # stream takes it (empty: warm workers hold the engine only).
+    preload_prompts: list[dict[str, Any]] = field(default_factory=list)
+    preload_size: tuple[int, int] = (512, 512)
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
@@ -57,6 +63,16 @@ class ServerConfig:
             dirs.append(self.workspace / "custom_nodes")
         dirs.extend(self.custom_nodes)
         return dirs
+
+
+def default_torch_threads(max_streams: int, cores: int | None = None) -> int:
+    """Threads per worker when the operator does not say: the cores shared by the streams the
+    server may run at once (OpenMP threads of several workers fighting for a core cost more than
+    they gain), at least one."""
+    import os
+
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, cores // max(1, max_streams))
 
 
 def parse_gpus(value: str | None) -> list[int] | None:

@@ -13,7 +13,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from comfystream.pipeline.backend import WorkerSpec
-from workers.process import WorkerProcess
+from workers import messages as m
+from workers.process import WorkerError, WorkerProcess
 
 if TYPE_CHECKING:
     from workers.backend import ProcessPoolBackend
@@ -107,6 +108,15 @@ class WarmPool:
             if self._closed:
                 await proc.stop()
                 return
+            if self.backend.settings.preload_prompts:
+                proc.on_lost = self._on_idle_lost  # a crash while loading is seen as any idle loss
+                if not await self._preload(proc):
+                    await proc.stop()
+                    await asyncio.sleep(self.backend.settings.backoff_max_s)
+                    return
+                if self._closed:
+                    await proc.stop()
+                    return
             proc.on_lost = self._on_idle_lost
             self._idle.append(proc)
             self.spawned += 1
@@ -114,6 +124,33 @@ class WarmPool:
             self._spawning -= 1
             self._changed.set()
             self._kick()
+
+    async def _preload(self, proc: WorkerProcess) -> bool:
+        """Have `proc` load and warm up the operator's prompts (`--preload-prompt`)."""
+        s = self.backend.settings
+        width, height = s.preload_size
+        prompts = list(s.preload_prompts)
+        try:
+            reply = await proc.request(
+                lambda rid: m.Preload(rid, prompts, width, height, s.preload_warmup_frames),
+                timeout=s.startup_timeout_s,
+            )
+        except (TimeoutError, WorkerError) as exc:
+            logger.error("warm pool: %s could not preload its prompt: %s", proc.name, exc)
+            return False
+        if not reply.ok:
+            logger.error("warm pool: the preload prompt failed in %s: %s", proc.name, reply.message)
+            return False
+        logger.info(
+            "warm pool: %s preloaded %d prompt(s) at %dx%d (%.0f ms a frame, %d model load(s))",
+            proc.name,
+            len(prompts),
+            width,
+            height,
+            reply.data.get("frame_ms") or 0.0,
+            reply.data.get("model_loads", 0),
+        )
+        return True
 
     def _on_idle_lost(self, proc: WorkerProcess, reason: str) -> None:
         with contextlib.suppress(ValueError):

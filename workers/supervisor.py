@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -338,6 +340,9 @@ class Supervisor:
             self._arm()
 
     def _arm(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         due = self._deadlines.next_in()
         if due is not None:
             self._deadline_timer = asyncio.get_running_loop().call_later(due, self._deadline_passed)
@@ -405,6 +410,11 @@ def raise_for_reply(reply: m.Reply) -> None:
     raise RequestFailed(reply.message or "the worker refused the request")
 
 
+# A frame is stuck, and its worker replaced, past max(--frame-timeout-s, this many times the
+# channel's own median frame time): a model taking 3 s a frame is slow, not stuck.
+FRAME_DEADLINE_FACTOR = 5.0
+
+
 @dataclass
 class _Channel:
     spec: ChannelSpec
@@ -412,6 +422,8 @@ class _Channel:
     ring: FrameRing
     inflight: dict[int, int] = field(default_factory=dict)  # slot -> frame_id
     open: bool = False
+    # The worker's own time per frame (ms): the warmup's measure, then each frame's.
+    frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
 
 class StreamWorker(Supervisor):
@@ -421,6 +433,44 @@ class StreamWorker(Supervisor):
         super().__init__(backend, spec, name)
         self.channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()  # channel changes and re-opening after a restart take turns
+        self._preparing = 0  # prompt loads / warmups running in the worker beside its frames
+        # Loader nodes run by this worker's processes (model_loads): earlier processes', the current one's.
+        self._model_loads_before = 0
+        self._model_loads_now = 0
+
+    @property
+    def model_loads(self) -> int:
+        return self._model_loads_before + self._model_loads_now
+
+    def frame_deadline_s(self, channel: str) -> float | None:
+        """How long a frame of `channel` may run before the worker counts as stuck; None while a
+        prompt loads or warms up beside the frames (they are slowed, not stuck)."""
+        if self._preparing:
+            return None
+        timeout = self.backend.settings.frame_timeout_s
+        ch = self.channels.get(channel)
+        if ch is not None and ch.frame_ms:
+            timeout = max(timeout, FRAME_DEADLINE_FACTOR * statistics.median(ch.frame_ms) / 1000.0)
+        return timeout
+
+    def _heartbeat_grace(self) -> float:
+        """A worker inside a frame answers no ping: allow the frame its deadline."""
+        busy = [name for name, ch in self.channels.items() if ch.inflight]
+        if not busy:
+            return 0.0
+        deadlines = [self.frame_deadline_s(name) for name in busy]
+        if any(d is None for d in deadlines):
+            return self.backend.settings.startup_timeout_s
+        return max(d for d in deadlines if d is not None)
+
+    def _note_prepared(self, ch: _Channel | None, data: dict[str, Any]) -> None:
+        """What a worker said after compiling and warming up prompts (m.Reply data)."""
+        if "model_loads" in data:
+            self._model_loads_now = int(data["model_loads"])
+        frame_ms = data.get("frame_ms")
+        if ch is not None and frame_ms:
+            ch.frame_ms.clear()
+            ch.frame_ms.append(float(frame_ms))
 
     # -- WorkerClient --------------------------------------------------------------------------
 
@@ -460,7 +510,9 @@ class StreamWorker(Supervisor):
             ch.ring.release(slot)
             raise
         ch.inflight[slot] = frame_id
-        self._watch(("frame", channel, frame_id), self.backend.settings.frame_timeout_s)
+        deadline = self.frame_deadline_s(channel)
+        if deadline is not None:
+            self._watch(("frame", channel, frame_id), deadline)
         with contextlib.suppress(WorkerLost):  # the loss handler reports it with the others in flight
             proc.send(m.ProcessFrame(channel, frame_id, slot))
 
@@ -472,13 +524,28 @@ class StreamWorker(Supervisor):
         apply: bool = True,
         warmup_frames: int = 0,
     ) -> int | None:
-        proc = await self._wait_ready()
         ch = self._require_channel(channel)
-        reply = await proc.request(
-            lambda rid: m.UpdatePrompts(rid, channel, prompts, active, warmup_frames, apply),
-            timeout=self.backend.settings.startup_timeout_s,
-        )
+        # A worker lost under the request (replaced after a crash or a stuck frame): the update
+        # goes to the replacement once it is up, which re-opened the channel with the old prompts.
+        for attempt in range(3):
+            proc = await self._wait_ready()
+            self._preparing += 1
+            try:
+                reply = await proc.request(
+                    lambda rid: m.UpdatePrompts(rid, channel, prompts, active, warmup_frames, apply),
+                    timeout=self.backend.settings.startup_timeout_s,
+                )
+            except WorkerLost as exc:
+                logger.warning("%s: prompt update met a lost worker (%s); %s", self.name, exc,
+                               "trying its replacement" if attempt < 2 else "giving up")  # fmt: skip
+                if attempt == 2:
+                    raise
+                continue
+            finally:
+                self._preparing -= 1
+            break
         raise_for_reply(reply)
+        self._note_prepared(ch if apply else None, reply.data)
         if apply:
             ch.spec = replace(ch.spec, prompts=list(prompts), active=active)  # what a new process re-opens
         return reply.data.get("after_frame_id")
@@ -534,6 +601,7 @@ class StreamWorker(Supervisor):
     def status(self) -> dict[str, Any]:
         base = super().status()
         base["channels"] = sorted(self.channels)
+        base["model_loads"] = self.model_loads
         base["spec"] = {
             "cwd": self.spec.cwd,
             "disable_cuda_malloc": self.spec.disable_cuda_malloc,
@@ -542,6 +610,12 @@ class StreamWorker(Supervisor):
         return base
 
     # -- Supervisor hooks ------------------------------------------------------------------------
+
+    def _adopt(self, proc: WorkerProcess) -> None:
+        super()._adopt(proc)
+        proc.heartbeat_grace = self._heartbeat_grace
+        self._model_loads_before += self._model_loads_now
+        self._model_loads_now = 0
 
     async def _attach(self, proc: WorkerProcess) -> None:
         async with self._lock:
@@ -574,7 +648,11 @@ class StreamWorker(Supervisor):
         # A frame the prompt never finishes: the stream goes on (frames pass through) while a
         # new process takes over, rather than waiting for the heartbeat to give up on it.
         _, channel, frame_id = key  # type: ignore[misc]
-        timeout = self.backend.settings.frame_timeout_s
+        if self._preparing:
+            # A prompt is loading or warming up beside this frame: slow, not stuck. Look again later.
+            self._watch(key, self.backend.settings.frame_timeout_s)
+            return
+        timeout = self.frame_deadline_s(channel) or self.backend.settings.frame_timeout_s
         logger.warning(
             "%s: frame %s of %s still running after %.1f s: replacing the worker",
             self.name,
@@ -619,6 +697,7 @@ class StreamWorker(Supervisor):
             timeout=self.backend.settings.startup_timeout_s,
         )
         raise_for_reply(reply)
+        self._note_prepared(ch, reply.data)
         ch.ring.release_all()
         ch.inflight.clear()
         ch.open = True
@@ -632,6 +711,8 @@ class StreamWorker(Supervisor):
             return
         expected = ch.inflight.pop(msg.slot, None)
         self._deadlines.clear(("frame", msg.channel, msg.frame_id))
+        if msg.error is None:
+            ch.frame_ms.append(msg.exec_ms)
         if expected != msg.frame_id:
             # The pipeline pairs by frame id and counts this; here it means the slot bookkeeping broke.
             logger.error(

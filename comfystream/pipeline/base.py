@@ -448,6 +448,9 @@ class BasePipeline:
                 "worker_ms_p50": round(float(np.percentile(exec_ms, 50)), 3) if exec_ms.size else None,
                 "width": self.width,
                 "height": self.height,
+                # Loader nodes (checkpoints, LoRAs...) run in this stream's workers: a prompt update
+                # that keeps the same models adds none.
+                "model_loads": sum(getattr(c, "model_loads", 0) for c in self._clients()),
             }
         )
         return out
