@@ -19,6 +19,8 @@ from comfystream.comfyui.installer import (
     install_command,
     install_node_package,
     node_package_source,
+    our_requirements,
+    pinned_names,
     requirements_without_torch,
 )
 from comfystream.comfyui.node_loading import NODE_PACKAGE_MARKER
@@ -230,3 +232,14 @@ def test_settings_are_checked():
     assert settings.effective_vram_mode(has_accelerator=True) == "gpu_only"
     assert settings.effective_vram_mode(has_accelerator=False) == "cpu"
     assert WorkspaceSettings(vram_mode="lowvram").effective_vram_mode(has_accelerator=True) == "lowvram"
+
+
+def test_comfyuis_requirements_never_replace_a_pin_of_ours():
+    """ComfyUI pins its own (older) editor; installing its requirements must keep the one
+    comfystream serves, and every other requirement of comfystream's stays a constraint."""
+    ours = our_requirements()
+    assert "comfyui-frontend-package==1.58.1" in ours
+    assert {"torch", "comfyui-frontend-package"} <= pinned_names(ours)
+    comfyui = "comfyui-frontend-package==1.27.10\ncomfyui_frontend_package>=1.0\nnumpy>=1.25.0\ntorch\n"
+    kept = requirements_without_torch(comfyui, pinned_names(ours)).splitlines()
+    assert kept == ["numpy>=1.25.0"]
