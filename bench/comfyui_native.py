@@ -60,7 +60,9 @@ class _Server:
         pass
 
 
-def load_comfyui(comfyui: str, extra_model_paths: list[str] | None = None, threads: int | None = None) -> None:
+def load_comfyui(
+    comfyui: str, extra_model_paths: list[str] | None = None, threads: int | None = None
+) -> None:
     import torch
 
     from comfystream.comfyui import load_workspace

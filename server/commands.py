@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from comfystream.comfyui import WorkspaceError, check_workspace
+from comfystream.comfyui.commands import add_model_paths_argument
 from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from server.config import ServerConfig, parse_gpus
 
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workspace", type=Path, default=None, help="a ComfyUI workspace: its nodes and models"
     )
+    add_model_paths_argument(parser)
     parser.add_argument(
         "--custom-nodes",
         type=Path,
@@ -293,6 +295,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         workspace=args.workspace,
         custom_nodes=list(args.custom_nodes),
+        extra_model_paths=[Path(p) for p in args.extra_model_paths],
         max_streams=args.max_streams,
         warm_workers=args.warm_workers,
         max_latency_ms=args.max_latency_ms,

@@ -17,6 +17,8 @@ class ServerConfig:
     port: int = 8000
     workspace: Path | None = None  # a ComfyUI workspace (its nodes and models); None: built-in nodes
     custom_nodes: list[Path] = field(default_factory=list)  # extra custom-node folders
+    # --extra-model-paths: ComfyUI extra_model_paths.yaml files naming more model folders (with --workspace)
+    extra_model_paths: list[Path] = field(default_factory=list)
     max_streams: int = 8  # concurrent trickle streams; a start beyond it gets 503
     # Spawned, engine-loaded, idle workers kept ready. `comfystream serve` keeps 1 by default (a
     # stream's first frames are then processed ones); 0 here, for apps built in code and tests.

@@ -38,7 +38,10 @@ class PipelineResources:
             # comfy.*); without one, the engine's loader does.
             workspace = {
                 "workspace": str(config.workspace),
-                "workspace_settings": {"extra_custom_node_dirs": custom},
+                "workspace_settings": {
+                    "extra_custom_node_dirs": custom,
+                    "extra_model_paths": [str(p) for p in config.extra_model_paths],
+                },
             }
             custom = []
         self.backend = ProcessPoolBackend(

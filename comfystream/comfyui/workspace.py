@@ -172,12 +172,8 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
     _put_on_path(root)
     # Before anything of ComfyUI is imported: nodes import `server` at module level.
     prompt_server.install()
-    step = "utils.extra_config"
+    step = "comfy.cli_args"
     try:
-        # Before comfy.*: once ComfyUI's model code runs, `comfy/` is first on the import path
-        # and `utils` would be comfy/utils.py (ComfyUI's main.py imports it first too).
-        extra_config = importlib.import_module("utils.extra_config") if _model_path_configs(root, settings) else None
-        step = "comfy.cli_args"
         cli_args = importlib.import_module("comfy.cli_args")
         has_accelerator = torch_has_accelerator()
         if settings.gpu_only and not has_accelerator:
@@ -195,7 +191,7 @@ def _import_workspace(root: Path, settings: WorkspaceSettings) -> _Loaded:
         bridges.install_progress_bridge()
         step = "folder_paths"
         folder_paths = importlib.import_module("folder_paths")
-        _configure_folder_paths(root, settings, folder_paths, extra_config)
+        _configure_folder_paths(root, settings, folder_paths)
         step = "nodes"
         nodes_module = importlib.import_module("nodes")
         step = "node modules"
@@ -281,10 +277,24 @@ def _model_path_configs(root: Path, settings: WorkspaceSettings) -> list[str]:
     return configs
 
 
-def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any, extra_config: Any) -> None:
+def _extra_config_module(root: Path) -> Any:
+    """ComfyUI's `utils/extra_config.py`, loaded from its file: by name, `utils` may be
+    comfy/utils.py (ComfyUI's nodes.py puts `comfy/` first on the import path, and a process
+    that loaded a workspace hands that path to the workers it spawns)."""
+    path = root / "utils" / "extra_config.py"
+    spec = importlib.util.spec_from_file_location("comfystream_comfyui_extra_config", path)
+    if spec is None or spec.loader is None:
+        raise WorkspaceError(f"{path} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any) -> None:
     """Models, inputs and outputs of the workspace (ComfyUI's main.py does the same at start)."""
     configs = _model_path_configs(root, settings)
     if configs:
+        extra_config = _extra_config_module(root)
         for config in configs:
             if not os.path.isfile(config):
                 raise WorkspaceError(f"extra model paths file {config} does not exist")

@@ -83,3 +83,40 @@ def make_fake_workspace(root: Path) -> Path:
     (root / "nodes.py").write_text("")
     (root / "folder_paths.py").write_text("")
     return root
+
+
+# The suite's SD 1.5 checkpoint (seeded random weights, about 2.3 GB): built once per machine by
+# `comfystream make-test-checkpoint` and kept in a cache folder between runs.
+CHECKPOINT_NAME = "sd15-random.safetensors"
+
+
+def checkpoint_cache_dir() -> Path:
+    return Path(os.environ.get("COMFYSTREAM_TEST_CACHE") or Path.home() / ".cache" / "comfystream-tests")
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str]) -> Path:
+    import subprocess
+
+    out = checkpoint_cache_dir() / CHECKPOINT_NAME
+    proc = subprocess.run(
+        [sys.executable, "-m", "server.cli", "make-test-checkpoint", "--comfyui", str(comfyui_path), str(out)],
+        env=comfyui_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"make-test-checkpoint failed:\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_paths(sd15_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An extra_model_paths.yaml whose checkpoints folder holds the test checkpoint (the ComfyUI
+    checkout itself may be read-only)."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / CHECKPOINT_NAME).symlink_to(sd15_checkpoint)
+    yaml = root / "extra_model_paths.yaml"
+    yaml.write_text(f"comfystream_tests:\n  base_path: {root}\n  checkpoints: checkpoints\n")
+    return yaml
