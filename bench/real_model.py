@@ -1,0 +1,306 @@
+"""A real diffusion checkpoint in streams: SD 1.5 img2img through ComfyUI's own nodes.
+
+The checkpoint has SD 1.5's exact layout with seeded random weights (`comfystream
+make-test-checkpoint`, built once into the test cache); the workers load the ComfyUI checkout in
+COMFYUI_PATH (default ../shared/ComfyUI). Prints, each measured in this run:
+
+- start -> first processed frame, from a warm worker without and with `--preload-prompt`
+  (live input at --fps; frames before it pass through raw);
+- per-frame time in the worker against ComfyUI's own execution of the same prompt
+  (`execution.PromptExecutor`, bench/comfyui_native.py) in one process with the same torch
+  threads: the ratio is comfystream's overhead (budget <= 1.05);
+- the worker's RSS (and its peak), a text+denoise prompt update's time and the RSS after it
+  (budget: no model load, peak within 10%);
+- two streams at once: each one's output rate and per-frame time.
+
+    .venv/bin/python bench/real_model.py [--size 64] [--frames 6] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.comfyui.torchvision_standin import write_standin  # noqa: E402
+
+CHECKPOINT = "sd15-random.safetensors"
+
+
+def img2img(text: str = "a watercolor painting", denoise: float = 0.5) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 2]}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "latent_image": ["5", 0],
+                "seed": 42,
+                "steps": 1,
+                "cfg": 1.0,
+                "sampler_name": "euler_ancestral",
+                "scheduler": "simple",
+                "denoise": denoise,
+            },
+        },  # fmt: skip
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 2]}},
+        "8": {"class_type": "SaveTensor", "inputs": {"images": ["7", 0]}},
+    }
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def prepare(comfyui: str, cache: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """The checkpoint (built once), an extra_model_paths.yaml naming it, and the environment."""
+    env = dict(os.environ)
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(write_standin(tmp / "standin")), env.get("PYTHONPATH")) if p
+        )
+        sys.path.insert(0, str(tmp / "standin"))  # spawned workers take this process's path
+    checkpoint = cache / CHECKPOINT
+    subprocess.run(
+        [sys.executable, "-m", "server.cli", "make-test-checkpoint", "--comfyui", comfyui, str(checkpoint)],
+        env=env, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    models = tmp / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / CHECKPOINT).symlink_to(checkpoint)
+    yaml = tmp / "extra_model_paths.yaml"
+    yaml.write_text(f"bench:\n  base_path: {models}\n  checkpoints: checkpoints\n")
+    return yaml, env
+
+
+def native_frame_ms(comfyui: str, yaml: Path, env: dict[str, str], args: argparse.Namespace) -> list[float]:
+    """ComfyUI's own per-frame times for the same prompt, in a fresh process."""
+    code = (
+        "import json, sys, numpy as np, torch\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from bench.comfyui_native import NativeRunner, load_comfyui\n"
+        "from workers.tensors import rgb_to_image\n"
+        "load_comfyui(sys.argv[2], [sys.argv[3]], threads=int(sys.argv[4]))\n"
+        "runner = NativeRunner(json.loads(sys.argv[5]))\n"
+        "rng = np.random.default_rng(0)\n"
+        "times = []\n"
+        "for i in range(int(sys.argv[6]) + 1):\n"
+        "    rgb = rng.integers(0, 256, (int(sys.argv[7]), int(sys.argv[7]), 3), dtype=np.uint8)\n"
+        "    times.append(runner.run(rgb_to_image(torch, rgb))[1] * 1000)\n"
+        "print(json.dumps(times[1:]))\n"  # the first run loads the model
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT), comfyui, str(yaml), str(args.threads), json.dumps(img2img()),
+         str(args.frames), str(args.size)],
+        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def frame(rgb: np.ndarray, pts: int) -> av.VideoFrame:
+    f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    f.pts, f.time_base = pts, Fraction(1, 1000)
+    return f
+
+
+async def first_processed(backend: Any, name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Start a stream on `backend` and feed live frames at --fps: seconds from the start to the
+    first output that is not its input passed through."""
+    from comfystream.pipeline import ProcessPoolPipeline
+
+    rng = np.random.default_rng(1)
+    pipeline = ProcessPoolPipeline(
+        width=args.size, height=args.size, stream_id=name, backend=backend, warmup_frames=2
+    )
+    start = time.perf_counter()
+    sent: dict[int, np.ndarray] = {}
+    result: dict[str, Any] = {}
+
+    async def feed() -> None:
+        i = 0
+        while "first_processed_s" not in result:
+            rgb = rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
+            pts = int((time.perf_counter() - start) * 1000)
+            sent[pts] = rgb
+            if pipeline.state in ("new", "starting", "ready"):
+                await pipeline.put_video_frame(frame(rgb, pts))
+            i += 1
+            await asyncio.sleep(1.0 / args.fps)
+
+    async def read() -> None:
+        raw = 0
+        while True:
+            out = await pipeline.get_processed_video_frame()
+            if not np.array_equal(out.to_ndarray(format="rgb24"), sent.get(out.pts)):
+                result["first_processed_s"] = time.perf_counter() - start
+                result["raw_frames_before"] = raw
+                return
+            raw += 1
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await pipeline.initialize([img2img()])
+        result["initialize_s"] = time.perf_counter() - start
+        await asyncio.wait_for(read(), 600)
+        result["model_loads"] = pipeline.stats()["model_loads"]
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await pipeline.cleanup()
+    return result
+
+
+async def steady(backends: list[Any], args: argparse.Namespace, update: bool) -> list[dict[str, Any]]:
+    """Streams at once, each fed frames as fast as its worker takes them (max_inflight 2): the
+    worker's per-frame time, output rate, RSS; with `update`, a text+denoise update mid-way."""
+    from comfystream.pipeline import ProcessPoolPipeline
+
+    async def one(k: int, backend: Any) -> dict[str, Any]:
+        rng = np.random.default_rng(10 + k)
+        pipeline = ProcessPoolPipeline(
+            width=args.size, height=args.size, stream_id=f"steady{k}", backend=backend, warmup_frames=2,
+            max_latency_ms=None,
+        )  # fmt: skip
+        await pipeline.initialize([img2img()])
+        pid = pipeline.worker_status()[0]["pid"]
+        out: dict[str, Any] = {"stream": k}
+        try:
+
+            async def run(n: int, base: int) -> float:
+                t0 = time.perf_counter()
+                for i in range(n):
+                    await pipeline.put_video_frame(
+                        frame(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8), base + i)
+                    )
+                for _ in range(n):
+                    await asyncio.wait_for(pipeline.get_processed_video_frame(), 600)
+                return n / (time.perf_counter() - t0)
+
+            out["output_fps"] = await run(args.frames, 0)
+            stats = pipeline.stats()
+            out["worker_ms_p50"] = stats["worker_ms_p50"]
+            out["workflow_ms_p50"] = stats["workflow_ms_p50"]
+            out["rss"] = rss_mib(pid)
+            if update:
+                t0 = time.perf_counter()
+                await pipeline.update_prompts([img2img("an oil painting of a harbour", 0.7)])
+                out["update_s"] = time.perf_counter() - t0
+                out["rss_after_update"] = rss_mib(pid)
+                await run(2, 10_000)
+            out["model_loads"] = pipeline.stats()["model_loads"]
+            out["processed"] = pipeline.stats()["processed"]
+        finally:
+            await pipeline.cleanup()
+        return out
+
+    return list(await asyncio.gather(*(one(k, b) for k, b in enumerate(backends))))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from workers.backend import ProcessPoolBackend
+
+    cache = Path(args.cache)
+    with tempfile.TemporaryDirectory(prefix="bench-real-model-") as tmp_name:
+        tmp = Path(tmp_name)
+        yaml, env = prepare(args.comfyui, cache, tmp)
+
+        def backend(**settings: Any) -> ProcessPoolBackend:
+            return ProcessPoolBackend(
+                gpus=[], workspace=args.comfyui, torch_threads=args.threads, startup_timeout_s=600.0,
+                workspace_settings={"extra_model_paths": [str(yaml)], "load_custom_nodes": False}, **settings,
+            )  # fmt: skip
+
+        print(f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, torch threads {args.threads}")
+        native = native_frame_ms(args.comfyui, yaml, env, args)
+        native_p50 = statistics.median(native)
+        print(f"ComfyUI's own execution: per frame p50 {native_p50:.0f} ms (n={len(native)})")
+
+        (one,) = await steady([backend()], args, update=True)
+        ratio = one["worker_ms_p50"] / native_p50
+        print(
+            f"comfystream worker: per frame p50 {one['worker_ms_p50']:.0f} ms (prompt alone "
+            f"{one['workflow_ms_p50']:.0f} ms), ratio to ComfyUI {ratio:.3f} (budget <= 1.05)"
+        )
+        print(f"worker RSS {one['rss']['VmRSS']:.0f} MiB, peak {one['rss']['VmHWM']:.0f} MiB")
+        after = one["rss_after_update"]
+        print(
+            f"prompt update (text + denoise): {one['update_s']:.2f} s, model loads {one['model_loads']}, "
+            f"RSS after {after['VmRSS']:.0f} MiB, peak {after['VmHWM']:.0f} MiB "
+            f"({after['VmHWM'] / one['rss']['VmHWM']:.3f} x the peak before)"
+        )
+
+        for preload in (False, True):
+            settings: dict[str, Any] = {"warm_workers": 1}
+            if preload:
+                settings.update(preload_prompts=(img2img(),), preload_size=(args.size, args.size))
+            b = backend(**settings)
+            await b.start()
+            await b.pool.wait_full(600)
+            r = await first_processed(b, f"first{int(preload)}", args)
+            await b.shutdown()
+            print(
+                f"start -> first processed frame, warm worker {'with' if preload else 'without'} --preload-prompt: "
+                f"{r['first_processed_s']:.2f} s ({r['raw_frames_before']} raw frames before it; "
+                f"initialize {r['initialize_s']:.2f} s; model loads {r['model_loads']})"
+            )
+
+        two = await steady([backend(), backend()], args, update=False)
+        for s in two:
+            print(
+                f"two streams: stream {s['stream']} {s['output_fps']:.2f} fps, per frame p50 "
+                f"{s['worker_ms_p50']:.0f} ms, RSS {s['rss']['VmRSS']:.0f} MiB"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--comfyui", default=os.environ.get("COMFYUI_PATH") or str(ROOT.parent / "shared" / "ComfyUI")
+    )
+    parser.add_argument(
+        "--cache",
+        default=os.environ.get("COMFYSTREAM_TEST_CACHE") or str(Path.home() / ".cache" / "comfystream-tests"),
+        help="where the test checkpoint is kept",
+    )
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=6, help="frames timed per stream")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, in the workers and in ComfyUI's run"
+    )
+    parser.add_argument("--fps", type=float, default=10.0, help="live input rate for the first-frame runs")
+    asyncio.run(main_async(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
