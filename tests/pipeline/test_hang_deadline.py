@@ -4,10 +4,13 @@ and replaced (long before the heartbeat would give up), and its frames pass thro
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
-from conftest import Collector, check_output, hang_prompt, make_frame
+from conftest import Collector, check_output, hang_prompt, make_frame, slow_prompt
 
 from comfystream.pipeline import ProcessPoolPipeline
+from comfystream.prompts import DEFAULT_PROMPT
 
 
 async def test_a_hanging_prompt_has_its_worker_replaced_and_the_stream_goes_on(backend, tmp_path, no_leaks):
@@ -44,3 +47,50 @@ async def test_a_hanging_prompt_has_its_worker_replaced_and_the_stream_goes_on(b
     assert stats["passed_through"] > 0 and stats["mismatched"] == 0
     assert stats["processed"] + stats["passed_through"] + stats["dropped"] == stats["received"]
     assert [n for n, _ in outputs] == sorted({n for n, _ in outputs})
+
+
+async def test_a_slow_but_steady_prompt_is_not_taken_for_stuck(backend, no_leaks):
+    """0.4 s a frame against a 0.2 s --frame-timeout-s and a 0.3 s heartbeat: the warmup measured
+    the prompt, so a frame's deadline is 5 x its median, and the heartbeat waits that long for a
+    worker inside a frame. Nothing is replaced; every frame is processed."""
+    backend.configure(frame_timeout_s=0.2, heartbeat_timeout_s=0.3)
+    events: list[str] = []
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="slow-steady", backend=backend, warmup_frames=1, max_latency_ms=None,
+        on_event=lambda t, d: events.append(t),
+    )  # fmt: skip
+    await pipeline.initialize([slow_prompt(0.4)])
+    try:
+        collector = Collector(pipeline)
+        for i in range(5):
+            await pipeline.put_video_frame(make_frame(i))
+        outputs = [check_output(f) for f in await collector.finish()]
+    finally:
+        await pipeline.cleanup()
+    assert "worker_lost" not in events
+    assert outputs == [(i, True) for i in range(5)]
+    assert pipeline.worker_status()[0]["restarts"] == 0
+
+
+async def test_a_prompt_update_that_meets_a_replacement_goes_to_it(backend, no_leaks):
+    """The worker dies while it loads the new prompt: the update is applied by the replacement
+    (which came up with the old prompt) instead of failing."""
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="update-lost", backend=backend, warmup_frames=0
+    )
+    await pipeline.initialize([DEFAULT_PROMPT])
+    try:
+        first_pid = pipeline.worker_status()[0]["pid"]
+        update = asyncio.create_task(pipeline.update_prompts([slow_prompt(1.5)]))  # its dry run takes 1.5 s
+        await asyncio.sleep(0.5)
+        os.kill(first_pid, signal.SIGKILL)
+        result = await asyncio.wait_for(update, 120)
+        assert result.prompts_count == 1
+        status = pipeline.worker_status()[0]
+        assert status["pid"] != first_pid and status["state"] == "ready"
+        assert pipeline.prompts == [slow_prompt(1.5)]
+        collector = Collector(pipeline)
+        await pipeline.put_video_frame(make_frame(0))
+        assert [check_output(f) for f in await collector.finish()] == [(0, True)]
+    finally:
+        await pipeline.cleanup()
