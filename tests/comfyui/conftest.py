@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,6 @@ from tests.comfyui.torchvision_standin import write_standin
 
 HERE = Path(__file__).resolve().parent
 NODE_PACKAGES = HERE / "node_packages"
-
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +72,22 @@ def custom_nodes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # comfystream's own package, as setup-workspace installs it: a worker must skip it.
     from comfystream.comfyui.installer import NODE_PACKAGE_NAME, node_package_source
 
-    shutil.copytree(node_package_source(), root / NODE_PACKAGE_NAME, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        node_package_source(), root / NODE_PACKAGE_NAME, ignore=shutil.ignore_patterns("__pycache__")
+    )
     return root
+
+
+def worker_uint8(image: Any) -> Any:
+    """A float image as a worker writes a stream's output frame (workers/tensors.py)."""
+    import numpy as np
+    import torch
+
+    from workers.tensors import image_into_rgb
+
+    out = np.empty(image.shape, dtype=np.uint8)
+    image_into_rgb(torch, torch.from_numpy(np.ascontiguousarray(image)), out)
+    return out
 
 
 def make_fake_workspace(root: Path) -> Path:
@@ -100,7 +114,15 @@ def sd15_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str]) -> Path:
 
     out = checkpoint_cache_dir() / CHECKPOINT_NAME
     proc = subprocess.run(
-        [sys.executable, "-m", "server.cli", "make-test-checkpoint", "--comfyui", str(comfyui_path), str(out)],
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "make-test-checkpoint",
+            "--comfyui",
+            str(comfyui_path),
+            str(out),
+        ],
         env=comfyui_env,
         capture_output=True,
         text=True,

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.comfyui.conftest import CHECKPOINT_NAME
+from tests.comfyui.conftest import CHECKPOINT_NAME, worker_uint8
 from tests.polling import wait_for
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(600)]
@@ -60,17 +60,6 @@ def img2img(text: str = "a watercolor painting", denoise: float = 0.5) -> dict[s
 
 
 PROMPTS = [img2img(), img2img("an oil painting of a harbour", denoise=0.7)]
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """The worker's own float -> uint8 of a stream's output frame."""
-    import torch
-
-    from workers.tensors import image_into_rgb
-
-    out = np.empty(image.shape, dtype=np.uint8)
-    image_into_rgb(torch, torch.from_numpy(np.ascontiguousarray(image)), out)
-    return out
 
 
 def saved_uint8(image: np.ndarray) -> np.ndarray:
@@ -187,7 +176,9 @@ async def test_a_stream_gives_comfyuis_pixels_and_an_update_keeps_the_model(
         for i, rgb in enumerate(frames):
             await pipeline.put_video_frame(video_frame(rgb, 100 + i))
             # Processed (not passed through raw), and ComfyUI's own pixels for this very frame.
-            np.testing.assert_array_equal(await next_output(pipeline, 100 + i), to_uint8(reference[0, 0, i]))
+            np.testing.assert_array_equal(
+                await next_output(pipeline, 100 + i), worker_uint8(reference[0, 0, i])
+            )
         stats = pipeline.stats()
         assert stats["model_loads"] == 1 and stats["processed"] == FRAMES and stats["passed_through"] == 0
         pid = pipeline.worker_status()[0]["pid"]
@@ -201,7 +192,9 @@ async def test_a_stream_gives_comfyuis_pixels_and_an_update_keeps_the_model(
         assert after["VmRSS"] <= before["VmRSS"] * 1.10, (before, after)
         for i, rgb in enumerate(frames):
             await pipeline.put_video_frame(video_frame(rgb, 200 + i))
-            np.testing.assert_array_equal(await next_output(pipeline, 200 + i), to_uint8(reference[1, 0, i]))
+            np.testing.assert_array_equal(
+                await next_output(pipeline, 200 + i), worker_uint8(reference[1, 0, i])
+            )
         assert pipeline.stats()["mismatched"] == 0
     finally:
         await pipeline.cleanup()
@@ -226,7 +219,7 @@ async def test_a_preloaded_worker_processes_the_first_frame(
         await pipeline.initialize([PROMPTS[0]])
         await pipeline.put_video_frame(video_frame(frames[0], 0))
         # The very first frame is processed: the model was loaded and warm before the stream.
-        np.testing.assert_array_equal(await next_output(pipeline, 0), to_uint8(reference[0, 0, 0]))
+        np.testing.assert_array_equal(await next_output(pipeline, 0), worker_uint8(reference[0, 0, 0]))
         assert pipeline.stats()["model_loads"] == 1  # the preload's, none of the stream's own
         status = pipeline.worker_status()[0]
         assert status["model_loads"] == 1
