@@ -71,6 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a stream's worker holding one frame longer than S seconds is replaced (default 10)",
     )
     parser.add_argument(
+        "--worker-max-rss-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="a stream's worker whose resident memory passes MB is replaced between two frames "
+        "(default: no limit)",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
         default=None,
@@ -283,6 +291,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--max-latency-ms must be positive")
     if args.interrupt_grace_s <= 0 or args.frame_timeout_s <= 0:
         raise ValueError("--interrupt-grace-s and --frame-timeout-s must be positive")
+    if args.worker_max_rss_mb is not None and args.worker_max_rss_mb <= 0:
+        raise ValueError("--worker-max-rss-mb must be positive")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise ValueError("--torch-threads must be at least 1")
     from server.origin_check import OriginPolicy
@@ -305,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         interrupt_grace_s=args.interrupt_grace_s,
         frame_timeout_s=args.frame_timeout_s,
         torch_threads=args.torch_threads,
+        worker_max_rss_mb=args.worker_max_rss_mb,
         preload_prompts=read_preload_prompts(args.preload_prompts),
         preload_size=parse_size(args.preload_size, "--preload-size"),
         relay=args.relay,

@@ -28,6 +28,7 @@ class ServerConfig:
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
     interrupt_grace_s: float = 2.0  # a job still running this long after /interrupt: worker killed
     frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long (and 5x its median): replaced
+    worker_max_rss_mb: float | None = None  # --worker-max-rss-mb: a worker above it is replaced between frames
     # --torch-threads: each worker's torch intra-op threads; None: cores / --max-streams, at least 1.
     torch_threads: int | None = None
     # --preload-prompt / --preload-size: prompts every warm worker loads and warms up before a

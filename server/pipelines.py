@@ -51,6 +51,7 @@ class PipelineResources:
             interrupt_grace_s=config.interrupt_grace_s,
             frame_timeout_s=config.frame_timeout_s,
             torch_threads=config.torch_threads or default_torch_threads(config.max_streams),
+            worker_max_rss_mb=config.worker_max_rss_mb,
             preload_prompts=tuple(config.preload_prompts),
             preload_size=tuple(config.preload_size),
             warm_workers=config.warm_workers,

@@ -41,7 +41,10 @@ class BackendSettings:
     frame_timeout_s: float = 10.0
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
-    max_failures: int = 8
+    max_failures: int | None = None  # restarts in a row before a worker is given up; None: never
+    # `serve --worker-max-rss-mb`: a stream's worker whose resident memory passes this is replaced
+    # between two frames (None: no limit).
+    worker_max_rss_mb: float | None = None
     log_level: int | None = None  # the workers' logging level; None: the server's
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
     workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)

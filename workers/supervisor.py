@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import statistics
 import time
 from collections import deque
@@ -45,14 +46,16 @@ class RestartPolicy:
 
     The first attempt after a healthy run is immediate (a warm worker takes over at once); each
     failed attempt in a row doubles the delay from `backoff_min_s` up to `backoff_max_s`; after
-    `max_failures` in a row it gives up. A process that ran `healthy_after_s` without trouble
-    clears the count."""
+    `max_failures` in a row it gives up (None: never, the default for the server's workers: a
+    crash loop caused by something outside, a full disk or a driver, ends when its cause does, and
+    the stream recovers on its own). A process that ran `healthy_after_s` without trouble clears
+    the count."""
 
     def __init__(
         self,
         backoff_min_s: float,
         backoff_max_s: float,
-        max_failures: int,
+        max_failures: int | None,
         healthy_after_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -80,7 +83,7 @@ class RestartPolicy:
 
     def next_delay(self) -> float | None:
         """Seconds to wait before the next attempt; None: give up."""
-        if self.failures >= self.max_failures:
+        if self.max_failures is not None and self.failures >= self.max_failures:
             return None
         if self.failures == 0:
             return 0.0
@@ -397,6 +400,16 @@ class Supervisor:
         return base
 
 
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process (MB), from /proc; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
 def raise_for_reply(reply: m.Reply) -> None:
     """Re-raise in the server what the worker reported: ComfyUI-shaped prompt errors stay intact."""
     if reply.ok:
@@ -437,6 +450,8 @@ class StreamWorker(Supervisor):
         # Loader nodes run by this worker's processes (model_loads): earlier processes', the current one's.
         self._model_loads_before = 0
         self._model_loads_now = 0
+        self._rss_checked_at = 0.0
+        self._recycle: str | None = None  # why the worker is replaced once its frames are out
 
     @property
     def model_loads(self) -> int:
@@ -494,7 +509,13 @@ class StreamWorker(Supervisor):
 
     def can_submit(self, channel: str) -> bool:
         ch = self.channels.get(channel)
-        return self._state == "ready" and ch is not None and ch.open and ch.ring.free_slots() > 0
+        return (
+            self._state == "ready"
+            and self._recycle is None  # draining before a replacement
+            and ch is not None
+            and ch.open
+            and ch.ring.free_slots() > 0
+        )
 
     def submit(self, channel: str, frame_id: int, rgb: np.ndarray) -> None:
         ch = self.channels[channel]
@@ -613,6 +634,7 @@ class StreamWorker(Supervisor):
 
     def _adopt(self, proc: WorkerProcess) -> None:
         super()._adopt(proc)
+        self._recycle = None
         proc.heartbeat_grace = self._heartbeat_grace
         self._model_loads_before += self._model_loads_now
         self._model_loads_now = 0
@@ -702,6 +724,28 @@ class StreamWorker(Supervisor):
         ch.inflight.clear()
         ch.open = True
 
+    def _check_memory(self) -> None:
+        """`worker_max_rss_mb`: a worker over it takes no more frames and, once the ones inside are
+        out, is replaced (a node that leaks, a cache that grows), with an event saying so."""
+        limit = self.backend.settings.worker_max_rss_mb
+        proc = self.proc
+        if limit is None or proc is None or proc.pid is None:
+            return
+        if self._recycle is None:
+            now = time.monotonic()
+            if now - self._rss_checked_at < 1.0:  # a /proc read per second at most
+                return
+            self._rss_checked_at = now
+            rss_mb = process_rss_mb(proc.pid)
+            if rss_mb is None or rss_mb <= limit:
+                return
+            self._recycle = f"worker RSS {rss_mb:.0f} MB over --worker-max-rss-mb {limit:.0f}"
+            logger.warning("%s: %s: replacing it between frames", self.name, self._recycle)
+            self._emit("worker_recycling", {"reason": self._recycle, "rss_mb": round(rss_mb), "limit_mb": limit})
+        if not any(ch.inflight for ch in self.channels.values()):
+            reason, self._recycle = self._recycle, None
+            self._replace(reason)
+
     def _on_frame(self, msg: m.FrameDone) -> None:
         ch = self.channels.get(msg.channel)
         if ch is None:
@@ -730,3 +774,5 @@ class StreamWorker(Supervisor):
                 ch.ring.release(msg.slot)
         if is_oom_report(msg.error) and self.proc is not None and self.proc.state == "ready":
             self._on_proc_lost(self.proc, msg.error)  # issue 17: replaced as a lost process
+        elif self.proc is not None and self.proc.state == "ready":
+            self._check_memory()

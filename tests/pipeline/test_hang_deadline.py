@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 
-from conftest import Collector, check_output, hang_prompt, make_frame, slow_prompt
+from conftest import Collector, check_output, crash_if_file_prompt, hang_prompt, make_frame, slow_prompt
 
 from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
@@ -94,3 +94,73 @@ async def test_a_prompt_update_that_meets_a_replacement_goes_to_it(backend, no_l
         assert [check_output(f) for f in await collector.finish()] == [(0, True)]
     finally:
         await pipeline.cleanup()
+
+
+async def test_a_crash_loop_is_retried_until_its_cause_is_gone(backend, tmp_path, no_leaks):
+    """Every new worker crashes (while a file exists): restarts go on, past any count, with capped
+    backoff, frames passing through; once the cause is gone the stream is processed again."""
+    backend.configure(backoff_min_s=0.01, backoff_max_s=0.05)
+    marker = tmp_path / "crash"
+    events: list[tuple[str, dict]] = []
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="crash-loop", backend=backend, warmup_frames=0, max_latency_ms=None,
+        on_event=lambda t, d: events.append((t, d)),
+    )  # fmt: skip
+    await pipeline.initialize([crash_if_file_prompt(str(marker))])
+    try:
+        marker.touch()
+        collector = Collector(pipeline)
+        i = 0
+        while sum(t == "worker_restarting" for t, _ in events) < 10:  # more than the old give-up (8)
+            await pipeline.put_video_frame(make_frame(i))
+            i += 1
+            await asyncio.sleep(0.02)
+            assert i < 20000, "the worker was not restarted again and again"
+        assert not any(t == "worker_failed" for t, _ in events)
+        marker.unlink()
+        while not any(t == "worker_restarted" for t, _ in events):
+            await pipeline.put_video_frame(make_frame(i))
+            i += 1
+            await asyncio.sleep(0.02)
+            assert i < 20000, "the stream never recovered"
+        for j in range(i, i + 3):
+            await pipeline.put_video_frame(make_frame(j))
+        outputs = [check_output(f) for f in await collector.finish()]
+    finally:
+        marker.unlink(missing_ok=True)
+        await pipeline.cleanup()
+    assert outputs[-3:] == [(j, True) for j in range(i, i + 3)]  # processed again
+    stats = pipeline.stats()
+    assert stats["passed_through"] > 0 and stats["mismatched"] == 0
+
+
+async def test_a_worker_over_its_memory_limit_is_replaced_between_frames(backend, no_leaks):
+    """`--worker-max-rss-mb` (here far below any worker): the worker takes no more frames, is
+    replaced once the ones inside are out, and says why; no frame is lost or mismatched."""
+    backend.configure(worker_max_rss_mb=1.0)
+    events: list[tuple[str, dict]] = []
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="rss", backend=backend, warmup_frames=0, max_latency_ms=None,
+        on_event=lambda t, d: events.append((t, d)),
+    )  # fmt: skip
+    await pipeline.initialize([DEFAULT_PROMPT])
+    try:
+        first_pid = pipeline.worker_status()[0]["pid"]
+        collector = Collector(pipeline)
+        i = 0
+        while not any(t == "worker_restarted" for t, _ in events):
+            await pipeline.put_video_frame(make_frame(i))
+            i += 1
+            await asyncio.sleep(0.02)
+            assert i < 5000, "the worker was never replaced"
+        outputs = [check_output(f) for f in await collector.finish()]
+    finally:
+        await pipeline.cleanup()
+    recycling = [d for t, d in events if t == "worker_recycling"]
+    assert recycling and recycling[0]["limit_mb"] == 1.0 and recycling[0]["rss_mb"] > 1
+    lost = [d for t, d in events if t == "worker_lost"]
+    assert lost and "over --worker-max-rss-mb" in lost[0]["reason"]
+    assert pipeline.worker_status()[0]["pid"] != first_pid
+    assert [n for n, _ in outputs] == list(range(i))  # every frame came out, in order
+    stats = pipeline.stats()
+    assert stats["mismatched"] == 0 and stats["processed"] > 0

@@ -131,8 +131,6 @@ def _fds() -> dict[str, str]:
     return out
 
 
-
-
 async def test_frames_put_while_the_worker_starts_pass_through_in_order(backend, tmp_path, no_leaks):
     marker = tmp_path / "hold-warmup"
     marker.touch()  # the warmup frame hangs on it: the pipeline stays "starting" until it is gone
