@@ -101,28 +101,47 @@ def prepare(comfyui: str, cache: Path, tmp: Path) -> tuple[Path, dict[str, str]]
     return yaml, env
 
 
-def native_frame_ms(comfyui: str, yaml: Path, env: dict[str, str], args: argparse.Namespace) -> list[float]:
-    """ComfyUI's own per-frame times for the same prompt, in a fresh process."""
-    code = (
+class NativeProcess:
+    """ComfyUI's own execution of the same prompt, in a process of its own that stays up, so that
+    its frames can be timed in turns with a worker's (this machine's load drifts)."""
+
+    CODE = (
         "import json, sys, numpy as np, torch\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from bench.comfyui_native import NativeRunner, load_comfyui\n"
         "from workers.tensors import rgb_to_image\n"
         "load_comfyui(sys.argv[2], [sys.argv[3]], threads=int(sys.argv[4]))\n"
         "runner = NativeRunner(json.loads(sys.argv[5]))\n"
+        "size = int(sys.argv[6])\n"
         "rng = np.random.default_rng(0)\n"
-        "times = []\n"
-        "for i in range(int(sys.argv[6]) + 1):\n"
-        "    rgb = rng.integers(0, 256, (int(sys.argv[7]), int(sys.argv[7]), 3), dtype=np.uint8)\n"
-        "    times.append(runner.run(rgb_to_image(torch, rgb))[1] * 1000)\n"
-        "print(json.dumps(times[1:]))\n"  # the first run loads the model
+        "run = lambda: runner.run(rgb_to_image(torch, rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))[1]\n"
+        "run()\n"  # loads the model
+        "print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    print(json.dumps([run() * 1000 for _ in range(int(line))]), flush=True)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT), comfyui, str(yaml), str(args.threads), json.dumps(img2img()),
-         str(args.frames), str(args.size)],
-        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
-    )  # fmt: skip
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def __init__(self, comfyui: str, yaml: Path, env: dict[str, str], args: argparse.Namespace):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, str(ROOT), comfyui, str(yaml), str(args.threads),
+             json.dumps(img2img()), str(args.size)],
+            env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError("ComfyUI's own run did not start")
+
+    def frames_ms(self, n: int) -> list[float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def frame(rgb: np.ndarray, pts: int) -> av.VideoFrame:
@@ -178,9 +197,12 @@ async def first_processed(backend: Any, name: str, args: argparse.Namespace) -> 
     return result
 
 
-async def steady(backends: list[Any], args: argparse.Namespace, update: bool) -> list[dict[str, Any]]:
+async def steady(
+    backends: list[Any], args: argparse.Namespace, update: bool, native: NativeProcess | None = None
+) -> list[dict[str, Any]]:
     """Streams at once, each fed frames as fast as its worker takes them (max_inflight 2): the
-    worker's per-frame time, output rate, RSS; with `update`, a text+denoise update mid-way."""
+    worker's per-frame time, output rate, RSS; with `update`, a text+denoise update mid-way. With
+    `native`, its frames are timed in turns with the stream's (one round of each at a time)."""
     from comfystream.pipeline import ProcessPoolPipeline
 
     async def one(k: int, backend: Any) -> dict[str, Any]:
@@ -204,7 +226,16 @@ async def steady(backends: list[Any], args: argparse.Namespace, update: bool) ->
                     await asyncio.wait_for(pipeline.get_processed_video_frame(), 600)
                 return n / (time.perf_counter() - t0)
 
-            out["output_fps"] = await run(args.frames, 0)
+            if native is None:
+                out["output_fps"] = await run(args.frames, 0)
+            else:
+                rounds = max(1, args.frames // 2)
+                out["native_ms"] = []
+                fps = []
+                for r in range(rounds):
+                    fps.append(await run(2, 100 * r))
+                    out["native_ms"] += native.frames_ms(2)
+                out["output_fps"] = statistics.median(fps)
             stats = pipeline.stats()
             out["worker_ms_p50"] = stats["worker_ms_p50"]
             out["workflow_ms_p50"] = stats["workflow_ms_p50"]
@@ -239,11 +270,16 @@ async def main_async(args: argparse.Namespace) -> None:
             )  # fmt: skip
 
         print(f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, torch threads {args.threads}")
-        native = native_frame_ms(args.comfyui, yaml, env, args)
-        native_p50 = statistics.median(native)
-        print(f"ComfyUI's own execution: per frame p50 {native_p50:.0f} ms (n={len(native)})")
-
-        (one,) = await steady([backend()], args, update=True)
+        native = NativeProcess(args.comfyui, yaml, env, args)
+        try:
+            (one,) = await steady([backend()], args, update=True, native=native)
+        finally:
+            native.close()
+        native_p50 = statistics.median(one["native_ms"])
+        print(
+            f"ComfyUI's own execution (PromptExecutor), in turns with the worker's frames: per frame p50 "
+            f"{native_p50:.0f} ms (n={len(one['native_ms'])})"
+        )
         ratio = one["worker_ms_p50"] / native_p50
         print(
             f"comfystream worker: per frame p50 {one['worker_ms_p50']:.0f} ms (prompt alone "
