@@ -392,7 +392,7 @@ class Supervisor:
             {
                 "worker": self.name,
                 "last_exit_code": self.last_exit_code,
-                "state": self._state,
+                "state": self.state,
                 "restarts": self.restarts,
                 "last_error": self.last_error,
             }
@@ -426,6 +426,10 @@ def raise_for_reply(reply: m.Reply) -> None:
 # A frame is stuck, and its worker replaced, past max(--frame-timeout-s, this many times the
 # channel's own median frame time): a model taking 3 s a frame is slow, not stuck.
 FRAME_DEADLINE_FACTOR = 5.0
+# Long before that, a worker holding a frame this many of its frame times (plus STALL_MARGIN_S)
+# is "stalled": the stream's frames pass through, so the viewer sees live video, not a freeze.
+STALL_FACTOR = 4.0
+STALL_MARGIN_S = 1.0
 
 
 @dataclass
@@ -434,6 +438,7 @@ class _Channel:
     listener: ChannelListener
     ring: FrameRing
     inflight: dict[int, int] = field(default_factory=dict)  # slot -> frame_id
+    sent_at: dict[int, float] = field(default_factory=dict)  # slot -> when its frame went in
     open: bool = False
     # The worker's own time per frame (ms): the warmup's measure, then each frame's.
     frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=32))
@@ -456,6 +461,27 @@ class StreamWorker(Supervisor):
     @property
     def model_loads(self) -> int:
         return self._model_loads_before + self._model_loads_now
+
+    @property
+    def state(self) -> str:
+        """The supervisor's state, or "stalled" while a frame has been inside far longer than
+        this worker takes for one (the stream passes frames through until it comes out)."""
+        if self._state == "ready" and self.stalled():
+            return "stalled"
+        return self._state
+
+    def stalled(self, now: float | None = None) -> bool:
+        if self._preparing:
+            return False  # a prompt loading beside the frames slows them; that is not a stall
+        now = time.monotonic() if now is None else now
+        for ch in self.channels.values():
+            if not ch.sent_at:
+                continue
+            frame_s = statistics.median(ch.frame_ms) / 1000.0 if ch.frame_ms else 0.0
+            # A frame waits behind the others in flight, then runs: len(inflight) frame times.
+            if now - min(ch.sent_at.values()) > STALL_FACTOR * frame_s * len(ch.sent_at) + STALL_MARGIN_S:
+                return True
+        return False
 
     def frame_deadline_s(self, channel: str) -> float | None:
         """How long a frame of `channel` may run before the worker counts as stuck; None while a
@@ -531,6 +557,7 @@ class StreamWorker(Supervisor):
             ch.ring.release(slot)
             raise
         ch.inflight[slot] = frame_id
+        ch.sent_at[slot] = time.monotonic()
         deadline = self.frame_deadline_s(channel)
         if deadline is not None:
             self._watch(("frame", channel, frame_id), deadline)
@@ -652,6 +679,7 @@ class StreamWorker(Supervisor):
         for ch in self.channels.values():
             frame_ids = sorted(ch.inflight.values())
             ch.inflight.clear()
+            ch.sent_at.clear()
             ch.ring.release_all()
             ch.open = False
             ch.listener.on_lost(frame_ids, reason)
@@ -722,6 +750,7 @@ class StreamWorker(Supervisor):
         self._note_prepared(ch, reply.data)
         ch.ring.release_all()
         ch.inflight.clear()
+        ch.sent_at.clear()
         ch.open = True
 
     def _check_memory(self) -> None:
@@ -754,6 +783,7 @@ class StreamWorker(Supervisor):
             )
             return
         expected = ch.inflight.pop(msg.slot, None)
+        ch.sent_at.pop(msg.slot, None)
         self._deadlines.clear(("frame", msg.channel, msg.frame_id))
         if msg.error is None:
             ch.frame_ms.append(msg.exec_ms)

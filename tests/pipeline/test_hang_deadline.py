@@ -164,3 +164,47 @@ async def test_a_worker_over_its_memory_limit_is_replaced_between_frames(backend
     assert [n for n, _ in outputs] == list(range(i))  # every frame came out, in order
     stats = pipeline.stats()
     assert stats["mismatched"] == 0 and stats["processed"] > 0
+
+
+async def test_a_stalled_worker_lets_live_video_through_instead_of_freezing(backend, tmp_path, no_leaks):
+    """A frame held far longer than the worker takes for one (here it hangs until a file goes):
+    the frames after it pass through at once, the held ones too, rather than the picture freezing
+    until the frame deadline; when the frame ends after all, its result is let go (no mismatch)
+    and processing resumes on the same worker."""
+    backend.configure(frame_timeout_s=120.0, heartbeat_timeout_s=120.0)  # no replacement in this test
+    marker = tmp_path / "hang"
+    events: list[tuple[str, dict]] = []
+    pipeline = ProcessPoolPipeline(
+        width=128, height=96, stream_id="stall", backend=backend, warmup_frames=1,
+        on_event=lambda t, d: events.append((t, d)),
+    )  # fmt: skip
+    await pipeline.initialize([hang_prompt(str(marker))])
+    try:
+        first_pid = pipeline.worker_status()[0]["pid"]
+        collector = Collector(pipeline)
+        for i in range(5):
+            await pipeline.put_video_frame(make_frame(i))
+            await asyncio.sleep(0.05)
+        marker.touch()  # the next frame hangs
+        i = 5
+        while len(collector.frames) < 25:  # outputs keep coming while the worker is stuck
+            await pipeline.put_video_frame(make_frame(i))
+            i += 1
+            await asyncio.sleep(0.03)
+            assert i < 2000, "the picture froze"
+        assert pipeline.worker_status()[0]["state"] == "stalled"
+        marker.unlink()
+        while pipeline.worker_status()[0]["state"] != "ready":
+            await asyncio.sleep(0.05)
+        for j in range(i, i + 3):
+            await pipeline.put_video_frame(make_frame(j))
+        outputs = [check_output(f) for f in await collector.finish()]
+        assert pipeline.worker_status()[0]["pid"] == first_pid  # the same worker: nothing was replaced
+    finally:
+        marker.unlink(missing_ok=True)
+        await pipeline.cleanup()
+    assert [n for n, _ in outputs] == list(range(i + 3))  # every frame, in order, none held back
+    assert outputs[-1] == (i + 2, True)  # processed again
+    stats = pipeline.stats()
+    assert stats["mismatched"] == 0 and stats["passed_through"] > 0
+    assert [d["reason"] for t, d in events if t == "passthrough"][:1] == ["worker stalled"]
