@@ -270,50 +270,61 @@ async def main_async(args: argparse.Namespace) -> None:
             )  # fmt: skip
 
         print(f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, torch threads {args.threads}")
-        native = NativeProcess(args.comfyui, yaml, env, args)
+        parts = set(args.parts.split(","))
+        native = NativeProcess(args.comfyui, yaml, env, args) if "steady" in parts else None
         try:
-            (one,) = await steady([backend()], args, update=True, native=native)
+            (one,) = await steady([backend()], args, update=True, native=native) if native else (None,)
         finally:
-            native.close()
-        native_p50 = statistics.median(one["native_ms"])
-        print(
-            f"ComfyUI's own execution (PromptExecutor), in turns with the worker's frames: per frame p50 "
-            f"{native_p50:.0f} ms (n={len(one['native_ms'])})"
-        )
-        ratio = one["worker_ms_p50"] / native_p50
-        print(
-            f"comfystream worker: per frame p50 {one['worker_ms_p50']:.0f} ms (prompt alone "
-            f"{one['workflow_ms_p50']:.0f} ms), ratio to ComfyUI {ratio:.3f} (budget <= 1.05)"
-        )
-        print(f"worker RSS {one['rss']['VmRSS']:.0f} MiB, peak {one['rss']['VmHWM']:.0f} MiB")
-        after = one["rss_after_update"]
-        print(
-            f"prompt update (text + denoise): {one['update_s']:.2f} s, model loads {one['model_loads']}, "
-            f"RSS after {after['VmRSS']:.0f} MiB, peak {after['VmHWM']:.0f} MiB "
-            f"({after['VmHWM'] / one['rss']['VmHWM']:.3f} x the peak before)"
-        )
+            if native is not None:
+                native.close()
+        if one is not None:
+            report_steady(one)
+        if "first" in parts:
+            await report_first_frames(backend, args)
+        if "two" in parts:
+            two = await steady([backend(), backend()], args, update=False)
+            for s in two:
+                print(
+                    f"two streams: stream {s['stream']} {s['output_fps']:.2f} fps, per frame p50 "
+                    f"{s['worker_ms_p50']:.0f} ms, RSS {s['rss']['VmRSS']:.0f} MiB"
+                )
 
-        for preload in (False, True):
-            settings: dict[str, Any] = {"warm_workers": 1}
-            if preload:
-                settings.update(preload_prompts=(img2img(),), preload_size=(args.size, args.size))
-            b = backend(**settings)
-            await b.start()
-            await b.pool.wait_full(600)
-            r = await first_processed(b, f"first{int(preload)}", args)
-            await b.shutdown()
-            print(
-                f"start -> first processed frame, warm worker {'with' if preload else 'without'} --preload-prompt: "
-                f"{r['first_processed_s']:.2f} s ({r['raw_frames_before']} raw frames before it; "
-                f"initialize {r['initialize_s']:.2f} s; model loads {r['model_loads']})"
-            )
 
-        two = await steady([backend(), backend()], args, update=False)
-        for s in two:
-            print(
-                f"two streams: stream {s['stream']} {s['output_fps']:.2f} fps, per frame p50 "
-                f"{s['worker_ms_p50']:.0f} ms, RSS {s['rss']['VmRSS']:.0f} MiB"
-            )
+def report_steady(one: dict[str, Any]) -> None:
+    native_p50 = statistics.median(one["native_ms"])
+    print(
+        f"ComfyUI's own execution (PromptExecutor), in turns with the worker's frames: per frame p50 "
+        f"{native_p50:.0f} ms (n={len(one['native_ms'])})"
+    )
+    ratio = one["worker_ms_p50"] / native_p50
+    print(
+        f"comfystream worker: per frame p50 {one['worker_ms_p50']:.0f} ms (prompt alone "
+        f"{one['workflow_ms_p50']:.0f} ms), ratio to ComfyUI {ratio:.3f} (budget <= 1.05)"
+    )
+    print(f"worker RSS {one['rss']['VmRSS']:.0f} MiB, peak {one['rss']['VmHWM']:.0f} MiB")
+    after = one["rss_after_update"]
+    print(
+        f"prompt update (text + denoise): {one['update_s']:.2f} s, model loads {one['model_loads']}, "
+        f"RSS after {after['VmRSS']:.0f} MiB, peak {after['VmHWM']:.0f} MiB "
+        f"({after['VmHWM'] / one['rss']['VmHWM']:.3f} x the peak before)"
+    )
+
+
+async def report_first_frames(backend: Any, args: argparse.Namespace) -> None:
+    for preload in (False, True):
+        settings: dict[str, Any] = {"warm_workers": 1}
+        if preload:
+            settings.update(preload_prompts=(img2img(),), preload_size=(args.size, args.size))
+        b = backend(**settings)
+        await b.start()
+        await b.pool.wait_full(600)
+        r = await first_processed(b, f"first{int(preload)}", args)
+        await b.shutdown()
+        print(
+            f"start -> first processed frame, warm worker {'with' if preload else 'without'} --preload-prompt: "
+            f"{r['first_processed_s']:.2f} s ({r['raw_frames_before']} raw frames before it; "
+            f"initialize {r['initialize_s']:.2f} s; model loads {r['model_loads']})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads, in the workers and in ComfyUI's run"
     )
     parser.add_argument("--fps", type=float, default=10.0, help="live input rate for the first-frame runs")
+    parser.add_argument(
+        "--parts", default="steady,first,two", help="what to run: steady, first, two (comma list)"
+    )
     asyncio.run(main_async(parser.parse_args(argv)))
     return 0
 

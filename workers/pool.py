@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# After a preloaded worker is taken, its replacement starts loading this many of the model's
+# frame times later (at most REFILL_DELAY_MAX_S): the new stream's first frames get the cores.
+REFILL_DELAY_FRAMES = 5.0
+REFILL_DELAY_MAX_S = 30.0
+
+
 class WarmPool:
     def __init__(
         self,
@@ -47,6 +53,10 @@ class WarmPool:
         self._changed = asyncio.Event()
         self.spawned = 0
         self.taken = 0
+        # A preloaded worker's time per frame (its warmup's): a refill after a take waits a few
+        # of them, so that loading the next model does not slow the new stream's first frames.
+        self.preload_frame_ms: float | None = None
+        self._refill: asyncio.TimerHandle | None = None
 
     @property
     def idle(self) -> int:
@@ -81,10 +91,22 @@ class WarmPool:
             if proc.state == "ready":
                 proc.on_lost = None
                 self.taken += 1
-                self._kick()
+                self._kick_after_take()
                 return proc
         self._kick()
         return None
+
+    def _kick_after_take(self) -> None:
+        delay = REFILL_DELAY_FRAMES * self.preload_frame_ms / 1000.0 if self.preload_frame_ms else 0.0
+        if delay <= 0:
+            self._kick()
+        elif self._refill is None:
+
+            def refill() -> None:
+                self._refill = None
+                self._kick()
+
+            self._refill = asyncio.get_running_loop().call_later(min(delay, REFILL_DELAY_MAX_S), refill)
 
     def _kick(self) -> None:
         """Start spawns until idle + spawning reaches `size`, at most `parallel` at once."""
@@ -141,6 +163,7 @@ class WarmPool:
         if not reply.ok:
             logger.error("warm pool: the preload prompt failed in %s: %s", proc.name, reply.message)
             return False
+        self.preload_frame_ms = reply.data.get("frame_ms") or self.preload_frame_ms
         logger.info(
             "warm pool: %s preloaded %d prompt(s) at %dx%d (%.0f ms a frame, %d model load(s))",
             proc.name,
@@ -160,6 +183,9 @@ class WarmPool:
 
     async def stop(self) -> None:
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         self._changed.set()
         # A spawn in progress is cancelled: WorkerProcess.start stops the process it was bringing
         # up (terminate, then kill) before it re-raises, so nothing is left behind and shutdown
