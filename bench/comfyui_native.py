@@ -16,6 +16,36 @@ import uuid
 from typing import Any
 
 
+def sd15_img2img(
+    checkpoint: str, text: str = "a watercolor painting", denoise: float = 0.5
+) -> dict[str, Any]:
+    """What users stream: SD 1.5 img2img through ComfyUI's own nodes, one sampler step."""
+    return {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
+        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 2]}},
+        "6": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["2", 0],
+                "positive": ["3", 0],
+                "negative": ["4", 0],
+                "latent_image": ["5", 0],
+                "seed": 42,
+                "steps": 1,
+                "cfg": 1.0,
+                "sampler_name": "euler_ancestral",
+                "scheduler": "simple",
+                "denoise": denoise,
+            },
+        },  # fmt: skip
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 2]}},
+        "8": {"class_type": "SaveTensor", "inputs": {"images": ["7", 0]}},
+    }
+
+
 class _FrameSource:
     """The frame fed to this execution; its `frame` input counts the frames, so that ComfyUI's
     cache (keyed by input signature) runs it, and what depends on it, for every frame."""

@@ -37,36 +37,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.comfyui_native import sd15_img2img  # noqa: E402
 from tests.comfyui.torchvision_standin import write_standin  # noqa: E402
 
 CHECKPOINT = "sd15-random.safetensors"
 
 
 def img2img(text: str = "a watercolor painting", denoise: float = 0.5) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "LoadTensor", "inputs": {}},
-        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 1]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 2]}},
-        "6": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["2", 0],
-                "positive": ["3", 0],
-                "negative": ["4", 0],
-                "latent_image": ["5", 0],
-                "seed": 42,
-                "steps": 1,
-                "cfg": 1.0,
-                "sampler_name": "euler_ancestral",
-                "scheduler": "simple",
-                "denoise": denoise,
-            },
-        },  # fmt: skip
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 2]}},
-        "8": {"class_type": "SaveTensor", "inputs": {"images": ["7", 0]}},
-    }
+    return sd15_img2img(CHECKPOINT, text, denoise)
 
 
 def rss_mib(pid: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.comfyui_native import sd15_img2img
 from tests.comfyui.conftest import CHECKPOINT_NAME, worker_uint8
 from tests.polling import wait_for
 
@@ -32,34 +33,10 @@ SIZE = 64
 FRAMES = 3
 
 
-def img2img(text: str = "a watercolor painting", denoise: float = 0.5) -> dict[str, Any]:
-    return {
-        "1": {"class_type": "LoadTensor", "inputs": {}},
-        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT_NAME}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["2", 1]}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
-        "5": {"class_type": "VAEEncode", "inputs": {"pixels": ["1", 0], "vae": ["2", 2]}},
-        "6": {
-            "class_type": "KSampler",
-            "inputs": {
-                "model": ["2", 0],
-                "positive": ["3", 0],
-                "negative": ["4", 0],
-                "latent_image": ["5", 0],
-                "seed": 42,
-                "steps": 1,
-                "cfg": 1.0,
-                "sampler_name": "euler_ancestral",
-                "scheduler": "simple",
-                "denoise": denoise,
-            },
-        },
-        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["2", 2]}},
-        "8": {"class_type": "SaveTensor", "inputs": {"images": ["7", 0]}},
-    }
-
-
-PROMPTS = [img2img(), img2img("an oil painting of a harbour", denoise=0.7)]
+PROMPTS = [
+    sd15_img2img(CHECKPOINT_NAME),
+    sd15_img2img(CHECKPOINT_NAME, "an oil painting of a harbour", denoise=0.7),
+]
 
 
 def saved_uint8(image: np.ndarray) -> np.ndarray:
