@@ -157,7 +157,7 @@ async def create_task(request: web.Request) -> web.Response:
     if submitted.item is None:
         return web.json_response(submitted.to_comfy(), status=400)
     task = tracker.create(submitted.item.prompt_id, submitted.item.prompt)
-    logger.info("task %s: prompt %s queued", task.task_id, task.prompt_id)
+    logger.debug("task %s: prompt %s queued", task.task_id, task.prompt_id)
     body = CreateTaskResponse(taskId=task.task_id, prompt_id=task.prompt_id)
     return web.json_response(body.model_dump())
 

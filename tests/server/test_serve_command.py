@@ -15,6 +15,7 @@ from serve_process import serve_process
 from server.cli import build_parser
 from server.commands import config_from_args
 from server.trickle_client import create_channel
+from tests.polling import wait_for
 from tests.processes import alive
 
 
@@ -50,7 +51,12 @@ def test_serve_flags() -> None:
         False,
         None,
     )
-    for bad in (["--max-streams", "0"], ["--gpus", "x"], ["--warm-workers", "-1"], ["--frame-timeout-s", "0"]):
+    for bad in (
+        ["--max-streams", "0"],
+        ["--gpus", "x"],
+        ["--warm-workers", "-1"],
+        ["--frame-timeout-s", "0"],
+    ):
         with pytest.raises(ValueError):
             config_from_args(build_parser().parse_args(["serve", *bad]))
 
@@ -65,8 +71,6 @@ def test_worker_deadlines_reach_the_workers_backend() -> None:
     assert (settings.interrupt_grace_s, settings.frame_timeout_s) == (5.0, 30.0)
     defaults = PipelineResources(config_from_args(build_parser().parse_args(["serve"]))).backend.settings
     assert (defaults.interrupt_grace_s, defaults.frame_timeout_s) == (2.0, 10.0)
-
-
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -107,3 +111,89 @@ def test_bad_workspace_fails_at_start(tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().out
     assert main(["serve", "--workspace", str(tmp_path)]) == 2
     assert "is not a ComfyUI workspace" in capsys.readouterr().out
+
+
+def test_port_in_use_is_one_line_and_exit_2(free_port: int, tmp_path: Path) -> None:
+    """Another server holds the port: one line, status 2, and nothing was started (no worker, no
+    'serving on', no traceback)."""
+    import socket
+    import subprocess
+    import sys
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", free_port))
+    holder.listen(1)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(free_port), "--job-workers", "2"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 2
+    assert done.stdout.strip().splitlines() == [
+        f"comfystream serve: port {free_port} on 127.0.0.1 is already in use (another server?); "
+        "choose another with --port"
+    ]
+    assert "Traceback" not in done.stderr and "serving on" not in done.stderr
+    assert "worker" not in done.stderr.lower()
+
+
+async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> None:
+    """At INFO the pages' polling (GETs that succeed) leaves no access line; a request that
+    changes state or fails still does. At DEBUG the reads are there too."""
+    import os
+    import subprocess
+    import sys
+
+    base = f"http://127.0.0.1:{free_port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(free_port),
+                "--job-workers",
+                "0",
+                "--warm-workers",
+                "0",
+                "--log-level",
+                "INFO",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def up() -> bool:
+                try:
+                    async with http.get(f"{base}/health") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(up, what="the server")
+            for _ in range(3):
+                async with http.get(f"{base}/streams") as resp:
+                    assert resp.status == 200
+            async with http.post(f"{base}/stream/start", json={"subscribe_url": "nope"}) as resp:
+                assert resp.status == 400
+            async with http.get(f"{base}/stream/missing") as resp:
+                assert resp.status == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    text = log.read_text()
+    assert "serving on" in text
+    assert '"POST /stream/start HTTP/1.1" 400' in text
+    assert '"GET /stream/missing HTTP/1.1" 404' in text
+    assert "GET /streams" not in text and "GET /health" not in text
