@@ -81,6 +81,11 @@ class StreamManager:
             return self._finished[stream_id]
         raise StreamNotFound(stream_id)
 
+    def ended_by_themselves(self, limit: int = 16) -> list[StreamInfo]:
+        """The latest finished streams that no request stopped (an error, their input ending)."""
+        ended = [i for i in self._finished.values() if i.stop_kind not in ("request", "shutdown")]
+        return ended[-limit:]
+
     def only_stream(self, stream_id: str | None = None) -> StreamBase:
         """The BYOC single-stream forms: the named stream, or the only one running."""
         if stream_id:
@@ -104,9 +109,11 @@ class StreamManager:
     ) -> tuple[list[dict[str, Any]], bool]:
         return validate_prompts(value, self.registry, default_if_none=default_if_none)
 
-    def start(self, spec: StreamSpec) -> TrickleStream:
+    def start(self, spec: StreamSpec, *, input_missing: bool = False) -> TrickleStream:
         """Register and start a stream (its worker comes up in the background). Synchronous, so that
-        the duplicate and capacity checks and the registration cannot interleave with another start."""
+        the duplicate and capacity checks and the registration cannot interleave with another start.
+        `input_missing`: its relay had no input channel when asked (server.input_check): the
+        stream says so, and ends as an error if the channel does not appear in time."""
         self._admit(spec.stream_id)
         stream = TrickleStream(
             spec,
@@ -114,6 +121,7 @@ class StreamManager:
             config=self.config,
             metrics=self._metrics,
             on_control=self._on_control_message,
+            input_missing=input_missing,
         )
         self._add(stream)
         stream.start()
