@@ -25,12 +25,19 @@ def _one_prompt(value: Any, where: str) -> dict[str, Any]:
         try:
             value = json_limits.loads(value)
         except json.JSONDecodeError as exc:
-            raise PromptFormatError(f"{where}: not valid JSON ({exc.msg} at position {exc.pos})") from None
+            raise PromptFormatError(f"{where}: {json_limits.describe_error(exc)}") from None
     if isinstance(value, dict) and set(value) >= {"prompt"} and isinstance(value["prompt"], dict | str):
         # {"prompt": {...}} as POST /prompt bodies and saved API files wrap it.
         return _one_prompt(value["prompt"], where)
     if not isinstance(value, dict):
         raise PromptFormatError(f"{where}: a prompt must be a JSON object of nodes, got {type(value).__name__}")
+    if is_ui_workflow(value):
+        raise PromptFormatError(
+            f"{where}: this is a workflow as the editor saves it (UI format: 'nodes' and 'links'); a "
+            "prompt is in API format, {node_id: {class_type, inputs}}. In the editor use Workflow > "
+            "Export (API), or run it from the editor (its Run, or the Streams tab's 'Run this "
+            "workflow on it') which converts it"
+        )
     if not value:
         raise PromptFormatError(f"{where}: the prompt has no nodes")
     for node_id, node in value.items():
@@ -39,13 +46,18 @@ def _one_prompt(value: Any, where: str) -> dict[str, Any]:
     return copy.deepcopy(value)
 
 
+def is_ui_workflow(value: Any) -> bool:
+    """The editor's saved format (LiteGraph's: a list of nodes and a list of links), not a prompt."""
+    return isinstance(value, dict) and isinstance(value.get("nodes"), list) and "links" in value
+
+
 def normalize_prompts(value: Any) -> list[dict[str, Any]]:
     """Return a list of API-format prompts from a dict, a JSON string, or a list of either."""
     if isinstance(value, str):
         try:
             parsed = json_limits.loads(value)
         except json.JSONDecodeError as exc:
-            raise PromptFormatError(f"prompt: not valid JSON ({exc.msg} at position {exc.pos})") from None
+            raise PromptFormatError(f"prompt: {json_limits.describe_error(exc)}") from None
         value = parsed
     if isinstance(value, list):
         if not value:

@@ -35,3 +35,19 @@ def validate_prompts(
         if not result.ok:
             raise PromptRejected(result, index, len(prompts))
     return prompts, given
+
+
+def with_missing_node_hint(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """ComfyUI's `missing_node_type` error, its details saying how this server gets a node (its
+    message stays ComfyUI's, which clients may match on)."""
+    if not error or error.get("type") != "missing_node_type":
+        return error
+    class_type = (error.get("extra_info") or {}).get("class_type")
+    hint = (
+        f"this server has no node {class_type!r}. ComfyUI's own nodes (checkpoints, samplers, ...) "
+        "run with a ComfyUI workspace: `comfystream serve --workspace DIR` (`comfystream "
+        "setup-workspace DIR` makes one); a custom node package goes in DIR/custom_nodes, or "
+        "`--custom-nodes FOLDER`. GET /object_info lists the nodes this server has"
+    )
+    details = str(error.get("details") or "")
+    return {**error, "details": f"{details}: {hint}" if details else hint}

@@ -24,13 +24,18 @@ logger = logging.getLogger(__name__)
 
 
 async def _json_or(request: web.Request, default: Any) -> Any:
+    """The body's JSON (`default` when empty); bad JSON is a 400 that says where it breaks."""
     raw = await request.read()
     if not raw.strip():
         return default
     try:
         return json_limits.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = {
+            "error": comfy_error("invalid_json", "Invalid JSON", json_limits.describe_error(exc)),
+            "node_errors": {},
+        }
+        raise web.HTTPBadRequest(text=json.dumps(body), content_type="application/json") from None
 
 
 def _bad_request(kind: str, message: str, details: str = "") -> web.Response:

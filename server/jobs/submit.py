@@ -19,6 +19,7 @@ from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import JobSettings
 from server.prompt_files import refuse_outside_files
+from server.prompt_validation import with_missing_node_hint
 
 
 @dataclass
@@ -121,7 +122,7 @@ def submit_prompt(
     )
     if not result.ok:
         comfy = result.to_comfy()
-        return Submitted(None, comfy["node_errors"] or {}, comfy["error"])
+        return Submitted(None, comfy["node_errors"] or {}, with_missing_node_hint(comfy["error"]))
     if request.number is not None:
         number: float = float(request.number)
     else:
