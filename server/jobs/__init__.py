@@ -110,7 +110,15 @@ def setup_routes(app: web.Application) -> None:
             spec["query"] = VIEW_QUERY
         add_api_route(app, api, method, path, handler, summary, tags=(tag,), **spec)
         add_api_route(
-            app, api, method, f"/api{path}", handler, summary, tags=(tag,), alias_of=f"{method} {path}", **spec
+            app,
+            api,
+            method,
+            f"/api{path}",
+            handler,
+            summary,
+            tags=(tag,),
+            alias_of=f"{method} {path}",
+            **spec,
         )
     add_api_route(
         app,
@@ -135,6 +143,9 @@ def place_sample_image(input_dir: Path) -> None:
         if any(p.is_file() for p in input_dir.iterdir()):
             return
         shutil.copyfile(SAMPLE_IMAGE, input_dir / SAMPLE_IMAGE.name)
+        logger.info(
+            "the input folder %s was empty: put the sample image %s there", input_dir, SAMPLE_IMAGE.name
+        )
     except OSError as exc:  # a read-only folder: LoadImage then lists what is there
         logger.warning("could not put the sample image into %s: %s", input_dir, exc)
 

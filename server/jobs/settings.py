@@ -29,10 +29,9 @@ class JobSettings:
     # Spawn the job workers when the server starts; False: when the first prompt is queued (an app
     # that serves only streams, a test of another feature, never pays for them).
     spawn_at_startup: bool = False
-    # The default ./input (no --input-dir, no workspace: a workspace's ComfyUI ships its own) gets
-    # a sample image when it holds none, the `example.png` the editor's first workflow and the
-    # dashboard's placeholder name.
-    sample_image: bool = False
+    # An input folder that holds no file (a fresh clone's ./input) gets a sample image, the
+    # `example.png` the editor's first workflow and the dashboard's placeholder name.
+    sample_image: bool = True
 
     @property
     def temp_dir(self) -> Path:
@@ -50,7 +49,6 @@ class JobSettings:
             "spawn_at_startup": bool(getattr(config, "job_workers_at_startup", False)),
             "input_dir": Path(input_dir).resolve(),
             "output_dir": Path(output_dir).resolve(),
-            "sample_image": getattr(config, "input_dir", None) is None and config.workspace is None,
         }
         values.update(overrides)
         return cls(**values)

@@ -61,14 +61,18 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], tuple[str, b
                 fields["prompt"] = json_limits.loads(fields["prompt"])
             except json.JSONDecodeError as exc:
                 raise BadTask(
-                    "invalid_prompt", "Invalid prompt", f"the prompt field is {json_limits.describe_error(exc)}"
+                    "invalid_prompt",
+                    "Invalid prompt",
+                    f"the prompt field is {json_limits.describe_error(exc)}",
                 ) from None
         return fields, upload
     raw = await request.read()
     try:
         data = json_limits.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadTask("invalid_json", "Invalid JSON", f"the body is {json_limits.describe_error(exc)}") from None
+        raise BadTask(
+            "invalid_json", "Invalid JSON", f"the body is {json_limits.describe_error(exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise BadTask("invalid_json", "Invalid request", "the body must be a JSON object")
     return data, None

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
+from server.editor import live_workflows
 
 WORKFLOW = {"last_node_id": 1, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
 
@@ -170,7 +171,7 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
                 {"fr": {"webpkg": {"hello": "bonjour"}, "nodeDefs": {"Hello": {"display_name": "Salut"}}}},
             ),
             ("/api/global_subgraphs", {}),
-            ("/comfyui/templates/index.json", []),
+            ("/comfyui/templates/index.json", live_workflows.template_index()),  # comfystream's own
             ("/embeddings", []),  # also without the /api prefix, as ComfyUI serves it
         ):
             async with http.get(f"{base}{path}") as r:

@@ -10,8 +10,6 @@ import pytest
 
 from tests.jobs.conftest import JobsServer
 
-pytestmark = pytest.mark.asyncio(loop_scope="package")
-
 UI_WORKFLOW = {
     "last_node_id": 2,
     "last_link_id": 1,
@@ -29,6 +27,7 @@ UI_WORKFLOW = {
 }
 
 
+@pytest.mark.asyncio(loop_scope="package")
 async def test_json_syntax_errors_say_line_and_column(jobs_server: JobsServer, no_leaks):
     body = '{\n  "prompt": {\n    "1": {"class_type": "LoadImage", "inputs": {"image": "x.png"},}\n  }\n}'
     status, answer = await jobs_server.call("POST", "/prompt", data=body.encode())
@@ -42,6 +41,7 @@ async def test_json_syntax_errors_say_line_and_column(jobs_server: JobsServer, n
     assert status == 400 and "not valid JSON at line 1, column" in answer["error"]["details"], answer
 
 
+@pytest.mark.asyncio(loop_scope="package")
 async def test_an_editor_workflow_says_which_format_to_send(jobs_server: JobsServer, no_leaks):
     for path in ("/prompt", "/api/prompt"):
         status, answer = await jobs_server.call("POST", path, json={"prompt": UI_WORKFLOW})
@@ -52,6 +52,7 @@ async def test_an_editor_workflow_says_which_format_to_send(jobs_server: JobsSer
     assert status == 400 and "Export (API)" in json.dumps(answer), answer
 
 
+@pytest.mark.asyncio(loop_scope="package")
 async def test_a_missing_node_says_how_to_get_it(jobs_server: JobsServer, no_leaks):
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}}}
     status, answer = await jobs_server.call("POST", "/prompt", json={"prompt": prompt})
@@ -64,6 +65,7 @@ async def test_a_missing_node_says_how_to_get_it(jobs_server: JobsServer, no_lea
     assert "--workspace DIR" in details and "--custom-nodes" in details, details
 
 
+@pytest.mark.asyncio(loop_scope="package")
 async def test_load_image_without_an_image_is_a_validation_error(jobs_server: JobsServer, no_leaks):
     for inputs in ({}, {"image": ""}):
         prompt = {
@@ -76,3 +78,16 @@ async def test_load_image_without_an_image_is_a_validation_error(jobs_server: Jo
         said = [e["details"] for e in answer["node_errors"]["1"]["errors"]]
         assert any("no image chosen: put one in the input folder" in d for d in said), said
         assert not any("positional argument" in d for d in said), said
+
+
+def test_the_sample_image_goes_only_into_an_empty_input_folder(tmp_path) -> None:
+    from server.jobs import SAMPLE_IMAGE, place_sample_image
+
+    empty, mine = tmp_path / "empty", tmp_path / "mine"
+    empty.mkdir()
+    mine.mkdir()
+    (mine / "cat.jpg").write_bytes(b"not really a jpeg")
+    place_sample_image(empty)
+    place_sample_image(mine)
+    assert (empty / "example.png").read_bytes() == SAMPLE_IMAGE.read_bytes()
+    assert sorted(p.name for p in mine.iterdir()) == ["cat.jpg"]
