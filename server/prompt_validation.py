@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from comfystream.engine import ValidationResult, validate_prompt
-from comfystream.prompts import normalize_prompts, normalize_prompts_or_default
+from comfystream.prompts import normalize_prompts, normalize_prompts_or_default, registry_input_types
 from server.prompt_files import refuse_outside_files
 
 
@@ -29,7 +29,11 @@ def validate_prompts(
     Raises `PromptFormatError` (not a prompt at all) or `PromptRejected` (ComfyUI validation failed).
     """
     given = not (value is None or value == [] or value == "")
-    prompts = normalize_prompts_or_default(value) if default_if_none else normalize_prompts(value)
+    input_types = registry_input_types(registry)  # a workflow saved from the editor is converted
+    if default_if_none:
+        prompts = normalize_prompts_or_default(value, input_types)
+    else:
+        prompts = normalize_prompts(value, input_types)
     for index, prompt in enumerate(prompts):
         result = refuse_outside_files(prompt, registry) or validate_prompt(prompt, registry)
         if not result.ok:

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from comfystream.prompts import registry_input_types, ui_to_api
+from server.app_keys import NODE_REGISTRY_KEY
 from server.editor.live_workflows import SAMPLE_IMAGE, TEMPLATES
 from server.jobs.comfy_routes import COMFYUI_API_VERSION
 from server.jobs.settings import JOB_SETTINGS_KEY
@@ -41,6 +43,9 @@ async def test_first_screen_runs_and_offers_live_templates(
     assert "Missing" not in text and "newer version" not in text, text[:500]
     await page.screenshot(path=str(artifacts_dir / "editor-first-screen.png"))
 
+    # The server converts a saved workflow as the editor's own Export (API) does.
+    await _same_as_export(page, editor_server)
+
     await page.click("[data-testid=queue-button]")
     images = await (await page.wait_for_function(PREVIEW_JS, timeout=60_000)).json_value()
     assert images[0]["type"] == "temp"
@@ -68,6 +73,7 @@ async def test_first_screen_runs_and_offers_live_templates(
     )
     types = await page.evaluate("() => window.app.graph.nodes.map((n) => n.type).sort()")
     assert types == ["ImageQuantize", "LoadTensor", "SaveTensor"], types
+    await _same_as_export(page, editor_server)
     assert log.problems() == [], log.problems()
 
     # A workflow with nodes this server lacks: besides the editor's own notice, how to get them here.
@@ -89,3 +95,13 @@ async def test_first_screen_runs_and_offers_live_templates(
         and stats["system"]["comfystream_version"] != COMFYUI_API_VERSION
     )
     await page.context.close()
+
+
+async def _same_as_export(page, server) -> None:
+    """The graph open in the editor: its own API conversion (what Run and Export (API) send) and
+    ours of the workflow it would save give the same nodes and inputs."""
+    saved = await page.evaluate("() => window.app.graph.serialize()")
+    exported = await page.evaluate("async () => (await window.app.graphToPrompt()).output")
+    ours = ui_to_api(saved, registry_input_types(server.app[NODE_REGISTRY_KEY]))
+    strip = lambda p: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in p.items()}  # noqa: E731
+    assert strip(ours) == strip(exported), (ours, exported)

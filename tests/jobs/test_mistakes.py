@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.jobs.conftest import JobsServer
+from tests.polling import wait_for
 
 UI_WORKFLOW = {
     "last_node_id": 2,
@@ -42,14 +43,34 @@ async def test_json_syntax_errors_say_line_and_column(jobs_server: JobsServer, n
 
 
 @pytest.mark.asyncio(loop_scope="package")
-async def test_an_editor_workflow_says_which_format_to_send(jobs_server: JobsServer, no_leaks):
-    for path in ("/prompt", "/api/prompt"):
-        status, answer = await jobs_server.call("POST", path, json={"prompt": UI_WORKFLOW})
-        assert status == 400, answer
-        details = answer["error"]["details"]
-        assert "UI format" in details and "Export (API)" in details and "class_type" in details, details
-    status, answer = await jobs_server.call("POST", "/tasks", json={"prompt": UI_WORKFLOW})
-    assert status == 400 and "Export (API)" in json.dumps(answer), answer
+async def test_an_editor_workflow_is_converted_and_runs(jobs_server: JobsServer, no_leaks):
+    """A workflow saved from the editor (UI format) is taken as its Export (API) would be; the input
+    folder was empty, so the server's sample example.png is there for LoadImage."""
+    prompt_id = await jobs_server.queue_prompt(UI_WORKFLOW)
+    entry = await wait_for(lambda: _finished(jobs_server, prompt_id), what="the converted workflow to run")
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert entry["prompt"][2] == {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    assert entry["outputs"]["2"]["images"][0]["type"] == "temp"
+    # One it cannot convert (subgraphs) says which format to send and how to get it.
+    for path in ("/prompt", "/tasks"):
+        status, answer = await jobs_server.call(
+            "POST", path, json={"prompt": {**UI_WORKFLOW, "definitions": {"subgraphs": [{"id": "s"}]}}}
+        )
+        assert status == 400 and "Export (API)" in json.dumps(answer), answer
+
+
+async def _finished(jobs_server: JobsServer, prompt_id: str) -> dict | None:
+    entry = await jobs_server.history(prompt_id)
+    return (
+        entry
+        if entry.get("status", {}).get("completed") is not None
+        and entry.get("outputs") is not None
+        and entry["status"].get("status_str")
+        else None
+    )
 
 
 @pytest.mark.asyncio(loop_scope="package")

@@ -13,8 +13,11 @@ import pytest
 from stream_stack import Stack
 
 from server.app_keys import EVENT_BUS_KEY
+from server.editor.live_workflows import BY_NAME, ui_workflow
 from server.trickle_client import create_channel
 from tests.polling import wait_for
+
+LIVE_BLUR_UI = ui_workflow(BY_NAME["comfystream_live_blur"].steps)
 
 
 def _closed_port() -> int:
@@ -58,10 +61,20 @@ async def test_the_gateways_own_fields_are_accepted(stack: Stack) -> None:
         "model_id": "comfyui",
         "stream_id": "gw",
         "request_id": "gw",
-        "params": {"width": 64, "height": 64, "some_pipeline_param": 1},
+        # A prompt saved from the editor (UI format) is converted as its Export (API) would be.
+        "params": {"width": 64, "height": 64, "some_pipeline_param": 1, "prompts": [LIVE_BLUR_UI]},
     }
     status, data = await stack.call("POST", "/stream/start", json=body)
     assert status == 200, data
+    assert (data["config"]["prompts_set"], data["config"]["prompt_count"]) == (True, 1)
+    status, prompts = await stack.call("GET", "/stream/gw/prompts")
+    assert prompts["prompts"] == [
+        {
+            "1": {"class_type": "LoadTensor", "inputs": {"timeout_seconds": 1.0}},
+            "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 7, "sigma": 3.0}},
+            "3": {"class_type": "SaveTensor", "inputs": {"images": ["2", 0]}},
+        }
+    ], prompts
     await stack.call("DELETE", "/stream/gw")
 
 
