@@ -18,6 +18,7 @@ MAX_DEFAULT_JOB_WORKERS = 4
 # second and each stream's preview.jpg twice a second, the editor its queue; at INFO they were
 # nine lines of ten. What changes state, and every error, stays at INFO.
 _QUIET_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RELAY_PREFIX = "/trickle/"
 
 
 def default_job_workers() -> int:
@@ -76,7 +77,11 @@ class QuietAccessLogger(AccessLogger):
         self._quiet = AccessLogger(_AtDebug(logger, {}), log_format)  # type: ignore[arg-type]
 
     def log(self, request, response, time: float) -> None:  # noqa: A002 (aiohttp's signature)
-        if request.method in _QUIET_METHODS and response.status < 400:
+        quiet = request.method in _QUIET_METHODS and response.status < 400
+        # The relay's own traffic (--relay): a POST per segment per channel, subscribers' 404s while a
+        # channel is not there yet; only its failures say something.
+        quiet = quiet or (request.path.startswith(RELAY_PREFIX) and response.status < 500)
+        if quiet:
             self._quiet.log(request, response, time)
         elif self.logger.isEnabledFor(logging.INFO):
             super().log(request, response, time)

@@ -144,7 +144,7 @@ class TrickleStream(StreamBase):
                 ingest.result()
                 if self.stop_reason is None:
                     self.stop_reason, self.stop_kind = "input channel ended", "input_ended"
-                    logger.info("stream %s: input channel ended", self.stream_id)
+                    logger.debug("stream %s: input channel ended", self.stream_id)  # the stop line says it
             else:
                 ingest.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

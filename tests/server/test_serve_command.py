@@ -164,6 +164,7 @@ async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> 
                 "0",
                 "--warm-workers",
                 "0",
+                "--relay",
                 "--log-level",
                 "INFO",
             ],
@@ -189,6 +190,10 @@ async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> 
                 assert resp.status == 400
             async with http.get(f"{base}/stream/missing") as resp:
                 assert resp.status == 404
+            async with http.post(f"{base}/trickle/chan") as resp:  # the relay's own traffic
+                assert resp.status == 200
+            async with http.get(f"{base}/trickle/nochan/0") as resp:
+                assert resp.status == 404
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -197,3 +202,4 @@ async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> 
     assert '"POST /stream/start HTTP/1.1" 400' in text
     assert '"GET /stream/missing HTTP/1.1" 404' in text
     assert "GET /streams" not in text and "GET /health" not in text
+    assert '"POST /trickle/' not in text and '"GET /trickle/' not in text
