@@ -18,7 +18,7 @@ from server.listen import (
     QuietAccessLogger,
     default_job_workers,
     describe_bind_error,
-    listening_socket,
+    listening_sockets,
 )
 
 logger = logging.getLogger(__name__)
@@ -296,14 +296,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         # Bound before anything spawns: a port in use is one line and exit 2, not two workers
         # started and stopped and a traceback from run_app.
-        sock = listening_socket(config.host, config.port)
+        socks = listening_sockets(config.host, config.port)
     except OSError as exc:
         print(f"comfystream serve: {describe_bind_error(config.host, config.port, exc)}")
         return 2
     try:
         app = create_app(config)
     except WorkspaceError as exc:
-        sock.close()
+        for sock in socks:
+            sock.close()
         print(f"comfystream serve: {exc}")
         return 2
     app.on_startup.insert(0, start_default_executor)
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     setup_signal_handling(app)
     web.run_app(
         app,
-        sock=sock,
+        sock=socks,
         print=None,
         access_log_class=QuietAccessLogger,
         shutdown_timeout=config.stop_timeout_s,

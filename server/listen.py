@@ -29,23 +29,33 @@ def default_job_workers() -> int:
     return max(1, min(MAX_DEFAULT_JOB_WORKERS, cores))
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket for `run_app(sock=...)`. Raises OSError (port in use, an
-    address this machine does not have, a name that does not resolve)."""
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound, listening TCP sockets for `run_app(sock=...)`, one per address `host` names (as
+    asyncio's create_server binds them: `localhost` may be 127.0.0.1 and ::1). Raises OSError (port
+    in use, an address this machine does not have, a name that does not resolve)."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, tuple]] = set()
     try:
-        # As aiohttp's own sites do: a restart binds at once despite connections in TIME_WAIT (a
-        # port another process listens on is still refused).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-        sock.setblocking(False)
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            # As aiohttp's own sites do: a restart binds at once despite connections in TIME_WAIT (a
+            # port another process listens on is still refused).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(infos) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds apart
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
     except OSError:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise
-    return sock
+    return sockets
 
 
 def describe_bind_error(host: str, port: int, exc: OSError) -> str:
@@ -55,7 +65,9 @@ def describe_bind_error(host: str, port: int, exc: OSError) -> str:
         return (
             f"not allowed to listen on port {port} on {host} (ports below 1024 need privileges); use --port"
         )
-    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host}: the name does not resolve ({exc.strerror or exc}); check --host"
+    if exc.errno == errno.EADDRNOTAVAIL:
         return (
             f"cannot listen on {host}: not an address of this machine ({exc.strerror or exc}); check --host"
         )
