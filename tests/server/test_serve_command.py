@@ -203,3 +203,13 @@ async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> 
     assert '"GET /stream/missing HTTP/1.1" 404' in text
     assert "GET /streams" not in text and "GET /health" not in text
     assert '"POST /trickle/' not in text and '"GET /trickle/' not in text
+
+
+def test_a_host_that_does_not_resolve_is_one_line(capsys) -> None:
+    from server.cli import main
+
+    assert main(["serve", "--host", "nosuchhost.invalid", "--no-auth", "--job-workers", "0"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(
+        "comfystream serve: cannot listen on nosuchhost.invalid: the name does not resolve"
+    )
