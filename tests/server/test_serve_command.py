@@ -4,6 +4,7 @@ leaving no worker behind."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -45,6 +46,14 @@ def test_serve_flags() -> None:
     assert [str(p) for p in config.custom_nodes] == ["/a", "/b"]
     assert config.gpus == [0, 1] and config.relay is True and config.log_level == "DEBUG"
     defaults = config_from_args(build_parser().parse_args(["serve"]))
+    from server.listen import MAX_DEFAULT_JOB_WORKERS, default_job_workers
+
+    # One job worker per usable core (so a second job need not queue), a few at most.
+    assert (
+        defaults.job_workers
+        == default_job_workers()
+        == min(MAX_DEFAULT_JOB_WORKERS, len(os.sched_getaffinity(0)))
+    )
     assert (defaults.host, defaults.port, defaults.relay, defaults.workspace) == (
         "127.0.0.1",
         8000,

@@ -37,6 +37,15 @@ async def test_unknown_fields_are_named_with_the_accepted_ones(stack: Stack) -> 
     items = {i["input_name"]: i for i in err["validation_errors"]}
     assert set(items) == {"input_url", "pubish_url"}
     assert "subscribe_url" in items["input_url"]["valid_options"]
+    # A JSON syntax error says where it is.
+    status, err = await stack.call(
+        "POST",
+        "/stream/start",
+        data=b'{"subscribe_url": "x",\n}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert status == 400 and err["error"] == "Invalid JSON", err
+    assert "not valid JSON at line 2, column 1" in err["message"], err
     # The flat form (POST /stream) passes unknown params through, but not a misspelled URL or id.
     status, err = await stack.call("POST", "/stream", json={"subscribe_ulr": f"{stack.relay}/cam", "id": "y"})
     assert status == 400, err
