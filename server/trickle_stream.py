@@ -244,11 +244,13 @@ class TrickleStream(StreamBase):
             "stream %s: input channel %s not found yet; waiting up to %g s", self.stream_id, url, wait_s
         )
         deadline = time.monotonic() + wait_s
-        while self._frames_in == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S)
-            if (await check_input(url)).verdict == "found":
-                break
-        self.notice = None
+        try:
+            while self._frames_in == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_S)
+                if (await check_input(url)).verdict == "found":
+                    break
+        finally:
+            self.notice = None  # found, given up on, or the stream stopped meanwhile
         if self._frames_in > 0 or time.monotonic() < deadline:
             self.emit("input_found", {"subscribe_url": url})
             return
