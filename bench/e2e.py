@@ -140,7 +140,9 @@ async def run_streams(
             await asyncio.sleep(0.05)
         stats = info["stats"]
         dropped += stats["dropped"]
-        server_side = {k: stats.get(k) for k in ("latency_ms", "worker_fps", "skipped_late", "skipped_overload")}
+        server_side = {
+            k: stats.get(k) for k in ("latency_ms", "worker_fps", "skipped_late", "skipped_overload")
+        }
         print(f"    server-side (ingest to publish): {server_side}")
     per_stream_fps = [fps_of(r) for r in readers]
     lat = [x for r, p in zip(readers, publishers, strict=True) for x in latencies(r, p)]

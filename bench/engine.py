@@ -34,7 +34,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--warmup", type=int, default=100)
@@ -95,7 +97,9 @@ def main() -> int:
 
     d_med, d_p99 = statistics.median(direct), pct(direct, 0.99)
     print(f"frames={args.frames} size={args.size}x{args.size} torch_threads=1")
-    print(f"{'series':<10}{'median_us':>12}{'p99_us':>12}{'overhead_median_us':>22}{'overhead_p99_us':>18}{'ratio':>8}")
+    print(
+        f"{'series':<10}{'median_us':>12}{'p99_us':>12}{'overhead_median_us':>22}{'overhead_p99_us':>18}{'ratio':>8}"
+    )
     rows = [("direct", direct), ("engine", engine), ("events", with_events), ("async", async_times)]
     results = {}
     for name, values in rows:

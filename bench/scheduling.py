@@ -68,7 +68,9 @@ class System:
 
     name = ""
 
-    async def start(self, http: aiohttp.ClientSession, i: int, name: str, urls: dict, delay_ms: float) -> None:
+    async def start(
+        self, http: aiohttp.ClientSession, i: int, name: str, urls: dict, delay_ms: float
+    ) -> None:
         raise NotImplementedError
 
     async def finish(self, http: aiohttp.ClientSession, i: int, name: str) -> dict:
@@ -107,7 +109,11 @@ class Pytrickle(System):
         self.ports = ports
 
     async def start(self, http, i, name, urls, delay_ms):
-        body = {**urls, "gateway_request_id": name, "params": {"width": SIZE, "height": SIZE, "delay_ms": delay_ms}}
+        body = {
+            **urls,
+            "gateway_request_id": name,
+            "params": {"width": SIZE, "height": SIZE, "delay_ms": delay_ms},
+        }
         async with http.post(f"http://127.0.0.1:{self.ports[i]}/stream/start", json=body) as resp:
             assert resp.status == 200, await resp.text()
 
@@ -187,7 +193,8 @@ def report(scenario: str, n: int, system: str, results: list[StreamResult]) -> s
     line = (
         f"{scenario:8s} {n} stream(s) {system:11s}: loss {sent - received:4d}/{sent:<4d}"
         f" ({100 * (sent - received) / max(sent, 1):5.1f}%)  longest skip run {max(r.longest_gap for r in results):2d}"
-        f"  out fps/stream {fps:5.1f}" + (f" (worker {worker:.0f})" if worker else "")
+        f"  out fps/stream {fps:5.1f}"
+        + (f" (worker {worker:.0f})" if worker else "")
         + f"  latency p50 {pct(lat, 0.5):6.1f} p95 {pct(lat, 0.95):6.1f} p99 {pct(lat, 0.99):6.1f} ms"
         f"  raw after processed {sum(r.raw_after_processed for r in results)}"
         f"  first processed {first:4.2f} s"
@@ -212,13 +219,28 @@ async def main_async(args: argparse.Namespace) -> int:
     relay_port, server_port = free_port(), free_port()
     relay = f"http://127.0.0.1:{relay_port}"
     base = f"http://127.0.0.1:{server_port}"
-    procs = [spawn([sys.executable, "-m", "server.cli", "--log-level", "WARNING", "relay", "--port", str(relay_port)])]
+    procs = [
+        spawn(
+            [sys.executable, "-m", "server.cli", "--log-level", "WARNING", "relay", "--port", str(relay_port)]
+        )
+    ]
     procs.append(
         spawn(
             [
-                sys.executable, "-m", "server.cli", "--log-level", "WARNING", "serve",
-                "--port", str(server_port), "--max-streams", str(max(counts)),
-                "--custom-nodes", str(NODES), "--job-workers", "0",
+                sys.executable,
+                "-m",
+                "server.cli",
+                "--log-level",
+                "WARNING",
+                "serve",
+                "--port",
+                str(server_port),
+                "--max-streams",
+                str(max(counts)),
+                "--custom-nodes",
+                str(NODES),
+                "--job-workers",
+                "0",
             ]
         )
     )
@@ -260,7 +282,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", default="1,2,4")
     parser.add_argument("--scenarios", default="burst,overload,live")
     parser.add_argument("--frames", type=int, default=90, help="measured frames per stream (default 90)")

@@ -12,7 +12,10 @@ dev=0
 # torch first, pinned: any other torch requirement pulls several GB of CUDA packages here.
 .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ $dev = 1 ]; then
-  .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[dev]"
+  extras=dev
+  # With a ComfyUI checkout to test against (tests/comfyui), what it needs to import.
+  [ -n "${COMFYUI_PATH:-}" ] && extras=dev,comfyui-tests
+  .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[$extras]"
   if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
       >/dev/null 2>&1 || echo "setup: could not install chromium; browser tests will be skipped" >&2

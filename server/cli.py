@@ -12,7 +12,7 @@ COMMAND_MODULES = (
     "comfystream.engine.commands",  # validate, execute
     "comfystream.trickle.commands",  # relay
     "server.commands",  # serve
-    "comfystream.comfyui.commands",  # setup-workspace
+    "comfystream.comfyui.commands",  # setup-workspace, workspace-info, make-test-checkpoint
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from comfystream.comfyui import WorkspaceError, check_workspace
+from comfystream.comfyui.commands import add_model_paths_argument
 from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from server.config import ServerConfig, parse_gpus
 from server.listen import (
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workspace", type=Path, default=None, help="a ComfyUI workspace: its nodes and models"
     )
+    add_model_paths_argument(parser)
     parser.add_argument(
         "--custom-nodes",
         type=Path,
@@ -74,6 +76,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=10.0,
         metavar="S",
         help="a stream's worker holding one frame longer than S seconds is replaced (default 10)",
+    )
+    parser.add_argument(
+        "--worker-max-rss-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="a stream's worker whose resident memory passes MB is replaced between two frames "
+        "(default: no limit)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch threads in each worker (default: cores / --max-streams, at least 1)",
+    )
+    parser.add_argument(
+        "--preload-prompt",
+        dest="preload_prompts",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="an API-format workflow (or a list of them) every warm worker loads and warms up before "
+        "a stream takes it, so that a stream with the same models processes from its first frame "
+        "(repeatable)",
+    )
+    parser.add_argument(
+        "--preload-size",
+        default="512x512",
+        metavar="WxH",
+        help="the frame size preloaded workers warm up at (default 512x512)",
     )
     parser.add_argument(
         "--streams-per-gpu",
@@ -221,6 +254,34 @@ def livepeer_settings(args: argparse.Namespace, env: dict[str, str] | None = Non
     return {"auth_token": token, "registration": registration, "pipeline_name": name}
 
 
+def read_preload_prompts(paths: list[str]) -> list[dict]:
+    """Every prompt of every `--preload-prompt` file (one API-format prompt, or a list of them)."""
+    from comfystream.json_limits import loads
+    from comfystream.prompts import PromptFormatError, normalize_prompts
+
+    prompts: list[dict] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                prompts.extend(normalize_prompts(loads(f.read())))
+        except OSError as exc:
+            raise ValueError(f"--preload-prompt {path}: {exc.strerror}") from exc
+        except (ValueError, PromptFormatError) as exc:
+            raise ValueError(f"--preload-prompt {path}: {exc}") from exc
+    return prompts
+
+
+def parse_size(value: str, flag: str) -> tuple[int, int]:
+    """`512x288` -> (512, 288)."""
+    try:
+        width, height = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"{flag}: expected WIDTHxHEIGHT, e.g. 512x512, got {value!r}") from None
+    if width < 1 or height < 1:
+        raise ValueError(f"{flag}: a size must be positive, got {value!r}")
+    return width, height
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     from server.webrtc.ice import parse_ice_servers
 
@@ -239,6 +300,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--max-latency-ms must be positive")
     if args.interrupt_grace_s <= 0 or args.frame_timeout_s <= 0:
         raise ValueError("--interrupt-grace-s and --frame-timeout-s must be positive")
+    if args.worker_max_rss_mb is not None and args.worker_max_rss_mb <= 0:
+        raise ValueError("--worker-max-rss-mb must be positive")
+    if args.torch_threads is not None and args.torch_threads < 1:
+        raise ValueError("--torch-threads must be at least 1")
     from server.origin_check import OriginPolicy
 
     OriginPolicy(args.allowed_origins)  # a bad origin is a usage error
@@ -249,6 +314,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         port=args.port,
         workspace=args.workspace,
         custom_nodes=list(args.custom_nodes),
+        extra_model_paths=[Path(p) for p in args.extra_model_paths],
         max_streams=args.max_streams,
         warm_workers=args.warm_workers,
         max_latency_ms=args.max_latency_ms,
@@ -257,6 +323,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         gpu_min_free_mib=args.gpu_min_free_mib,
         interrupt_grace_s=args.interrupt_grace_s,
         frame_timeout_s=args.frame_timeout_s,
+        torch_threads=args.torch_threads,
+        worker_max_rss_mb=args.worker_max_rss_mb,
+        preload_prompts=read_preload_prompts(args.preload_prompts),
+        preload_size=parse_size(args.preload_size, "--preload-size"),
         relay=args.relay,
         ice_servers=list(args.ice_servers),
         job_workers=args.job_workers,

@@ -17,6 +17,8 @@ class ServerConfig:
     port: int = 8000
     workspace: Path | None = None  # a ComfyUI workspace (its nodes and models); None: built-in nodes
     custom_nodes: list[Path] = field(default_factory=list)  # extra custom-node folders
+    # --extra-model-paths: ComfyUI extra_model_paths.yaml files naming more model folders (with --workspace)
+    extra_model_paths: list[Path] = field(default_factory=list)
     max_streams: int = 8  # concurrent trickle streams; a start beyond it gets 503
     # Spawned, engine-loaded, idle workers kept ready. `comfystream serve` keeps 1 by default (a
     # stream's first frames are then processed ones); 0 here, for apps built in code and tests.
@@ -25,7 +27,14 @@ class ServerConfig:
     gpus: list[int] | None = None  # GPU indices to place workers on; None: all visible, or CPU
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
     interrupt_grace_s: float = 2.0  # a job still running this long after /interrupt: worker killed
-    frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long: replaced
+    frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long (and 5x its median): replaced
+    worker_max_rss_mb: float | None = None  # --worker-max-rss-mb: a worker above it is replaced between frames
+    # --torch-threads: each worker's torch intra-op threads; None: cores / --max-streams, at least 1.
+    torch_threads: int | None = None
+    # --preload-prompt / --preload-size: prompts every warm worker loads and warms up before a
+    # stream takes it (empty: warm workers hold the engine only).
+    preload_prompts: list[dict[str, Any]] = field(default_factory=list)
+    preload_size: tuple[int, int] = (512, 512)
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
@@ -60,6 +69,16 @@ class ServerConfig:
             dirs.append(self.workspace / "custom_nodes")
         dirs.extend(self.custom_nodes)
         return dirs
+
+
+def default_torch_threads(max_streams: int, cores: int | None = None) -> int:
+    """Threads per worker when the operator does not say: the cores shared by the streams the
+    server may run at once (OpenMP threads of several workers fighting for a core cost more than
+    they gain), at least one."""
+    import os
+
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, cores // max(1, max_streams))
 
 
 def parse_gpus(value: str | None) -> list[int] | None:

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from comfystream.pipeline.backend import WorkerSpec
-from server.config import ServerConfig
+from server.config import ServerConfig, default_torch_threads
 from server.models import WORKER_PARAMS
 from server.stream_spec import StreamSpec
 from workers.backend import ProcessPoolBackend
@@ -38,7 +38,10 @@ class PipelineResources:
             # comfy.*); without one, the engine's loader does.
             workspace = {
                 "workspace": str(config.workspace),
-                "workspace_settings": {"extra_custom_node_dirs": custom},
+                "workspace_settings": {
+                    "extra_custom_node_dirs": custom,
+                    "extra_model_paths": [str(p) for p in config.extra_model_paths],
+                },
             }
             custom = []
         self.backend = ProcessPoolBackend(
@@ -47,6 +50,10 @@ class PipelineResources:
             gpu_min_free_mib=config.gpu_min_free_mib,
             interrupt_grace_s=config.interrupt_grace_s,
             frame_timeout_s=config.frame_timeout_s,
+            torch_threads=config.torch_threads or default_torch_threads(config.max_streams),
+            worker_max_rss_mb=config.worker_max_rss_mb,
+            preload_prompts=tuple(config.preload_prompts),
+            preload_size=tuple(config.preload_size),
             warm_workers=config.warm_workers,
             cwd=str(config.workspace) if config.workspace else None,
             custom_node_dirs=custom,

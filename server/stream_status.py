@@ -34,12 +34,17 @@ STATES = (LOADING, OFFLINE, ONLINE, DEGRADED_INPUT, DEGRADED_INFERENCE, ERROR)
 
 STATUS_INTERVAL_S = 10.0
 IDLE_STOP_S = 60.0  # no input for this long: the stream is stopped
-MIN_INPUT_FPS = 15.0
+# Below this the input stutters (ai-runner says 15; but a 10 or 15 fps camera is a normal input).
+MIN_INPUT_FPS = 5.0
 ERROR_WINDOW_S = 15.0  # an error this recent degrades the inference state
 RESTART_WINDOW_S = 60.0  # and a worker restart this recent
 STALL_S = 2.0  # no input (output) for this long degrades the input (inference) state
 LOAD_GRACE_S = 2.0  # after a (re)load, the first output may take this long before it counts
 LOAD_ERROR_S = 30.0  # no output this long after a (re)load: ERROR (ai-runner's comfyui threshold)
+OUTPUT_STALL_ERROR_S = 5.0  # no output this long while input flows: ERROR
+# With a slow model the load and error windows above are at least this many of its own frame
+# times: a model taking 3 s a frame, steadily, is ONLINE.
+FRAME_TIMES = 3.0
 
 # Stream events that mean "an error in the inference" and "a worker restart".
 ERROR_EVENTS = frozenset({"error", "frame_error", "worker_lost", "worker_failed"})
@@ -63,6 +68,7 @@ class Measurements:
     last_params_update: float | None = None
     last_error: float | None = None
     last_restart: float | None = None
+    frame_s: float | None = None  # the worker's own time per frame (median); None: unknown
 
 
 def compute_state(m: Measurements) -> str:
@@ -73,9 +79,12 @@ def compute_state(m: Measurements) -> str:
       then DEGRADED_INPUT when no input came either, DEGRADED_INFERENCE, ERROR after 30 s;
     - an output stall while input flows (no output for 5 s and 1 s longer than the input): ERROR;
     - an error in the last 15 s or a restart in the last 60 s: DEGRADED_INFERENCE;
-    - input stalled for 2 s or below 15 fps: DEGRADED_INPUT;
+    - input stalled for 2 s or below 5 fps: DEGRADED_INPUT;
     - output stalled for 2 s or below min(10, 0.8 x input fps): DEGRADED_INFERENCE;
-    - else ONLINE."""
+    - else ONLINE.
+    Output windows are at least the worker's own frame times (2 for the load grace and a stall, 3
+    for the load error and the stall error), and the output floor at most 0.8 x its own rate: slow and
+    steady is ONLINE."""
     if m.failed:
         return ERROR
     if m.ended:
@@ -87,15 +96,20 @@ def compute_state(m: Measurements) -> str:
     since_output = now - (m.last_output if m.last_output is not None else float("-inf"))
     load_time = max(m.last_params_update or 0.0, m.ready_at, m.started_at)
     since_load = max(0.0, now - load_time)
+    frame_s = m.frame_s or 0.0
+    frames = FRAME_TIMES * frame_s
+    # Degraded two frame times late, an error three.
+    load_grace, load_error = max(LOAD_GRACE_S, 2 * frame_s), max(LOAD_ERROR_S, frames)
+    output_stall, output_stall_error = max(STALL_S, 2 * frame_s), max(OUTPUT_STALL_ERROR_S, frames)
     if m.has_input and since_input > IDLE_STOP_S:
         return DEGRADED_INPUT
     if m.last_output is None or m.last_output < load_time:
-        if since_load < LOAD_GRACE_S:
+        if since_load < load_grace:
             return ONLINE
         if m.has_input and (m.last_input is None or m.last_input < load_time):
             return DEGRADED_INPUT
-        return DEGRADED_INFERENCE if since_load < LOAD_ERROR_S else ERROR
-    if m.has_input and since_output > since_input + 1 and since_output > 5:
+        return DEGRADED_INFERENCE if since_load < load_error else ERROR
+    if m.has_input and since_output > since_input + 1 and since_output > output_stall_error:
         return ERROR
     if (m.last_error is not None and now - m.last_error < ERROR_WINDOW_S) or (
         m.last_restart is not None and now - m.last_restart < RESTART_WINDOW_S
@@ -103,10 +117,12 @@ def compute_state(m: Measurements) -> str:
         return DEGRADED_INFERENCE
     if m.has_input and (since_input > STALL_S or (m.input_fps is not None and m.input_fps < MIN_INPUT_FPS)):
         return DEGRADED_INPUT
-    if since_output > STALL_S:
+    if since_output > output_stall:
         return DEGRADED_INFERENCE
     if m.output_fps is not None:
         floor = min(10.0, 0.8 * m.input_fps) if m.input_fps is not None else 10.0
+        if m.frame_s:
+            floor = min(floor, 0.8 / m.frame_s)
         if m.output_fps < floor:
             return DEGRADED_INFERENCE
     return ONLINE
@@ -170,6 +186,7 @@ class StreamStatusTracker:
         self.restart_count = 0
         self._received: int | None = None
         self._processed: int | None = None
+        self.frame_s: float | None = None
 
     # ---- inputs ------------------------------------------------------------------------------
 
@@ -184,6 +201,8 @@ class StreamStatusTracker:
         self._processed = processed if isinstance(processed, int) else self._processed
         self.input_fps = _first(stats, "input_fps", "fps_in")
         self.output_fps = _first(stats, "worker_fps", "fps_out")
+        worker_ms = _first(stats, "worker_ms_p50")
+        self.frame_s = worker_ms / 1000.0 if worker_ms else self.frame_s
         if stream_state == "running" and self.ready_at is None:
             self.ready_at = now
         if stream_state in ("stopping", "stopped", "error"):
@@ -222,6 +241,7 @@ class StreamStatusTracker:
             last_params_update=self.last_params_update,
             last_error=self.last_error,
             last_restart=self.last_restart,
+            frame_s=self.frame_s,
         )
 
     def update_state(self, now: float) -> str:

@@ -41,9 +41,12 @@ def load_nodes(config: ServerConfig) -> NodeSetup:
         from comfystream.comfyui import WorkspaceSettings, load_workspace
 
         registry = build_registry()
-        workspace = load_workspace(
-            config.workspace, WorkspaceSettings(cpu=True, extra_custom_node_dirs=tuple(custom)), registry
+        settings = WorkspaceSettings(
+            cpu=True,
+            extra_custom_node_dirs=tuple(custom),
+            extra_model_paths=tuple(str(p) for p in config.extra_model_paths),
         )
+        workspace = load_workspace(config.workspace, settings, registry)
         logger.info(
             "workspace %s: ComfyUI %s, %d node types (%d from ComfyUI)",
             workspace.workspace_path,

@@ -41,12 +41,20 @@ class BackendSettings:
     frame_timeout_s: float = 10.0
     backoff_min_s: float = 0.2
     backoff_max_s: float = 10.0
-    max_failures: int = 8
+    max_failures: int | None = None  # restarts in a row before a worker is given up; None: never
+    # `serve --worker-max-rss-mb`: a stream's worker whose resident memory passes this is replaced
+    # between two frames (None: no limit).
+    worker_max_rss_mb: float | None = None
     log_level: int | None = None  # the workers' logging level; None: the server's
     env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
     workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
     workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
     torch_threads: int | None = 1  # each worker's torch intra-op threads (None: torch's default)
+    # `serve --preload-prompt`: prompts every warm worker compiles, loads and warms up at
+    # `preload_size` (width, height) before a stream takes it.
+    preload_prompts: tuple[dict[str, Any], ...] = ()
+    preload_size: tuple[int, int] = (512, 512)
+    preload_warmup_frames: int = 2
     streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
     gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
 

@@ -79,6 +79,9 @@ class WorkerState:
     torch: Any
     device: Any
     ready: m.Ready
+    # Frame-independent node outputs (loaded models, text encodes) shared by every prompt this
+    # worker runs, streams and jobs alike (comfystream.engine.output_cache).
+    outputs: Any = None
 
 
 _STATE: WorkerState | None = None
@@ -144,7 +147,9 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
             node_count=len(registry),
             load_errors={**dict(getattr(registry, "load_errors", {}) or {}), **workspace_errors},
         )
-        _STATE = WorkerState(config, conn, registry, torch, device, ready)
+        from comfystream.engine.output_cache import OutputCache
+
+        _STATE = WorkerState(config, conn, registry, torch, device, ready, OutputCache())
     except BaseException:
         text = traceback.format_exc()
         logger.error("worker start failed:\n%s", text)
@@ -244,8 +249,8 @@ class _Loop:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self.background = Background(self._wake)
-        self.frames = FrameWork(state, self.outbox, self.background)
-        self.jobs = JobWork(state, self.outbox, self.background)
+        self.frames = FrameWork(state, self.outbox, self.background, self.release_unused)
+        self.jobs = JobWork(state, self.outbox, self.background, self.release_unused)
         self.stopping = False
         self.handlers: dict[type, Callable[[Any], None]] = {
             m.Ping: self._ping,
@@ -254,6 +259,15 @@ class _Loop:
             **self.frames.handlers(),
             **self.jobs.handlers(),
         }
+
+    def release_unused(self) -> None:
+        """Drop the shared outputs no live prompt uses any more (an old checkpoint after a switch),
+        and let ComfyUI's model management forget the models they held."""
+        from comfystream.comfyui.memory import release_unused_models
+
+        outputs = self.state.outputs
+        if outputs.retain(self.frames.signatures() | self.jobs.signatures()):
+            release_unused_models()
 
     def _wake(self) -> None:
         try:
@@ -322,6 +336,8 @@ class _Loop:
             "cuda_device_count": ready.cuda_device_count,
             "cwd": os.getcwd(),
             "torch_threads": self.state.torch.get_num_threads(),
+            "model_loads": self.state.outputs.model_loads,
+            "resident_outputs": len(self.state.outputs),
             **self.frames.status(),
             **self.jobs.status(),
         }

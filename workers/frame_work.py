@@ -6,7 +6,9 @@ flowing with the old prompt (and heartbeats keep being answered) while a new one
 
 from __future__ import annotations
 
+import json
 import logging
+import statistics
 import time
 import traceback
 import uuid
@@ -38,6 +40,22 @@ class _Channel:
     transfer: Any = None  # FrameTransfer: this channel's slot <-> device buffers, kept between frames
 
 
+@dataclass
+class _Prepared:
+    """Compiled, run-once and warmed-up prompts at one size (a channel's, or a preload's)."""
+
+    plans: list[Any]
+    prompt_ids: list[str]
+    width: int
+    height: int
+    frame_ms: float | None  # the active prompt's time per frame at this size, measured in warmup
+    key: str = ""  # the prompts, canonical JSON (what a stream must ask for to take them as they are)
+
+
+def prompts_key(prompts: list[dict[str, Any]], active: int) -> str:
+    return json.dumps([prompts, active], sort_keys=True, default=str)
+
+
 # ComfyUI `ui` keys that name files (SaveImage's, PreviewImage's ...): not data for a live stream.
 MEDIA_UI_KEYS = frozenset({"images", "animated", "audio", "video", "gifs", "3d"})
 
@@ -57,8 +75,16 @@ def frame_data(outputs: dict[str, dict[str, Any]], executed: list[str]) -> dict[
 
 
 class FrameWork:
-    def __init__(self, state: WorkerState, outbox: Outbox, background: Background):
+    def __init__(
+        self,
+        state: WorkerState,
+        outbox: Outbox,
+        background: Background,
+        release_unused: Callable[[], None] = lambda: None,
+    ):
         self.state = state
+        self._release_unused = release_unused
+        self.preloaded: _Prepared | None = None  # `--preload-prompt`: kept until a stream opens
         self.torch = state.torch
         self.device = state.device
         self.send = outbox.send
@@ -74,12 +100,27 @@ class FrameWork:
             m.UpdatePrompts: self._update,
             m.SetActivePrompt: self._set_active,
             m.CloseChannel: self._close_channel,
+            m.Preload: self._preload,
         }
+
+    def signatures(self) -> set[Any]:
+        """The shared outputs that the open channels' and the preloaded prompts use."""
+        plans = [p for c in self.channels.values() for p in c.plans]
+        if self.preloaded is not None:
+            plans.extend(self.preloaded.plans)
+        return {sig for plan in plans for sig in plan.signatures}
 
     def status(self) -> dict[str, Any]:
         return {
             "gpu_memory": device_memory(self.torch, self.device),  # issue 17 (bench/gpu.py)
             "frames_processed": self.frames_processed,
+            "preloaded": None
+            if self.preloaded is None
+            else {
+                "prompts": len(self.preloaded.plans),
+                "width": self.preloaded.width,
+                "height": self.preloaded.height,
+            },
             "channels": {
                 name: {"width": c.width, "height": c.height, "prompts": len(c.plans), "active": c.active}
                 for name, c in self.channels.items()
@@ -172,9 +213,10 @@ class FrameWork:
         height: int,
         sample: Any,
         warmup_frames: int,
-    ) -> tuple[list[Any], list[str]]:
-        """On the background thread: compile every prompt, run each once (the dry run), then
-        `warmup_frames` more of the active one."""
+    ) -> _Prepared:
+        """On the background thread: compile every prompt (frame-independent outputs the worker
+        already holds are taken, not computed again), run each once (the dry run), then
+        `warmup_frames` more of the active one, timing them."""
         from comfystream.engine import ExecutionContext, compile_prompt
 
         torch = self.torch
@@ -182,18 +224,43 @@ class FrameWork:
             raise ValueError("no prompts")
         if not 0 <= active < len(prompts):
             raise ValueError(f"active prompt {active} out of range 0..{len(prompts) - 1}")
-        plans = [compile_prompt(p, self.state.registry) for p in prompts]
+        plans = [compile_prompt(p, self.state.registry, cache=self.state.outputs) for p in prompts]
         prompt_ids = [f"{channel_name}:{uuid.uuid4().hex[:12]}" for _ in plans]
         if sample is None:
             generator = torch.Generator().manual_seed(0)
             sample = torch.rand((1, height, width, 3), generator=generator).to(self.device)
         total = max(warmup_frames, 0)
+        times_ms: list[float] = []
         for i, plan in enumerate(plans):
+            started = time.perf_counter()
             plan.execute_sync(ExecutionContext(prompt_id=prompt_ids[i], frame=sample))
+            if i == active:
+                dry_run_ms = (time.perf_counter() - started) * 1000.0
         for done in range(1, total + 1):
+            started = time.perf_counter()
             plans[active].execute_sync(ExecutionContext(prompt_id=prompt_ids[active], frame=sample))
+            times_ms.append((time.perf_counter() - started) * 1000.0)
             self.send(m.Progress(channel_name, done, total))
-        return plans, prompt_ids
+        # The warmup's frames are steady state; a dry run alone may include loading a model.
+        frame_ms = statistics.median(times_ms) if times_ms else dry_run_ms
+        return _Prepared(plans, prompt_ids, width, height, round(frame_ms, 3), prompts_key(prompts, active))
+
+    def _preload(self, msg: m.Preload) -> None:
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                self.send(_failure(msg.request_id, error))
+                return
+            self.preloaded = result
+            self._release_unused()
+            self.send(m.Reply(msg.request_id, True, self._prepared_data(result)))
+
+        self.background.submit(
+            lambda: self._prepare("preload", msg.prompts, 0, msg.width, msg.height, None, msg.warmup_frames),
+            done,
+        )
+
+    def _prepared_data(self, prepared: _Prepared) -> dict[str, Any]:
+        return {"frame_ms": prepared.frame_ms, "model_loads": self.state.outputs.model_loads}
 
     def _open(self, msg: m.OpenChannel) -> None:
         if msg.channel in self.channels:
@@ -207,6 +274,16 @@ class FrameWork:
             self.send(m.Reply(msg.request_id, False, kind="error", message=f"cannot attach ring: {exc}"))
             return
         self.channels[msg.channel] = _Channel(msg.channel, ring, msg.width, msg.height)
+        preloaded = self.preloaded
+        if (
+            preloaded is not None
+            and (preloaded.width, preloaded.height) == (msg.width, msg.height)
+            and preloaded.key == prompts_key(msg.prompts, msg.active)
+        ):
+            # Exactly what this worker preloaded, at this size: compiled, loaded and warm already,
+            # so the stream's first frame is processed.
+            self._prepared(msg, preloaded, None)
+            return
         self.background.submit(
             lambda: self._prepare(
                 msg.channel, msg.prompts, msg.active, msg.width, msg.height, None, msg.warmup_frames
@@ -239,18 +316,28 @@ class FrameWork:
                 m.Reply(msg.request_id, False, kind="error", message=f"channel {msg.channel} was closed")
             )
             return
+        if isinstance(msg, m.OpenChannel):
+            # The worker is this stream's now: what was preloaded for it and not taken goes.
+            self.preloaded = None
         if error is not None:
             if isinstance(msg, m.OpenChannel):
                 self.channels.pop(msg.channel, None)
                 channel.ring.close()
+            self._release_unused()
             self.send(_failure(msg.request_id, error))
             return
         if isinstance(msg, m.UpdatePrompts) and not msg.apply:
-            self.send(m.Reply(msg.request_id, True, {"after_frame_id": None}))
+            self._release_unused()
+            self.send(m.Reply(msg.request_id, True, {"after_frame_id": None, **self._prepared_data(result)}))
             return
-        channel.plans, channel.prompt_ids = result
+        channel.plans, channel.prompt_ids = result.plans, result.prompt_ids
         channel.active = msg.active
-        self.send(m.Reply(msg.request_id, True, {"after_frame_id": channel.last_frame_id}))
+        self._release_unused()  # the old prompts' outputs no other prompt shares (an old checkpoint)
+        self.send(
+            m.Reply(
+                msg.request_id, True, {"after_frame_id": channel.last_frame_id, **self._prepared_data(result)}
+            )
+        )
 
     def _set_active(self, msg: m.SetActivePrompt) -> None:
         channel = self.channels.get(msg.channel)
@@ -264,6 +351,7 @@ class FrameWork:
         channel = self.channels.pop(msg.channel, None)
         if channel is not None:
             channel.ring.close()
+            self._release_unused()
         self.send(m.Reply(msg.request_id, True))
 
 

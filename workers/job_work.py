@@ -28,8 +28,15 @@ PLAN_CACHE_SIZE = 4
 
 
 class JobWork:
-    def __init__(self, state: WorkerState, outbox: Outbox, background: Background):
+    def __init__(
+        self,
+        state: WorkerState,
+        outbox: Outbox,
+        background: Background,
+        release_unused: Callable[[], None] = lambda: None,
+    ):
         self.state = state
+        self._release_unused = release_unused
         self.send = outbox.send
         self.background = background
         # (prompt_id, CancelToken) of the running job; read by the loop's thread for interrupts.
@@ -45,6 +52,10 @@ class JobWork:
 
     def close(self) -> None:
         self._interrupt(None, "worker stopping")
+
+    def signatures(self) -> set[Any]:
+        """The shared outputs the kept job prompts use."""
+        return {sig for plan in list(self._plans.values()) for sig in plan.signatures}
 
     def status(self) -> dict[str, Any]:
         torch, device = self.state.torch, self.state.device
@@ -119,12 +130,16 @@ class JobWork:
             # Validation sees the job's folders (LoadImage checks its file in the input folder).
             token = set_current_context(ctx)
             try:
-                plan = compile_prompt(job.prompt, self.state.registry, job.outputs, job.extra_data)
+                plan = compile_prompt(
+                    job.prompt, self.state.registry, job.outputs, job.extra_data, cache=self.state.outputs
+                )
             finally:
                 reset_current_context(token)
             self._plans[key] = plan
-            while len(self._plans) > PLAN_CACHE_SIZE:
-                self._plans.popitem(last=False)
+            if len(self._plans) > PLAN_CACHE_SIZE:
+                while len(self._plans) > PLAN_CACHE_SIZE:
+                    self._plans.popitem(last=False)
+                self._release_unused()
         else:
             self._plans.move_to_end(key)
         return plan

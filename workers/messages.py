@@ -59,6 +59,18 @@ class UpdatePrompts:
 
 
 @dataclass(slots=True)
+class Preload:
+    """For a warm worker before any stream takes it: compile `prompts`, run them once and warm up
+    at `width` x `height`, and keep them resident (their models loaded) for the stream to come."""
+
+    request_id: int
+    prompts: list[dict[str, Any]]
+    width: int
+    height: int
+    warmup_frames: int = 2
+
+
+@dataclass(slots=True)
 class SetActivePrompt:
     """Run frames through an already compiled prompt of the channel from the next frame on."""
 

@@ -13,12 +13,19 @@ import logging
 from typing import TYPE_CHECKING
 
 from comfystream.pipeline.backend import WorkerSpec
-from workers.process import WorkerProcess
+from workers import messages as m
+from workers.process import WorkerError, WorkerProcess
 
 if TYPE_CHECKING:
     from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)
+
+
+# After a preloaded worker is taken, its replacement starts loading this many of the model's
+# frame times later (at most REFILL_DELAY_MAX_S): the new stream's first frames get the cores.
+REFILL_DELAY_FRAMES = 5.0
+REFILL_DELAY_MAX_S = 30.0
 
 
 class WarmPool:
@@ -46,6 +53,10 @@ class WarmPool:
         self._changed = asyncio.Event()
         self.spawned = 0
         self.taken = 0
+        # A preloaded worker's time per frame (its warmup's): a refill after a take waits a few
+        # of them, so that loading the next model does not slow the new stream's first frames.
+        self.preload_frame_ms: float | None = None
+        self._refill: asyncio.TimerHandle | None = None
 
     @property
     def idle(self) -> int:
@@ -80,10 +91,22 @@ class WarmPool:
             if proc.state == "ready":
                 proc.on_lost = None
                 self.taken += 1
-                self._kick()
+                self._kick_after_take()
                 return proc
         self._kick()
         return None
+
+    def _kick_after_take(self) -> None:
+        delay = REFILL_DELAY_FRAMES * self.preload_frame_ms / 1000.0 if self.preload_frame_ms else 0.0
+        if delay <= 0:
+            self._kick()
+        elif self._refill is None:
+
+            def refill() -> None:
+                self._refill = None
+                self._kick()
+
+            self._refill = asyncio.get_running_loop().call_later(min(delay, REFILL_DELAY_MAX_S), refill)
 
     def _kick(self) -> None:
         """Start spawns until idle + spawning reaches `size`, at most `parallel` at once."""
@@ -107,6 +130,15 @@ class WarmPool:
             if self._closed:
                 await proc.stop()
                 return
+            if self.backend.settings.preload_prompts:
+                proc.on_lost = self._on_idle_lost  # a crash while loading is seen as any idle loss
+                if not await self._preload(proc):
+                    await proc.stop()
+                    await asyncio.sleep(self.backend.settings.backoff_max_s)
+                    return
+                if self._closed:
+                    await proc.stop()
+                    return
             proc.on_lost = self._on_idle_lost
             self._idle.append(proc)
             self.spawned += 1
@@ -114,6 +146,34 @@ class WarmPool:
             self._spawning -= 1
             self._changed.set()
             self._kick()
+
+    async def _preload(self, proc: WorkerProcess) -> bool:
+        """Have `proc` load and warm up the operator's prompts (`--preload-prompt`)."""
+        s = self.backend.settings
+        width, height = s.preload_size
+        prompts = list(s.preload_prompts)
+        try:
+            reply = await proc.request(
+                lambda rid: m.Preload(rid, prompts, width, height, s.preload_warmup_frames),
+                timeout=s.startup_timeout_s,
+            )
+        except (TimeoutError, WorkerError) as exc:
+            logger.error("warm pool: %s could not preload its prompt: %s", proc.name, exc)
+            return False
+        if not reply.ok:
+            logger.error("warm pool: the preload prompt failed in %s: %s", proc.name, reply.message)
+            return False
+        self.preload_frame_ms = reply.data.get("frame_ms") or self.preload_frame_ms
+        logger.info(
+            "warm pool: %s preloaded %d prompt(s) at %dx%d (%.0f ms a frame, %d model load(s))",
+            proc.name,
+            len(prompts),
+            width,
+            height,
+            reply.data.get("frame_ms") or 0.0,
+            reply.data.get("model_loads", 0),
+        )
+        return True
 
     def _on_idle_lost(self, proc: WorkerProcess, reason: str) -> None:
         with contextlib.suppress(ValueError):
@@ -123,6 +183,9 @@ class WarmPool:
 
     async def stop(self) -> None:
         self._closed = True
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
         self._changed.set()
         # A spawn in progress is cancelled: WorkerProcess.start stops the process it was bringing
         # up (terminate, then kill) before it re-raises, so nothing is left behind and shutdown

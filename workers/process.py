@@ -141,6 +141,9 @@ class WorkerProcess:
         # Set by the owner: the work's messages (FrameDone, Progress, JobEvent, ...) and the loss.
         self.on_message: Callable[[Any], None] | None = None
         self.on_lost: Callable[[WorkerProcess, str], None] | None = None
+        # Set by the owner: seconds of silence allowed beyond `heartbeat_timeout` now (a worker
+        # busy with one long frame answers no ping until it is done; the frame has its own deadline).
+        self.heartbeat_grace: Callable[[], float] = lambda: 0.0
         self._on_release = on_release
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Connection | None = None
@@ -332,7 +335,7 @@ class WorkerProcess:
                     self.send(m.Ping(self._ping_seq, now))
                 except WorkerLost:
                     return
-            elif now - self._ping_sent_at > self.heartbeat_timeout:
+            elif now - self._ping_sent_at > self.heartbeat_timeout + self.heartbeat_grace():
                 silent = now - self._ping_sent_at
                 logger.error("%s: no answer for %.1f s, killing it", self.name, silent)
                 self.kill()

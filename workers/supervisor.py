@@ -18,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -43,14 +46,16 @@ class RestartPolicy:
 
     The first attempt after a healthy run is immediate (a warm worker takes over at once); each
     failed attempt in a row doubles the delay from `backoff_min_s` up to `backoff_max_s`; after
-    `max_failures` in a row it gives up. A process that ran `healthy_after_s` without trouble
-    clears the count."""
+    `max_failures` in a row it gives up (None: never, the default for the server's workers: a
+    crash loop caused by something outside, a full disk or a driver, ends when its cause does, and
+    the stream recovers on its own). A process that ran `healthy_after_s` without trouble clears
+    the count."""
 
     def __init__(
         self,
         backoff_min_s: float,
         backoff_max_s: float,
-        max_failures: int,
+        max_failures: int | None,
         healthy_after_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -78,7 +83,7 @@ class RestartPolicy:
 
     def next_delay(self) -> float | None:
         """Seconds to wait before the next attempt; None: give up."""
-        if self.failures >= self.max_failures:
+        if self.max_failures is not None and self.failures >= self.max_failures:
             return None
         if self.failures == 0:
             return 0.0
@@ -338,6 +343,9 @@ class Supervisor:
             self._arm()
 
     def _arm(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         due = self._deadlines.next_in()
         if due is not None:
             self._deadline_timer = asyncio.get_running_loop().call_later(due, self._deadline_passed)
@@ -384,12 +392,22 @@ class Supervisor:
             {
                 "worker": self.name,
                 "last_exit_code": self.last_exit_code,
-                "state": self._state,
+                "state": self.state,
                 "restarts": self.restarts,
                 "last_error": self.last_error,
             }
         )
         return base
+
+
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of a process (MB), from /proc; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            resident_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def raise_for_reply(reply: m.Reply) -> None:
@@ -405,13 +423,25 @@ def raise_for_reply(reply: m.Reply) -> None:
     raise RequestFailed(reply.message or "the worker refused the request")
 
 
+# A frame is stuck, and its worker replaced, past max(--frame-timeout-s, this many times the
+# channel's own median frame time): a model taking 3 s a frame is slow, not stuck.
+FRAME_DEADLINE_FACTOR = 5.0
+# Long before that, a worker holding a frame this many of its frame times (plus STALL_MARGIN_S)
+# is "stalled": the stream's frames pass through, so the viewer sees live video, not a freeze.
+STALL_FACTOR = 4.0
+STALL_MARGIN_S = 1.0
+
+
 @dataclass
 class _Channel:
     spec: ChannelSpec
     listener: ChannelListener
     ring: FrameRing
     inflight: dict[int, int] = field(default_factory=dict)  # slot -> frame_id
+    sent_at: dict[int, float] = field(default_factory=dict)  # slot -> when its frame went in
     open: bool = False
+    # The worker's own time per frame (ms): the warmup's measure, then each frame's.
+    frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
 
 class StreamWorker(Supervisor):
@@ -421,6 +451,67 @@ class StreamWorker(Supervisor):
         super().__init__(backend, spec, name)
         self.channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()  # channel changes and re-opening after a restart take turns
+        self._preparing = 0  # prompt loads / warmups running in the worker beside its frames
+        # Loader nodes run by this worker's processes (model_loads): earlier processes', the current one's.
+        self._model_loads_before = 0
+        self._model_loads_now = 0
+        self._rss_checked_at = 0.0
+        self._recycle: str | None = None  # why the worker is replaced once its frames are out
+
+    @property
+    def model_loads(self) -> int:
+        return self._model_loads_before + self._model_loads_now
+
+    @property
+    def state(self) -> str:
+        """The supervisor's state, or "stalled" while a frame has been inside far longer than
+        this worker takes for one (the stream passes frames through until it comes out)."""
+        if self._state == "ready" and self.stalled():
+            return "stalled"
+        return self._state
+
+    def stalled(self, now: float | None = None) -> bool:
+        if self._preparing:
+            return False  # a prompt loading beside the frames slows them; that is not a stall
+        now = time.monotonic() if now is None else now
+        for ch in self.channels.values():
+            if not ch.sent_at:
+                continue
+            frame_s = statistics.median(ch.frame_ms) / 1000.0 if ch.frame_ms else 0.0
+            # A frame waits behind the others in flight, then runs: len(inflight) frame times.
+            if now - min(ch.sent_at.values()) > STALL_FACTOR * frame_s * len(ch.sent_at) + STALL_MARGIN_S:
+                return True
+        return False
+
+    def frame_deadline_s(self, channel: str) -> float | None:
+        """How long a frame of `channel` may run before the worker counts as stuck; None while a
+        prompt loads or warms up beside the frames (they are slowed, not stuck)."""
+        if self._preparing:
+            return None
+        timeout = self.backend.settings.frame_timeout_s
+        ch = self.channels.get(channel)
+        if ch is not None and ch.frame_ms:
+            timeout = max(timeout, FRAME_DEADLINE_FACTOR * statistics.median(ch.frame_ms) / 1000.0)
+        return timeout
+
+    def _heartbeat_grace(self) -> float:
+        """A worker inside a frame answers no ping: allow the frame its deadline."""
+        busy = [name for name, ch in self.channels.items() if ch.inflight]
+        if not busy:
+            return 0.0
+        deadlines = [self.frame_deadline_s(name) for name in busy]
+        if any(d is None for d in deadlines):
+            return self.backend.settings.startup_timeout_s
+        return max(d for d in deadlines if d is not None)
+
+    def _note_prepared(self, ch: _Channel | None, data: dict[str, Any]) -> None:
+        """What a worker said after compiling and warming up prompts (m.Reply data)."""
+        if "model_loads" in data:
+            self._model_loads_now = int(data["model_loads"])
+        frame_ms = data.get("frame_ms")
+        if ch is not None and frame_ms:
+            ch.frame_ms.clear()
+            ch.frame_ms.append(float(frame_ms))
 
     # -- WorkerClient --------------------------------------------------------------------------
 
@@ -444,7 +535,13 @@ class StreamWorker(Supervisor):
 
     def can_submit(self, channel: str) -> bool:
         ch = self.channels.get(channel)
-        return self._state == "ready" and ch is not None and ch.open and ch.ring.free_slots() > 0
+        return (
+            self._state == "ready"
+            and self._recycle is None  # draining before a replacement
+            and ch is not None
+            and ch.open
+            and ch.ring.free_slots() > 0
+        )
 
     def submit(self, channel: str, frame_id: int, rgb: np.ndarray) -> None:
         ch = self.channels[channel]
@@ -460,7 +557,10 @@ class StreamWorker(Supervisor):
             ch.ring.release(slot)
             raise
         ch.inflight[slot] = frame_id
-        self._watch(("frame", channel, frame_id), self.backend.settings.frame_timeout_s)
+        ch.sent_at[slot] = time.monotonic()
+        deadline = self.frame_deadline_s(channel)
+        if deadline is not None:
+            self._watch(("frame", channel, frame_id), deadline)
         with contextlib.suppress(WorkerLost):  # the loss handler reports it with the others in flight
             proc.send(m.ProcessFrame(channel, frame_id, slot))
 
@@ -472,13 +572,28 @@ class StreamWorker(Supervisor):
         apply: bool = True,
         warmup_frames: int = 0,
     ) -> int | None:
-        proc = await self._wait_ready()
         ch = self._require_channel(channel)
-        reply = await proc.request(
-            lambda rid: m.UpdatePrompts(rid, channel, prompts, active, warmup_frames, apply),
-            timeout=self.backend.settings.startup_timeout_s,
-        )
+        # A worker lost under the request (replaced after a crash or a stuck frame): the update
+        # goes to the replacement once it is up, which re-opened the channel with the old prompts.
+        for attempt in range(3):
+            proc = await self._wait_ready()
+            self._preparing += 1
+            try:
+                reply = await proc.request(
+                    lambda rid: m.UpdatePrompts(rid, channel, prompts, active, warmup_frames, apply),
+                    timeout=self.backend.settings.startup_timeout_s,
+                )
+            except WorkerLost as exc:
+                logger.warning("%s: prompt update met a lost worker (%s); %s", self.name, exc,
+                               "trying its replacement" if attempt < 2 else "giving up")  # fmt: skip
+                if attempt == 2:
+                    raise
+                continue
+            finally:
+                self._preparing -= 1
+            break
         raise_for_reply(reply)
+        self._note_prepared(ch if apply else None, reply.data)
         if apply:
             ch.spec = replace(ch.spec, prompts=list(prompts), active=active)  # what a new process re-opens
         return reply.data.get("after_frame_id")
@@ -534,6 +649,7 @@ class StreamWorker(Supervisor):
     def status(self) -> dict[str, Any]:
         base = super().status()
         base["channels"] = sorted(self.channels)
+        base["model_loads"] = self.model_loads
         base["spec"] = {
             "cwd": self.spec.cwd,
             "disable_cuda_malloc": self.spec.disable_cuda_malloc,
@@ -542,6 +658,13 @@ class StreamWorker(Supervisor):
         return base
 
     # -- Supervisor hooks ------------------------------------------------------------------------
+
+    def _adopt(self, proc: WorkerProcess) -> None:
+        super()._adopt(proc)
+        self._recycle = None
+        proc.heartbeat_grace = self._heartbeat_grace
+        self._model_loads_before += self._model_loads_now
+        self._model_loads_now = 0
 
     async def _attach(self, proc: WorkerProcess) -> None:
         async with self._lock:
@@ -556,6 +679,7 @@ class StreamWorker(Supervisor):
         for ch in self.channels.values():
             frame_ids = sorted(ch.inflight.values())
             ch.inflight.clear()
+            ch.sent_at.clear()
             ch.ring.release_all()
             ch.open = False
             ch.listener.on_lost(frame_ids, reason)
@@ -574,7 +698,11 @@ class StreamWorker(Supervisor):
         # A frame the prompt never finishes: the stream goes on (frames pass through) while a
         # new process takes over, rather than waiting for the heartbeat to give up on it.
         _, channel, frame_id = key  # type: ignore[misc]
-        timeout = self.backend.settings.frame_timeout_s
+        if self._preparing:
+            # A prompt is loading or warming up beside this frame: slow, not stuck. Look again later.
+            self._watch(key, self.backend.settings.frame_timeout_s)
+            return
+        timeout = self.frame_deadline_s(channel) or self.backend.settings.frame_timeout_s
         logger.warning(
             "%s: frame %s of %s still running after %.1f s: replacing the worker",
             self.name,
@@ -619,9 +747,33 @@ class StreamWorker(Supervisor):
             timeout=self.backend.settings.startup_timeout_s,
         )
         raise_for_reply(reply)
+        self._note_prepared(ch, reply.data)
         ch.ring.release_all()
         ch.inflight.clear()
+        ch.sent_at.clear()
         ch.open = True
+
+    def _check_memory(self) -> None:
+        """`worker_max_rss_mb`: a worker over it takes no more frames and, once the ones inside are
+        out, is replaced (a node that leaks, a cache that grows), with an event saying so."""
+        limit = self.backend.settings.worker_max_rss_mb
+        proc = self.proc
+        if limit is None or proc is None or proc.pid is None:
+            return
+        if self._recycle is None:
+            now = time.monotonic()
+            if now - self._rss_checked_at < 1.0:  # a /proc read per second at most
+                return
+            self._rss_checked_at = now
+            rss_mb = process_rss_mb(proc.pid)
+            if rss_mb is None or rss_mb <= limit:
+                return
+            self._recycle = f"worker RSS {rss_mb:.0f} MB over --worker-max-rss-mb {limit:.0f}"
+            logger.warning("%s: %s: replacing it between frames", self.name, self._recycle)
+            self._emit("worker_recycling", {"reason": self._recycle, "rss_mb": round(rss_mb), "limit_mb": limit})
+        if not any(ch.inflight for ch in self.channels.values()):
+            reason, self._recycle = self._recycle, None
+            self._replace(reason)
 
     def _on_frame(self, msg: m.FrameDone) -> None:
         ch = self.channels.get(msg.channel)
@@ -631,7 +783,10 @@ class StreamWorker(Supervisor):
             )
             return
         expected = ch.inflight.pop(msg.slot, None)
+        ch.sent_at.pop(msg.slot, None)
         self._deadlines.clear(("frame", msg.channel, msg.frame_id))
+        if msg.error is None:
+            ch.frame_ms.append(msg.exec_ms)
         if expected != msg.frame_id:
             # The pipeline pairs by frame id and counts this; here it means the slot bookkeeping broke.
             logger.error(
@@ -649,3 +804,5 @@ class StreamWorker(Supervisor):
                 ch.ring.release(msg.slot)
         if is_oom_report(msg.error) and self.proc is not None and self.proc.state == "ready":
             self._on_proc_lost(self.proc, msg.error)  # issue 17: replaced as a lost process
+        elif self.proc is not None and self.proc.state == "ready":
+            self._check_memory()

@@ -52,6 +52,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nodes", action="store_true", help="list every node name by source")
     p.set_defaults(func=cmd_workspace_info)
 
+    p = subparsers.add_parser(
+        "make-test-checkpoint",
+        help="build an SD 1.5 checkpoint with seeded random weights from ComfyUI's own model classes",
+        description=(
+            "Writes OUT (safetensors, about 2 GB in float16) with the exact key layout of an SD 1.5 "
+            "checkpoint, its weights random from SEED. Nothing is downloaded. An OUT already made "
+            "with the same seed and dtype is kept (the tests build it once)."
+        ),
+    )
+    p.add_argument("out", metavar="OUT.safetensors")
+    p.add_argument("--comfyui", metavar="DIR", required=True, help="a ComfyUI checkout whose model classes to use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float16", "float32", "bfloat16"), default="float16")
+    p.add_argument("--force", action="store_true", help="build it even when OUT is already there")
+    p.set_defaults(func=cmd_make_test_checkpoint)
+
 
 def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
     """`--workspace DIR`, for the commands that run workflows (serve, execute, validate)."""
@@ -60,6 +76,19 @@ def add_workspace_argument(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         default=None,
         help="a ComfyUI workspace whose nodes (core, comfy_extras, custom_nodes) and models the workflows use",
+    )
+    add_model_paths_argument(parser)
+
+
+def add_model_paths_argument(parser: argparse.ArgumentParser) -> None:
+    """ComfyUI's --extra-model-paths-config: models kept outside the workspace."""
+    parser.add_argument(
+        "--extra-model-paths",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="an extra_model_paths.yaml (ComfyUI's format) naming more model folders, repeatable; "
+        "the workspace's own DIR/extra_model_paths.yaml is always read",
     )
 
 
@@ -72,7 +101,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-custom-nodes", action="store_true", help="load core and comfy_extras nodes only")
 
 
-def registry_with_workspace(workspace: str, custom_nodes: list[str] | None = None):
+def registry_with_workspace(
+    workspace: str, custom_nodes: list[str] | None = None, extra_model_paths: list[str] | None = None
+):
     """comfystream's nodes plus the workspace's (and `custom_nodes`, loaded as ComfyUI loads
     them), for a command that runs in this process; a bad workspace exits with status 2."""
     from comfystream.comfyui.workspace import load_workspace
@@ -80,7 +111,10 @@ def registry_with_workspace(workspace: str, custom_nodes: list[str] | None = Non
 
     registry = build_registry()
     try:
-        info = load_workspace(workspace, WorkspaceSettings(extra_custom_node_dirs=tuple(custom_nodes or ())), registry)
+        settings = WorkspaceSettings(
+            extra_custom_node_dirs=tuple(custom_nodes or ()), extra_model_paths=tuple(extra_model_paths or ())
+        )
+        info = load_workspace(workspace, settings, registry)
     except WorkspaceError as exc:
         print(f"workspace: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -151,4 +185,20 @@ def cmd_workspace_info(args: argparse.Namespace) -> int:
     else:  # the full package list is long: keep the ones worth reading
         out["packages"] = [p for p in out["packages"] if p["kind"] == "custom_nodes" or not p["loaded"]]
     print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def cmd_make_test_checkpoint(args: argparse.Namespace) -> int:
+    from comfystream.comfyui.random_checkpoint import existing_checkpoint, make_checkpoint
+    from comfystream.comfyui.workspace import load_workspace
+
+    if not args.force and existing_checkpoint(args.out, args.seed, args.dtype):
+        print(json.dumps({"path": args.out, "kept": True}))
+        return 0
+    try:
+        load_workspace(args.comfyui, WorkspaceSettings(load_custom_nodes=False))
+    except WorkspaceError as exc:
+        print(f"make-test-checkpoint: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(make_checkpoint(args.out, args.seed, args.dtype)))
     return 0

@@ -133,10 +133,31 @@ def _requirement_name(line: str) -> str | None:
     return match.group(0).lower().replace("_", "-") if match else None
 
 
-def requirements_without_torch(requirements: str) -> str:
-    """ComfyUI's requirements.txt less the torch packages (kept as the worker has them)."""
-    kept = [line for line in requirements.splitlines() if _requirement_name(line) not in TORCH_PACKAGES]
+def requirements_without_torch(requirements: str, pinned: frozenset[str] = frozenset()) -> str:
+    """ComfyUI's requirements.txt less the torch packages (kept as the worker has them) and less
+    the packages comfystream pins to one version (`pinned`: ComfyUI's own pin of, say,
+    comfyui-frontend-package would replace the editor comfystream serves)."""
+    drop = set(TORCH_PACKAGES) | set(pinned)
+    kept = [line for line in requirements.splitlines() if _requirement_name(line) not in drop]
     return "\n".join(kept) + "\n"
+
+
+def our_requirements() -> list[str]:
+    """comfystream's own requirements (no extras), as installed: pip keeps them as constraints."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        found = requires("comfystream") or []
+    except PackageNotFoundError:
+        return []
+    return [r.split(";", 1)[0].strip() for r in found if "extra ==" not in r]
+
+
+def pinned_names(requirements: list[str]) -> frozenset[str]:
+    """The packages `requirements` pin to one version (`name==x`)."""
+    return frozenset(
+        name for r in requirements if "==" in r and (name := _requirement_name(r)) is not None
+    )
 
 
 def _install_requirements(workspace: Path) -> list[str]:
@@ -146,10 +167,13 @@ def _install_requirements(workspace: Path) -> list[str]:
     if not requirements.is_file():
         raise WorkspaceError(f"{requirements} is missing: the ComfyUI install is incomplete")
     with tempfile.TemporaryDirectory(prefix="comfystream-setup-") as tmp:
+        ours = our_requirements()
         req = Path(tmp) / "requirements.txt"
-        req.write_text(requirements_without_torch(requirements.read_text(encoding="utf-8")))
+        req.write_text(requirements_without_torch(requirements.read_text(encoding="utf-8"), pinned_names(ours)))
+        # Every requirement of comfystream's stays satisfied, torch as installed.
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+        pins = [r for r in ours if _requirement_name(r) != "torch"]
+        constraints.write_text("\n".join([f"torch=={torch.__version__.split('+')[0]}", *pins]) + "\n")
         cmd = [sys.executable, "-m", "pip", "install", "-r", str(req), "-c", str(constraints)]
         _run(cmd, "installing ComfyUI's requirements")
     return cmd

@@ -267,15 +267,34 @@ def _put_on_path(root: Path) -> None:
         sys.path.insert(0, entry)
 
 
-def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any) -> None:
-    """Models, inputs and outputs of the workspace (ComfyUI's main.py does the same at start)."""
+def _model_path_configs(root: Path, settings: WorkspaceSettings) -> list[str]:
+    """The `extra_model_paths.yaml` files to read: the workspace's own, then the settings'."""
     configs = []
     default_config = root / "extra_model_paths.yaml"
     if default_config.is_file():
         configs.append(str(default_config))
     configs.extend(settings.extra_model_paths)
+    return configs
+
+
+def _extra_config_module(root: Path) -> Any:
+    """ComfyUI's `utils/extra_config.py`, loaded from its file: by name, `utils` may be
+    comfy/utils.py (ComfyUI's nodes.py puts `comfy/` first on the import path, and a process
+    that loaded a workspace hands that path to the workers it spawns)."""
+    path = root / "utils" / "extra_config.py"
+    spec = importlib.util.spec_from_file_location("comfystream_comfyui_extra_config", path)
+    if spec is None or spec.loader is None:
+        raise WorkspaceError(f"{path} cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _configure_folder_paths(root: Path, settings: WorkspaceSettings, folder_paths: Any) -> None:
+    """Models, inputs and outputs of the workspace (ComfyUI's main.py does the same at start)."""
+    configs = _model_path_configs(root, settings)
     if configs:
-        extra_config = importlib.import_module("utils.extra_config")
+        extra_config = _extra_config_module(root)
         for config in configs:
             if not os.path.isfile(config):
                 raise WorkspaceError(f"extra model paths file {config} does not exist")

@@ -56,13 +56,14 @@ def _read_workflow(path: str) -> Any:
         return f.read()
 
 
-def _registry(custom_nodes: list[str], workspace: str | None = None):
+def _registry(args: argparse.Namespace):
     from comfystream.engine import build_registry
 
-    if workspace:  # ComfyUI's loader takes the custom nodes too: they may import ComfyUI's modules
+    custom_nodes = args.custom_nodes
+    if args.workspace:  # ComfyUI's loader takes the custom nodes too: they may import ComfyUI's modules
         from comfystream.comfyui.commands import registry_with_workspace
 
-        return registry_with_workspace(workspace, custom_nodes)
+        return registry_with_workspace(args.workspace, custom_nodes, args.extra_model_paths)
     registry = build_registry(custom_node_dirs=custom_nodes)
     for source, error in registry.load_errors.items():
         last = error.strip().splitlines()[-1] if error.strip() else ""
@@ -92,7 +93,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"cannot read {args.workflow}: {exc.strerror}", file=sys.stderr)
         return 2
-    result = validate_prompt(text, _registry(args.custom_nodes, args.workspace))
+    result = validate_prompt(text, _registry(args))
     if result.ok:
         # As POST /prompt: the valid outputs run; an invalid branch's errors are reported beside them.
         answer: dict[str, Any] = {"ok": True}
@@ -165,7 +166,7 @@ def cmd_execute(args: argparse.Namespace) -> int:
         print(f"cannot read the input image {args.input}: {exc}", file=sys.stderr)
         return 2
 
-    registry = _registry(args.custom_nodes, args.workspace)
+    registry = _registry(args)
     try:
         plan = compile_prompt(text, registry)
     except PromptValidationError as exc:

@@ -1,5 +1,9 @@
 """A compiled prompt: validated and planned once, then executed many times (once per frame).
 
+Every execution runs under `torch.inference_mode()`, as ComfyUI's executor runs every prompt:
+model weights loaded by a node would otherwise record autograd graphs (and ops with `out=`
+refuse to run on them).
+
 The per-execution path is a loop over pre-resolved steps (bound node functions, constant
 kwargs, links as indexes into a value list); nothing re-reads the prompt. Nodes that do not
 depend on the frame input run on the first execution and their outputs are reused, until
@@ -19,6 +23,8 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from comfystream.engine.context import ExecutionContext, reset_current_context, set_current_context
 from comfystream.engine.errors import ExecutionError, InterruptProcessingException, PromptValidationError
 from comfystream.engine.invoke import (
@@ -36,6 +42,7 @@ from comfystream.engine.node_types import (
     is_async_node,
     is_output_node,
 )
+from comfystream.engine.output_cache import CachedOutput, OutputCache, is_loader, signature_value
 from comfystream.engine.planning import DependencyCycleError, Plan, plan_prompt
 from comfystream.engine.progress import send_progress_state
 from comfystream.engine.validation import ValidationResult, validate_prompt
@@ -73,6 +80,8 @@ class _Step:
         "frame_dependent",
         "fast",
         "image_inputs",
+        "signature",
+        "loader",
     )
 
     def __init__(self, index: int, node_id: str, class_type: str, cls: type):
@@ -92,6 +101,10 @@ class _Step:
         self.frame_dependent = True
         self.fast = not self.input_is_list and not self.output_is_list
         self.image_inputs: frozenset[str] = frozenset()
+        # What the output of a frame-independent node depends on: its class, its constants and
+        # its ancestors' signatures (None: not shared across prompts).
+        self.signature: Any = None
+        self.loader = is_loader(cls)
 
     def bind(self) -> Any:
         obj = self.cls()
@@ -117,7 +130,12 @@ class CompiledPrompt:
     """A validated, planned prompt. `execute` / `execute_sync` run it with a fresh context each time."""
 
     def __init__(
-        self, prompt: dict[str, Any], registry: Mapping[str, type], validation: ValidationResult, plan: Plan
+        self,
+        prompt: dict[str, Any],
+        registry: Mapping[str, type],
+        validation: ValidationResult,
+        plan: Plan,
+        cache: OutputCache | None = None,
     ):
         self.prompt = prompt
         self.registry = registry
@@ -139,13 +157,16 @@ class CompiledPrompt:
                     step.consts[name] = value
             step.links = tuple((name, index[src], slot) for name, src, slot in plan.parents[node_id])
             ctx_hidden = []
+            whole_prompt: set[str] = set()  # hidden inputs that are the whole prompt: not in the signature
             for name, kind in hidden_spec(input_types).items():
                 if kind == "PROMPT":
                     step.consts[name] = prompt
+                    whole_prompt.add(name)
                 elif kind == "UNIQUE_ID":
                     step.consts[name] = node_id
                 elif kind in ("DYNPROMPT", "EXECUTION_LIST"):
                     step.consts[name] = None
+                    whole_prompt.add(name)
                 elif kind in EXTRA_DATA_HIDDEN:
                     ctx_hidden.append((name, EXTRA_DATA_HIDDEN[kind]))
             step.ctx_hidden = tuple(ctx_hidden)
@@ -155,6 +176,16 @@ class CompiledPrompt:
                 if get_input_info(input_types, name)[0] == "IMAGE"
             )
             step.frame_dependent = node_id in plan.frame_dependent
+            if not step.frame_dependent and not step.ctx_hidden:
+                parent_signatures = [steps[src].signature for _, src, _ in step.links]
+                if all(sig is not None for sig in parent_signatures):
+                    consts = tuple(
+                        sorted((k, signature_value(v)) for k, v in step.consts.items() if k not in whole_prompt)
+                    )
+                    links = tuple(
+                        (name, sig, slot) for (name, _, slot), sig in zip(step.links, parent_signatures, strict=True)
+                    )
+                    step.signature = (step.class_type, consts, links)
             steps.append(step)
         self.steps = steps
         self.is_async = any(s.is_async for s in steps)
@@ -169,6 +200,7 @@ class CompiledPrompt:
                     desc.add(t.index)
                     desc |= self._static_descendants.get(t.index, set())
             self._static_descendants[s.index] = desc
+        self.cache = cache
         self._static_values: dict[int, list[list[Any]]] = {}
         self._static_ui: dict[str, dict[str, Any]] = {}
         self._is_changed: dict[int, Any] = {}
@@ -185,6 +217,11 @@ class CompiledPrompt:
         """Nodes computed once and reused (not depending on the frame input)."""
         return [s.node_id for s in self._static]
 
+    @property
+    def signatures(self) -> list[Any]:
+        """The shared-cache keys of this prompt's frame-independent nodes (what it keeps alive)."""
+        return [s.signature for s in self._static if s.signature is not None]
+
     def reset_cache(self) -> None:
         """Forget the reused frame-independent outputs (they are computed again next time)."""
         self._static_values.clear()
@@ -200,7 +237,10 @@ class CompiledPrompt:
             error: BaseException | None = None
             while True:
                 try:
-                    awaitable = gen.throw(error) if error is not None else gen.send(value)
+                    # Inference mode around each synchronous stretch only: the loop may run
+                    # other coroutines while an async node is awaited.
+                    with torch.inference_mode():
+                        awaitable = gen.throw(error) if error is not None else gen.send(value)
                 except StopIteration as stop:
                     return stop.value
                 error = None
@@ -224,7 +264,8 @@ class CompiledPrompt:
         try:
             gen = self._run(ctx)
             try:
-                next(gen)
+                with torch.inference_mode():
+                    next(gen)
             except StopIteration as stop:
                 return stop.value
             gen.close()
@@ -235,12 +276,9 @@ class CompiledPrompt:
     # -- the loop ----------------------------------------------------------------------------
 
     def _stale_static(self, ctx: ExecutionContext) -> set[int]:
-        """Static steps to (re)compute this time: all on the first run, then those whose IS_CHANGED moved."""
-        stale: set[int] = set()
-        for s in self._static:
-            if s.index not in self._static_values:
-                stale.add(s.index)
-                stale |= self._static_descendants[s.index]
+        """Static steps to (re)compute this time: on the first run those the shared cache does not
+        hold for the same signature (and IS_CHANGED), then those whose IS_CHANGED moved."""
+        changed_now: dict[int, Any] = {}
         for s in self._static:
             if not s.has_is_changed:
                 continue
@@ -249,15 +287,32 @@ class CompiledPrompt:
             for name, _, _ in s.links:
                 inputs[name] = [None]
             try:
-                value = resolve_blocking(map_node_over_list(s.cls, inputs, "IS_CHANGED"))
+                changed_now[s.index] = resolve_blocking(map_node_over_list(s.cls, inputs, "IS_CHANGED"))
             except Exception as exc:
                 logger.warning("IS_CHANGED of node %s (%s) failed: %s", s.node_id, s.class_type, exc)
-                value = float("nan")
-            previous = self._is_changed.get(s.index, _MISSING)
-            self._is_changed[s.index] = value
-            if previous is not _MISSING and value != previous:
+                changed_now[s.index] = float("nan")
+        stale: set[int] = set()
+        adopt: dict[int, CachedOutput] = {}
+        for s in self._static:
+            if s.index in self._static_values:
+                previous = self._is_changed.get(s.index, _MISSING)
+                fresh = s.index not in changed_now or previous is _MISSING or changed_now[s.index] == previous
+            else:
+                entry = self.cache.get(s.signature) if self.cache is not None and s.signature is not None else None
+                fresh = entry is not None and (
+                    s.index not in changed_now or entry.is_changed == changed_now[s.index]
+                )
+                if fresh:
+                    adopt[s.index] = entry
+            if not fresh:
                 stale.add(s.index)
                 stale |= self._static_descendants[s.index]
+        for i, entry in adopt.items():
+            if i not in stale:
+                self._static_values[i] = entry.output
+                if entry.ui:
+                    self._static_ui[self.steps[i].node_id] = entry.ui
+        self._is_changed.update(changed_now)
         return stale
 
     def _run(self, ctx: ExecutionContext) -> Generator[Any, Any, ExecutionResult]:
@@ -334,6 +389,13 @@ class CompiledPrompt:
                     self._static_values[step.index] = output
                     if ui:
                         self._static_ui[node_id] = ui
+                    if self.cache is not None:
+                        if step.loader:
+                            self.cache.model_loads += 1
+                        if step.signature is not None:
+                            self.cache.put(
+                                step.signature, CachedOutput(output, ui, self._is_changed.get(step.index))
+                            )
                 if ui:
                     ui_outputs[node_id] = ui
                     if emit is not None:
@@ -446,7 +508,10 @@ def _map_bound(func: Any, inputs: dict[str, list[Any]]) -> list[Any]:
 
 
 def compile_prompts(
-    value: Any, registry: Mapping[str, type], extra_data: dict[str, Any] | None = None
+    value: Any,
+    registry: Mapping[str, type],
+    extra_data: dict[str, Any] | None = None,
+    cache: OutputCache | None = None,
 ) -> list[CompiledPrompt]:
     """Every prompt of a dict, JSON string or list of either; raises PromptValidationError on the first bad one."""
     from comfystream.prompts import PromptFormatError, normalize_prompts
@@ -457,7 +522,7 @@ def compile_prompts(
         return [
             compile_prompt(value, registry, extra_data=extra_data)
         ]  # raises with ComfyUI's invalid_prompt
-    return [compile_prompt(p, registry, extra_data=extra_data) for p in prompts]
+    return [compile_prompt(p, registry, extra_data=extra_data, cache=cache) for p in prompts]
 
 
 def compile_prompt(
@@ -465,6 +530,7 @@ def compile_prompt(
     registry: Mapping[str, type],
     partial_execution_list: list[str] | None = None,
     extra_data: dict[str, Any] | None = None,
+    cache: OutputCache | None = None,
 ) -> CompiledPrompt:
     """Validate and plan once; raises PromptValidationError (with ComfyUI's result) on a bad prompt."""
     result = validate_prompt(prompt, registry, partial_execution_list, extra_data)
@@ -500,4 +566,4 @@ def compile_prompt(
             result.prompt,
         )
         raise PromptValidationError(failed) from exc
-    return CompiledPrompt(result.prompt, registry, result, plan)
+    return CompiledPrompt(result.prompt, registry, result, plan, cache)

@@ -18,6 +18,8 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from comfystream.engine.invoke import map_node_over_list, resolve_blocking
 from comfystream.engine.node_types import (
     COMBO_TYPE,
@@ -419,6 +421,17 @@ def validate_prompt(
     extra_data: dict[str, Any] | None = None,
 ) -> ValidationResult:
     """Validate one prompt; never raises on bad input (the result says what is wrong)."""
+    # Nodes' VALIDATE_INPUTS may touch tensors: under inference mode, as ComfyUI runs them.
+    with torch.inference_mode():
+        return _validate_prompt(prompt, registry, partial_execution_list, extra_data)
+
+
+def _validate_prompt(
+    prompt: Any,
+    registry: Mapping[str, type],
+    partial_execution_list: list[str] | None,
+    extra_data: dict[str, Any] | None,
+) -> ValidationResult:
     if _is_empty_prompt(prompt):  # ComfyUI finds no output node in it
         return _failed(_prompt_error("prompt_no_outputs", "Prompt has no outputs"), {})
     try:

@@ -304,7 +304,10 @@ class BasePipeline:
             target = self._target()
             if target is None or target[0].state not in ("ready",):
                 if self.state == "ready":
-                    # No worker can take frames now (restarting, failed): the stream goes on unprocessed.
+                    # No worker can take frames now (restarting, failed, stalled on a frame): the
+                    # stream goes on unprocessed rather than freezing.
+                    if target is not None and target[0].state == "stalled":
+                        self._note_passthrough(tracker.abandon(self._passthrough), "worker stalled")
                     self._note_passthrough(tracker.pass_waiting(self._passthrough))
                 return
             client, channel = target
@@ -328,12 +331,12 @@ class BasePipeline:
         self._wake = None
         self._pump()
 
-    def _note_passthrough(self, count: int) -> None:
-        """Frames passed through after processed ones (a worker restart): one event per episode."""
+    def _note_passthrough(self, count: int, reason: str = "worker not ready") -> None:
+        """Frames passed through after processed ones (a worker restart or stall): one event per episode."""
         if count and self._tracker.first_processed_id is not None and not self._passing_through:
             self._passing_through = True
-            logger.info("stream %s: no worker ready, frames pass through unprocessed", self.stream_id)
-            self._emit("passthrough", {"reason": "worker not ready", "frames": count})
+            logger.info("stream %s: %s, frames pass through unprocessed", self.stream_id, reason)
+            self._emit("passthrough", {"reason": reason, "frames": count})
 
     def _passthrough(self, frame: av.VideoFrame) -> av.VideoFrame:
         """The input as output, at the stream's size so the encoder sees one size throughout."""
@@ -363,7 +366,8 @@ class BasePipeline:
             except Exception:
                 logger.exception("stream %s: on_data failed", self.stream_id)
         if entry is None:
-            tracker.complete(frame_id, None)  # counts the mismatch and logs it
+            if not tracker.was_abandoned(frame_id):  # a stalled frame's late result is let go
+                tracker.complete(frame_id, None)  # counts the mismatch and logs it
             return
         if error is not None or image is None:
             tracker.fail(frame_id, self._passthrough(entry.frame), error=True)
@@ -392,6 +396,8 @@ class BasePipeline:
             if entry is not None:
                 tracker.fail(frame_id, self._passthrough(entry.frame))
                 self._note_passthrough(1)
+            else:
+                tracker.was_abandoned(frame_id)  # left already, when its worker stalled
         if frame_ids:
             # Expected when the stream stops; worth a warning when the worker went away under it.
             level = logging.DEBUG if self.state in ("stopping", "stopped") else logging.WARNING
@@ -448,6 +454,9 @@ class BasePipeline:
                 "worker_ms_p50": round(float(np.percentile(exec_ms, 50)), 3) if exec_ms.size else None,
                 "width": self.width,
                 "height": self.height,
+                # Loader nodes (checkpoints, LoRAs...) run in this stream's workers: a prompt update
+                # that keeps the same models adds none.
+                "model_loads": sum(getattr(c, "model_loads", 0) for c in self._clients()),
             }
         )
         return out

@@ -105,6 +105,7 @@ class FrameTracker:
             "mismatched": 0,
             "errors": 0,
         }
+        self._abandoned: set[int] = set()
         self.fps_in = RateMeter()
         self.fps_out = RateMeter()
         self.skips = RateMeter()
@@ -178,6 +179,26 @@ class FrameTracker:
 
     def in_flight(self, frame_id: int) -> FrameEntry | None:
         return self.inflight.get(frame_id)
+
+    def abandon(self, convert: Callable[[Any], Any]) -> int:
+        """The worker holds its frames far longer than it should (stalled): they leave now,
+        passed through, so that the frames after them are not held back; their results, if they
+        ever come, are let go (`was_abandoned`), not counted as mismatches."""
+        n = 0
+        for frame_id in list(self.inflight):
+            entry = self.inflight.pop(frame_id)
+            self.scheduler.lost(frame_id)
+            self._abandoned.add(frame_id)
+            self._pass(entry, convert(entry.frame))
+            n += 1
+        return n
+
+    def was_abandoned(self, frame_id: int) -> bool:
+        """Whether `frame_id` left by `abandon` (forgotten once asked: a result comes once)."""
+        if frame_id in self._abandoned:
+            self._abandoned.discard(frame_id)
+            return True
+        return False
 
     def fail(self, frame_id: int, output: Any, error: bool = False) -> bool:
         """Frame `frame_id` came back unprocessed. A workflow error (`error`) skips it once the

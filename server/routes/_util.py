@@ -20,6 +20,7 @@ from server.app_keys import CONFIG_KEY, METRICS_KEY
 from server.prompt_validation import PromptRejected
 from server.stream_types import AtCapacity, NotNow, StreamExists, StreamNotFound
 from workers.placement import NoGpuRoom
+from workers.process import WorkerError
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -92,4 +93,6 @@ def to_http_error(exc: Exception, app: web.Application) -> web.HTTPException | N
         return errors.prompt_format_failed(exc)
     if isinstance(exc, ValidationError):
         return errors.request_validation_failed(exc)
+    if isinstance(exc, WorkerError):  # e.g. an update meeting a worker that is being replaced, and failing
+        return errors.error_response(web.HTTPServiceUnavailable, "Worker not available", str(exc))
     return None

@@ -49,8 +49,10 @@ def single_node_prompt(class_type: str, **inputs: Any) -> dict[str, Any]:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """As the worker converts a frame: uint8 -> float32 / 255, [1,H,W,3]."""
-    return torch.from_numpy(rgb).to(torch.float32).div_(255.0).unsqueeze_(0)
+    """As the worker converts a frame (workers/tensors.py)."""
+    from workers.tensors import rgb_to_image
+
+    return rgb_to_image(torch, rgb)
 
 
 def comfyui_reference(frame: torch.Tensor) -> torch.Tensor:
@@ -144,9 +146,12 @@ def main() -> None:
             "load_errors": info.load_errors,
             "clashes": [vars(c) for c in info.clashes],
             "custom_node_packages": {
-                p.name: {"loaded": p.loaded, "nodes": p.nodes, "skipped": p.skipped} for p in info.custom_node_packages
+                p.name: {"loaded": p.loaded, "nodes": p.nodes, "skipped": p.skipped}
+                for p in info.custom_node_packages
             },
-            "sources": {name: registry.sources.get(name) for name in ("LoadTensor", "ImageBlur", "CSTestChannelSwap")},
+            "sources": {
+                name: registry.sources.get(name) for name in ("LoadTensor", "ImageBlur", "CSTestChannelSwap")
+            },
         }
     }
 
@@ -182,10 +187,14 @@ def main() -> None:
 
     slow = {"steps": 400, "step_seconds": 0.01}
     out["interrupt_token"] = run(
-        compile_prompt(single_node_prompt("CSTestSlowProgress", **slow), registry), frame, cancel_at(3, "token")
+        compile_prompt(single_node_prompt("CSTestSlowProgress", **slow), registry),
+        frame,
+        cancel_at(3, "token"),
     )
     out["interrupt_comfy"] = run(
-        compile_prompt(single_node_prompt("CSTestSlowProgress", **slow), registry), frame, cancel_at(3, "comfy")
+        compile_prompt(single_node_prompt("CSTestSlowProgress", **slow), registry),
+        frame,
+        cancel_at(3, "comfy"),
     )
     # ComfyUI's own flag is reset by the interrupt it caused: the next execution runs to the end.
     out["after_comfy_interrupt"] = run(

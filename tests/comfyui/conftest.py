@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,6 @@ from tests.comfyui.torchvision_standin import write_standin
 
 HERE = Path(__file__).resolve().parent
 NODE_PACKAGES = HERE / "node_packages"
-
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +72,22 @@ def custom_nodes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # comfystream's own package, as setup-workspace installs it: a worker must skip it.
     from comfystream.comfyui.installer import NODE_PACKAGE_NAME, node_package_source
 
-    shutil.copytree(node_package_source(), root / NODE_PACKAGE_NAME, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        node_package_source(), root / NODE_PACKAGE_NAME, ignore=shutil.ignore_patterns("__pycache__")
+    )
     return root
+
+
+def worker_uint8(image: Any) -> Any:
+    """A float image as a worker writes a stream's output frame (workers/tensors.py)."""
+    import numpy as np
+    import torch
+
+    from workers.tensors import image_into_rgb
+
+    out = np.empty(image.shape, dtype=np.uint8)
+    image_into_rgb(torch, torch.from_numpy(np.ascontiguousarray(image)), out)
+    return out
 
 
 def make_fake_workspace(root: Path) -> Path:
@@ -83,3 +97,48 @@ def make_fake_workspace(root: Path) -> Path:
     (root / "nodes.py").write_text("")
     (root / "folder_paths.py").write_text("")
     return root
+
+
+# The suite's SD 1.5 checkpoint (seeded random weights, about 2.3 GB): built once per machine by
+# `comfystream make-test-checkpoint` and kept in a cache folder between runs.
+CHECKPOINT_NAME = "sd15-random.safetensors"
+
+
+def checkpoint_cache_dir() -> Path:
+    return Path(os.environ.get("COMFYSTREAM_TEST_CACHE") or Path.home() / ".cache" / "comfystream-tests")
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str]) -> Path:
+    import subprocess
+
+    out = checkpoint_cache_dir() / CHECKPOINT_NAME
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "make-test-checkpoint",
+            "--comfyui",
+            str(comfyui_path),
+            str(out),
+        ],
+        env=comfyui_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"make-test-checkpoint failed:\n{proc.stderr[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_paths(sd15_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An extra_model_paths.yaml whose checkpoints folder holds the test checkpoint (the ComfyUI
+    checkout itself may be read-only)."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / CHECKPOINT_NAME).symlink_to(sd15_checkpoint)
+    yaml = root / "extra_model_paths.yaml"
+    yaml.write_text(f"comfystream_tests:\n  base_path: {root}\n  checkpoints: checkpoints\n")
+    return yaml

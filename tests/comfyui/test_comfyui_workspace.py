@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from comfystream.comfyui import comfyui_version
+from tests.comfyui.conftest import worker_uint8
 
 pytestmark = pytest.mark.comfyui
 
@@ -36,12 +37,6 @@ def blur_sharpen_prompt() -> dict[str, Any]:
         },
         "4": {"class_type": "SaveTensor", "inputs": {"images": ["3", 0]}},
     }
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """The worker's float -> uint8 (clamp, *255, +0.5, truncate), in float32 as it does."""
-    x = np.clip(image.astype(np.float32), 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)
-    return x.astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +90,11 @@ def test_workspace_info_reports_nodes_sources_clashes_and_errors(probe, comfyui_
     broken = str(custom_nodes_dir / "cs_broken_nodes")
     assert "cs_broken_nodes needs a module this environment lacks" in info["load_errors"][broken]
     # The custom package's LoadTensor lost to ours, and the clash is reported.
-    assert {"name": "LoadTensor", "kept": "comfystream", "rejected": "custom_nodes/cs_clashing_nodes"} in info[
-        "clashes"
-    ]
+    assert {
+        "name": "LoadTensor",
+        "kept": "comfystream",
+        "rejected": "custom_nodes/cs_clashing_nodes",
+    } in info["clashes"]
 
 
 def test_custom_node_packages_from_the_workspace_run(probe):
@@ -154,16 +151,30 @@ def test_sampler_previews_become_preview_events(probe):
     assert result["last_progress"] == result["progress_max"] == 3
     # One Latent2RGB preview per step (preview_method=latent2rgb reached ComfyUI before import):
     # 16x16 latent -> a 16x16 JPEG.
-    assert result["previews"] == [
-        {"prompt_id": result["prompt_id"], "node": "2", "image_type": "JPEG", "jpeg": True, "size": [16, 16]}
-    ] * 3
+    assert (
+        result["previews"]
+        == [
+            {
+                "prompt_id": result["prompt_id"],
+                "node": "2",
+                "image_type": "JPEG",
+                "jpeg": True,
+                "size": [16, 16],
+            }
+        ]
+        * 3
+    )
 
 
 def test_promptserver_progress_text_becomes_our_event(probe):
     result = probe["image_size"]
     assert result["outcome"] == "completed"
     assert result["progress_text"] == [
-        {"node": "2", "text": f"width: {WIDTH}, height: {HEIGHT}\n batch size: 1", "prompt_id": result["prompt_id"]}
+        {
+            "node": "2",
+            "text": f"width: {WIDTH}, height: {HEIGHT}\n batch size: 1",
+            "prompt_id": result["prompt_id"],
+        }
     ]
 
 
@@ -196,7 +207,9 @@ async def test_stream_through_a_worker_gives_comfyuis_pixels(
         startup_timeout_s=120.0,
         heartbeat_timeout_s=60.0,
     )
-    pipeline = ProcessPoolPipeline(width=WIDTH, height=HEIGHT, stream_id="comfyui", backend=backend, warmup_frames=1)
+    pipeline = ProcessPoolPipeline(
+        width=WIDTH, height=HEIGHT, stream_id="comfyui", backend=backend, warmup_frames=1
+    )
     try:
         await pipeline.initialize([blur_sharpen_prompt()])
         (status,) = pipeline.worker_status()
@@ -207,7 +220,7 @@ async def test_stream_through_a_worker_gives_comfyuis_pixels(
             await pipeline.put_video_frame(frame)
             out = await asyncio.wait_for(pipeline.get_processed_video_frame(), 60)
             assert out.pts == 1000 + i
-            np.testing.assert_array_equal(out.to_ndarray(format="rgb24"), to_uint8(probe["reference"][i]))
+            np.testing.assert_array_equal(out.to_ndarray(format="rgb24"), worker_uint8(probe["reference"][i]))
 
         swap = {
             "1": {"class_type": "LoadTensor", "inputs": {}},

@@ -19,6 +19,8 @@ from comfystream.comfyui.installer import (
     install_command,
     install_node_package,
     node_package_source,
+    our_requirements,
+    pinned_names,
     requirements_without_torch,
 )
 from comfystream.comfyui.node_loading import NODE_PACKAGE_MARKER
@@ -159,7 +161,9 @@ def test_setup_runs_comfy_cli_then_installs_requirements_without_torch(tmp_path)
     comfy.write_text(FAKE_COMFY.format(python=sys.executable, record=str(record)))
     comfy.chmod(0o755)
     target = tmp_path / "ws"
-    proc = cli("setup-workspace", str(target), "--gpu", "cpu", "--skip-manager", env=env_without_comfy(bin_dir))
+    proc = cli(
+        "setup-workspace", str(target), "--gpu", "cpu", "--skip-manager", env=env_without_comfy(bin_dir)
+    )
     assert proc.returncode == 0, proc.stderr
     called = json.loads(record.read_text())
     assert called["args"] == [
@@ -194,7 +198,13 @@ def test_requirements_without_torch():
         """
     )
     kept = requirements_without_torch(text).splitlines()
-    assert kept == ["comfyui-frontend-package==1.27.10", "torchsde", "Torch_Audio", "# a comment", "numpy>=1.25.0"]
+    assert kept == [
+        "comfyui-frontend-package==1.27.10",
+        "torchsde",
+        "Torch_Audio",
+        "# a comment",
+        "numpy>=1.25.0",
+    ]
 
 
 def test_install_command_keeps_torch_unless_asked(tmp_path):
@@ -204,7 +214,15 @@ def test_install_command_keeps_torch_unless_asked(tmp_path):
         "--version", "latest", "--skip-torch-or-directml", "--skip-requirement",
     ]  # fmt: skip
     full = install_command(["comfy"], tmp_path, "cpu", None, with_torch=True, skip_manager=True)
-    assert full == ["comfy", "--skip-prompt", "--workspace", str(tmp_path), "install", "--cpu", "--skip-manager"]
+    assert full == [
+        "comfy",
+        "--skip-prompt",
+        "--workspace",
+        str(tmp_path),
+        "install",
+        "--cpu",
+        "--skip-manager",
+    ]
     with pytest.raises(WorkspaceError, match="gpu must be one of"):
         install_command(["comfy"], tmp_path, "tpu", None, with_torch=False, skip_manager=False)
 
@@ -224,9 +242,26 @@ def test_settings_are_checked():
         WorkspaceSettings.from_mapping({"gpu_only": "yes"})
     # A stream's parameters carry other layers' keys too; only ComfyUI's are taken.
     settings = WorkspaceSettings.from_mapping(
-        {"width": 512, "cwd": "/x", "gpu_only": True, "preview_method": "auto", "extra_custom_node_dirs": ["/a"]}
+        {
+            "width": 512,
+            "cwd": "/x",
+            "gpu_only": True,
+            "preview_method": "auto",
+            "extra_custom_node_dirs": ["/a"],
+        }
     )
     assert settings == WorkspaceSettings(gpu_only=True, preview_method="auto", extra_custom_node_dirs=("/a",))
     assert settings.effective_vram_mode(has_accelerator=True) == "gpu_only"
     assert settings.effective_vram_mode(has_accelerator=False) == "cpu"
     assert WorkspaceSettings(vram_mode="lowvram").effective_vram_mode(has_accelerator=True) == "lowvram"
+
+
+def test_comfyuis_requirements_never_replace_a_pin_of_ours():
+    """ComfyUI pins its own (older) editor; installing its requirements must keep the one
+    comfystream serves, and every other requirement of comfystream's stays a constraint."""
+    ours = our_requirements()
+    assert "comfyui-frontend-package==1.58.1" in ours
+    assert {"torch", "comfyui-frontend-package"} <= pinned_names(ours)
+    comfyui = "comfyui-frontend-package==1.27.10\ncomfyui_frontend_package>=1.0\nnumpy>=1.25.0\ntorch\n"
+    kept = requirements_without_torch(comfyui, pinned_names(ours)).splitlines()
+    assert kept == ["numpy>=1.25.0"]

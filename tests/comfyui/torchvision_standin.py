@@ -31,14 +31,14 @@ def __getattr__(name):
 from . import transforms  # noqa: E402,F401
 '''
 
-_TRANSFORMS = '''from .. import _missing
+_TRANSFORMS = """from .. import _missing
 
 
 def __getattr__(name):
     if name.startswith("__"):
         raise AttributeError(name)
     return _missing("transforms." + name)
-'''
+"""
 
 
 def write_standin(directory: str | Path) -> Path:

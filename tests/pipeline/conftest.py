@@ -94,8 +94,26 @@ class FailIfFile:
         return (images,)
 
 
+class CrashIfFile:
+    """Inverts, and ends the worker process at once while `path` exists (a crash at every start)."""
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "run"
+    CATEGORY = "test"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "path": ("STRING", {"default": ""})}}
+
+    def run(self, images, path):
+        if os.path.exists(path):
+            os._exit(70)
+        return (1.0 - images,)
+
+
 NODE_CLASS_MAPPINGS = {
-    "SlowInvert": SlowInvert, "HangIfFile": HangIfFile, "FailAlways": FailAlways, "FailIfFile": FailIfFile
+    "SlowInvert": SlowInvert, "HangIfFile": HangIfFile, "FailAlways": FailAlways, "FailIfFile": FailIfFile,
+    "CrashIfFile": CrashIfFile,
 }
 '''
 
@@ -114,6 +132,14 @@ def hang_prompt(path: str, stubborn: bool = False) -> dict:
         "2": {"class_type": "HangIfFile", "inputs": {"images": ["1", 0], "path": path, "stubborn": stubborn}},
         "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
         "4": {"class_type": "SaveTensor", "inputs": {"images": ["3", 0]}},
+    }
+
+
+def crash_if_file_prompt(path: str) -> dict:
+    return {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "CrashIfFile", "inputs": {"images": ["1", 0], "path": path}},
+        "3": {"class_type": "SaveTensor", "inputs": {"images": ["2", 0]}},
     }
 
 
@@ -154,7 +180,6 @@ def check_output(frame: av.VideoFrame) -> tuple[int, bool]:
     assert frame.time_base == TIME_BASE
     assert frame.pts == index * PTS_STEP, f"output pts {frame.pts} carries frame {index}"
     return index, inverted
-
 
 
 @pytest.fixture(scope="session")

@@ -92,8 +92,15 @@ def test_stats_have_the_documented_keys():
         tracker.published(e.received)
         clock.now += 1 / 30 - 0.01
     stats = tracker.stats()
-    for key in ("input_fps", "worker_fps", "output_fps", "skipped_late", "skipped_overload",
-                "passed_through", "skip_ratio"):
+    for key in (
+        "input_fps",
+        "worker_fps",
+        "output_fps",
+        "skipped_late",
+        "skipped_overload",
+        "passed_through",
+        "skip_ratio",
+    ):
         assert key in stats, key
     assert set(stats["latency_ms"]) == {"p50", "p95", "p99"}
     assert abs(stats["latency_ms"]["p50"] - 10.0) < 1e-6

@@ -144,7 +144,9 @@ async def test_shared_worker_keeps_streams_apart(backend, no_leaks):
     assert stats_a["mismatched"] == stats_b["mismatched"] == 0
 
 
-async def test_frames_without_time_base_keep_their_pts_processed_or_passed_through(backend, tmp_path, no_leaks):
+async def test_frames_without_time_base_keep_their_pts_processed_or_passed_through(
+    backend, tmp_path, no_leaks
+):
     """A frame made in code may carry a pts and no time_base: outputs keep exactly that, whether the
     workflow processed the frame or it passed through (here resized to the stream's size). A frame
     the workflow fails on passes through only before the first processed frame; after it, such a

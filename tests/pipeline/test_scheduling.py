@@ -20,7 +20,9 @@ class Sim:
     each for `service(t)` seconds; the scheduler is asked at every arrival, completion and
     wake-up it asked for."""
 
-    def __init__(self, service: float | Callable[[float], float], budget_ms: float | None = 500, inflight: int = 2):
+    def __init__(
+        self, service: float | Callable[[float], float], budget_ms: float | None = 500, inflight: int = 2
+    ):
         self.sched = FrameScheduler(inflight, None if budget_ms is None else budget_ms / 1000)
         self.service = service if callable(service) else (lambda _t, s=service: s)
         self.events: list[tuple[float, int, str, int]] = []

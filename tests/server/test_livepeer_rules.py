@@ -50,8 +50,10 @@ def test_states_follow_ai_runners_rules() -> None:
     assert compute_state(healthy(ready_at=None)) == LOADING
     assert compute_state(healthy(ended=True)) == OFFLINE
     assert compute_state(healthy(ended=True, failed=True)) == ERROR
-    # input below 15 fps, or stalled for over 2 s
-    assert compute_state(healthy(input_fps=14.9, output_fps=14.0)) == DEGRADED_INPUT
+    # input below 5 fps (a stutter), or stalled for over 2 s; a 10 or 15 fps camera is normal input
+    assert compute_state(healthy(input_fps=4.9, output_fps=4.8)) == DEGRADED_INPUT
+    assert compute_state(healthy(input_fps=14.9, output_fps=14.0)) == ONLINE
+    assert compute_state(healthy(input_fps=10.0, output_fps=9.0)) == ONLINE
     assert compute_state(healthy(input_fps=15.0, output_fps=12.0)) == ONLINE
     assert compute_state(healthy(last_input=97.5, last_output=97.5)) == DEGRADED_INPUT
     # output below min(10, 0.8 x input): 30 in -> 10 is the floor; 15 in -> 10 too; 12 in -> 9.6
@@ -68,6 +70,21 @@ def test_states_follow_ai_runners_rules() -> None:
     assert compute_state(healthy(last_restart=39.0)) == ONLINE
     # input flows, output stopped for over 5 s: ERROR
     assert compute_state(healthy(last_output=94.0)) == ERROR
+
+
+def test_a_slow_steady_model_is_online() -> None:
+    # 3 s a frame: one output every 3 s, 0.33 fps out of 30 in
+    slow = dict(frame_s=3.0, output_fps=0.33)
+    assert compute_state(healthy(last_output=97.5, **slow)) == ONLINE  # 2.5 s since the last frame
+    assert compute_state(healthy(last_output=92.0, **slow)) == DEGRADED_INFERENCE  # 8 s: 2+ frames late
+    assert compute_state(healthy(last_output=90.0, **slow)) == ERROR  # 10 s, over 3 frame times
+    # without the frame time the same output is an error, as before
+    assert compute_state(healthy(last_output=94.0, output_fps=0.33)) == ERROR
+    # a slow model's first output after a load: degraded past two of its frame times, an error past three
+    first = dict(frame_s=12.0, last_params_update=70.0, last_output=69.0)
+    assert compute_state(healthy(now=100.0, **first)) == DEGRADED_INFERENCE
+    assert compute_state(healthy(now=105.0, **first)) == DEGRADED_INFERENCE
+    assert compute_state(healthy(now=107.0, **first)) == ERROR
 
 
 def test_after_a_reload_the_first_output_gets_its_grace() -> None:

@@ -82,6 +82,49 @@ def test_worker_deadlines_reach_the_workers_backend() -> None:
     assert (defaults.interrupt_grace_s, defaults.frame_timeout_s) == (2.0, 10.0)
 
 
+def test_real_model_flags_reach_the_workers_backend(tmp_path: Path) -> None:
+    """--preload-prompt (a file of one prompt or a list), --preload-size, --torch-threads,
+    --worker-max-rss-mb, --extra-model-paths; a bad one is a usage error (exit 2), not a crash."""
+    import json
+
+    from server.config import default_torch_threads
+    from server.pipelines import PipelineResources
+
+    one = {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "SaveTensor", "inputs": {"images": ["1", 0]}},
+    }
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    (tmp_path / "two.json").write_text(json.dumps([one, one]))
+    args = [
+        "serve", "--preload-prompt", str(tmp_path / "one.json"), "--preload-prompt", str(tmp_path / "two.json"),
+        "--preload-size", "320x240", "--torch-threads", "3", "--worker-max-rss-mb", "6000",
+        "--extra-model-paths", "/models.yaml",
+    ]  # fmt: skip
+    config = config_from_args(build_parser().parse_args(args))
+    assert config.preload_prompts == [one, one, one] and config.preload_size == (320, 240)
+    assert [str(p) for p in config.extra_model_paths] == ["/models.yaml"]
+    settings = PipelineResources(config).backend.settings
+    assert settings.preload_prompts == (one, one, one) and settings.preload_size == (320, 240)
+    assert (settings.torch_threads, settings.worker_max_rss_mb) == (3, 6000.0)
+    defaults = PipelineResources(config_from_args(build_parser().parse_args(["serve"]))).backend.settings
+    assert defaults.preload_prompts == () and defaults.worker_max_rss_mb is None
+    assert defaults.torch_threads == default_torch_threads(8) >= 1
+    assert default_torch_threads(8, cores=2) == 1 and default_torch_threads(1, cores=16) == 16
+    assert default_torch_threads(4, cores=16) == 4
+    (tmp_path / "bad.json").write_text("{not json")
+    for bad in (
+        ["--preload-prompt", str(tmp_path / "missing.json")],
+        ["--preload-prompt", str(tmp_path / "bad.json")],
+        ["--preload-size", "512"],
+        ["--preload-size", "0x10"],
+        ["--torch-threads", "0"],
+        ["--worker-max-rss-mb", "0"],
+    ):
+        with pytest.raises(ValueError):
+            config_from_args(build_parser().parse_args(["serve", *bad]))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: signal.Signals) -> None:
     base = f"http://127.0.0.1:{free_port}"

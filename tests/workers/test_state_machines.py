@@ -70,3 +70,14 @@ def test_restart_policy_backs_off_gives_up_and_forgives_a_healthy_run():
     clock.now += 30.0
     fresh.lost()
     assert fresh.next_delay() == 0.0  # a healthy run clears the count
+
+
+def test_restart_policy_without_a_cap_retries_for_ever_at_the_capped_delay():
+    clock = Clock()
+    policy = RestartPolicy(backoff_min_s=0.2, backoff_max_s=10.0, max_failures=None, clock=clock)
+    delays = []
+    for _ in range(50):
+        policy.attempt_failed()
+        delays.append(policy.next_delay())
+    assert delays[:4] == [0.2, 0.4, 0.8, 1.6]
+    assert delays[-1] == 10.0 and None not in delays

@@ -1,0 +1,44 @@
+"""ComfyUI's own execution of img2img prompts on given frames, in a fresh process; the reference
+for tests/comfyui/test_real_model.py. Usage:
+`python real_model_probe.py COMFYUI MODEL_PATHS.yaml FRAMES.npy PROMPTS.json OUT.npy`
+(OUT: float32 [prompts, 2, frames, H, W, 3], each prompt run on every frame, in order; the frame
+made a float IMAGE as a worker does ([:, 0]) and as LoadImage reads a PNG of it ([:, 1])).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout, for bench/
+
+from bench.comfyui_native import NativeRunner, load_comfyui  # noqa: E402
+from workers.tensors import rgb_to_image  # noqa: E402
+
+
+def main() -> None:
+    comfyui, model_paths, frames_path, prompts_path, out_path = sys.argv[1:6]
+    load_comfyui(comfyui, [model_paths], threads=1)  # as a worker runs (torch_threads 1)
+    frames = np.load(frames_path)
+    prompts = json.loads(Path(prompts_path).read_text())
+    conversions = (
+        lambda rgb: rgb_to_image(torch, rgb),  # a stream's frame, as a worker hands it to the prompt
+        lambda rgb: torch.from_numpy(rgb.astype(np.float32) / 255.0)[None],  # LoadImage's
+    )
+    out = []
+    for prompt in prompts:
+        runner = NativeRunner(prompt)
+        per_conversion = []
+        for convert in conversions:
+            images = [runner.run(convert(rgb))[0][0].float().cpu().numpy() for rgb in frames]
+            per_conversion.append(np.stack(images))
+        out.append(np.stack(per_conversion))
+    np.save(out_path, np.stack(out).astype(np.float32))
+
+
+if __name__ == "__main__":
+    main()
