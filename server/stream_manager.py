@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,7 +15,14 @@ from server.config import ServerConfig
 from server.events import EventBus
 from server.gateway_params import unwrap_params
 from server.metrics import ServerMetrics, StreamSample
-from server.models import WORKER_PARAMS, StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
+from server.models import (
+    WORKER_PARAMS,
+    StreamInfo,
+    StreamParams,
+    StreamStats,
+    UpdateParameters,
+    UpdatePromptsRequest,
+)
 from server.native_heap import HeapTrimmer
 from server.prompt_validation import validate_prompts
 from server.stream_base import StreamBase
@@ -137,6 +145,36 @@ class StreamManager:
             len(spec.prompts),
         )
         return stream
+
+    def record_refused(self, spec: StreamSpec, reason: str) -> None:
+        """A start refused for its input (nobody listens at its subscribe_url): nothing ran, but the
+        refusal is where a stream's end would be, so that no page or client is left guessing: an
+        `error` event, `GET /stream/{id}` in state `error` with the reason, and the dashboard's
+        list of streams that ended by themselves. A stream of that id that is running is left alone."""
+        if spec.stream_id in self._active:
+            return
+        now = time.time()
+        info = StreamInfo(
+            stream_id=spec.stream_id,
+            transport=spec.transport,
+            state="error",
+            created_at=now,
+            uptime_s=0.0,
+            stop_reason=f"error: {reason}",
+            stop_kind="error",
+            error=reason,
+            prompts_count=len(spec.prompts),
+            config=spec.config(),
+            stats=StreamStats(),
+            workers=[],
+        )
+        self._finished.pop(spec.stream_id, None)
+        self._finished[spec.stream_id] = info
+        while len(self._finished) > self.config.finished_streams_kept:
+            self._finished.popitem(last=False)
+        self._events.publish("error", {"stream_id": spec.stream_id, "source": "input", "message": reason})
+        self._events.publish("stream_state", {"stream_id": spec.stream_id, "state": "error"})
+        logger.warning("stream %s: not started: %s", spec.stream_id, reason)
 
     def create_pipeline(self, spec: StreamSpec) -> Any:
         """A pipeline from this manager's factory, for a stream started outside it (WebRTC)."""

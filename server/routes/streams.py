@@ -130,6 +130,7 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
     await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
     input_check = await check_input(spec.subscribe_url) if spec.subscribe_url else None
     if input_check is not None and input_check.verdict == "unreachable":
+        manager.record_refused(spec, f"input not reachable: {spec.subscribe_url}: {input_check.detail}")
         raise errors.error_response(
             web.HTTPBadRequest,
             "Input not reachable",

@@ -5,6 +5,7 @@ looking live."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,21 @@ async def test_failed_stream_card_stays_until_dismissed_and_stale_cards_grey(
             typo = {"subscribe_url": f"{base}/trickle/trickel/cam", "gateway_request_id": "typo"}
             async with http.post(f"{base}/stream/start", json=typo) as resp:
                 assert resp.status == 200, await resp.text()
+
+            # A start refused because nobody listens at its input: a red card too, with the reason.
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                closed_port = probe.getsockname()[1]
+            refused = {
+                "subscribe_url": f"http://127.0.0.1:{closed_port}/cam",
+                "gateway_request_id": "refused",
+            }
+            async with http.post(f"{base}/stream/start", json=refused) as resp:
+                assert resp.status == 400, await resp.text()
+            refused_card = "[data-testid=ended-stream-card][data-stream-id=refused][data-state=error]"
+            await page.wait_for_selector(refused_card, timeout=60_000)
+            said = await page.text_content(f"{refused_card} [data-testid=ended-reason]")
+            assert said.startswith("input not reachable:") and "cannot connect" in said, said
 
             card = "[data-testid=ended-stream-card][data-stream-id=typo]"
             await page.wait_for_selector(f"{card}[data-state=error]", timeout=60_000)

@@ -20,6 +20,13 @@ from tests.polling import wait_for
 LIVE_BLUR_UI = ui_workflow(BY_NAME["comfystream_live_blur"].steps)
 
 
+def _drain(queue) -> list:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,13 +97,20 @@ async def test_the_gateways_own_fields_are_accepted(stack: Stack) -> None:
 async def test_an_input_nobody_listens_on_is_refused_before_anything_starts(stack: Stack) -> None:
     port = _closed_port()
     body = {"subscribe_url": f"http://127.0.0.1:{port}/cam", "gateway_request_id": "nobody"}
-    status, err = await stack.call("POST", "/stream/start", json=body)
+    with stack.app[EVENT_BUS_KEY].subscribe() as events:
+        status, err = await stack.call("POST", "/stream/start", json=body)
+        said = [(e.type, e.data.get("source")) for e in _drain(events) if e.data.get("stream_id") == "nobody"]
+    assert ("error", "input") in said, said
     assert status == 400, err
     assert err["error"] == "Input not reachable"
     assert f"cannot connect to 127.0.0.1:{port}" in err["message"] and "refused" in err["message"].lower()
     assert [i["input_name"] for i in err["validation_errors"]] == ["subscribe_url"]
-    assert (await stack.call("GET", "/streams"))[1]["count"] == 0
-    assert (await stack.call("GET", "/stream/nobody"))[0] == 404
+    listing = (await stack.call("GET", "/streams"))[1]
+    assert listing["count"] == 0 and [s["stream_id"] for s in listing["ended"]] == ["nobody"]
+    # The refusal is recorded where the stream's end would be: its state and reason, no worker.
+    status, info = await stack.call("GET", "/stream/nobody")
+    assert status == 200 and info["state"] == "error" and info["workers"] == [], info
+    assert info["error"].startswith(f"input not reachable: http://127.0.0.1:{port}/cam: cannot connect")
 
 
 @pytest.mark.server_config(input_wait_s=3.0)
