@@ -51,3 +51,13 @@ def check_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
         if depth > max_depth:
             raise JsonTooDeep(max_depth)
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+
+
+def describe_error(exc: ValueError) -> str:
+    """A JSON syntax error as a person finds it in an editor: the line and column, then what is
+    wrong ("line 3, column 1: Illegal trailing comma before end of object")."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid JSON: not UTF-8 text (byte {exc.start})"
+    return f"not valid JSON: {exc}"

@@ -14,6 +14,13 @@ from comfystream.comfyui import WorkspaceError, check_workspace
 from comfystream.comfyui.commands import add_model_paths_argument
 from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from server.config import ServerConfig, parse_gpus
+from server.listen import (
+    MAX_DEFAULT_JOB_WORKERS,
+    QuietAccessLogger,
+    default_job_workers,
+    describe_bind_error,
+    listening_sockets,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +135,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--job-workers",
         type=int,
-        default=1,
-        help="worker processes that run one-shot prompts (POST /prompt, /tasks) in parallel (default 1)",
+        default=default_job_workers(),
+        help="worker processes that run one-shot prompts (POST /prompt, /tasks) in parallel "
+        f"(default: the cores this process may use, at most {MAX_DEFAULT_JOB_WORKERS}; here "
+        f"{default_job_workers()})",
     )
     parser.add_argument(
         "--input-dir",
@@ -343,15 +352,32 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"comfystream serve: {exc}")
         return 2
-    logging.getLogger().setLevel(getattr(logging, config.log_level.upper(), logging.INFO))
+    level = getattr(logging, config.log_level.upper(), logging.INFO)
+    logging.getLogger().setLevel(level)
+    if level > logging.DEBUG:
+        # aioice says INFO for every candidate pair of every WebRTC connection; its warnings stay.
+        logging.getLogger("aioice").setLevel(max(level, logging.WARNING))
     try:
         if config.workspace is not None:
             check_workspace(config.workspace)  # a bad --workspace fails here, before anything starts
-        app = create_app(config)
-        app.on_startup.insert(0, start_default_executor)
     except WorkspaceError as exc:
         print(f"comfystream serve: {exc}")
         return 2
+    try:
+        # Bound before anything spawns: a port in use is one line and exit 2, not two workers
+        # started and stopped and a traceback from run_app.
+        socks = listening_sockets(config.host, config.port)
+    except OSError as exc:
+        print(f"comfystream serve: {describe_bind_error(config.host, config.port, exc)}")
+        return 2
+    try:
+        app = create_app(config)
+    except WorkspaceError as exc:
+        for sock in socks:
+            sock.close()
+        print(f"comfystream serve: {exc}")
+        return 2
+    app.on_startup.insert(0, start_default_executor)
     logger.info(
         "serving on http://%s:%d%s",
         config.host,
@@ -363,9 +389,9 @@ def run(args: argparse.Namespace) -> int:
     setup_signal_handling(app)
     web.run_app(
         app,
-        host=config.host,
-        port=config.port,
+        sock=socks,
         print=None,
+        access_log_class=QuietAccessLogger,
         shutdown_timeout=config.stop_timeout_s,
         handle_signals=False,
     )

@@ -39,6 +39,9 @@ class ServerConfig:
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)
+    # A stream whose input channel its relay does not have waits this long for it, then ends as an
+    # error (server.input_check).
+    input_wait_s: float = 10.0
     drain_timeout_s: float = 10.0  # after the input ends, how long to wait for frames in flight
     stop_timeout_s: float = 15.0  # per stream, for stopping its tasks and worker
     finished_streams_kept: int = 64  # stopped streams GET /stream/{id} still reports

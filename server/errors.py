@@ -10,8 +10,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from comfystream.engine import ValidationResult
+from comfystream.json_limits import describe_error as describe_json_error
 from comfystream.prompts import PromptFormatError
 from server.models import ErrorResponse, ValidationErrorItem
+from server.prompt_validation import with_missing_node_hint
 
 
 def error_response(
@@ -34,11 +36,12 @@ def error_response(
 
 
 def invalid_json(exc: Exception) -> web.HTTPException:
+    said = describe_json_error(exc) if isinstance(exc, ValueError) else str(exc)
     return error_response(
         web.HTTPBadRequest,
         "Invalid JSON",
-        f"The request body is not valid JSON: {exc}",
-        [ValidationErrorItem(error_type="invalid_json", message=str(exc))],
+        f"The request body is {said}" if said.startswith("not valid JSON") else f"The request body: {said}",
+        [ValidationErrorItem(error_type="invalid_json", message=said)],
     )
 
 
@@ -92,6 +95,7 @@ def prompt_validation_failed(
     """An invalid prompt: the seed's body, ComfyUI's `node_errors`, and its prompt-level error."""
     which = f" (prompt {prompt_index + 1} of {prompt_count})" if prompt_count > 1 else ""
     comfy = result.to_comfy()
+    comfy["error"] = with_missing_node_hint(comfy.get("error"))
     summary = ((comfy.get("error") or {}).get("message") or "The prompt failed validation").rstrip(".")
     items = []
     for item in result.validation_errors():

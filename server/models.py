@@ -179,9 +179,15 @@ def _start_params(value: Any) -> Any:
 
 
 class StartStreamRequest(BaseModel):
-    """`POST /stream/start` and `POST /live-video-to-video`: the gateway's start request."""
+    """`POST /stream/start` and `POST /live-video-to-video`: the gateway's start request.
 
-    model_config = ConfigDict(extra="allow")
+    Its fields are closed (a misspelled URL would otherwise start a stream with no input): these
+    are what go-livepeer's BYOC orchestrator sends (byoc/stream_orchestrator.go: the channel URLs,
+    `gateway_request_id`, and the gateway's `params`) and ai-runner's live-video-to-video body
+    (`model_id`, `manifest_id`, `stream_id`, `request_id`). What a pipeline takes goes in `params`,
+    which stays open."""
+
+    model_config = ConfigDict(extra="forbid")
 
     subscribe_url: OptionalTrickleUrl = Field(
         None, description="trickle channel to read the input video from (none: a stream without video input)"
@@ -206,6 +212,7 @@ class StartStreamRequest(BaseModel):
     request_id: StreamId = None
     stream_id: StreamId = None
     manifest_id: str | None = None
+    model_id: str | None = Field(None, description="ai-runner's pipeline name; accepted, not used")
     params: Annotated[StreamParams, BeforeValidator(_start_params)] = Field(
         default_factory=StreamParams,
         description="the stream's params (null: none); the gateway's {\"prompt\": params} wrapping is undone",
@@ -228,7 +235,7 @@ class CreateStreamRequest(StreamParams):
     stream_id: StreamId = None
 
     def to_start(self) -> StartStreamRequest:
-        urls_and_ids = set(StartStreamRequest.model_fields) - {"params", "manifest_id"}
+        urls_and_ids = set(StartStreamRequest.model_fields) - {"params", "manifest_id", "model_id"}
         top = {k: getattr(self, k) for k in urls_and_ids}
         params = {k: v for k, v in self.model_dump(exclude_unset=True).items() if k not in urls_and_ids}
         return StartStreamRequest.model_validate({**top, "params": params})
@@ -346,7 +353,14 @@ class StreamInfo(BaseModel):
     created_at: float = Field(..., description="unix time")
     uptime_s: float
     stop_reason: str | None = None
+    stop_kind: str | None = Field(
+        None,
+        description="once ended: what ended it (request, shutdown, input_ended, error, ...)",
+    )
     error: str | None = None
+    notice: str | None = Field(
+        None, description="what the stream is waiting for, while it waits (e.g. its input channel)"
+    )
     prompts_count: int
     prompt_updates: int = Field(0, description="updates applied (REST, params, control channel)")
     config: StreamConfig
@@ -361,6 +375,11 @@ class StreamListResponse(BaseModel):
     count: int
     max_streams: int
     streams: list[StreamInfo]
+    ended: list[StreamInfo] = Field(
+        default_factory=list,
+        description="the latest streams that ended by themselves (an error, their input ending), newest "
+        "last: a stream never just disappears without its reason",
+    )
 
 
 class StopStreamResponse(BaseModel):

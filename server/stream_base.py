@@ -36,6 +36,7 @@ class StreamBase:
         self.stop_reason: str | None = None
         self.stop_kind = "request"
         self.error: str | None = None
+        self.notice: str | None = None  # what the stream waits for, while it does (its input channel)
         self.prompt_updates = 0
         self._sinks: list[EventSink] = []
         self.on_finished: Callable[[StreamBase], Any] | None = None  # told once the stream has ended
@@ -150,7 +151,9 @@ class StreamBase:
             created_at=self.created_at,
             uptime_s=round((self._ended_mono or time.monotonic()) - self._started_mono, 3),
             stop_reason=self.stop_reason,
+            stop_kind=self.stop_kind if self.state in ("stopped", "error") else None,
             error=self.error,
+            notice=self.notice,
             prompts_count=len(self.spec.prompts),
             prompt_updates=self.prompt_updates,
             config=self.spec.config(),

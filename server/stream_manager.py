@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -14,7 +15,14 @@ from server.config import ServerConfig
 from server.events import EventBus
 from server.gateway_params import unwrap_params
 from server.metrics import ServerMetrics, StreamSample
-from server.models import WORKER_PARAMS, StreamInfo, StreamParams, UpdateParameters, UpdatePromptsRequest
+from server.models import (
+    WORKER_PARAMS,
+    StreamInfo,
+    StreamParams,
+    StreamStats,
+    UpdateParameters,
+    UpdatePromptsRequest,
+)
 from server.native_heap import HeapTrimmer
 from server.prompt_validation import validate_prompts
 from server.stream_base import StreamBase
@@ -81,6 +89,11 @@ class StreamManager:
             return self._finished[stream_id]
         raise StreamNotFound(stream_id)
 
+    def ended_by_themselves(self, limit: int = 16) -> list[StreamInfo]:
+        """The latest finished streams that no request stopped (an error, their input ending)."""
+        ended = [i for i in self._finished.values() if i.stop_kind not in ("request", "shutdown")]
+        return ended[-limit:]
+
     def only_stream(self, stream_id: str | None = None) -> StreamBase:
         """The BYOC single-stream forms: the named stream, or the only one running."""
         if stream_id:
@@ -104,9 +117,11 @@ class StreamManager:
     ) -> tuple[list[dict[str, Any]], bool]:
         return validate_prompts(value, self.registry, default_if_none=default_if_none)
 
-    def start(self, spec: StreamSpec) -> TrickleStream:
+    def start(self, spec: StreamSpec, *, input_missing: bool = False) -> TrickleStream:
         """Register and start a stream (its worker comes up in the background). Synchronous, so that
-        the duplicate and capacity checks and the registration cannot interleave with another start."""
+        the duplicate and capacity checks and the registration cannot interleave with another start.
+        `input_missing`: its relay had no input channel when asked (server.input_check): the
+        stream says so, and ends as an error if the channel does not appear in time."""
         self._admit(spec.stream_id)
         stream = TrickleStream(
             spec,
@@ -114,6 +129,7 @@ class StreamManager:
             config=self.config,
             metrics=self._metrics,
             on_control=self._on_control_message,
+            input_missing=input_missing,
         )
         self._add(stream)
         stream.start()
@@ -129,6 +145,36 @@ class StreamManager:
             len(spec.prompts),
         )
         return stream
+
+    def record_refused(self, spec: StreamSpec, reason: str) -> None:
+        """A start refused for its input (nobody listens at its subscribe_url): nothing ran, but the
+        refusal is where a stream's end would be, so that no page or client is left guessing: an
+        `error` event, `GET /stream/{id}` in state `error` with the reason, and the dashboard's
+        list of streams that ended by themselves. A stream of that id that is running is left alone."""
+        if spec.stream_id in self._active:
+            return
+        now = time.time()
+        info = StreamInfo(
+            stream_id=spec.stream_id,
+            transport=spec.transport,
+            state="error",
+            created_at=now,
+            uptime_s=0.0,
+            stop_reason=f"error: {reason}",
+            stop_kind="error",
+            error=reason,
+            prompts_count=len(spec.prompts),
+            config=spec.config(),
+            stats=StreamStats(),
+            workers=[],
+        )
+        self._finished.pop(spec.stream_id, None)
+        self._finished[spec.stream_id] = info
+        while len(self._finished) > self.config.finished_streams_kept:
+            self._finished.popitem(last=False)
+        self._events.publish("error", {"stream_id": spec.stream_id, "source": "input", "message": reason})
+        self._events.publish("stream_state", {"stream_id": spec.stream_id, "state": "error"})
+        logger.warning("stream %s: not started: %s", spec.stream_id, reason)
 
     def create_pipeline(self, spec: StreamSpec) -> Any:
         """A pipeline from this manager's factory, for a stream started outside it (WebRTC)."""

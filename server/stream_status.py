@@ -247,7 +247,10 @@ class StreamStatusTracker:
     def update_state(self, now: float) -> str:
         state = compute_state(self.measurements(now))
         if state != self.state:
-            logger.info("stream %s: status %s -> %s", self.stream_id, self.state, state)
+            # The normal path (LOADING -> ONLINE -> OFFLINE) is said by the stream's start and stop
+            # lines; a stream that turns ERROR or DEGRADED is worth a line of its own.
+            level = logging.INFO if state in ("ERROR", "DEGRADED") else logging.DEBUG
+            logger.log(level, "stream %s: status %s -> %s", self.stream_id, self.state, state)
             self.state = state
             self.last_state_update = now
         return state

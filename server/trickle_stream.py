@@ -21,6 +21,7 @@ from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
 from server.frame_rate import FrameRateLimiter, fixed_size, frame_time
+from server.input_check import POLL_S, check_input, not_found_message
 from server.metrics import ServerMetrics
 from server.stream_base import StreamBase
 from server.stream_spec import StreamSpec
@@ -43,8 +44,10 @@ class TrickleStream(StreamBase):
         config: ServerConfig,
         metrics: ServerMetrics,
         on_control: Callable[[TrickleStream, dict[str, Any]], Awaitable[None]],
+        input_missing: bool = False,
     ) -> None:
         super().__init__(spec, pipeline)
+        self._input_missing = input_missing  # the relay had no input channel when the start asked
         self._config = config
         self._metrics = metrics
         self._on_control = on_control
@@ -124,6 +127,8 @@ class TrickleStream(StreamBase):
             tasks += [ingest, egress, audio]
             if self.spec.control_url:
                 tasks.append(asyncio.create_task(self._control(), name=f"stream-{self.stream_id}-control"))
+            if self._input_missing and self.spec.subscribe_url:
+                tasks.append(asyncio.create_task(self._await_input(), name=f"stream-{self.stream_id}-input"))
             tasks.append(asyncio.create_task(self._stats_loop(), name=f"stream-{self.stream_id}-stats"))
             await asyncio.wait({init, ingest, egress, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if init.done():
@@ -139,7 +144,7 @@ class TrickleStream(StreamBase):
                 ingest.result()
                 if self.stop_reason is None:
                     self.stop_reason, self.stop_kind = "input channel ended", "input_ended"
-                    logger.info("stream %s: input channel ended", self.stream_id)
+                    logger.debug("stream %s: input channel ended", self.stream_id)  # the stop line says it
             else:
                 ingest.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -224,6 +229,38 @@ class TrickleStream(StreamBase):
                     await self.pipeline.put_audio_frame(frame)
         if frames.error is not None:
             raise frames.error  # an input failure ends the stream as an error
+
+    async def _await_input(self) -> None:
+        """The input channel was missing at the start: say so while waiting for it, and end the
+        stream as an error (its reason in /stream/{id}, the events, the dashboard) when it does not
+        appear within the server's `input_wait_s`. The subscriber alone would retry the 404 for
+        30 s and then end the stream as if its input had simply finished."""
+        assert self.spec.subscribe_url is not None
+        url = self.spec.subscribe_url
+        self.notice = f"waiting for the input channel: {url} does not exist on its relay yet (404)"
+        self.emit("input_waiting", {"message": self.notice, "subscribe_url": url})
+        wait_s = self._config.input_wait_s
+        logger.info(
+            "stream %s: input channel %s not found yet; waiting up to %g s", self.stream_id, url, wait_s
+        )
+        deadline = time.monotonic() + wait_s
+        try:
+            while self._frames_in == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_S)
+                if (await check_input(url)).verdict == "found":
+                    break
+        finally:
+            self.notice = None  # found, given up on, or the stream stopped meanwhile
+        if self._frames_in > 0 or time.monotonic() < deadline:
+            self.emit("input_found", {"subscribe_url": url})
+            return
+        message = not_found_message(url, wait_s)
+        logger.warning("stream %s: %s", self.stream_id, message)
+        if self.stop_reason is None:
+            self.error = message
+            self.stop_reason, self.stop_kind = f"error: {message}", "error"
+            self.emit("error", {"source": "input", "message": message})
+        self._stop_requested.set()
 
     async def _egress(self) -> None:
         while True:

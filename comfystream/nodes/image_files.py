@@ -60,7 +60,15 @@ class LoadImage:
         return m.digest().hex()
 
     @classmethod
-    def VALIDATE_INPUTS(cls, image):  # noqa: N802
+    def VALIDATE_INPUTS(cls, image=None):  # noqa: N802
+        # No image at all (an empty input folder leaves the editor's list empty, so it sends none):
+        # say where images come from rather than fail on the missing argument.
+        if image is None or image == "":
+            return (
+                "no image chosen: put one in the input folder "
+                f"({folders.get_input_directory()}) or upload one (the node's upload button, "
+                "POST /upload/image), then pick it"
+            )
         # A name outside the folders gets the answer of a missing file: whether it exists stays unsaid.
         try:
             valid = isinstance(image, str) and os.path.isfile(folders.annotated_filepath(image))

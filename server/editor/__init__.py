@@ -18,7 +18,7 @@ from aiohttp import web
 
 from server.app_keys import CONFIG_KEY, OPENAPI_KEY
 from server.config import ServerConfig
-from server.editor import comfy_misc, jobs_api, streams_bridge, user_data
+from server.editor import comfy_misc, jobs_api, live_workflows, streams_bridge, user_data
 from server.editor.frontend import EDITOR_PREFIX, add_frontend_routes
 from server.jobs import comfy_routes, ws
 from server.openapi import add_api_route
@@ -99,6 +99,7 @@ def setup_routes(app: web.Application) -> None:
         *jobs_api.ROUTES,
         *comfy_misc.API_ONLY_ROUTES,
         *streams_bridge.ROUTES,
+        *live_workflows.ROUTES,
     ):
         add(method, path, handler, summary, bare=False)
     for method, path, handler, summary in comfy_misc.INTERNAL_ROUTES:

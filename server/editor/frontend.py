@@ -13,6 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from server.editor import live_workflows
+
 logger = logging.getLogger(__name__)
 
 EDITOR_PREFIX = "/comfyui"
@@ -73,13 +75,20 @@ async def legacy_user_css(request: web.Request) -> web.Response:
 
 
 async def core_templates(request: web.Request) -> web.Response:
-    """The index of ComfyUI's core workflow templates (PyPI `comfyui-workflow-templates`, not a
-    dependency here: most need models): none. `index_logo.json` maps template logos: none."""
+    """The template browser's "core" templates. ComfyUI's own (PyPI `comfyui-workflow-templates`)
+    are not a dependency here (most need models); in their place, comfystream's live-video ones
+    (server/editor/live_workflows.py), in every locale. `index_logo.json` maps logos: none."""
     name = request.match_info["name"]
     if name == "index_logo.json":
         return web.json_response({})
     if name.startswith("index") and name.endswith(".json"):
-        return web.json_response([])
+        return web.json_response(live_workflows.template_index())
+    stem, _, ext = name.rpartition(".")
+    if ext == "json" and stem in live_workflows.BY_NAME:
+        return web.json_response(live_workflows.ui_workflow(live_workflows.BY_NAME[stem].steps))
+    if ext == "png" and stem.endswith("-1") and stem[:-2] in live_workflows.BY_NAME:
+        png = live_workflows.thumbnail_png(stem[:-2])
+        return web.Response(body=png, content_type="image/png", headers={"Cache-Control": "max-age=3600"})
     return web.Response(status=404)
 
 

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -108,7 +110,15 @@ def setup_routes(app: web.Application) -> None:
             spec["query"] = VIEW_QUERY
         add_api_route(app, api, method, path, handler, summary, tags=(tag,), **spec)
         add_api_route(
-            app, api, method, f"/api{path}", handler, summary, tags=(tag,), alias_of=f"{method} {path}", **spec
+            app,
+            api,
+            method,
+            f"/api{path}",
+            handler,
+            summary,
+            tags=(tag,),
+            alias_of=f"{method} {path}",
+            **spec,
         )
     add_api_route(
         app,
@@ -124,11 +134,29 @@ def setup_routes(app: web.Application) -> None:
     app.on_shutdown.append(_shutdown)
 
 
+SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "example.png"
+
+
+def place_sample_image(input_dir: Path) -> None:
+    """`example.png` into an input folder that holds no file yet (a fresh clone's ./input)."""
+    try:
+        if any(p.is_file() for p in input_dir.iterdir()):
+            return
+        shutil.copyfile(SAMPLE_IMAGE, input_dir / SAMPLE_IMAGE.name)
+        logger.info(
+            "the input folder %s was empty: put the sample image %s there", input_dir, SAMPLE_IMAGE.name
+        )
+    except OSError as exc:  # a read-only folder: LoadImage then lists what is there
+        logger.warning("could not put the sample image into %s: %s", input_dir, exc)
+
+
 async def _start(app: web.Application) -> None:
     # The settings as they are now: a test or an embedder may have replaced them after setup.
     settings = app[JOB_SETTINGS_KEY]
     settings.input_dir.mkdir(parents=True, exist_ok=True)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    if settings.sample_image:
+        place_sample_image(settings.input_dir)
     app[WS_HUB_KEY].queue_size = settings.ws_queue_size
     app[TASK_TRACKER_KEY].settings = settings
     app[JOB_SCHEDULER_KEY].start(_backend(app), WorkerSpec(), settings, spawn_now=settings.spawn_at_startup)

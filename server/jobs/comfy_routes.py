@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 
 from comfystream import json_limits
-from server.app_keys import NODE_REGISTRY_KEY
+from comfystream.comfyui.workspace import comfyui_version as workspace_comfyui_version
+from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
 from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt_async
@@ -24,13 +25,18 @@ logger = logging.getLogger(__name__)
 
 
 async def _json_or(request: web.Request, default: Any) -> Any:
+    """The body's JSON (`default` when empty); bad JSON is a 400 that says where it breaks."""
     raw = await request.read()
     if not raw.strip():
         return default
     try:
         return json_limits.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = {
+            "error": comfy_error("invalid_json", "Invalid JSON", json_limits.describe_error(exc)),
+            "node_errors": {},
+        }
+        raise web.HTTPBadRequest(text=json.dumps(body), content_type="application/json") from None
 
 
 def _bad_request(kind: str, message: str, details: str = "") -> web.Response:
@@ -233,6 +239,19 @@ def _version() -> str:
         return "0.0.0"
 
 
+# The ComfyUI version whose API the built-in engine answers as. The editor reads `comfyui_version` as
+# ComfyUI's and compares node packs' requirements with it: our own version (0.1.0) made it advise
+# upgrading ComfyUI. This is the newest comfy-core version the pinned frontend's own default
+# workflow names (its nodes' `ver`), so the editor's core nodes need no newer ComfyUI than this.
+COMFYUI_API_VERSION = "0.3.73"
+
+
+def served_comfyui_version(workspace: Any) -> str:
+    """A workspace's ComfyUI version, else COMFYUI_API_VERSION."""
+    found = workspace_comfyui_version(workspace) if workspace is not None else None
+    return found or COMFYUI_API_VERSION
+
+
 async def system_stats(request: web.Request) -> web.Response:
     ram_total, ram_free = _memory()
     scheduler = scheduler_of(request.app)
@@ -266,7 +285,8 @@ async def system_stats(request: web.Request) -> web.Response:
                 "os": os.name,
                 "ram_total": ram_total,
                 "ram_free": ram_free,
-                "comfyui_version": _version(),
+                "comfyui_version": served_comfyui_version(request.app[CONFIG_KEY].workspace),
+                "comfystream_version": _version(),
                 "required_frontend_version": "",
                 "python_version": sys.version,
                 "pytorch_version": torch_version,

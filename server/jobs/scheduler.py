@@ -196,7 +196,7 @@ class JobScheduler:
                 break
             self._worker_of[item.prompt_id] = worker
             self._messages[item.prompt_id] = []
-            logger.info("prompt %s -> %s", item.prompt_id, worker.name)
+            logger.debug("prompt %s -> %s", item.prompt_id, worker.name)
             worker.run(
                 jm.RunJob(
                     prompt_id=item.prompt_id,

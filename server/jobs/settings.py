@@ -29,6 +29,9 @@ class JobSettings:
     # Spawn the job workers when the server starts; False: when the first prompt is queued (an app
     # that serves only streams, a test of another feature, never pays for them).
     spawn_at_startup: bool = False
+    # An input folder that holds no file (a fresh clone's ./input) gets a sample image, the
+    # `example.png` the editor's first workflow and the dashboard's placeholder name.
+    sample_image: bool = True
 
     @property
     def temp_dir(self) -> Path:

@@ -13,12 +13,13 @@ from typing import Any
 
 from comfystream.engine import ExecutionContext, ValidationResult, parse_prompt, validate_prompt
 from comfystream.engine.context import reset_current_context, set_current_context
-from comfystream.prompts import PromptFormatError
+from comfystream.prompts import PromptFormatError, is_ui_workflow, registry_input_types, ui_to_api
 from server.jobs.output_cache import cache_key
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import JobSettings
 from server.prompt_files import refuse_outside_files
+from server.prompt_validation import with_missing_node_hint
 
 
 @dataclass
@@ -68,6 +69,11 @@ def validate_in_folders(
     prompt: Any, registry: Any, settings: JobSettings, partial: list[str] | None, extra_data: dict[str, Any]
 ) -> ValidationResult:
     with job_folders(settings):
+        if is_ui_workflow(prompt):  # saved from the editor: converted as its "Export (API)" does
+            try:
+                prompt = ui_to_api(prompt, registry_input_types(registry))
+            except PromptFormatError:
+                pass  # validate_prompt answers it in ComfyUI's words
         try:
             parsed = parse_prompt(prompt)
         except PromptFormatError:
@@ -121,7 +127,7 @@ def submit_prompt(
     )
     if not result.ok:
         comfy = result.to_comfy()
-        return Submitted(None, comfy["node_errors"] or {}, comfy["error"])
+        return Submitted(None, comfy["node_errors"] or {}, with_missing_node_hint(comfy["error"]))
     if request.number is not None:
         number: float = float(request.number)
     else:

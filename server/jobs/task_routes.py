@@ -61,14 +61,18 @@ async def _read_body(request: web.Request) -> tuple[dict[str, Any], tuple[str, b
                 fields["prompt"] = json_limits.loads(fields["prompt"])
             except json.JSONDecodeError as exc:
                 raise BadTask(
-                    "invalid_prompt", "Invalid prompt", f"the prompt field is not JSON: {exc}"
+                    "invalid_prompt",
+                    "Invalid prompt",
+                    f"the prompt field is {json_limits.describe_error(exc)}",
                 ) from None
         return fields, upload
     raw = await request.read()
     try:
         data = json_limits.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadTask("invalid_json", "Invalid JSON", str(exc)) from None
+        raise BadTask(
+            "invalid_json", "Invalid JSON", f"the body is {json_limits.describe_error(exc)}"
+        ) from None
     if not isinstance(data, dict):
         raise BadTask("invalid_json", "Invalid request", "the body must be a JSON object")
     return data, None
@@ -157,7 +161,7 @@ async def create_task(request: web.Request) -> web.Response:
     if submitted.item is None:
         return web.json_response(submitted.to_comfy(), status=400)
     task = tracker.create(submitted.item.prompt_id, submitted.item.prompt)
-    logger.info("task %s: prompt %s queued", task.task_id, task.prompt_id)
+    logger.debug("task %s: prompt %s queued", task.task_id, task.prompt_id)
     body = CreateTaskResponse(taskId=task.task_id, prompt_id=task.prompt_id)
     return web.json_response(body.model_dump())
 

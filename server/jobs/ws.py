@@ -164,7 +164,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
         previous.put(None)  # the same client reconnected: the new socket takes over
     client = WsClient(sid, ws, asyncio.Queue(hub.queue_size))
     hub.clients[sid] = client
-    logger.info("ws client %s connected", sid)
+    logger.debug("ws client %s connected", sid)
     client.put(
         json.dumps({"type": "status", "data": {"status": queue_info(scheduler.queue.remaining), "sid": sid}})
     )
@@ -205,5 +205,5 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             await asyncio.wait_for(pump, 1.0)
         except (TimeoutError, asyncio.CancelledError):
             pump.cancel()
-        logger.info("ws client %s disconnected", sid)
+        logger.debug("ws client %s disconnected", sid)
     return ws

@@ -14,6 +14,7 @@ from comfystream import json_limits
 from server import errors
 from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
 from server.gateway_params import unwrap_params
+from server.input_check import check_input
 from server.models import (
     STREAM_ID_PATTERN,
     WORKER_PARAMS,
@@ -30,12 +31,14 @@ from server.models import (
     StreamStatusResponse,
     UpdatePromptsRequest,
     UpdatePromptsResponse,
+    ValidationErrorItem,
     WorkerStatus,
     WorkerStatusResponse,
     WorkspaceInfoResponse,
 )
 from server.openapi import route_adder
 from server.pipelines import check_gpu_room
+from server.request_fields import check_flat_fields, check_start_fields
 from server.routes._util import api_handler, json_body, parse, respond
 from server.stream_hosts import check_stream_urls
 from server.stream_manager import StreamManager
@@ -125,7 +128,23 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         },
     )
     await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
-    manager.start(spec)
+    input_check = await check_input(spec.subscribe_url) if spec.subscribe_url else None
+    if input_check is not None and input_check.verdict == "unreachable":
+        manager.record_refused(spec, f"input not reachable: {spec.subscribe_url}: {input_check.detail}")
+        raise errors.error_response(
+            web.HTTPBadRequest,
+            "Input not reachable",
+            f"subscribe_url {spec.subscribe_url}: {input_check.detail}. Nothing was started",
+            [
+                ValidationErrorItem(
+                    error_type="input_unreachable",
+                    message=input_check.detail,
+                    input_name="subscribe_url",
+                    received_value=spec.subscribe_url,
+                )
+            ],
+        )
+    manager.start(spec, input_missing=input_check is not None and input_check.verdict == "missing")
     return respond(
         StartStreamResponse(
             message=f"Stream {stream_id} started successfully", request_id=stream_id, config=spec.config()
@@ -135,14 +154,18 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
 
 @api_handler
 async def start_stream(request: web.Request) -> web.Response:
-    return await _start(request, parse(StartStreamRequest, await json_body(request)))
+    data = await json_body(request)
+    check_start_fields(data)
+    return await _start(request, parse(StartStreamRequest, data))
 
 
 @api_handler
 async def create_stream(request: web.Request) -> web.Response:
     data = await json_body(request)
     if isinstance(data, dict) and "params" in data:  # the start form, sent to POST /stream
+        check_start_fields(data)
         return await _start(request, parse(StartStreamRequest, data))
+    check_flat_fields(data)
     return await _start(request, parse(CreateStreamRequest, data).to_start())
 
 
@@ -259,7 +282,12 @@ async def list_streams(request: web.Request) -> web.Response:
     manager = _manager(request)
     streams = [s.info() for s in manager.active.values()]
     return respond(
-        StreamListResponse(count=len(streams), max_streams=manager.config.max_streams, streams=streams)
+        StreamListResponse(
+            count=len(streams),
+            max_streams=manager.config.max_streams,
+            streams=streams,
+            ended=manager.ended_by_themselves(),
+        )
     )
 
 

@@ -53,7 +53,7 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
         outbound = stream.add_remote_track(track)
         if outbound is not None:
             pc.addTrack(outbound)
-            logger.info("stream %s: %s track from the peer", stream.stream_id, track.kind)
+            logger.debug("stream %s: %s track from the peer", stream.stream_id, track.kind)
 
     async def update(target: WebRTCStream, body: dict) -> object:
         # What POST /stream/{id}/update-prompts does, checked by the same model and manager.
@@ -77,7 +77,7 @@ def _wire_peer(app: web.Application, stream: WebRTCStream, pc: RTCPeerConnection
 
     @pc.on("connectionstatechange")
     def on_state() -> None:
-        logger.info("stream %s: peer connection %s", stream.stream_id, pc.connectionState)
+        logger.debug("stream %s: peer connection %s", stream.stream_id, pc.connectionState)
         stream.close_if_peer_gone()
 
 

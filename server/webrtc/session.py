@@ -97,7 +97,7 @@ class WebRTCStream(StreamBase):
         await self._new_pipeline()
         self.state = "running"
         self.emit("stream_state", {"state": "running"})
-        logger.info("stream %s: pipeline ready at %dx%d", self.stream_id, self.spec.width, self.spec.height)
+        logger.debug("stream %s: pipeline ready at %dx%d", self.stream_id, self.spec.width, self.spec.height)
 
     async def _new_pipeline(self) -> None:
         pipeline = self._factory(self.spec)
@@ -135,7 +135,7 @@ class WebRTCStream(StreamBase):
         elif track.kind == "audio" and self.audio_out is None:
             self.audio_out = out = OutboundTrack("audio", self.stream_id, maxsize=AUDIO_QUEUE)
         else:
-            logger.info("stream %s: ignoring an extra %s track", self.stream_id, track.kind)
+            logger.debug("stream %s: ignoring an extra %s track", self.stream_id, track.kind)
             return None
         self._input_tasks.append(
             asyncio.create_task(self._read(track, out), name=f"{self.stream_id}-{track.kind}-in")
@@ -161,7 +161,7 @@ class WebRTCStream(StreamBase):
                     self.passed_through += video
                     out.push(self._at_stream_size(frame) if video else frame)
         except MediaStreamError:
-            logger.info("stream %s: the peer's %s track ended", self.stream_id, track.kind)
+            logger.debug("stream %s: the peer's %s track ended", self.stream_id, track.kind)
         except Exception as exc:
             logger.exception("stream %s: reading the peer's %s track failed", self.stream_id, track.kind)
             self.error = f"{track.kind} input: {exc}"

@@ -94,9 +94,11 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
     assert await page_a.text_content(f'[data-prompt-id="{job_b}"] [data-testid=job-owner]') != "this tab"
     assert await page_b.text_content(f'[data-prompt-id="{job_b}"] [data-testid=job-owner]') == "this tab"
 
-    # Each job's own step in words (with its step count) and time left.
+    # Each job's own step in words (with its step count). No time left yet: nothing of this shape
+    # has run here before, and a guess from the progress fraction jumped about.
     card_a = page_a.locator(f'[data-prompt-id="{job_a}"]')
-    await card_a.locator("[data-testid=job-eta]").wait_for()
+    assert await card_a.locator("[data-testid=job-eta]").count() == 0
+    assert (await page_a.evaluate(JOB_JS, job_a))["eta"] is None
     step = await card_a.locator("[data-testid=job-step]").text_content()
     assert step.startswith("Step sleep (node 2) · step ") and step.endswith("/40"), step
     step_b = await page_a.locator(f'[data-prompt-id="{job_b}"] [data-testid=job-step]').text_content()
@@ -151,6 +153,24 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
     src = await page_a.get_attribute(f'[data-prompt-id="{job_a}"] [data-testid=job-output-image]', "src")
     assert "tab-a" in src and "type=output" in src, src
     await page_a.wait_for_function("() => document.title === 'comfystream'")
+
+    # The same prompt again (another prefix): now its time left is known, from A's measured node
+    # times, and it only goes down as the job runs.
+    measured = await page_a.evaluate(
+        "(id) => Object.values(window.__dashboard.store.get(id).nodeTimes).reduce((t, n) => t + n.s, 0)",
+        job_a,
+    )
+    job_d = await submit_from_page(page_a, slow_prompt(40, 150, "tab-d"))
+    card_d = page_a.locator(f'[data-prompt-id="{job_d}"]')
+    await card_d.locator("[data-testid=job-eta]").wait_for(timeout=60_000)
+    etas = []
+    while (seen := await page_a.evaluate(JOB_JS, job_d))["status"] == "running" and len(etas) < 8:
+        if seen["eta"] is not None:
+            etas.append(seen["eta"])
+        await asyncio.sleep(0.25)  # samples of the estimate, not a wait for something
+    assert etas and etas[0] <= measured + 0.01, (etas, measured)
+    assert all(later <= earlier for earlier, later in zip(etas, etas[1:], strict=False)), etas
+    await wait_for(lambda: history_status(server, job_d), what="job D to finish")
 
     # Stop all running (it asks once more): every running job is interrupted, whoever started it.
     more = [await submit_from_page(page_b, slow_prompt(400, 150, f"all-{i}")) for i in range(2)]

@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
+from server.editor import live_workflows
 
 WORKFLOW = {"last_node_id": 1, "nodes": [{"id": 1, "type": "EmptyImage"}], "links": [], "version": 0.4}
 
@@ -170,7 +172,7 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
                 {"fr": {"webpkg": {"hello": "bonjour"}, "nodeDefs": {"Hello": {"display_name": "Salut"}}}},
             ),
             ("/api/global_subgraphs", {}),
-            ("/comfyui/templates/index.json", []),
+            ("/comfyui/templates/index.json", live_workflows.template_index()),  # comfystream's own
             ("/embeddings", []),  # also without the /api prefix, as ComfyUI serves it
         ):
             async with http.get(f"{base}{path}") as r:
@@ -188,3 +190,24 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
         async with http.get(f"{base}/internal/logs") as r:
             assert isinstance(await r.json(), str)
     await server.close()
+
+
+async def test_with_a_workspace_the_editor_keeps_comfyuis_default_and_version(tmp_path: Path) -> None:
+    """With --workspace: the editor opens ComfyUI's own default workflow (the server gives none in
+    its place), and /system_stats reports the workspace's ComfyUI version."""
+    from server.app_keys import CONFIG_KEY
+    from server.jobs.comfy_routes import COMFYUI_API_VERSION, served_comfyui_version
+
+    (tmp_path / "comfyui_version.py").write_text('__version__ = "0.9.1"\n')
+    assert served_comfyui_version(tmp_path) == "0.9.1"
+    assert served_comfyui_version(None) == served_comfyui_version(tmp_path / "missing") == COMFYUI_API_VERSION
+    app = web.Application()
+    app[CONFIG_KEY] = ServerConfig(workspace=tmp_path)
+    app.router.add_get("/api/comfystream/editor", live_workflows.editor_defaults)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http, http.get(server.make_url("/api/comfystream/editor")) as r:
+            assert r.status == 200 and await r.json() == {"engine": "workspace", "default_workflow": None}
+    finally:
+        await server.close()

@@ -4,6 +4,7 @@ leaving no worker behind."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from serve_process import serve_process
 from server.cli import build_parser
 from server.commands import config_from_args
 from server.trickle_client import create_channel
+from tests.polling import wait_for
 from tests.processes import alive
 
 
@@ -44,6 +46,14 @@ def test_serve_flags() -> None:
     assert [str(p) for p in config.custom_nodes] == ["/a", "/b"]
     assert config.gpus == [0, 1] and config.relay is True and config.log_level == "DEBUG"
     defaults = config_from_args(build_parser().parse_args(["serve"]))
+    from server.listen import MAX_DEFAULT_JOB_WORKERS, default_job_workers
+
+    # One job worker per usable core (so a second job need not queue), a few at most.
+    assert (
+        defaults.job_workers
+        == default_job_workers()
+        == min(MAX_DEFAULT_JOB_WORKERS, len(os.sched_getaffinity(0)))
+    )
     assert (defaults.host, defaults.port, defaults.relay, defaults.workspace) == (
         "127.0.0.1",
         8000,
@@ -153,3 +163,105 @@ def test_bad_workspace_fails_at_start(tmp_path: Path, capsys) -> None:
     assert "does not exist" in capsys.readouterr().out
     assert main(["serve", "--workspace", str(tmp_path)]) == 2
     assert "is not a ComfyUI workspace" in capsys.readouterr().out
+
+
+def test_port_in_use_is_one_line_and_exit_2(free_port: int, tmp_path: Path) -> None:
+    """Another server holds the port: one line, status 2, and nothing was started (no worker, no
+    'serving on', no traceback)."""
+    import socket
+    import subprocess
+    import sys
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", free_port))
+    holder.listen(1)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(free_port), "--job-workers", "2"],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.close()
+    assert done.returncode == 2
+    assert done.stdout.strip().splitlines() == [
+        f"comfystream serve: port {free_port} on 127.0.0.1 is already in use (another server?); "
+        "choose another with --port"
+    ]
+    assert "Traceback" not in done.stderr and "serving on" not in done.stderr
+    assert "worker" not in done.stderr.lower()
+
+
+async def test_access_log_is_quiet_for_reads(free_port: int, tmp_path: Path) -> None:
+    """At INFO the pages' polling (GETs that succeed) leaves no access line; a request that
+    changes state or fails still does. At DEBUG the reads are there too."""
+    import os
+    import subprocess
+    import sys
+
+    base = f"http://127.0.0.1:{free_port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--port",
+                str(free_port),
+                "--job-workers",
+                "0",
+                "--warm-workers",
+                "0",
+                "--relay",
+                "--log-level",
+                "INFO",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def up() -> bool:
+                try:
+                    async with http.get(f"{base}/health") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(up, what="the server")
+            for _ in range(3):
+                async with http.get(f"{base}/streams") as resp:
+                    assert resp.status == 200
+            async with http.post(f"{base}/stream/start", json={"subscribe_url": "nope"}) as resp:
+                assert resp.status == 400
+            async with http.get(f"{base}/stream/missing") as resp:
+                assert resp.status == 404
+            async with http.post(f"{base}/trickle/chan") as resp:  # the relay's own traffic
+                assert resp.status == 200
+            async with http.get(f"{base}/trickle/nochan/0") as resp:
+                assert resp.status == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    text = log.read_text()
+    assert "serving on" in text
+    assert '"POST /stream/start HTTP/1.1" 400' in text
+    assert '"GET /stream/missing HTTP/1.1" 404' in text
+    assert "GET /streams" not in text and "GET /health" not in text
+    assert '"POST /trickle/' not in text and '"GET /trickle/' not in text
+
+
+def test_a_host_that_does_not_resolve_is_one_line(capsys) -> None:
+    from server.cli import main
+
+    assert main(["serve", "--host", "nosuchhost.invalid", "--no-auth", "--job-workers", "0"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(
+        "comfystream serve: cannot listen on nosuchhost.invalid: the name does not resolve"
+    )

@@ -147,8 +147,41 @@ function renderStreams(container) {
   timer = setInterval(refresh, REFRESH_MS);
 }
 
+// Asked as soon as this script loads, so that `init` (which runs before the first graph is loaded)
+// need not wait for it: the server's engine, and the workflow a first visit should open there.
+const editorDefaults = fetch(api.apiURL("/comfystream/editor"), { cache: "no-store" })
+  .then((r) => (r.ok ? r.json() : null))
+  .catch(() => null);
+
+// With the built-in engine, ComfyUI's default workflow (checkpoint, prompts, KSampler) is nine
+// missing nodes. The frontend opens (and "new default workflow" loads) its one default-graph object,
+// so that object is given the server's workflow in place, before the first graph is loaded.
+async function useServersDefaultWorkflow() {
+  const defaults = await editorDefaults;
+  const holder = window.comfyAPI?.defaultGraph;
+  const graph = holder?.defaultGraph;
+  if (!defaults?.default_workflow || !graph || typeof graph !== "object") return;
+  for (const key of Object.keys(graph)) delete graph[key];
+  Object.assign(graph, structuredClone(defaults.default_workflow));
+}
+
+function missingNodeHint(types, engine) {
+  const names = [...new Set(types.map((t) => (typeof t === "string" ? t : t?.type)).filter(Boolean))];
+  if (!names.length) return;
+  const how = engine === "workspace"
+    ? "Install their node package into the workspace's custom_nodes folder (or pass --custom-nodes FOLDER) and restart comfystream."
+    : "This server runs its built-in engine (image and stream nodes). ComfyUI's model nodes need a ComfyUI workspace: `comfystream serve --workspace DIR` (`comfystream setup-workspace DIR` makes one); other packages: --custom-nodes FOLDER.";
+  toast("warn", `Missing nodes here: ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""}`, how);
+}
+
 app.registerExtension({
   name: "comfystream.Streams",
+  async init() {
+    await useServersDefaultWorkflow();
+  },
+  async afterConfigureGraph(missingNodeTypes) {
+    if (missingNodeTypes?.length) missingNodeHint(missingNodeTypes, (await editorDefaults)?.engine);
+  },
   async setup() {
     app.extensionManager.registerSidebarTab({
       id: "comfystream-streams",

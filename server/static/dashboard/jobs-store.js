@@ -29,7 +29,32 @@ function newJob(id) {
     progress: 0,
     step: 'Queued',
     etaS: null,
+    nodeStart: null, // {node, at, max}: the node running now, since when (and its step count)
+    nodeTimes: {}, // node_id -> {s, max}: how long each node of this run took (measured here)
   };
+}
+
+// Time left comes from measured per-node times of earlier runs of the same prompt, never from the
+// progress fraction (which made it jump: ~3 s -> ~15 s -> ~12 s). "The same prompt" is its shape:
+// node ids and class types, so a new seed or text still counts; a node's time scales with its step
+// count. Kept per browser, the latest run of each shape.
+const TIMES_KEY = 'comfystream.nodeTimes';
+const TIMES_KEPT = 50;
+
+function promptShape(prompt) {
+  if (!prompt || typeof prompt !== 'object') return null;
+  return Object.keys(prompt)
+    .sort()
+    .map((id) => `${id}:${prompt[id]?.class_type}`)
+    .join('|');
+}
+
+function loadTimes() {
+  try {
+    return new Map(JSON.parse(localStorage.getItem(TIMES_KEY) || '[]'));
+  } catch {
+    return new Map();
+  }
 }
 
 /** A queue or history entry's prompt tuple: [number, prompt_id, prompt, extra_data, outputs, ...]. */
@@ -61,6 +86,54 @@ export class JobStore {
     this.jobs = new Map();
     this.version = 0;
     this._listeners = new Set();
+    this.times = typeof localStorage === 'undefined' ? new Map() : loadTimes(); // shape -> node times
+  }
+
+  _rememberTimes(job) {
+    const shape = promptShape(job.prompt);
+    if (!shape || !Object.keys(job.nodeTimes).length) return;
+    this.times.delete(shape);
+    this.times.set(shape, job.nodeTimes);
+    while (this.times.size > TIMES_KEPT) this.times.delete(this.times.keys().next().value);
+    try {
+      localStorage.setItem(TIMES_KEY, JSON.stringify([...this.times]));
+    } catch {
+      /* private mode or full: this page still remembers */
+    }
+  }
+
+  /** The node running now changes to `node` (null: none) at `now`: the one before took until now. */
+  _nodeSwitch(job, node, now) {
+    const current = job.nodeStart;
+    if (current && current.node !== node) {
+      job.nodeTimes[String(current.node)] = { s: (now - current.at) / 1000, max: current.max };
+    }
+    if (node == null) job.nodeStart = null;
+    else if (!current || current.node !== node) job.nodeStart = { node, at: now, max: null };
+  }
+
+  /** Seconds left from the times an earlier run of this prompt's shape took; null while any node
+   * still to run has no measured time. It only goes down: the running node counts its measured time
+   * less what it has run (never below 0), the nodes after it their measured times. */
+  _estimate(job, now) {
+    const earlier = this.times.get(promptShape(job.prompt));
+    if (!earlier || !job.prompt) return null;
+    const finished = new Set([...job.done, ...job.cached, ...Object.keys(job.nodeTimes)]);
+    let left = 0;
+    for (const id of Object.keys(job.prompt)) {
+      if (finished.has(id)) continue;
+      const measured = earlier[id];
+      if (!measured) return null;
+      // A node's time scales with its step count (a sampler's steps, a loop's iterations).
+      const max = job.nodeStart && String(job.nodeStart.node) === id ? job.nodeStart.max : null;
+      const expected = measured.max && max ? (measured.s * max) / measured.max : measured.s;
+      if (job.nodeStart && String(job.nodeStart.node) === id) {
+        left += Math.max(0, expected - (now - job.nodeStart.at) / 1000);
+      } else {
+        left += expected;
+      }
+    }
+    return left;
   }
 
   subscribe(listener) {
@@ -221,6 +294,7 @@ export class JobStore {
         break;
       case 'executing': {
         const node = data.node ?? null;
+        this._nodeSwitch(job, node, now);
         if (job.currentNode != null && job.currentNode !== node) job.done.add(String(job.currentNode));
         job.currentNode = node;
         job.nodeProgress = null;
@@ -232,10 +306,12 @@ export class JobStore {
       }
       case 'progress':
         if (data.node != null && job.currentNode !== data.node) {
+          this._nodeSwitch(job, data.node, now);
           if (job.currentNode != null) job.done.add(String(job.currentNode));
           job.currentNode = data.node;
         }
         job.nodeProgress = { value: Number(data.value) || 0, max: Number(data.max) || 0 };
+        if (job.nodeStart && job.nodeProgress.max > 0) job.nodeStart.max = job.nodeProgress.max;
         if (job.status === 'pending') {
           job.status = 'running';
           job.startedAt = job.startedAt || now;
@@ -271,6 +347,10 @@ export class JobStore {
     if (FINISHED.has(job.status)) return;
     job.status = status;
     job.endedAt = this.now();
+    if (status === 'success') {
+      this._nodeSwitch(job, null, job.endedAt);
+      this._rememberTimes(job);
+    }
     if (job.currentNode != null && status === 'success') job.done.add(String(job.currentNode));
     if (status === 'error') {
       job.error = {
@@ -331,8 +411,7 @@ export class JobStore {
       const count = np && np.max > 1 ? ` · step ${np.value}/${np.max}` : '';
       job.step = `${name} (node ${job.currentNode})${count}`;
     }
-    const elapsed = (this.now() - (job.startedAt || this.now())) / 1000;
-    if (job.progress >= 0.03 && elapsed >= 0.3) job.etaS = (elapsed * (1 - job.progress)) / job.progress;
+    job.etaS = this._estimate(job, this.now());
   }
 
   /** ETA moves with the clock: recompute running jobs (the views call this once a second). */

@@ -72,7 +72,7 @@ function App() {
     ${tasks.length > 0 &&
     html`<div class="banners">
       ${tasks.map(
-        (t) => html`<${ProgressBanner} key=${t.taskId} taskId=${t.taskId} label=${t.label} sseManager=${sseManager}
+        (t) => html`<${ProgressBanner} key=${t.taskId} taskId=${t.taskId} label=${t.label} sseManager=${sseManager} store=${store}
           onDismiss=${dropTask}
           onComplete=${() => {
             toast(`Task ${shortId(t.taskId, 10)} complete`, 'ok');

@@ -51,11 +51,22 @@ export class ProgressBanner extends Component {
       error: null,
       etaS: null,
     };
-    this.startedAt = null;
+  }
+
+  /** The job store's time left for this task's prompt (measured node times of earlier runs of its
+   * shape), or null: a rate from the percentage jumped as nodes of different speeds came and went. */
+  etaFromStore() {
+    const { store, taskId } = this.props;
+    if (!store) return null;
+    for (const job of store.jobs.values()) if (job.taskId === taskId) return job.etaS;
+    return null;
   }
 
   componentDidMount() {
-    const { taskId, sseManager } = this.props;
+    const { taskId, sseManager, store } = this.props;
+    this.unsubscribeStore = store?.subscribe(() => {
+      if (this.state.status === 'in-progress') this.setState({ etaS: this.etaFromStore() });
+    });
     this.unsubscribe = sseManager.subscribe(taskId, {
       onProgress: (data) => this.handleProgressUpdate(data),
       onComplete: (data) => this.handleComplete(data),
@@ -66,6 +77,7 @@ export class ProgressBanner extends Component {
 
   componentWillUnmount() {
     this.unsubscribe?.();
+    this.unsubscribeStore?.();
   }
 
   handleDismiss = () => {
@@ -77,13 +89,7 @@ export class ProgressBanner extends Component {
   handleProgressUpdate(data) {
     const progress = data.progress || {};
     const percentage = Number(progress.percentage) || 0;
-    const now = Date.now();
-    if (this.startedAt == null && percentage > 0) this.startedAt = { t: now, p: percentage };
-    let etaS = null;
-    if (this.startedAt && percentage > this.startedAt.p && percentage < 100) {
-      const rate = (percentage - this.startedAt.p) / ((now - this.startedAt.t) / 1000);
-      etaS = rate > 0 ? (100 - percentage) / rate : null;
-    }
+    const etaS = percentage < 100 ? this.etaFromStore() : null;
     this.setState({
       status: 'in-progress',
       percentage,

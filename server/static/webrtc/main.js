@@ -85,16 +85,59 @@ function showStats(stats) {
   }));
 }
 
+// The same JSON whatever the order of its keys: to tell which preset a stream's prompt is.
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value);
+}
+
+// What the stream runs now (another page, the editor or the API may have changed it): the menu and
+// the box follow it.
+async function showRunningPrompt(streamId) {
+  const response = await fetch(`/stream/${encodeURIComponent(streamId)}/prompts`, { cache: "no-store" });
+  if (!response.ok) return;
+  const { prompts } = await response.json();
+  const running = prompts?.[0];
+  if (!running || !session || session.connection.streamId !== streamId) return;
+  const key = canonical(running);
+  const preset = Object.entries(PRESETS).find(([, p]) => canonical(p.prompt) === key);
+  ui.preset.value = preset ? preset[0] : "custom";
+  ui.prompt.value = JSON.stringify(running, null, 2);
+}
+
+// Polled every second: the stream's stats, its prompt, and whether the server still has it. A server
+// that is gone (or that ended the stream) shows at the next poll, not when ICE gives up (5-8 s).
 async function pollStats() {
   if (!session?.connection.streamId) return;
+  const streamId = session.connection.streamId;
+  let response;
   try {
-    const response = await fetch(`/stream/${encodeURIComponent(session.connection.streamId)}/stats`);
-    if (response.ok) {
-      const body = await response.json();
-      showStats(body.stats ?? body);
-    }
+    response = await fetch(`/stream/${encodeURIComponent(streamId)}`, { cache: "no-store" });
   } catch {
-    /* the next poll will tell */
+    if (session) setStatus("disconnected: the server is not answering", "error");
+    return;
+  }
+  if (response.status === 404) {
+    setStatus("disconnected: the server has no such stream any more", "error");
+    return;
+  }
+  if (!response.ok) return;
+  const info = await response.json();
+  if (!session) return;
+  if (info.state === "stopped" || info.state === "error") {
+    setStatus(`disconnected: the stream ${info.state === "error" ? "failed" : "ended"} (${info.error || info.stop_reason || "no reason given"})`, "error");
+    return;
+  }
+  if (ui.status.dataset.state === "error" && ui.status.textContent.startsWith("disconnected")) {
+    setStatus(session.connection.pc.connectionState, "connected"); // the server answers again
+  }
+  showStats(info.stats ?? {});
+  if (info.prompt_updates !== session.promptUpdates) {
+    session.promptUpdates = info.prompt_updates;
+    await showRunningPrompt(streamId).catch(() => {});
   }
 }
 
@@ -107,11 +150,13 @@ async function start() {
     const source = await openSource(size);
     ui.original.srcObject = source.stream;
     const connection = new Connection({ iceServers: config.iceServers || [] });
-    session = { connection, source, statsTimer: null, paused: false };
+    session = { connection, source, statsTimer: null, paused: false, promptUpdates: 0 };
     connection.addEventListener("track", ({ detail }) => {
       if (detail.track.kind === "video") ui.processed.srcObject = detail.streams[0] || new MediaStream([detail.track]);
     });
     connection.addEventListener("state", ({ detail }) => {
+      const said = ui.status.textContent.startsWith("disconnected") && ui.status.dataset.state === "error";
+      if (said && detail !== "connected" && detail !== "failed") return; // the poll's reason stays
       setStatus(detail, detail === "connected" ? "connected" : detail === "failed" ? "error" : "idle");
       if (detail === "failed" || detail === "closed") stop();
     });
