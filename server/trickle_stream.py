@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import av
+import av.error
 
 from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
@@ -58,6 +59,9 @@ class TrickleStream(StreamBase):
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._skipped_rate = 0  # input frames above max_framerate
+        self._audio_in = 0  # audio frames of the input handed on
+        self._audio_failures = 0  # audio frames the output could not take (an error, counted)
+        self._audio_error_at = 0.0
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
         self.add_event_sink(self._to_events_channel)
 
@@ -116,7 +120,9 @@ class TrickleStream(StreamBase):
             # seconds): until then its frames go out unprocessed, counted as passed through, so the
             # output starts at once and the stream never joins its own input late.
             if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
-                self._output = FramePublisher(self.spec.publish_url, stream_id=self.stream_id)
+                self._output = FramePublisher(
+                    self.spec.publish_url, stream_id=self.stream_id, on_event=self._on_output_event
+                )
                 await self._output.prepare(self.spec.width, self.spec.height)
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
@@ -161,8 +167,12 @@ class TrickleStream(StreamBase):
         """Wait (bounded) until every frame handed to the worker came back or was dropped."""
         deadline = time.monotonic() + self._config.drain_timeout_s
         while time.monotonic() < deadline:
-            dropped = int(self._pipeline_stats().get("dropped") or 0)
-            if self._frames_out + dropped >= self._frames_in:
+            stats = self._pipeline_stats()
+            # the frames handed to the pipeline that will not come out: its skips and the ones its
+            # full output queue let go (input and decode losses never were among `_frames_in`)
+            gone = sum(int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error"))
+            gone += int(stats.get("lost_output") or 0)
+            if self._frames_out + gone >= self._frames_in:
                 return
             await asyncio.sleep(0.02)
         logger.warning(
@@ -205,7 +215,9 @@ class TrickleStream(StreamBase):
             await asyncio.Event().wait()
         limiter: FrameRateLimiter | None = None  # follows spec.max_framerate, which params may change
         # Every frame is handed on (max_queued=0): the pipeline decides what to skip, and counts it.
-        async with FrameSubscriber(self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id) as frames:
+        async with FrameSubscriber(
+            self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id, on_loss=self._on_input_loss
+        ) as frames:
             async for frame in frames:
                 if isinstance(frame, av.VideoFrame):
                     fps = self.spec.max_framerate
@@ -221,6 +233,7 @@ class TrickleStream(StreamBase):
                     self._frames_in += 1
                     await self.pipeline.put_video_frame(frame)
                 elif isinstance(frame, av.AudioFrame):
+                    self._audio_in += 1
                     await self.pipeline.put_audio_frame(frame)
         if frames.error is not None:
             raise frames.error  # an input failure ends the stream as an error
@@ -243,8 +256,37 @@ class TrickleStream(StreamBase):
     async def _egress_audio(self) -> None:
         while True:
             frame = await self.pipeline.get_processed_audio_frame()
-            if self._output is not None:
+            if self._output is None:
+                continue
+            try:
                 await self._output.put(frame)
+            except (av.error.FFmpegError, ValueError) as exc:
+                # One bad audio frame is not the end of the stream's audio: counted, reported, and
+                # the next one goes on (the video's egress owns a lost output channel).
+                self._audio_failures += 1
+                now = time.monotonic()
+                if now - self._audio_error_at > 5.0:
+                    self._audio_error_at = now
+                    logger.warning("stream %s: audio frame not sent: %s", self.stream_id, exc)
+                    self.emit("error", {"source": "audio", "message": str(exc), "count": self._audio_failures})
+
+    def _on_input_loss(self, cause: str, video: int, audio: int, why: str) -> None:
+        """Frames of the input that never reached the pipeline: counted with its skips, and said."""
+        if video:
+            with contextlib.suppress(AttributeError):
+                self.pipeline.count_lost(cause, video)
+        self.emit(
+            "frames_lost",
+            {
+                "cause": {"input": "input_jumped", "decode": "decode_failure"}.get(cause, cause),
+                "frames": video,
+                "audio_packets": audio,
+                "reason": why,
+            },
+        )
+
+    def _on_output_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self.emit(event_type, data)
 
     async def _control(self) -> None:
         assert self.spec.control_url is not None
@@ -287,6 +329,15 @@ class TrickleStream(StreamBase):
         stats = self._pipeline_stats()
         stats["published"] = self._output.frames_published if self._output is not None else 0
         stats.setdefault("received", self._frames_in)
+        stats["audio_received"] = self._audio_in
+        if self._output is not None:
+            audio = self._output.audio_stats()
+            stats["audio_published"] = audio["audio_out"]
+            stats["audio_dropped"] = audio["audio_dropped"] + self._audio_failures
+            stats["audio_dropped_by_reason"] = audio["audio_dropped_by_reason"]
+            if self._audio_failures:
+                stats["audio_dropped_by_reason"]["error"] = self._audio_failures
+            stats["timeline_discontinuities"] = self._output.discontinuities
         if self.spec.max_framerate:
             stats["skipped_rate"] = self._skipped_rate
         return stats

@@ -163,6 +163,7 @@ class BasePipeline:
         self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
         self._output_queue_size = output_queue_size
         self._output_dropped = 0
+        self._output_full = False  # an episode of output-queue drops is going on (one event each)
         self.latest_output_frame: av.VideoFrame | None = None  # for previews (the dashboard's snapshot)
         self._exec_ms: deque[float] = deque(maxlen=500)
         self._prompt_ms: deque[float] = deque(maxlen=500)
@@ -407,11 +408,26 @@ class BasePipeline:
     def _emit_output(self, frame: av.VideoFrame) -> None:
         self.latest_output_frame = frame
         queue = self._video_out
+        dropped = 0
         while queue.qsize() >= self._output_queue_size:
             # Nobody is reading: keep the newest frames, count the rest.
             queue.get_nowait()
-            self._output_dropped += 1
+            dropped += 1
+        if dropped:
+            self._output_dropped += dropped
+            self._tracker.lost("output", dropped)
+            if not self._output_full:
+                self._output_full = True
+                logger.warning("stream %s: output queue full, dropping the oldest frames", self.stream_id)
+                self._emit("frames_lost", {"cause": "output_queue_full", "frames": dropped})
+        elif self._output_full and queue.qsize() < self._output_queue_size // 2:
+            self._output_full = False
         queue.put_nowait(frame)
+
+    def count_lost(self, cause: str, frames: int) -> None:
+        """Frames of the stream lost before they reached this pipeline ("input": the input channel
+        jumped ahead; "decode": damaged input): counted with the rest in `dropped`/`skip_ratio`."""
+        self._tracker.lost(cause, frames)
 
     # -- events and status ---------------------------------------------------------------------
 
