@@ -97,6 +97,8 @@ class _Listener:
         self.pipeline._pump()
 
     def on_event(self, event_type: str, data: dict[str, Any]) -> None:
+        if event_type == "warmup_measured" and data.get("frame_ms"):
+            self.pipeline._seed_frame_time(float(data["frame_ms"]))
         self.pipeline._emit(event_type, data)
 
 
@@ -423,6 +425,12 @@ class BasePipeline:
         elif self._output_full and queue.qsize() < self._output_queue_size // 2:
             self._output_full = False
         queue.put_nowait(frame)
+
+    def _seed_frame_time(self, frame_ms: float) -> None:
+        """The worker's warmup measured `frame_ms` per frame (the prompt alone): the scheduler
+        starts from it, rather than from nothing until 9 frames have gone through."""
+        self._tracker.scheduler.seed(frame_ms / 1000.0)
+        self._pump()
 
     def count_lost(self, cause: str, frames: int) -> None:
         """Frames of the stream lost before they reached this pipeline ("input": the input channel
