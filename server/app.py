@@ -78,9 +78,12 @@ def create_app(
     for name in FEATURE_MODULES:
         importlib.import_module(name).setup_routes(app)
     if config.relay:
-        from comfystream.trickle import add_relay_routes
+        from comfystream.trickle import TrickleRelay, add_relay_routes
 
-        add_relay_routes(app, prefix="/trickle")
+        relay = TrickleRelay(
+            max_segment_bytes=config.relay_max_segment_bytes, max_channel_bytes=config.relay_max_channel_bytes
+        )
+        add_relay_routes(app, prefix="/trickle", relay=relay)
     if config.registration is not None:
         from server.registration import Registrar
 
