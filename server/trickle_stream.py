@@ -167,12 +167,7 @@ class TrickleStream(StreamBase):
         """Wait (bounded) until every frame handed to the worker came back or was dropped."""
         deadline = time.monotonic() + self._config.drain_timeout_s
         while time.monotonic() < deadline:
-            stats = self._pipeline_stats()
-            # the frames handed to the pipeline that will not come out: its skips and the ones its
-            # full output queue let go (input and decode losses never were among `_frames_in`)
-            gone = sum(int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error"))
-            gone += int(stats.get("lost_output") or 0)
-            if self._frames_out + gone >= self._frames_in:
+            if frames_settled(self._pipeline_stats(), self._frames_in, self._frames_out):
                 return
             await asyncio.sleep(0.02)
         logger.warning(
@@ -371,6 +366,15 @@ class TrickleStream(StreamBase):
 
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
+
+
+def frames_settled(stats: dict[str, Any], handed: int, written: int) -> bool:
+    """Whether every frame handed to the pipeline has been written out or will never be: its
+    skips, and those its full output queue let go. (Input and decode losses are in `dropped` but
+    never were handed over: counting them would end a drain early; leaving the output queue's out
+    made a stop wait its whole timeout for frames long gone.)"""
+    gone = sum(int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error", "lost_output"))
+    return written + gone >= handed
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # A change to any of these needs a new worker process (and, for the size, a new frame ring).
 RESTART_PARAMETERS = ("width", "height", "cwd", "disable_cuda_malloc", "gpu_only")
 SPEC_PARAMETERS = ("cwd", "disable_cuda_malloc", "gpu_only")
+_SKIP_CAUSES = ("late", "overload", "error")
 
 
 @dataclass
@@ -166,6 +167,8 @@ class BasePipeline:
         self._output_queue_size = output_queue_size
         self._output_dropped = 0
         self._output_full = False  # an episode of output-queue drops is going on (one event each)
+        self._skips_reported: dict[str, int] = {}
+        self._skips_reported_at = float("-inf")
         self.latest_output_frame: av.VideoFrame | None = None  # for previews (the dashboard's snapshot)
         self._exec_ms: deque[float] = deque(maxlen=500)
         self._prompt_ms: deque[float] = deque(maxlen=500)
@@ -295,6 +298,25 @@ class BasePipeline:
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
+        try:
+            self._schedule()
+        finally:
+            self._report_skips()
+
+    def _report_skips(self) -> None:
+        """The scheduler's skips, by cause, as a `frames_skipped` event: at most one a second,
+        with what was skipped since the last one (the stats have the totals)."""
+        counts = self._tracker.counts
+        now = time.monotonic()
+        if now - self._skips_reported_at < 1.0:
+            return
+        skipped = {cause: counts[f"skipped_{cause}"] - self._skips_reported.get(cause, 0) for cause in _SKIP_CAUSES}
+        if any(skipped.values()):
+            self._skips_reported_at = now
+            self._skips_reported = {cause: counts[f"skipped_{cause}"] for cause in _SKIP_CAUSES}
+            self._emit("frames_skipped", skipped)
+
+    def _schedule(self) -> None:
         tracker = self._tracker
         while tracker.waiting:
             if self.state in ("stopping", "stopped"):

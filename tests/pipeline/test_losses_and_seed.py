@@ -54,3 +54,30 @@ async def test_frames_nobody_reads_are_counted_lost_with_one_event(backend, no_l
     assert stats["dropped"] == 16 and stats["skip_ratio"] > 0
     lost = [data for kind, data in events if kind == "frames_lost"]
     assert lost == [{"stream_id": "unread", "cause": "output_queue_full", "frames": 1}]
+
+
+async def test_skips_are_said_by_cause_in_frames_skipped_events(backend, no_leaks):
+    events: list[tuple[str, dict]] = []
+    pipeline = ProcessPoolPipeline(
+        width=128,
+        height=96,
+        stream_id="skips",
+        backend=backend,
+        warmup_frames=1,
+        max_latency_ms=100,
+        on_event=lambda kind, data: events.append((kind, data)),
+    )
+    await pipeline.initialize([slow_prompt(0.05)])
+    try:
+        for i in range(30):  # all at once, for a worker at 20 fps and a 100 ms budget
+            await pipeline.put_video_frame(make_frame(i))
+        stats_ok = await eventually(lambda: pipeline.stats()["inflight"] == 0 and not pipeline.stats()["queued"], 30)
+        assert stats_ok
+        stats = pipeline.stats()
+    finally:
+        await pipeline.cleanup()
+    said = [data for kind, data in events if kind == "frames_skipped"]
+    assert said, "skips are said, not only counted"
+    for cause in ("late", "overload", "error"):
+        assert sum(d[cause] for d in said) <= stats[f"skipped_{cause}"]
+    assert sum(d["late"] + d["overload"] for d in said) > 0

@@ -179,3 +179,13 @@ async def test_a_prompt_update_is_one_event(stack: Stack) -> None:
                 updates.append(event.data)
     assert len(updates) == 1, updates
     assert updates[0]["prompts_count"] == 1 and "after_frame_id" in updates[0]
+
+
+def test_a_drain_does_not_wait_for_frames_already_let_go() -> None:
+    from server.trickle_stream import frames_settled
+
+    # 100 frames handed over, 36 written: the output queue let 64 go (nobody read fast enough)
+    assert frames_settled({"lost_output": 64, "dropped": 64}, 100, 36)
+    assert frames_settled({"skipped_late": 10, "skipped_overload": 20, "skipped_error": 4}, 100, 66)
+    # frames the input lost were never handed over: they do not stand in for frames in flight
+    assert not frames_settled({"lost_input": 64, "lost_decode": 3, "dropped": 67}, 100, 36)
