@@ -82,6 +82,15 @@ def test_a_1080p_keyframe_over_200_kib_and_the_frames_after_it_decode(big_keyfra
     assert decoder.stats.video_lost == 0 and decoder.stats.corrupt_segments == 0 and losses == []
 
 
+def test_a_4k_keyframe_of_several_pieces_decodes():
+    data = encode_ts(3840, 2160, 3, bitrate=40_000_000, noise=True)
+    sizes = video_packet_sizes(data)
+    assert sizes[0] > 4 * 200 * 1024, "cut into five pieces or more"
+    got, decoder, losses = stream_decode(data, chunk=64 * 1024)
+    assert [f.pts for f in got] == [0, 3000, 6000] and (got[0].width, got[0].height) == (3840, 2160)
+    assert decoder.stats.video_lost == 0 and losses == []
+
+
 def test_b_frames_come_out_in_presentation_order_with_every_pts():
     data = encode_ts(160, 96, 30, b_frames=3)
     with av.open(io.BytesIO(data), format="mpegts") as container:
