@@ -59,9 +59,12 @@ class Encoded:
 
 
 def _camera_encoder(bitrate: int) -> SegmentEncoder:
-    # FFmpeg's own muxing (video PES without a length, as cameras' and gateways' TS have it)
+    # FFmpeg's own muxing (video PES without a length, as cameras' and gateways' TS have it), but
+    # no interleaving, so that a frame's bytes leave with it and its latency is its own (an
+    # interleaving muxer holds video until the audio catches up, which would count here)
+    options = {"flush_packets": "1", "max_interleave_delta": "1"}
     return SegmentEncoder(
-        WIDTH, HEIGHT, bitrate=bitrate, preset="ultrafast", segment_seconds=1.0, mux_options={"flush_packets": "1"}
+        WIDTH, HEIGHT, bitrate=bitrate, preset="ultrafast", segment_seconds=1.0, mux_options=options
     )
 
 
@@ -202,7 +205,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"largest keyframe {encoded.largest_keyframe} B, server dropped {r['stats'].get('dropped')}"
                     + (f", error {r['error']}" if r["error"] else "")
                 )
-            mbps = bitrates[len(bitrates) // 2]
+                print(f"    {_server_side(r['stats'])}")
+            mbps = args.restart_mbps or bitrates[len(bitrates) // 2]
             restart_at = int(args.seconds * FPS) // 2 + FPS // 3  # mid-segment
             encoded = await asyncio.to_thread(encode_input, args.seconds, mbps * 1_000_000, restart_at)
             r = await run_case(http, base, relay, f"restart-{time.monotonic_ns()}", encoded, size)
@@ -221,9 +225,18 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"audio packets {r['audio_out']}/{r['audio_in']}, latency p50 {r['p50']:.0f} ms "
                 f"p99 {r['p99']:.0f} ms, server dropped {r['stats'].get('dropped')}"
             )
+            print(f"    {_server_side(r['stats'])}, timeline discontinuities {r['stats'].get('timeline_discontinuities')}")
     finally:
         stop_server(proc)
     return 0
+
+
+def _server_side(stats: dict) -> str:
+    """The stream's own view: its latency (ingest to publish) and what it dropped, by cause."""
+    causes = ("skipped_late", "skipped_overload", "skipped_error", "lost_input", "lost_decode", "lost_output")
+    dropped = ", ".join(f"{c} {stats[c]}" for c in causes if stats.get(c))
+    lat = stats.get("latency_ms") or {}
+    return f"server-side latency p50 {lat.get('p50')} p99 {lat.get('p99')} ms; dropped: {dropped or 'none'}"
 
 
 def main() -> int:
@@ -231,6 +244,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--bitrates", default="4,10,20", help="Mbit/s, comma-separated")
     parser.add_argument("--size", default="640x360", help="the stream's processing size")
+    parser.add_argument("--restart-mbps", type=int, default=0, help="the restart case's bitrate (default: the middle one)")
     parser.add_argument("--log-level", default="WARNING")
     return asyncio.run(main_async(parser.parse_args()))
 

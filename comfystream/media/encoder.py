@@ -36,7 +36,13 @@ TS_TIME_BASE = Fraction(1, 90_000)
 # flush_packets: bytes out as each packet is muxed. omit_video_pes_length=0: video PES carry
 # their length, so a reader knows a frame is whole at its last byte (without it, the demuxer
 # and the TsGate wait for the next frame's PES to start: a frame of latency per hop).
-_MUX_OPTIONS = {"flush_packets": "1", "omit_video_pes_length": "0"}
+# max_interleave_delta=1 (us): the muxer does not hold packets for the other stream to catch up
+# (by default up to 10 s): audio lags the video at the muxer by the AAC encoder's delay (43 ms),
+# more when the input's audio comes in bunches or a restarted publisher's audio starts a segment
+# late, and every video frame was held back with it (0.6 s after an encoder restart in
+# bench/camera.py). A packet alone in the queue still waits for the next packet of any stream
+# (an audio one within 21 ms): PyAV offers no muxing without the interleaving queue.
+_MUX_OPTIONS = {"flush_packets": "1", "omit_video_pes_length": "0", "max_interleave_delta": "1"}
 _MAX_HELD_AUDIO = 200  # packets held for the next segment (about 4 s of AAC)
 _DEFAULT_INTERVAL = 3000  # a frame interval (1/90000) until one is measured: 30 fps
 _ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
@@ -135,6 +141,7 @@ class SegmentEncoder:
         self.discontinuities = 0
         self._mux_options = dict(mux_options) if mux_options is not None else _MUX_OPTIONS
         self._max_gap = round(max_pts_gap_s / TS_TIME_BASE)
+        self._max_nudge = round(0.25 / TS_TIME_BASE)  # (a quarter second: an AAC tail, a frame or two)
         # The output timeline: input pts (as 1/90000 ticks) + offset. One offset per kind, since
         # audio and video each meet a discontinuity at their own first frame past it (video later:
         # it comes through the worker); the second one adopts the first's offset when it fits.
@@ -286,9 +293,16 @@ class SegmentEncoder:
         out = pts + self._offset[kind]
         if self._fits(kind, out):
             return out
-        if self._latest_offset != self._offset[kind] and self._fits(kind, pts + self._latest_offset):
-            self._offset[kind] = self._latest_offset  # the other kind has met this discontinuity
-            return pts + self._latest_offset
+        latest = self._latest_offset
+        if latest != self._offset[kind]:
+            # The other kind has met this discontinuity: follow its offset, moved on just enough
+            # when this kind's last frames out ran a little past where the other resumed (the old
+            # timeline's audio tail after the new video): one new timeline, in sync within that.
+            end = self._last_video_pts if kind == "video" else self._audio_end
+            nudge = 0 if end is None else max(0, end + (1 if kind == "video" else 0) - (pts + latest))
+            if nudge <= self._max_nudge and self._fits(kind, pts + latest + nudge):
+                self._offset[kind] = latest + nudge
+                return pts + latest + nudge
         follows = [self._audio_end or 0]
         if self._last_video_pts is not None:
             follows.append(self._last_video_pts + self._video_interval)

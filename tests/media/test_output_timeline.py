@@ -119,3 +119,45 @@ def test_an_audio_frame_the_muxer_would_refuse_is_dropped_counted_and_audio_goes
     assert sum(isinstance(f, av.VideoFrame) for f in out) == 30
     assert encoder.audio_dropped == {"sample rate": 1} and "11000" in (encoder.audio_error or "")
     assert encoder.audio_packets_out == encoder.audio_frames_in - 1
+
+
+def test_video_goes_out_at_once_when_the_audio_lags_behind_it():
+    """Audio in step with the video, then 0.5 s behind it (a restarted publisher whose audio starts
+    late, audio PES in bunches): the muxer does not hold the video until audio of the same time
+    comes (by default it would, up to 10 s); the newest packet waits for the next one at most."""
+    encoder = SegmentEncoder(W, H, segment_seconds=10.0)
+    lag = 15  # frames, from frame 10 on
+    frames = av_input(0, 60, 0, video_delay=0)
+    videos = [f for f in frames if isinstance(f, av.VideoFrame)]
+    audios = [f for f in frames if isinstance(f, av.AudioFrame)]
+    sent = b""
+    behind = []
+    for i, frame in enumerate(videos):
+        upto = i + 1 if i < 10 else i + 1 - lag  # the audio up to this media time has come
+        while audios and seconds(audios[0]) < upto / FPS:
+            sent += b"".join(c.data for c in encoder.encode(audios.pop(0)))
+        sent += b"".join(c.data for c in encoder.encode(frame))
+        out = SegmentDecoder().decode_segment(sent)
+        behind.append(i + 1 - sum(isinstance(f, av.VideoFrame) for f in out))
+    assert max(behind) <= 1, f"video held back behind the audio: {behind}"
+
+
+def test_the_old_timelines_audio_tail_after_the_new_video_is_still_one_timeline():
+    """The restart's order reversed: the new encoder's first video frames reach the output before
+    the old one's last audio frames. One new timeline, every audio packet out, still in step."""
+    encoder = SegmentEncoder(W, H, segment_seconds=0.5)
+    old = av_input(0, 30, 10 * FPS, video_delay=0)
+    tail = [f for f in old[-8:] if isinstance(f, av.AudioFrame)]
+    old = [f for f in old if not any(f is t for t in tail)]
+    new = av_input(30, 30, 0, video_delay=0, level=0.4)
+    new_video = [f for f in new if isinstance(f, av.VideoFrame)]
+    new_audio = [f for f in new if isinstance(f, av.AudioFrame)]
+    frames = old + new_video[:3] + tail + new_audio + new_video[3:]
+    audio_in = sum(isinstance(f, av.AudioFrame) for f in frames)
+    out = decode(encoder.encode_all(frames))
+    out_video = [f for f in out if isinstance(f, av.VideoFrame)]
+    assert [read_index(frame_to_ndarray(f)) for f in out_video] == list(range(60))
+    assert encoder.discontinuities == 1 and encoder.audio_dropped == {}
+    assert audio_in <= encoder.audio_packets_out <= audio_in + 1
+    loud = [f for f in out if isinstance(f, av.AudioFrame) and float(np.abs(f.to_ndarray()).mean()) > 0.25]
+    assert loud and abs(seconds(loud[0]) - seconds(out_video[30])) < 0.1
