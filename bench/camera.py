@@ -236,7 +236,11 @@ def _server_side(stats: dict) -> str:
     causes = ("skipped_late", "skipped_overload", "skipped_error", "lost_input", "lost_decode", "lost_output")
     dropped = ", ".join(f"{c} {stats[c]}" for c in causes if stats.get(c))
     lat = stats.get("latency_ms") or {}
-    return f"server-side latency p50 {lat.get('p50')} p99 {lat.get('p99')} ms; dropped: {dropped or 'none'}"
+    audio = (
+        f"audio received {stats.get('audio_received')}, published {stats.get('audio_published')}, "
+        f"dropped {stats.get('audio_dropped_by_reason') or 0}"
+    )
+    return f"server-side latency p50 {lat.get('p50')} p99 {lat.get('p99')} ms; dropped: {dropped or 'none'}; {audio}"
 
 
 def main() -> int:
