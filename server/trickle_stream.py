@@ -61,6 +61,7 @@ class TrickleStream(StreamBase):
         self._skipped_rate = 0  # input frames above max_framerate
         self._audio_in = 0  # audio frames of the input handed on
         self._audio_failures = 0  # audio frames the output could not take (an error, counted)
+        self._audio_done = 0  # audio frames the output took (or failed to: counted above)
         self._audio_error_at = 0.0
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
         self.add_event_sink(self._to_events_channel)
@@ -164,10 +165,12 @@ class TrickleStream(StreamBase):
             await self._teardown(tasks)
 
     async def _drain(self) -> None:
-        """Wait (bounded) until every frame handed to the worker came back or was dropped."""
+        """Wait (bounded) until every frame handed to the worker came back or was dropped, and
+        every audio frame went out."""
         deadline = time.monotonic() + self._config.drain_timeout_s
         while time.monotonic() < deadline:
-            if frames_settled(self._pipeline_stats(), self._frames_in, self._frames_out):
+            audio_done = self._output is None or self._audio_done >= self._audio_in
+            if audio_done and frames_settled(self._pipeline_stats(), self._frames_in, self._frames_out):
                 return
             await asyncio.sleep(0.02)
         logger.warning(
@@ -255,7 +258,9 @@ class TrickleStream(StreamBase):
                 continue
             try:
                 await self._output.put(frame)
+                self._audio_done += 1
             except (av.error.FFmpegError, ValueError) as exc:
+                self._audio_done += 1
                 # One bad audio frame is not the end of the stream's audio: counted, reported, and
                 # the next one goes on (the video's egress owns a lost output channel).
                 self._audio_failures += 1
@@ -327,11 +332,15 @@ class TrickleStream(StreamBase):
         stats["audio_received"] = self._audio_in
         if self._output is not None:
             audio = self._output.audio_stats()
-            stats["audio_published"] = audio["audio_out"]
-            stats["audio_dropped"] = audio["audio_dropped"] + self._audio_failures
-            stats["audio_dropped_by_reason"] = audio["audio_dropped_by_reason"]
+            by_reason = audio["audio_dropped_by_reason"]
             if self._audio_failures:
-                stats["audio_dropped_by_reason"]["error"] = self._audio_failures
+                by_reason["error"] = self._audio_failures
+            unsent = self._audio_in - self._audio_done
+            if unsent and self.state in ("stopped", "error"):
+                by_reason["stream stopped"] = unsent  # (its drain ran out of time)
+            stats["audio_published"] = audio["audio_out"]
+            stats["audio_dropped"] = sum(by_reason.values())
+            stats["audio_dropped_by_reason"] = by_reason
             stats["timeline_discontinuities"] = self._output.discontinuities
         if self.spec.max_framerate:
             stats["skipped_rate"] = self._skipped_rate
