@@ -18,6 +18,7 @@ from server.app_keys import (
     STREAM_MANAGER_KEY,
     WORKSPACE_KEY,
 )
+from server.client_gone import client_gone_middleware, quiet_client_errors
 from server.config import ServerConfig
 from server.events import EventBus
 from server.metrics import ServerMetrics
@@ -56,8 +57,9 @@ def create_app(
     config = config or ServerConfig()
     app = web.Application(
         client_max_size=CLIENT_MAX_SIZE,
-        middlewares=[origin_middleware(OriginPolicy(config.allowed_origins))],
+        middlewares=[client_gone_middleware, origin_middleware(OriginPolicy(config.allowed_origins))],
     )
+    quiet_client_errors()
     app[CONFIG_KEY] = config
     app[OPENAPI_KEY] = OpenApiRegistry()
     app[OPENAPI_KEY].common_responses.append(documented_responses)
@@ -78,9 +80,12 @@ def create_app(
     for name in FEATURE_MODULES:
         importlib.import_module(name).setup_routes(app)
     if config.relay:
-        from comfystream.trickle import add_relay_routes
+        from comfystream.trickle import TrickleRelay, add_relay_routes
 
-        add_relay_routes(app, prefix="/trickle")
+        relay = TrickleRelay(
+            max_segment_bytes=config.relay_max_segment_bytes, max_channel_bytes=config.relay_max_channel_bytes
+        )
+        add_relay_routes(app, prefix="/trickle", relay=relay)
     if config.registration is not None:
         from server.registration import Registrar
 

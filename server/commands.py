@@ -124,6 +124,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--relay", action="store_true", help="also serve a trickle relay under /trickle/")
     parser.add_argument(
+        "--relay-max-segment-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="with --relay: a segment larger than this is refused with 413 (default 64)",
+    )
+    parser.add_argument(
+        "--relay-max-channel-mb",
+        type=float,
+        default=256.0,
+        metavar="MB",
+        help="with --relay: what one channel's segments may hold; past it the oldest go early (default 256)",
+    )
+    parser.add_argument(
         "--ice-server",
         dest="ice_servers",
         action="append",
@@ -328,6 +342,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         preload_prompts=read_preload_prompts(args.preload_prompts),
         preload_size=parse_size(args.preload_size, "--preload-size"),
         relay=args.relay,
+        relay_max_segment_bytes=int(args.relay_max_segment_mb * 1024 * 1024),
+        relay_max_channel_bytes=int(args.relay_max_channel_mb * 1024 * 1024),
         ice_servers=list(args.ice_servers),
         job_workers=args.job_workers,
         job_workers_at_startup=True,

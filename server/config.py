@@ -37,6 +37,8 @@ class ServerConfig:
     preload_size: tuple[int, int] = (512, 512)
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
+    relay_max_segment_bytes: int = 64 * 1024 * 1024  # --relay-max-segment-mb: larger segments get 413
+    relay_max_channel_bytes: int = 256 * 1024 * 1024  # --relay-max-channel-mb: what a channel holds
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)
     # A stream whose input channel its relay does not have waits this long for it, then ends as an

@@ -93,7 +93,13 @@ class StreamBase:
                 )
             ),
         )
-        self.emit("prompts_updated", outcome.to_dict())
+        # The one event of the update (the pipeline's own is not forwarded): what the response
+        # says, and from which frame on the new prompts run.
+        event = outcome.to_dict()
+        for key in ("after_frame_id", "switched_only", "restarted"):
+            if getattr(result, key, None) is not None:
+                event[key] = getattr(result, key)
+        self.emit("prompts_updated", event)
         return outcome
 
     def set_media_params(
@@ -195,6 +201,8 @@ class StreamBase:
     def _on_pipeline_event(self, event_type: str, data: dict[str, Any]) -> None:
         if event_type == "stream_state":  # the pipeline's own states (ready, ...), not the stream's
             event_type = "pipeline_state"
+        elif event_type == "prompts_updated":
+            return  # `update` emits the update's one event, with these fields in it
         # The pipeline may report from one of its threads; events are handled on the loop.
         try:
             running = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import av
+import av.error
 
 from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
@@ -61,6 +62,10 @@ class TrickleStream(StreamBase):
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._skipped_rate = 0  # input frames above max_framerate
+        self._audio_in = 0  # audio frames of the input handed on
+        self._audio_failures = 0  # audio frames the output could not take (an error, counted)
+        self._audio_done = 0  # audio frames the output took (or failed to: counted above)
+        self._audio_error_at = 0.0
         self._update_lock = asyncio.Lock()  # one prompt swap at a time, REST and control alike
         self.add_event_sink(self._to_events_channel)
 
@@ -119,7 +124,9 @@ class TrickleStream(StreamBase):
             # seconds): until then its frames go out unprocessed, counted as passed through, so the
             # output starts at once and the stream never joins its own input late.
             if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
-                self._output = FramePublisher(self.spec.publish_url, stream_id=self.stream_id)
+                self._output = FramePublisher(
+                    self.spec.publish_url, stream_id=self.stream_id, on_event=self._on_output_event
+                )
                 await self._output.prepare(self.spec.width, self.spec.height)
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
@@ -163,11 +170,12 @@ class TrickleStream(StreamBase):
             await self._teardown(tasks)
 
     async def _drain(self) -> None:
-        """Wait (bounded) until every frame handed to the worker came back or was dropped."""
+        """Wait (bounded) until every frame handed to the worker came back or was dropped, and
+        every audio frame went out."""
         deadline = time.monotonic() + self._config.drain_timeout_s
         while time.monotonic() < deadline:
-            dropped = int(self._pipeline_stats().get("dropped") or 0)
-            if self._frames_out + dropped >= self._frames_in:
+            audio_done = self._output is None or self._audio_done >= self._audio_in
+            if audio_done and frames_settled(self._pipeline_stats(), self._frames_in, self._frames_out):
                 return
             await asyncio.sleep(0.02)
         logger.warning(
@@ -210,7 +218,9 @@ class TrickleStream(StreamBase):
             await asyncio.Event().wait()
         limiter: FrameRateLimiter | None = None  # follows spec.max_framerate, which params may change
         # Every frame is handed on (max_queued=0): the pipeline decides what to skip, and counts it.
-        async with FrameSubscriber(self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id) as frames:
+        async with FrameSubscriber(
+            self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id, on_loss=self._on_input_loss
+        ) as frames:
             async for frame in frames:
                 if isinstance(frame, av.VideoFrame):
                     fps = self.spec.max_framerate
@@ -226,6 +236,7 @@ class TrickleStream(StreamBase):
                     self._frames_in += 1
                     await self.pipeline.put_video_frame(frame)
                 elif isinstance(frame, av.AudioFrame):
+                    self._audio_in += 1
                     await self.pipeline.put_audio_frame(frame)
         if frames.error is not None:
             raise frames.error  # an input failure ends the stream as an error
@@ -280,8 +291,39 @@ class TrickleStream(StreamBase):
     async def _egress_audio(self) -> None:
         while True:
             frame = await self.pipeline.get_processed_audio_frame()
-            if self._output is not None:
+            if self._output is None:
+                continue
+            try:
                 await self._output.put(frame)
+                self._audio_done += 1
+            except (av.error.FFmpegError, ValueError) as exc:
+                self._audio_done += 1
+                # One bad audio frame is not the end of the stream's audio: counted, reported, and
+                # the next one goes on (the video's egress owns a lost output channel).
+                self._audio_failures += 1
+                now = time.monotonic()
+                if now - self._audio_error_at > 5.0:
+                    self._audio_error_at = now
+                    logger.warning("stream %s: audio frame not sent: %s", self.stream_id, exc)
+                    self.emit("error", {"source": "audio", "message": str(exc), "count": self._audio_failures})
+
+    def _on_input_loss(self, cause: str, video: int, audio: int, why: str) -> None:
+        """Frames of the input that never reached the pipeline: counted with its skips, and said."""
+        if video:
+            with contextlib.suppress(AttributeError):
+                self.pipeline.count_lost(cause, video)
+        self.emit(
+            "frames_lost",
+            {
+                "cause": {"input": "input_jumped", "decode": "decode_failure"}.get(cause, cause),
+                "frames": video,
+                "audio_packets": audio,
+                "reason": why,
+            },
+        )
+
+    def _on_output_event(self, event_type: str, data: dict[str, Any]) -> None:
+        self.emit(event_type, data)
 
     async def _control(self) -> None:
         assert self.spec.control_url is not None
@@ -324,6 +366,19 @@ class TrickleStream(StreamBase):
         stats = self._pipeline_stats()
         stats["published"] = self._output.frames_published if self._output is not None else 0
         stats.setdefault("received", self._frames_in)
+        stats["audio_received"] = self._audio_in
+        if self._output is not None:
+            audio = self._output.audio_stats()
+            by_reason = audio["audio_dropped_by_reason"]
+            if self._audio_failures:
+                by_reason["error"] = self._audio_failures
+            unsent = self._audio_in - self._audio_done
+            if unsent and self.state in ("stopped", "error"):
+                by_reason["stream stopped"] = unsent  # (its drain ran out of time)
+            stats["audio_published"] = audio["audio_out"]
+            stats["audio_dropped"] = sum(by_reason.values())
+            stats["audio_dropped_by_reason"] = by_reason
+            stats["timeline_discontinuities"] = self._output.discontinuities
         if self.spec.max_framerate:
             stats["skipped_rate"] = self._skipped_rate
         return stats
@@ -357,6 +412,15 @@ class TrickleStream(StreamBase):
 
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
+
+
+def frames_settled(stats: dict[str, Any], handed: int, written: int) -> bool:
+    """Whether every frame handed to the pipeline has been written out or will never be: its
+    skips, and those its full output queue let go. (Input and decode losses are in `dropped` but
+    never were handed over: counting them would end a drain early; leaving the output queue's out
+    made a stop wait its whole timeout for frames long gone.)"""
+    gone = sum(int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error", "lost_output"))
+    return written + gone >= handed
 
 
 @contextlib.contextmanager

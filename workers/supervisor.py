@@ -512,6 +512,8 @@ class StreamWorker(Supervisor):
         if ch is not None and frame_ms:
             ch.frame_ms.clear()
             ch.frame_ms.append(float(frame_ms))
+            # the stream's scheduler starts from it too (issue 21): steady latency from frame 0
+            ch.listener.on_event("warmup_measured", {"frame_ms": float(frame_ms)})
 
     # -- WorkerClient --------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # A change to any of these needs a new worker process (and, for the size, a new frame ring).
 RESTART_PARAMETERS = ("width", "height", "cwd", "disable_cuda_malloc", "gpu_only")
 SPEC_PARAMETERS = ("cwd", "disable_cuda_malloc", "gpu_only")
+_SKIP_CAUSES = ("late", "overload", "error")
 
 
 @dataclass
@@ -97,6 +98,8 @@ class _Listener:
         self.pipeline._pump()
 
     def on_event(self, event_type: str, data: dict[str, Any]) -> None:
+        if event_type == "warmup_measured" and data.get("frame_ms"):
+            self.pipeline._seed_frame_time(float(data["frame_ms"]))
         self.pipeline._emit(event_type, data)
 
 
@@ -163,6 +166,9 @@ class BasePipeline:
         self._audio: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
         self._output_queue_size = output_queue_size
         self._output_dropped = 0
+        self._output_full = False  # an episode of output-queue drops is going on (one event each)
+        self._skips_reported: dict[str, int] = {}
+        self._skips_reported_at = float("-inf")
         self.latest_output_frame: av.VideoFrame | None = None  # for previews (the dashboard's snapshot)
         self._exec_ms: deque[float] = deque(maxlen=500)
         self._prompt_ms: deque[float] = deque(maxlen=500)
@@ -292,6 +298,25 @@ class BasePipeline:
         if self._wake is not None:
             self._wake.cancel()
             self._wake = None
+        try:
+            self._schedule()
+        finally:
+            self._report_skips()
+
+    def _report_skips(self) -> None:
+        """The scheduler's skips, by cause, as a `frames_skipped` event: at most one a second,
+        with what was skipped since the last one (the stats have the totals)."""
+        counts = self._tracker.counts
+        now = time.monotonic()
+        if now - self._skips_reported_at < 1.0:
+            return
+        skipped = {cause: counts[f"skipped_{cause}"] - self._skips_reported.get(cause, 0) for cause in _SKIP_CAUSES}
+        if any(skipped.values()):
+            self._skips_reported_at = now
+            self._skips_reported = {cause: counts[f"skipped_{cause}"] for cause in _SKIP_CAUSES}
+            self._emit("frames_skipped", skipped)
+
+    def _schedule(self) -> None:
         tracker = self._tracker
         while tracker.waiting:
             if self.state in ("stopping", "stopped"):
@@ -413,11 +438,32 @@ class BasePipeline:
     def _emit_output(self, frame: av.VideoFrame) -> None:
         self.latest_output_frame = frame
         queue = self._video_out
+        dropped = 0
         while queue.qsize() >= self._output_queue_size:
             # Nobody is reading: keep the newest frames, count the rest.
             queue.get_nowait()
-            self._output_dropped += 1
+            dropped += 1
+        if dropped:
+            self._output_dropped += dropped
+            self._tracker.lost("output", dropped)
+            if not self._output_full:
+                self._output_full = True
+                logger.warning("stream %s: output queue full, dropping the oldest frames", self.stream_id)
+                self._emit("frames_lost", {"cause": "output_queue_full", "frames": dropped})
+        elif self._output_full and queue.qsize() < self._output_queue_size // 2:
+            self._output_full = False
         queue.put_nowait(frame)
+
+    def _seed_frame_time(self, frame_ms: float) -> None:
+        """The worker's warmup measured `frame_ms` per frame (the prompt alone): the scheduler
+        starts from it, rather than from nothing until 9 frames have gone through."""
+        self._tracker.scheduler.seed(frame_ms / 1000.0)
+        self._pump()
+
+    def count_lost(self, cause: str, frames: int) -> None:
+        """Frames of the stream lost before they reached this pipeline ("input": the input channel
+        jumped ahead; "decode": damaged input): counted with the rest in `dropped`/`skip_ratio`."""
+        self._tracker.lost(cause, frames)
 
     # -- events and status ---------------------------------------------------------------------
 

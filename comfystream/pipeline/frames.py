@@ -25,6 +25,8 @@ from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS, Decision, Fr
 logger = logging.getLogger(__name__)
 
 WAITING, INFLIGHT, DONE = 0, 1, 2
+# What `dropped` sums: every cause a frame of the input does not come out for.
+DROP_CAUSES = ("skipped_late", "skipped_overload", "skipped_error", "lost_input", "lost_decode", "lost_output")
 
 
 @dataclass(slots=True)
@@ -102,6 +104,10 @@ class FrameTracker:
             "skipped_error": 0,  # ...a frame the workflow failed on is skipped, not sent raw
             "passed_through": 0,  # ...but while no worker can take frames (a restart)
             "passed_through_after_start": 0,
+            # frames that never reached the scheduler, or left it and were lost after (`lost`)
+            "lost_input": 0,  # the input channel jumped ahead (segments gone before we read them)
+            "lost_decode": 0,  # damaged or undecodable input
+            "lost_output": 0,  # the output queue was full (nobody reading fast enough)
             "mismatched": 0,
             "errors": 0,
         }
@@ -225,6 +231,17 @@ class FrameTracker:
         self._pass(entry, output)
         return True
 
+    def lost(self, cause: str, frames: int = 1) -> None:
+        """`frames` frames of the stream did not come out for `cause` ("input", "decode",
+        "output"): counted in `dropped` and `skip_ratio` with the scheduler's skips."""
+        key = f"lost_{cause}"
+        if key not in self.counts or frames <= 0:
+            raise ValueError(f"bad loss {cause!r} x {frames}")
+        self.counts[key] += frames
+        now = self.clock()
+        for _ in range(frames):
+            self.skips.tick(now)
+
     def pass_waiting(self, convert: Callable[[Any], Any]) -> int:
         """Every waiting frame leaves unprocessed (no worker to take them)."""
         n = 0
@@ -274,7 +291,7 @@ class FrameTracker:
         counts = self.counts
         out: dict[str, Any] = dict(counts)
         # `dropped`: every frame not sent, whatever the reason (the total the older API reported).
-        out["dropped"] = counts["skipped_late"] + counts["skipped_overload"] + counts["skipped_error"]
+        out["dropped"] = sum(counts[k] for k in DROP_CAUSES)
         input_fps = self.fps_in.rate(now)
         worker_fps = self.scheduler.worker_fps
         quantiles = (

@@ -105,6 +105,7 @@ class FrameScheduler:
                 )
         self._last_pts = pts
         self.waiting.append(Waiting(frame_id, now, pts))
+        self._update_regime()  # (a seeded worker time meets the input's rate at its first frames)
         return self._bound_waiting()
 
     def _bound_waiting(self) -> list[int]:
@@ -112,6 +113,19 @@ class FrameScheduler:
         while self.max_waiting is not None and len(self.waiting) > self.max_waiting:
             dropped.append(self.waiting.popleft().frame_id)
         return dropped
+
+    def seed(self, service_s: float) -> None:
+        """The worker's time per frame as its warmup measured it, before any frame of the stream
+        has gone through (or for a new prompt): taken as a full window of samples, so that the
+        first frames are scheduled as the steady state will be (overload recognised from frame 0,
+        no frames queued behind a worker that cannot keep up) and real samples replace it within
+        a few frames."""
+        if service_s <= 0:
+            return
+        self._samples.clear()
+        self._samples.extend([service_s] * _SERVICE_SAMPLES)
+        self.service_s = service_s
+        self._update_regime()
 
     def submitted(self, frame_id: int, now: float) -> None:
         self.inflight[frame_id] = now

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 Frame = av.VideoFrame | av.AudioFrame
 SegmentHook = Callable[[int], Awaitable[None] | None]
+# (cause: "input" or "decode", video frames lost, audio packets lost, why)
+LossHook = Callable[[str, int, int, str], None]
 _END = object()
 
 
@@ -54,6 +56,11 @@ class FrameSubscriber:
     At most ``max_queued`` frames wait for the consumer (0: no limit); beyond that the oldest
     are dropped (and counted in ``dropped``): a live stream keeps its latency bounded. A lost
     channel ends the frames; ``error`` then says why.
+
+    Frames of the channel that never come out are counted in ``lost`` by cause and told to
+    ``on_loss`` (on the loop): "decode" (damaged or undecodable input, counted by the decoder) and
+    "input" (segments the channel dropped before we read them: the subscriber jumped to the live
+    edge; their frames estimated from the frames per segment so far).
     """
 
     def __init__(
@@ -64,11 +71,14 @@ class FrameSubscriber:
         connect_timeout: float = 30.0,
         max_queued: int = 64,
         on_segment: SegmentHook | None = None,
+        on_loss: LossHook | None = None,
         stream_id: str = "",
     ) -> None:
         self.url = url
         self.stream_id = stream_id
         self.on_segment = on_segment
+        self.on_loss = on_loss
+        self.lost = {"input": 0, "decode": 0}  # video frames of the channel that did not come out
         self.dropped = 0
         self.error: BaseException | None = None
         self._subscriber = TrickleSubscriber(
@@ -86,7 +96,9 @@ class FrameSubscriber:
     def start(self) -> FrameSubscriber:
         if self._task is None:
             self._loop = asyncio.get_running_loop()
-            self._decoder = SegmentDecoder(on_frame=self._from_thread, stream_id=self.stream_id)
+            self._decoder = SegmentDecoder(
+                on_frame=self._from_thread, on_loss=self._loss_from_thread, stream_id=self.stream_id
+            )
             self._task = asyncio.create_task(self._pump(), name=f"frames-in-{self.stream_id}")
         return self
 
@@ -112,6 +124,25 @@ class FrameSubscriber:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._enqueue, frame)
 
+    def _loss_from_thread(self, video: int, audio: int, why: str) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._report_loss, "decode", video, audio, why)
+
+    def _report_loss(self, cause: str, video: int, audio: int, why: str) -> None:
+        self.lost[cause] += video
+        if self.on_loss is not None:
+            try:
+                self.on_loss(cause, video, audio, why)
+            except Exception:
+                logger.exception("[%s] on_loss failed", self.stream_id)
+
+    def _count_jump(self, seq: int, skipped: int) -> None:
+        """``skipped`` segments before ``seq`` were gone when we asked: their frames are lost."""
+        stats = self._decoder.stats if self._decoder is not None else None
+        per_segment = stats.video_frames / stats.segments if stats is not None and stats.segments else 0.0
+        frames = round(skipped * per_segment)
+        self._report_loss("input", frames, 0, f"{skipped} segment(s) before {seq} gone before they were read")
+
     def _enqueue(self, item: Any) -> None:
         while True:
             try:
@@ -127,8 +158,12 @@ class FrameSubscriber:
     async def _pump(self) -> None:
         assert self._decoder is not None
         decoder = self._decoder
+        skipped = 0
         try:
             async for segment in self._subscriber:
+                if self._subscriber.segments_skipped != skipped:
+                    self._count_jump(segment.seq, self._subscriber.segments_skipped - skipped)
+                    skipped = self._subscriber.segments_skipped
                 await _call(self.on_segment, segment.seq)
                 async for chunk in segment:
                     decoder.feed(chunk)
@@ -173,13 +208,19 @@ class FramePublisher:
         *,
         segment_seconds: float = 1.0,
         on_segment: SegmentHook | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
         stream_id: str = "",
         **encoder_options: Any,
     ) -> None:
         self.url = url
         self.stream_id = stream_id
         self.on_segment = on_segment
+        # Told (on the loop) of a new output timeline: ("timeline_discontinuity", {...}).
+        self.on_event = on_event
         self.frames_published = 0  # video frames encoded (not dropped by the encoder)
+        self.discontinuities = 0  # new output timelines (the input's pts went back or jumped)
+        self._audio_done = {"audio_in": 0, "audio_out": 0}  # of encoders retired (a size change)
+        self._audio_dropped_done: dict[str, int] = {}
         self._size = (width, height) if width and height else None
         self._options = {"segment_seconds": segment_seconds, "stream_id": stream_id, **encoder_options}
         self._encoder: SegmentEncoder | None = None
@@ -254,9 +295,36 @@ class FramePublisher:
             await run_uncut(self._encode_and_send(encoder.flush))
         finally:
             encoder.close()
+            self._audio_done["audio_in"] += encoder.audio_frames_in
+            self._audio_done["audio_out"] += encoder.audio_packets_out
+            for reason, n in encoder.audio_dropped.items():
+                self._audio_dropped_done[reason] = self._audio_dropped_done.get(reason, 0) + n
+
+    def audio_stats(self) -> dict[str, Any]:
+        """Audio frames in, AAC packets out, and what was dropped by reason (all encoders)."""
+        enc = self._encoder
+        dropped = dict(self._audio_dropped_done)
+        if enc is not None:
+            for reason, n in enc.audio_dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        return {
+            "audio_in": self._audio_done["audio_in"] + (enc.audio_frames_in if enc else 0),
+            "audio_out": self._audio_done["audio_out"] + (enc.audio_packets_out if enc else 0),
+            "audio_dropped": sum(dropped.values()),
+            "audio_dropped_by_reason": dropped,
+        }
 
     async def _encode_and_send(self, fn: Callable[..., list[EncodedChunk]], *args: Any) -> None:
-        await self._send(await asyncio.to_thread(fn, *args))
+        chunks = await asyncio.to_thread(fn, *args)
+        encoder = self._encoder
+        for event in encoder.take_timeline_events() if encoder is not None else ():
+            self.discontinuities += 1
+            if self.on_event is not None:
+                try:
+                    self.on_event("timeline_discontinuity", event)
+                except Exception:
+                    logger.exception("[%s] on_event failed", self.stream_id)
+        await self._send(chunks)
 
     async def _send(self, chunks: list[EncodedChunk]) -> None:
         for chunk in chunks:

@@ -14,6 +14,12 @@ and waits for its first byte; a reader that arrives mid-segment gets it from byt
 the rest as it is written. 404 = no such channel, 470 = no such segment (jump to
 Lp-Trickle-Latest), 400 = bad seq. A publisher whose first byte is slow gets ``100 Continue``
 keepalives. Channels without a new segment for ``idle_timeout`` are swept.
+
+What a publisher can make the relay hold is bounded: a segment over ``max_segment_bytes`` is
+refused with 413 (at once when its Content-Length says so, else at the byte that crosses the
+bound: the segment is cut there, and its readers see a cut segment), and a channel whose segments
+hold more than ``max_channel_bytes`` lets its oldest finished segments go early (a reader asking
+for one then gets 470 and jumps to the live edge, as when it leaves the window).
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 _CLOSED_VALUE = "terminated"
 _DISCONNECT_POLL_S = 1.0
+# A segment is a second or two of video: 1080p at 20 Mbit/s is 2.5 MB a second, 4K at 50 Mbit/s
+# 6 MB. The bounds leave room for that and stop a runaway (or hostile) publisher well before the
+# server's memory does.
+DEFAULT_MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_CHANNEL_BYTES = 256 * 1024 * 1024
 
 
 class _Segment:
@@ -146,6 +157,22 @@ class _Channel:
             if seg is not None:
                 seg.close()
 
+    def held_bytes(self) -> int:
+        return sum(seg.size for seg in self.segments if seg is not None)
+
+    def trim(self, limit: int, keep: _Segment) -> int:
+        """Let the oldest finished segments go (not ``keep``, the one being written) until the
+        channel holds at most ``limit`` bytes; returns how many went."""
+        dropped = 0
+        while self.held_bytes() > limit:
+            done = [seg for seg in self.segments if seg is not None and seg is not keep and seg.closed]
+            if not done:
+                return dropped
+            oldest = min(done, key=lambda seg: seg.seq)
+            self.segments[oldest.seq % WINDOW] = None  # (a reader on it keeps its own reference)
+            dropped += 1
+        return dropped
+
 
 def _parse_seq(text: str) -> int | None:
     try:
@@ -168,10 +195,16 @@ class TrickleRelay:
         idle_timeout: float = 300.0,
         sweep_interval: float = 60.0,
         first_byte_keepalive: float = 10.0,
+        max_segment_bytes: int = DEFAULT_MAX_SEGMENT_BYTES,
+        max_channel_bytes: int = DEFAULT_MAX_CHANNEL_BYTES,
     ) -> None:
+        if max_segment_bytes <= 0 or max_channel_bytes < max_segment_bytes:
+            raise ValueError("need 0 < max_segment_bytes <= max_channel_bytes")
         self.idle_timeout = idle_timeout
         self.sweep_interval = sweep_interval
         self.first_byte_keepalive = first_byte_keepalive
+        self.max_segment_bytes = int(max_segment_bytes)
+        self.max_channel_bytes = int(max_channel_bytes)
         self.channels: dict[str, _Channel] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -313,6 +346,8 @@ class TrickleRelay:
         seq = _parse_seq(request.match_info["seq"])
         if seq is None or seq == SEQ_CURRENT:
             return _text(400, "Invalid idx")
+        if request.content_length is not None and request.content_length > self.max_segment_bytes:
+            return self._too_large(name, seq, request.content_length)
         channel = self._get_or_create(name, request.headers.get("Content-Type", ""))
         seg = channel.get_for_write(seq)
         if request.headers.get(HEADER_RESET):
@@ -341,8 +376,14 @@ class TrickleRelay:
             channel.write_time = time.monotonic()
             data: bytes | None = first
             while data and not seg.closed:  # closed: out of the window, or the channel deleted
+                if total + len(data) > self.max_segment_bytes:
+                    seg.close()  # cut here: its readers get what it had
+                    return self._too_large(name, seg.seq, total + len(data))
                 seg.write(data)
                 total += len(data)
+                if channel.held_bytes() > self.max_channel_bytes:
+                    gone = channel.trim(self.max_channel_bytes, seg)
+                    logger.info("trickle relay: channel %s over its bound: %d old segment(s) let go", name, gone)
                 data = await self._next_chunk(request, seg, first=False)
         except (ConnectionError, asyncio.CancelledError) as exc:
             logger.info(
@@ -359,6 +400,17 @@ class TrickleRelay:
         if channel.closed:
             headers[HEADER_CLOSED] = _CLOSED_VALUE
         return web.Response(headers=headers)
+
+    def _too_large(self, name: str, seq: int, size: int) -> web.Response:
+        logger.warning(
+            "trickle relay: segment %s/%d refused: over %d bytes (%d)", name, seq, self.max_segment_bytes, size
+        )
+        # Connection: close: the rest of the body is not read (nor held)
+        return web.Response(
+            status=413,
+            text=f"segment larger than {self.max_segment_bytes} bytes",
+            headers={"Connection": "close"},
+        )
 
     async def _next_chunk(self, request: web.Request, seg: _Segment, first: bool) -> bytes | None:
         """The next bytes of the body, ``None`` at its end or once the segment is closed (a

@@ -109,6 +109,7 @@ class TrickleSubscriber:
         self.refresh_interval = refresh_interval
         self.stream_id = stream_id
         self.segments_received = 0
+        self.segments_skipped = 0  # segments the channel dropped before we read them (470 jumps)
         self.ended = False
         self._session = session
         self._own_session = session is None
@@ -253,6 +254,8 @@ class TrickleSubscriber:
             if status == STATUS_SEGMENT_GONE:
                 latest = _int_header(response, HEADER_LATEST, -1)
                 logger.info("[%s] trickle %s/%d gone, jumping to %d", self.stream_id, self.url, seq, latest)
+                if self.segments_received and latest > seq >= 0:
+                    self.segments_skipped += latest - seq  # (joining late is no loss: only once reading)
                 self.seq = latest
                 gone_jumps += 1
                 if gone_jumps > 3:

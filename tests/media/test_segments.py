@@ -272,6 +272,9 @@ def test_a_corrupt_segment_is_skipped_and_decoding_goes_on(three_seconds, damage
     assert [seconds(f) for f in got[-30:]] == [seconds(f) for f in frames[60:]]
     assert decoder.stats.segments == 3
     assert decoder.stats.corrupt_segments == 1  # noticed and logged, not decoded into junk
+    # the frames of the damaged segment that did not come out are counted, those whose bytes never
+    # arrived (the cut half of a truncated segment, what the garbage replaced) excepted
+    assert decoder.stats.video_lost <= 30 - len(middle)
 
 
 def test_decoded_frames_pass_straight_through_the_encoder_unchanged(three_seconds):

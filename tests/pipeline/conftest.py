@@ -211,9 +211,14 @@ class Collector:
     def __init__(self, pipeline):
         self.pipeline = pipeline
         self.frames: list[av.VideoFrame] = []
-        s = pipeline.stats()
-        self._base = s["received"] - s["dropped"] - s["output_dropped"]  # outputs due before us
+        self._base = self._due(pipeline.stats())  # outputs due before us
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    @staticmethod
+    def _due(s: dict) -> int:
+        """Outputs the pipeline owes: every frame it received but those it skipped or let go."""
+        gone = s["skipped_late"] + s["skipped_overload"] + s["skipped_error"] + s["lost_output"]
+        return s["received"] - gone
 
     async def _run(self) -> None:
         while True:
@@ -226,7 +231,7 @@ class Collector:
         try:
             while True:
                 s = self.pipeline.stats()
-                if self._base + len(self.frames) >= s["received"] - s["dropped"] - s["output_dropped"]:
+                if self._base + len(self.frames) >= self._due(s):
                     return self.frames
                 if loop.time() > deadline:
                     raise TimeoutError(f"outputs missing: got {len(self.frames)}, stats {s}")
