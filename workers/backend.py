@@ -161,7 +161,7 @@ class ProcessPoolBackend:
         if warm and self.pool is not None:
             proc = self.pool.take(resolved)
             if proc is not None:
-                logger.info("%s takes warm %s (pid %s)", name, proc.name, proc.pid)
+                logger.debug("%s takes warm %s (pid %s)", name, proc.name, proc.pid)
                 return proc
         return await self.spawn_process(resolved, name)
 

@@ -232,7 +232,7 @@ class WorkerProcess:
         self.ready = ready
         self.state = "ready"
         self._heartbeat_task = loop.create_task(self._heartbeat(), name=f"{self.name}-heartbeat")
-        logger.info(
+        logger.debug(
             "%s ready in %.2f s (pid %s, %s)",
             self.name,
             time.monotonic() - self.started_at,
@@ -295,7 +295,7 @@ class WorkerProcess:
             self.rtt_ms = (time.monotonic() - msg.sent) * 1000.0
         elif isinstance(msg, m.Started):
             self._signaller.pid = msg.pid
-            logger.info("%s spawned (pid %s, gpu %s)", self.name, msg.pid, self.config.gpu)
+            logger.debug("%s spawned (pid %s, gpu %s)", self.name, msg.pid, self.config.gpu)
             _resolve(self._started, None)
         elif isinstance(msg, m.Ready):
             _resolve(self._ready_future, msg)
@@ -464,7 +464,7 @@ class WorkerProcess:
         if self._on_release is not None:
             release, self._on_release = self._on_release, None
             release(self)
-        logger.info("%s stopped (%s, exit code %s)", self.name, reason, self.exitcode)
+        logger.debug("%s stopped (%s, exit code %s)", self.name, reason, self.exitcode)
 
     # -- status ------------------------------------------------------------------------------
 

@@ -232,7 +232,7 @@ class TrickleRelay:
         now = time.monotonic()
         idle = [n for n, ch in self.channels.items() if now - ch.write_time > self.idle_timeout]
         for name in idle:
-            logger.info("trickle relay: closing idle channel %s", name)
+            logger.debug("trickle relay: closing idle channel %s", name)
             self.close_channel(name)
         return idle
 
@@ -241,7 +241,7 @@ class TrickleRelay:
         if channel is None:
             return False
         channel.close()
-        logger.info("trickle relay: channel %s closed", name)
+        logger.debug("trickle relay: channel %s closed", name)
         return True
 
     def _get_or_create(self, name: str, mime_type: str) -> _Channel:
@@ -249,7 +249,7 @@ class TrickleRelay:
         if channel is None:
             channel = _Channel(name, mime_type)
             self.channels[name] = channel
-            logger.info("trickle relay: channel %s created (%s)", name, mime_type or "no type")
+            logger.debug("trickle relay: channel %s created (%s)", name, mime_type or "no type")
         elif mime_type and not channel.mime_type:
             channel.mime_type = mime_type
         return channel
@@ -438,7 +438,7 @@ class TrickleRelay:
                 if read in done:
                     return read.result() or None
                 if not done:
-                    logger.info("trickle relay: slow first byte on %s, sending 100 Continue", seg.seq)
+                    logger.debug("trickle relay: slow first byte on %s, sending 100 Continue", seg.seq)
                     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     request.writer.output_size = 0
         finally:

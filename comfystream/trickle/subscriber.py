@@ -219,7 +219,7 @@ class TrickleSubscriber:
             if status == 200:
                 if response.headers.get(HEADER_CLOSED):
                     response.close()
-                    logger.info("[%s] trickle channel %s closed", self.stream_id, self.url)
+                    logger.debug("[%s] trickle channel %s closed", self.stream_id, self.url)
                     await self.close()
                     return None
                 real_seq = _int_header(response, HEADER_SEQ, seq if seq >= 0 else -1)
@@ -271,13 +271,27 @@ class TrickleSubscriber:
             await self._backoff(failures)
 
     def _give_up(self, failures: int, what: str) -> bool:
-        logger.warning("[%s] trickle %s (failure %d/%d)", self.stream_id, what, failures, self.max_retries)
+        # Before the first segment it keeps trying until connect_timeout, past max_retries: one
+        # line says so when it starts and one when it gives up, the tries between are DEBUG.
+        waiting = self.segments_received == 0 and self._started_at is not None
         if failures < self.max_retries:
-            return False
-        # before the first segment, keep trying until connect_timeout
-        if self.segments_received == 0 and self._started_at is not None:
-            return time.monotonic() - self._started_at >= self.connect_timeout
-        return True
+            give_up = False
+        elif waiting:
+            give_up = time.monotonic() - self._started_at >= self.connect_timeout
+        else:
+            give_up = True
+        if give_up:
+            logger.warning("[%s] trickle %s: giving up after %d tries", self.stream_id, what, failures)
+        elif failures == 1:
+            until = (
+                f"until its first segment comes, {self.connect_timeout:.0f} s at most"
+                if waiting
+                else f"{self.max_retries} tries at most"
+            )
+            logger.warning("[%s] trickle %s: retrying (%s)", self.stream_id, what, until)
+        else:
+            logger.debug("[%s] trickle %s (try %d)", self.stream_id, what, failures)
+        return give_up
 
     async def _backoff(self, failures: int, cap: float | None = None) -> None:
         delay = min(self.retry_delay * (2 ** (failures - 1)), cap or self.max_retry_delay)
