@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e import free_port, pct, stop_server, wait_healthy  # noqa: E402
 
 from comfystream.media import SegmentEncoder, make_index_frame  # noqa: E402
-from comfystream.trickle import TricklePublisher  # noqa: E402
+from comfystream.trickle import FrameSubscriber, TricklePublisher  # noqa: E402
 from server.trickle_client import OutputReader, create_channel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,6 +181,27 @@ async def run_case(
     }
 
 
+async def run_relay_only(relay: str, encoded: Encoded) -> tuple[float, float]:
+    """The baseline: the same input published to the relay and read straight back (decoded at
+    1080p, frames matched by their order: nothing is lost on this path), no server."""
+    name = f"baseline-{time.monotonic_ns()}"
+    await create_channel(f"{relay}/{name}")
+    received: list[float] = []
+
+    async def read() -> None:
+        async with FrameSubscriber(f"{relay}/{name}", start_seq=0, max_queued=0, stream_id="baseline") as frames:
+            async for frame in frames:
+                if isinstance(frame, av.VideoFrame):
+                    received.append(time.monotonic())
+
+    reading = asyncio.create_task(read())
+    sent_at: dict[int, float] = {}
+    await publish(f"{relay}/{name}", encoded, sent_at)
+    await asyncio.wait_for(reading, 60)
+    latency = [(at - sent_at[i]) * 1000 for i, at in enumerate(received) if i in sent_at]
+    return pct(latency, 0.5), pct(latency, 0.99)
+
+
 async def main_async(args: argparse.Namespace) -> int:
     size = tuple(int(x) for x in args.size.split("x"))
     bitrates = [int(x) for x in args.bitrates.split(",")]
@@ -198,6 +219,8 @@ async def main_async(args: argparse.Namespace) -> int:
             await wait_healthy(http, base, proc)
             for mbps in bitrates:
                 encoded = await asyncio.to_thread(encode_input, args.seconds, mbps * 1_000_000)
+                p50, p99 = await run_relay_only(relay, encoded)
+                print(f"{mbps:3d} Mbit/s, relay only (baseline: publish, relay, 1080p decode): p50 {p50:.0f} ms p99 {p99:.0f} ms")
                 r = await run_case(http, base, relay, f"cam-{mbps}-{time.monotonic_ns()}", encoded, size)
                 print(
                     f"{mbps:3d} Mbit/s: frames {r['frames_out']}/{r['frames_in']}, audio packets "
