@@ -507,9 +507,12 @@ def _validate_prompt(
         if valid is True:
             good_outputs.append(o)
             continue
-        logger.error("Failed to validate prompt for output %s:", o)
-        for reason in reasons:
-            logger.error("  - %s: %s", reason["message"], reason["details"])
+        # The caller's mistake, answered with these reasons: one line, not an ERROR (ComfyUI's).
+        logger.info(
+            "prompt output %s failed validation: %s",
+            o,
+            "; ".join(f"{r['message']}: {r['details']}" for r in reasons),
+        )
         errors.append((o, reasons))
         for node_id, (node_valid, node_reasons, _) in validator.validated.items():
             # Downstream nodes of a failing one are invalid but carry no errors of their own.
