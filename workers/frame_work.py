@@ -281,7 +281,8 @@ class FrameWork:
             and preloaded.key == prompts_key(msg.prompts, msg.active)
         ):
             # Exactly what this worker preloaded, at this size: compiled, loaded and warm already,
-            # so the stream's first frame is processed.
+            # so the stream's first frame is processed. Its executions are the channel's now.
+            preloaded.prompt_ids = [f"{msg.channel}:{uuid.uuid4().hex[:12]}" for _ in preloaded.plans]
             self._prepared(msg, preloaded, None)
             return
         self.background.submit(
