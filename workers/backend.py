@@ -19,6 +19,7 @@ from workers.child import WorkerConfig
 from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
+from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory
 from workers.supervisor import StreamWorker
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class BackendSettings:
     preload_warmup_frames: int = 2
     streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
     gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
+    # Workers that load the same weights map one copy of them (workers/shared_weights.py) from a
+    # directory of this run under `shared_weights_root`; False: each keeps its own.
+    shared_weights: bool = True
+    shared_weights_root: str = DEFAULT_ROOT
 
 
 class ProcessPoolBackend:
@@ -64,6 +69,10 @@ class ProcessPoolBackend:
         self._placer: GpuPlacer | None = None
         self.pool: WarmPool | None = None
         self._workers: weakref.WeakSet[StreamWorker] = weakref.WeakSet()
+        # Made with the first worker, removed after the last one: a backend without workers holds
+        # nothing in /dev/shm.
+        self.weights_dir: WeightsDirectory | None = None
+        self._live_processes = 0
         self.configure(**settings)
 
     def configure(self, **settings: Any) -> None:
@@ -103,7 +112,12 @@ class ProcessPoolBackend:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fill the warm pool (if `warm_workers`)."""
+        """Fill the warm pool (if `warm_workers`), after removing the shared weights that a
+        server killed before left behind."""
+        if self.settings.shared_weights:
+            from workers.shared_weights import sweep_stale_runs
+
+            await asyncio.to_thread(sweep_stale_runs, self.settings.shared_weights_root)
         if self.settings.warm_workers > 0 and self.pool is None:
             self.pool = WarmPool(self.settings.warm_workers, self, parallel=self.settings.warm_parallel)
             await self.pool.start(wait=True)
@@ -115,6 +129,32 @@ class ProcessPoolBackend:
         if self.pool is not None:
             pool, self.pool = self.pool, None
             await pool.stop()
+        if self.weights_dir is not None:
+            # Every worker is gone: nothing maps the weights any more.
+            weights_dir, self.weights_dir = self.weights_dir, None
+            weights_dir.close()
+
+    def _weights_directory(self) -> WeightsDirectory | None:
+        s = self.settings
+        if s.shared_weights and self.weights_dir is None:
+            try:
+                self.weights_dir = WeightsDirectory.create(s.shared_weights_root)
+            except OSError as exc:
+                logger.warning("no shared weights (%s): each worker keeps its own copy", exc)
+                self.configure(shared_weights=False)
+        return self.weights_dir
+
+    def _released(self, proc: WorkerProcess, placer: GpuPlacer) -> None:
+        placer.release(proc.config.gpu)
+        self._live_processes -= 1
+        if self.weights_dir is None:
+            return
+        if self._live_processes <= 0:
+            weights_dir, self.weights_dir = self.weights_dir, None
+            weights_dir.close()
+        else:
+            # A worker's file locks went with it (even on SIGKILL): what only it mapped goes.
+            self.weights_dir.sweep()
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -128,6 +168,7 @@ class ProcessPoolBackend:
         placer = self.placer
         gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
         s = self.settings
+        weights_dir = self._weights_directory()
         config = WorkerConfig(
             parent_pid=os.getpid(),
             gpu=gpu,
@@ -141,14 +182,16 @@ class ProcessPoolBackend:
             workspace=s.workspace,
             workspace_settings=s.workspace_settings,
             torch_threads=s.torch_threads,
+            shared_weights_dir=str(weights_dir.path) if weights_dir is not None else None,
         )
         proc = WorkerProcess(
             config,
             name=name,
             heartbeat_interval=s.heartbeat_interval_s,
             heartbeat_timeout=s.heartbeat_timeout_s,
-            on_release=lambda p: placer.release(p.config.gpu),
+            on_release=lambda p: self._released(p, placer),
         )
+        self._live_processes += 1  # until its on_release, which every path of a handle calls
         await proc.start(timeout=s.startup_timeout_s)
         return proc
 

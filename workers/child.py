@@ -53,6 +53,9 @@ class WorkerConfig:
     # cores with the server, and OpenMP threads of different processes fighting for them cost
     # more than they gain: one each unless asked.
     torch_threads: int | None = 1
+    # The run's directory of shared weights (workers/shared_weights.py), owned by the server;
+    # None: each worker keeps its own copy of every model it loads.
+    shared_weights_dir: str | None = None
 
 
 def pinned_environment(config: WorkerConfig) -> dict[str, str]:
@@ -82,6 +85,8 @@ class WorkerState:
     # Frame-independent node outputs (loaded models, text encodes) shared by every prompt this
     # worker runs, streams and jobs alike (comfystream.engine.output_cache).
     outputs: Any = None
+    # workers.shared_weights.SharedWeights when the weights of loaded models are shared.
+    shared_weights: Any = None
 
 
 _STATE: WorkerState | None = None
@@ -149,7 +154,9 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         )
         from comfystream.engine.output_cache import OutputCache
 
-        _STATE = WorkerState(config, conn, registry, torch, device, ready, OutputCache())
+        outputs = OutputCache()
+        shared = _shared_weights(config, torch, device, outputs)
+        _STATE = WorkerState(config, conn, registry, torch, device, ready, outputs, shared)
     except BaseException:
         text = traceback.format_exc()
         logger.error("worker start failed:\n%s", text)
@@ -158,6 +165,30 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         except OSError:
             pass
         raise
+
+
+def _shared_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any) -> Any:
+    """Hooks weight sharing into the outputs cache: each loader's modules move onto the run's
+    shared, copy-on-write mappings right after it ran (CPU workers; see the module)."""
+    if not config.shared_weights_dir:
+        return None
+    if device.type != "cpu":
+        # ComfyUI moves the weights to the GPU to run them: the CPU copy a file would share is
+        # gone by then (workers/shared_weights_cuda.py is the device's mechanism).
+        logger.info("shared weights: this worker runs on %s, its models stay its own", device)
+        return None
+    from workers.shared_weights import SharedWeights
+
+    shared = SharedWeights(config.shared_weights_dir, torch)
+
+    def on_computed(label: str, output: Any, loader: bool) -> None:
+        try:
+            shared.share_output(label, output, loader)
+        except Exception:  # a model we cannot map still runs, from its own copy
+            logger.exception("%s: sharing its weights failed; they stay private to this worker", label)
+
+    outputs.on_computed = on_computed
+    return shared
 
 
 # Exit code of a worker that gave up on a server gone silent (or whose pipe closed).
@@ -268,6 +299,9 @@ class _Loop:
         outputs = self.state.outputs
         if outputs.retain(self.frames.signatures() | self.jobs.signatures()):
             release_unused_models()
+            if self.state.shared_weights is not None:
+                # The models just let go unmapped their files: those no other worker maps go.
+                self.state.shared_weights.sweep()
 
     def _wake(self) -> None:
         try:
@@ -338,6 +372,9 @@ class _Loop:
             "torch_threads": self.state.torch.get_num_threads(),
             "model_loads": self.state.outputs.model_loads,
             "resident_outputs": len(self.state.outputs),
+            "shared_weights": None
+            if self.state.shared_weights is None
+            else self.state.shared_weights.stats.as_dict(),
             **self.frames.status(),
             **self.jobs.status(),
         }
