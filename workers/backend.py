@@ -19,7 +19,7 @@ from workers.child import WorkerConfig
 from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
-from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory
+from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory, sweep_stale_runs
 from workers.supervisor import StreamWorker
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ class ProcessPoolBackend:
         self._placer: GpuPlacer | None = None
         self.pool: WarmPool | None = None
         self._workers: weakref.WeakSet[StreamWorker] = weakref.WeakSet()
-        # Made with the first worker, removed after the last one: a backend without workers holds
-        # nothing in /dev/shm.
-        self.weights_dir: WeightsDirectory | None = None
-        self._live_processes = 0
         self.configure(**settings)
 
     def configure(self, **settings: Any) -> None:
@@ -115,8 +111,6 @@ class ProcessPoolBackend:
         """Fill the warm pool (if `warm_workers`), after removing the shared weights that a
         server killed before left behind."""
         if self.settings.shared_weights:
-            from workers.shared_weights import sweep_stale_runs
-
             await asyncio.to_thread(sweep_stale_runs, self.settings.shared_weights_root)
         if self.settings.warm_workers > 0 and self.pool is None:
             self.pool = WarmPool(self.settings.warm_workers, self, parallel=self.settings.warm_parallel)
@@ -129,32 +123,17 @@ class ProcessPoolBackend:
         if self.pool is not None:
             pool, self.pool = self.pool, None
             await pool.stop()
-        if self.weights_dir is not None:
-            # Every worker is gone: nothing maps the weights any more.
-            weights_dir, self.weights_dir = self.weights_dir, None
-            weights_dir.close()
 
-    def _weights_directory(self) -> WeightsDirectory | None:
+    def _attach_weights(self) -> WeightsDirectory | None:
+        """The directory of shared weights a new worker maps from (None: it keeps its own)."""
         s = self.settings
-        if s.shared_weights and self.weights_dir is None:
-            try:
-                self.weights_dir = WeightsDirectory.create(s.shared_weights_root)
-            except OSError as exc:
-                logger.warning("no shared weights (%s): each worker keeps its own copy", exc)
-                self.configure(shared_weights=False)
-        return self.weights_dir
-
-    def _released(self, proc: WorkerProcess, placer: GpuPlacer) -> None:
-        placer.release(proc.config.gpu)
-        self._live_processes -= 1
-        if self.weights_dir is None:
-            return
-        if self._live_processes <= 0:
-            weights_dir, self.weights_dir = self.weights_dir, None
-            weights_dir.close()
-        else:
-            # A worker's file locks went with it (even on SIGKILL): what only it mapped goes.
-            self.weights_dir.sweep()
+        if not s.shared_weights:
+            return None
+        try:
+            return WeightsDirectory.attach(s.shared_weights_root)
+        except OSError as exc:
+            logger.warning("no shared weights (%s): each worker keeps its own copy", exc)
+            return None
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -168,7 +147,7 @@ class ProcessPoolBackend:
         placer = self.placer
         gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
         s = self.settings
-        weights_dir = self._weights_directory()
+        weights_dir = self._attach_weights()
         config = WorkerConfig(
             parent_pid=os.getpid(),
             gpu=gpu,
@@ -189,9 +168,8 @@ class ProcessPoolBackend:
             name=name,
             heartbeat_interval=s.heartbeat_interval_s,
             heartbeat_timeout=s.heartbeat_timeout_s,
-            on_release=lambda p: self._released(p, placer),
+            on_release=lambda p: _released(p, placer, weights_dir),
         )
-        self._live_processes += 1  # until its on_release, which every path of a handle calls
         await proc.start(timeout=s.startup_timeout_s)
         return proc
 
@@ -222,6 +200,13 @@ class ProcessPoolBackend:
 
     def gpu_load(self) -> dict[str, int]:
         return self.placer.load()
+
+
+def _released(proc: WorkerProcess, placer: GpuPlacer, weights_dir: WeightsDirectory | None) -> None:
+    """A worker process is gone (every path of its handle ends here, a failed start too)."""
+    placer.release(proc.config.gpu)
+    if weights_dir is not None:
+        weights_dir.detach()
 
 
 DEFAULT_BACKEND = ProcessPoolBackend()

@@ -146,10 +146,16 @@ def sweep_stale_runs(root: str | Path) -> list[str]:
 
 
 class WeightsDirectory:
-    """The server's directory of shared weights for this run (owned by the worker backend)."""
+    """The server's directory of shared weights for this run. One per server process and root,
+    whichever backend (streams, jobs) spawned the workers, so that they all map one copy: made
+    with the first worker (`attach`), removed after the last one (`detach`)."""
 
-    def __init__(self, path: Path, owner_fd: int):
+    _by_root: dict[str, WeightsDirectory] = {}
+
+    def __init__(self, path: Path, owner_fd: int, root: str = ""):
         self.path = path
+        self.root = root
+        self.workers = 0
         self._owner_fd: int | None = owner_fd
 
     @classmethod
@@ -159,14 +165,35 @@ class WeightsDirectory:
         fd = os.open(path / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for the life of this process (the kernel drops it)
         logger.info("shared weights in %s", path)
-        return cls(path, fd)
+        return cls(path, fd, str(root))
+
+    @classmethod
+    def attach(cls, root: str | Path = DEFAULT_ROOT) -> WeightsDirectory:
+        """For a worker about to start: this process's directory under `root` (made if none)."""
+        key = str(root)
+        directory = cls._by_root.get(key)
+        if directory is None:
+            directory = cls._by_root[key] = cls.create(key)
+        directory.workers += 1
+        return directory
+
+    def detach(self) -> None:
+        """A worker attached here is gone (its locks with it): what no worker maps any more goes,
+        and the whole directory after the last worker."""
+        self.workers -= 1
+        if self.workers > 0:
+            self.sweep()
+            return
+        if self._by_root.get(self.root) is self:
+            del self._by_root[self.root]
+        self.close()
 
     def sweep(self) -> list[str]:
         """After a worker exited: its files no other worker maps go (their memory with them)."""
         return remove_unmapped(self.path)
 
     def close(self) -> None:
-        """At shutdown, once every worker is gone."""
+        """Once every worker is gone."""
         if self._owner_fd is None:
             return
         shutil.rmtree(self.path, ignore_errors=True)

@@ -379,3 +379,24 @@ def test_a_tensor_that_differs_from_the_shared_copy_stays_private(shm_root):
     assert (b.tensors, b.private_tensors) == (1, 1)  # the bias mapped, the weight kept
     assert not torch.equal(first.weight, second.weight)
     assert torch.equal(first.bias, second.bias)
+
+
+async def test_workers_of_two_backends_in_one_server_map_one_copy(no_leaks, shm_root, weights_file):
+    """The server's streams and its jobs have a backend each: their workers share one copy too."""
+    streams, jobs = make_backend(shm_root), make_backend(shm_root)
+    pipelines = []
+    try:
+        for backend, name in ((streams, "s"), (jobs, "j")):
+            pipelines.append(await open_stream(backend, name, prompt(weights_file)))
+        (file,) = weights_files(shm_root)
+        for pipeline in pipelines:
+            assert mapping_usage(pipeline.worker_status()[0]["pid"], file.name)["rss"] > 0
+        await pipelines[0].cleanup()
+        await streams.shutdown()
+        assert file.exists()  # the other backend's worker still maps it
+    finally:
+        for pipeline in pipelines:
+            await pipeline.cleanup()
+        await streams.shutdown()
+        await jobs.shutdown()
+    assert not list(shm_root.iterdir())
