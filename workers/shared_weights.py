@@ -392,9 +392,10 @@ class SharedWeights:
 
     # -- one module ----------------------------------------------------------------------------
 
-    def _entries(self, module: Any) -> list[_Entry]:
-        """The module's CPU tensors that can move to a mapping: dense, contiguous, each the whole
-        of its own storage (a view into another tensor, or one already mapped, stays as it is)."""
+    def _entries(self, module: Any, device_type: str = "cpu") -> list[_Entry]:
+        """The module's tensors on `device_type` that can move to a mapping: dense, contiguous,
+        each the whole of its own storage (a view into another tensor, or one already mapped,
+        stays as it is)."""
         torch = self.torch
         entries: list[_Entry] = []
         seen: set[int] = set()
@@ -406,7 +407,7 @@ class SharedWeights:
                 continue
             seen.add(id(t))
             if (
-                t.device.type != "cpu"
+                t.device.type != device_type
                 or t.layout != torch.strided
                 or t.is_quantized
                 or not t.is_contiguous()
@@ -419,10 +420,10 @@ class SharedWeights:
             entries.append(_Entry(name, t))
         return entries
 
-    def _fingerprint(self, entries: list[_Entry]) -> tuple[str, int]:
+    def _fingerprint(self, entries: list[_Entry], device_type: str = "cpu") -> tuple[str, int]:
         """The weights' key and the file's size (laying each entry out at its offset)."""
         torch = self.torch
-        h = hashlib.sha256(b"comfystream-weights-v1\0cpu\0")
+        h = hashlib.sha256(f"comfystream-weights-v1\0{device_type}\0".encode())
         offset = 0
         for e in entries:
             t = e.tensor
@@ -433,8 +434,8 @@ class SharedWeights:
             flat = t.detach().reshape(-1).view(torch.uint8)
             last = nbytes - SAMPLE_BYTES
             starts = torch.tensor([last * i // (SAMPLES_PER_TENSOR - 1) for i in range(SAMPLES_PER_TENSOR)])
-            idx = (starts[:, None] + torch.arange(SAMPLE_BYTES)[None, :]).reshape(-1)
-            h.update(flat[idx].numpy().tobytes())
+            idx = (starts[:, None] + torch.arange(SAMPLE_BYTES)[None, :]).reshape(-1).to(flat.device)
+            h.update(flat[idx].cpu().numpy().tobytes())
         return h.hexdigest()[:40], offset
 
     def share_module(self, module: Any) -> ShareResult | None:

@@ -1,0 +1,342 @@
+"""One copy of a model's weights per GPU, however many workers run it: the design, and the code up
+to the device boundary (no GPU was available where it was written; the device calls are in
+`CudaIpcDevice` alone).
+
+Why not the CPU mechanism: a file mapping shares host pages; on a GPU, ComfyUI moves the weights
+into device memory to run them, and each process's allocations are its own. CUDA IPC lets one
+process open another's device allocation (`cudaIpcGetMemHandle` / `cudaIpcOpenMemHandle`, in
+torch `UntypedStorage._share_cuda_()` / `UntypedStorage._new_shared_cuda(...)`), but the memory
+lives only as long as the process that allocated it. So:
+
+- **One holder per GPU** (`serve_holder`, a process the server starts, pinned to that GPU and
+  dying with the server): it owns every shared allocation on its GPU. It never runs a model.
+- **A worker that has its model's weights on the GPU** computes the weights' fingerprint (as on
+  the CPU: names, dtypes, shapes and sampled bytes; `SharedWeights._fingerprint`) and asks the
+  holder for it (`get`). The holder answers with a handle to its allocation when it has it
+  (`ready`), or allocates one and hands it to this worker to fill (`fill`: the worker copies its
+  tensors in at their offsets, device to device, then says `filled`); a third worker asking
+  meanwhile waits for the filling to end. Every worker then opens the handle and points its
+  parameters at views of it (`t.data = view`), comparing each tensor first (one that differs
+  keeps its own copy), and frees its own copy.
+- **Lifetime**: the holder counts, per allocation, the workers that hold it (one `get` each,
+  given back by `release` when the worker lets the model go, or by its connection closing: a
+  worker that exits or is SIGKILLed releases everything it held, its CUDA context and its
+  mappings go with it). An allocation nobody holds is freed at once. The holder exits with the
+  server (and its allocations with it); the server starts a new one per run.
+- **No copy-on-write on a GPU**: a worker that wrote into a shared tensor would change it for
+  every worker. ComfyUI's weight patches (LoRA, model patches) replace the patched tensors
+  (`set_attr_param`) unless told to patch in place (`copy_to_param`); `guard_in_place_patches`
+  makes the in-place path give the worker its own copy of the tensor first. A custom node that
+  writes into weights by other means is not caught: that is the limit of this design.
+- **Device boundary**: `HolderDevice` is what the holder and the workers ask of the device
+  (allocate an exportable buffer, export a handle, open one, free). `CudaIpcDevice` does it with
+  CUDA IPC; `HostDevice` does it with shared host memory (MAP_SHARED: writes are seen by all, as
+  on a GPU), which is how the protocol, the holder, the counting and the lifetimes are tested
+  here with real processes (tests/workers/test_shared_weights_cuda.py).
+
+`bench/gpu.py` reports per-worker GPU memory; with a GPU lent, running it with 1, 2, 4, 8 streams
+of one checkpoint measures this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class HolderDevice(Protocol):
+    """What sharing weights asks of a device (the holder allocates, workers open)."""
+
+    def allocate(self, size: int) -> tuple[Any, Any]:
+        """In the holder: a uint8 tensor of `size` bytes and a picklable handle to it."""
+
+    def open(self, handle: Any) -> Any:
+        """In a worker: a uint8 tensor over the memory of `handle` (writes are seen by all)."""
+
+    def free(self, buffer: Any, handle: Any) -> None:
+        """In the holder: the allocation goes (no worker holds it any more)."""
+
+
+class CudaIpcDevice:
+    """CUDA IPC through torch's own storage sharing (what torch.multiprocessing uses): the
+    handle carries the allocation's IPC handle, its offset in the caching allocator's block and
+    torch's reference counter, so that the holder's allocator does not reuse the block while a
+    worker still has it open."""
+
+    def __init__(self, torch: Any, device: str = "cuda:0"):
+        self.torch = torch
+        self.device = torch.device(device)
+
+    def allocate(self, size: int) -> tuple[Any, Any]:
+        buffer = self.torch.empty(size, dtype=self.torch.uint8, device=self.device)
+        return buffer, buffer.untyped_storage()._share_cuda_()
+
+    def open(self, handle: Any) -> Any:
+        torch = self.torch
+        storage = torch.UntypedStorage._new_shared_cuda(*handle)
+        return torch.empty(0, dtype=torch.uint8, device=self.device).set_(storage)
+
+    def free(self, buffer: Any, handle: Any) -> None:
+        del buffer
+        self.torch.cuda.ipc_collect()  # the blocks whose workers have all let go
+        self.torch.cuda.empty_cache()
+
+
+class HostDevice:
+    """The same contract over host shared memory (files in `directory`, mapped MAP_SHARED): the
+    device boundary's stand-in where there is no GPU."""
+
+    def __init__(self, torch: Any, directory: str | Path):
+        self.torch = torch
+        self.directory = Path(directory)
+
+    def _map(self, path: Path, size: int) -> Any:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        return self.torch.frombuffer(mm, dtype=self.torch.uint8)
+
+    def allocate(self, size: int) -> tuple[Any, Any]:
+        path = self.directory / f"buffer-{uuid.uuid4().hex}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        return self._map(path, size), (str(path), size)
+
+    def open(self, handle: Any) -> Any:
+        path, size = handle
+        return self._map(Path(path), size)
+
+    def free(self, buffer: Any, handle: Any) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle[0])  # the pages go with the last mapping
+
+
+# -- the holder ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Allocation:
+    size: int
+    buffer: Any
+    handle: Any
+    filled: bool = False
+    filler: int | None = None  # the client filling it
+    holders: set[int] = field(default_factory=set)
+    waiting: list[tuple[int, Connection]] = field(default_factory=list)
+
+
+class Holder:
+    """The holder's state: allocations by fingerprint, and which clients hold each. Called from
+    one thread per client connection, under one lock."""
+
+    def __init__(self, device: HolderDevice):
+        self.device = device
+        self.allocations: dict[str, _Allocation] = {}
+        self._lock = threading.Lock()
+
+    def handle(self, client: int, conn: Connection, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        with self._lock:
+            if kind == "get":
+                self._get(client, conn, msg[1], msg[2])
+            elif kind == "filled":
+                self._filled(msg[1], client)
+            elif kind == "release":
+                self._release(client, msg[1])
+            elif kind == "status":
+                conn.send(("status", {k: (a.size, len(a.holders), a.filled) for k, a in self.allocations.items()}))
+            else:
+                conn.send(("error", f"unknown message {kind!r}"))
+
+    def _get(self, client: int, conn: Connection, key: str, size: int) -> None:
+        a = self.allocations.get(key)
+        if a is not None and a.size != size:
+            conn.send(("error", f"{key} is {a.size} bytes, asked for {size}"))
+            return
+        if a is None:
+            buffer, handle = self.device.allocate(size)
+            a = self.allocations[key] = _Allocation(size, buffer, handle, filler=client)
+            a.holders.add(client)
+            conn.send(("fill", handle))
+        elif a.filled:
+            a.holders.add(client)
+            conn.send(("ready", a.handle))
+        else:
+            a.waiting.append((client, conn))  # answered when the filler is done (or gone)
+
+    def _filled(self, key: str, client: int) -> None:
+        a = self.allocations.get(key)
+        if a is None or a.filler != client:
+            return
+        a.filled, a.filler = True, None
+        for waiter, conn in a.waiting:
+            a.holders.add(waiter)
+            with contextlib.suppress(OSError):
+                conn.send(("ready", a.handle))
+        a.waiting.clear()
+
+    def _release(self, client: int, key: str) -> None:
+        a = self.allocations.get(key)
+        if a is None:
+            return
+        a.holders.discard(client)
+        a.waiting = [(c, conn) for c, conn in a.waiting if c != client]
+        if a.filler == client:
+            # Gone while filling: the contents are partial. The next one waiting fills it anew.
+            a.filler = None
+            if a.waiting:
+                waiter, conn = a.waiting.pop(0)
+                a.filler = waiter
+                a.holders.add(waiter)
+                with contextlib.suppress(OSError):
+                    conn.send(("fill", a.handle))
+        if not a.holders and not a.waiting and a.filler is None:
+            del self.allocations[key]
+            self.device.free(a.buffer, a.handle)
+            logger.info("weights %s freed (no worker holds them)", key)
+
+    def disconnected(self, client: int) -> None:
+        """A worker's connection closed (it exited, or was killed): all it held is released."""
+        with self._lock:
+            for key in list(self.allocations):
+                a = self.allocations[key]
+                if client in a.holders or a.filler == client or any(c == client for c, _ in a.waiting):
+                    self._release(client, key)
+
+
+def serve_holder(address: str, device: HolderDevice, ready: Any = None) -> None:
+    """The holder process's loop: accepts workers on `address` (a Unix socket path), one thread
+    each. Runs until the process is killed (it dies with the server)."""
+    holder = Holder(device)
+    with Listener(address, family="AF_UNIX") as listener:
+        if ready is not None:
+            ready.set()
+        client_ids = iter(range(1, 1 << 62))
+        while True:
+            conn = listener.accept()
+            client = next(client_ids)
+            threading.Thread(target=_serve_client, args=(holder, client, conn), daemon=True).start()
+
+
+def _serve_client(holder: Holder, client: int, conn: Connection) -> None:
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            holder.handle(client, conn, msg)
+    finally:
+        holder.disconnected(client)
+        conn.close()
+
+
+# -- the worker's side --------------------------------------------------------------------------
+
+
+@dataclass
+class DeviceShareResult:
+    key: str
+    filled: bool
+    tensors: int
+    shared_bytes: int
+    private_tensors: int = 0
+
+
+class DeviceSharedWeights:
+    """A worker's client of its GPU's holder."""
+
+    def __init__(self, torch: Any, address: str, device: HolderDevice):
+        from workers.shared_weights import SharedWeights
+
+        self.torch = torch
+        self.device = device
+        self.conn = Client(address, family="AF_UNIX")
+        self._layout = SharedWeights(os.devnull, torch)  # its entries and fingerprint, reused
+        self.held: set[str] = set()
+
+    def share_module(self, module: Any, device_type: str = "cuda") -> DeviceShareResult | None:
+        torch = self.torch
+        entries = self._layout._entries(module, device_type)
+        if not entries:
+            return None
+        key, size = self._layout._fingerprint(entries, device_type)
+        self.conn.send(("get", key, size))
+        kind, handle = self.conn.recv()
+        if kind == "error":
+            raise OSError(handle)
+        self.held.add(key)
+        base = self.device.open(handle)
+        filled = kind == "fill"
+        if filled:
+            for e in entries:
+                nbytes = e.tensor.numel() * e.tensor.element_size()
+                base[e.offset : e.offset + nbytes].copy_(e.tensor.detach().reshape(-1).view(torch.uint8))
+            self.conn.send(("filled", key))
+        result = DeviceShareResult(key, filled, 0, 0)
+        with torch.inference_mode():
+            for e in entries:
+                t = e.tensor
+                nbytes = t.numel() * t.element_size()
+                raw = base[e.offset : e.offset + nbytes]
+                if not filled and not torch.equal(raw, t.detach().reshape(-1).view(torch.uint8)):
+                    result.private_tensors += 1
+                    continue
+                t.data = raw.view(t.dtype).view(t.shape)
+                result.tensors += 1
+                result.shared_bytes += nbytes
+        return result
+
+    def release(self, key: str) -> None:
+        if key in self.held:
+            self.held.discard(key)
+            self.conn.send(("release", key))
+
+    def status(self) -> dict[str, Any]:
+        self.conn.send(("status",))
+        return self.conn.recv()[1]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def guard_in_place_patches(torch: Any, is_shared: Any) -> Any:
+    """Makes ComfyUI's in-place weight patching (`comfy.utils.copy_to_param`, used when a
+    patch is applied with `inplace_update`) give the worker its own copy of a shared tensor
+    before writing, instead of writing into memory other workers read. `is_shared(tensor)` tells
+    the tensors mapped from the holder. Returns the previous function (to restore), or None
+    without ComfyUI."""
+    import sys
+
+    utils = sys.modules.get("comfy.utils")
+    if utils is None or not hasattr(utils, "copy_to_param"):
+        return None
+    original = utils.copy_to_param
+
+    def copy_to_param(obj: Any, attr: str, value: Any) -> None:
+        *path, last = attr.split(".")
+        owner = obj
+        for part in path:
+            owner = getattr(owner, part)
+        prev = getattr(owner, last)
+        if is_shared(prev):
+            prev.data = prev.data.clone()  # this worker's own copy, then the in-place write
+        original(obj, attr, value)
+
+    utils.copy_to_param = copy_to_param
+    return original
