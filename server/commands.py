@@ -78,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch threads in each worker (default: cores / --max-streams, at least 1)",
     )
     parser.add_argument(
+        "--no-shared-weights",
+        dest="shared_weights",
+        action="store_false",
+        help="each worker keeps its own copy of the models it loads (default: workers that load the "
+        "same weights map one copy, in /dev/shm)",
+    )
+    parser.add_argument(
         "--preload-prompt",
         dest="preload_prompts",
         action="append",
@@ -305,6 +312,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         interrupt_grace_s=args.interrupt_grace_s,
         frame_timeout_s=args.frame_timeout_s,
         torch_threads=args.torch_threads,
+        shared_weights=args.shared_weights,
         preload_prompts=read_preload_prompts(args.preload_prompts),
         preload_size=parse_size(args.preload_size, "--preload-size"),
         relay=args.relay,

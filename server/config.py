@@ -35,6 +35,8 @@ class ServerConfig:
     preload_prompts: list[dict[str, Any]] = field(default_factory=list)
     preload_size: tuple[int, int] = (512, 512)
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
+    # Workers that load the same weights map one copy (workers/shared_weights.py); --no-shared-weights: each its own.
+    shared_weights: bool = True
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)

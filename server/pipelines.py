@@ -54,6 +54,7 @@ class PipelineResources:
             preload_prompts=tuple(config.preload_prompts),
             preload_size=tuple(config.preload_size),
             warm_workers=config.warm_workers,
+            shared_weights=config.shared_weights,
             cwd=str(config.workspace) if config.workspace else None,
             custom_node_dirs=custom,
             **workspace,

@@ -67,6 +67,16 @@ def test_worker_deadlines_reach_the_workers_backend() -> None:
     assert (defaults.interrupt_grace_s, defaults.frame_timeout_s) == (2.0, 10.0)
 
 
+def test_shared_weights_are_on_unless_turned_off() -> None:
+    from server.pipelines import PipelineResources
+
+    def backend_settings(*flags: str):
+        return PipelineResources(config_from_args(build_parser().parse_args(["serve", *flags]))).backend.settings
+
+    assert backend_settings().shared_weights is True
+    assert backend_settings("--no-shared-weights").shared_weights is False
+
+
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

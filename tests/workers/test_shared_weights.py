@@ -400,3 +400,17 @@ async def test_workers_of_two_backends_in_one_server_map_one_copy(no_leaks, shm_
         await streams.shutdown()
         await jobs.shutdown()
     assert not list(shm_root.iterdir())
+
+
+async def test_without_shared_weights_a_worker_keeps_its_own_copy(no_leaks, shm_root, weights_file):
+    backend = make_backend(shm_root, shared_weights=False)
+    pipeline = await open_stream(backend, "own", prompt(weights_file))
+    try:
+        rgb = frames(1, seed=9)[0]
+        np.testing.assert_array_equal(await roundtrip(pipeline, rgb, 0), expected(weights_file, rgb))
+        assert list(shm_root.iterdir()) == []
+        pid = pipeline.worker_status()[0]["pid"]
+        assert mapping_usage(pid, RUN_PREFIX)["mappings"] == 0
+    finally:
+        await pipeline.cleanup()
+        await backend.shutdown()
