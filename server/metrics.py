@@ -68,9 +68,9 @@ class _StreamCollector(Collector):
         )
         memory = GaugeMetricFamily(
             "comfystream_worker_memory_bytes",
-            "A stream worker's memory as the kernel counts it (smaps_rollup): private (its own pages), "
-            "shared (pages other processes map too: weights shared between workers), pss (its share "
-            "of every page: the workers' pss add up to what they use together), rss",
+            "A stream worker's resident memory (/proc/PID/status): private (its anonymous pages: its "
+            "heap), shared (shared memory and files it maps: weights shared with other workers, "
+            "frame rings, libraries), rss (both)",
             labels=["stream_id", "pid", "kind"],
         )
         for s in samples:

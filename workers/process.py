@@ -29,7 +29,7 @@ from typing import Any
 
 from workers import child
 from workers import messages as m
-from workers.shared_weights import memory_usage
+from workers.shared_weights import memory_counts
 
 logger = logging.getLogger(__name__)
 
@@ -484,10 +484,9 @@ class WorkerProcess:
             "heartbeat_rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "node_count": ready.node_count if ready else None,
             "load_errors": ready.load_errors if ready else {},
-            # As the kernel counts it: `private` pages are this worker's alone, `shared` ones are
-            # mapped by others too (weights shared between workers); `pss` charges each worker
-            # its share of those, so the workers' pss add up to what they use together.
-            "memory": memory_usage(self.pid) if self.pid is not None and self.state != "stopped" else None,
+            # Resident bytes, `private` (its own heap) and `shared` (shared memory and files it
+            # maps: weights shared with other workers among them); workers.shared_weights.
+            "memory": memory_counts(self.pid) if self.pid is not None and self.state != "stopped" else None,
         }
 
 
