@@ -87,7 +87,12 @@ async def open_stream(backend: Any, name: str, args: argparse.Namespace, seed: i
 
     await wait_for_room(int(args.room_gib * GIB), f"stream {name}")
     pipeline = ProcessPoolPipeline(
-        width=args.size, height=args.size, stream_id=name, backend=backend, warmup_frames=1, max_latency_ms=None
+        width=args.size,
+        height=args.size,
+        stream_id=name,
+        backend=backend,
+        warmup_frames=1,
+        max_latency_ms=None,
     )
     await pipeline.initialize([img2img()])
     return Stream(pipeline, seed)
@@ -132,7 +137,9 @@ async def main_async(args: argparse.Namespace) -> int:
                 shared_weights=shared, shared_weights_root=str(shm_root),
             )  # fmt: skip
 
-        print(f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, CPU, torch threads {args.threads}")
+        print(
+            f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, CPU, torch threads {args.threads}"
+        )
         shared_backend, private_backend = backend(True), backend(False)
         streams: list[Stream] = []
         try:
@@ -166,7 +173,11 @@ async def main_async(args: argparse.Namespace) -> int:
             results: dict[int, dict[str, float]] = {}
             for n in counts:
                 while len(streams) < n:
-                    streams.append(await open_stream(shared_backend, f"shared{len(streams)}", args, seed=len(streams) + 1))
+                    streams.append(
+                        await open_stream(
+                            shared_backend, f"shared{len(streams)}", args, seed=len(streams) + 1
+                        )
+                    )
                 for s in streams:
                     await s.one_frame(args.size)
                 m = results[n] = total_memory(streams, shm_root)
@@ -200,7 +211,9 @@ async def main_async(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--comfyui", default=os.environ.get("COMFYUI_PATH") or str(ROOT.parent / "shared" / "ComfyUI")
     )
@@ -214,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default="1,2,4")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--room-gib", type=float, default=6.0, help="memory a stream start needs available (its transient copy)"
+        "--room-gib",
+        type=float,
+        default=6.0,
+        help="memory a stream start needs available (its transient copy)",
     )
     return asyncio.run(main_async(parser.parse_args(argv)))
 

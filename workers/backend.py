@@ -59,6 +59,10 @@ class BackendSettings:
     # directory of this run under `shared_weights_root`; False: each keeps its own.
     shared_weights: bool = True
     shared_weights_root: str = DEFAULT_ROOT
+    # Workers on a GPU share through one holder process per GPU (workers/shared_weights_cuda.py):
+    # "cuda" (not yet measured on a GPU: off by default), "host" (the same protocol over host
+    # memory, for CPU workers: tests), "off".
+    shared_weights_holder: str = "off"
 
 
 class ProcessPoolBackend:
@@ -124,6 +128,19 @@ class ProcessPoolBackend:
             pool, self.pool = self.pool, None
             await pool.stop()
 
+    async def _weights_holder(
+        self, weights_dir: WeightsDirectory | None, gpu: str | None
+    ) -> tuple[str, str, str] | None:
+        mode = self.settings.shared_weights_holder
+        if weights_dir is None or mode == "off" or (mode == "cuda" and gpu is None):
+            return None
+        try:
+            holder = await asyncio.to_thread(weights_dir.holder, gpu if mode == "cuda" else None, mode)
+        except OSError as exc:
+            logger.warning("no weights holder (%s): the worker keeps its own copy", exc)
+            return None
+        return (holder.address, holder.mode, holder.directory)
+
     def _attach_weights(self) -> WeightsDirectory | None:
         """The directory of shared weights a new worker maps from (None: it keeps its own)."""
         s = self.settings
@@ -148,6 +165,12 @@ class ProcessPoolBackend:
         gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
         s = self.settings
         weights_dir = self._attach_weights()
+        try:
+            holder = await self._weights_holder(weights_dir, gpu)
+        except BaseException:  # cancelled: this worker will not be, nor detach
+            if weights_dir is not None:
+                weights_dir.detach()
+            raise
         config = WorkerConfig(
             parent_pid=os.getpid(),
             gpu=gpu,
@@ -162,6 +185,7 @@ class ProcessPoolBackend:
             workspace_settings=s.workspace_settings,
             torch_threads=s.torch_threads,
             shared_weights_dir=str(weights_dir.path) if weights_dir is not None else None,
+            weights_holder=holder,
         )
         proc = WorkerProcess(
             config,

@@ -56,6 +56,9 @@ class WorkerConfig:
     # The run's directory of shared weights (workers/shared_weights.py), owned by the server;
     # None: each worker keeps its own copy of every model it loads.
     shared_weights_dir: str | None = None
+    # (address, mode, directory) of this worker's GPU's weights holder (shared_weights_cuda.py;
+    # mode "cuda", or "host": the same protocol over host memory); None: none.
+    weights_holder: tuple[str, str, str] | None = None
 
 
 def pinned_environment(config: WorkerConfig) -> dict[str, str]:
@@ -170,6 +173,8 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
 def _shared_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any) -> Any:
     """Hooks weight sharing into the outputs cache: each loader's modules move onto the run's
     shared, copy-on-write mappings right after it ran (CPU workers; see the module)."""
+    if config.weights_holder:
+        return _holder_weights(config, torch, device, outputs)
     if not config.shared_weights_dir:
         return None
     if device.type != "cpu":
@@ -185,6 +190,36 @@ def _shared_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any)
         try:
             shared.share_output(label, output, loader)
         except Exception:  # a model we cannot map still runs, from its own copy
+            logger.exception("%s: sharing its weights failed; they stay private to this worker", label)
+
+    outputs.on_computed = on_computed
+    return shared
+
+
+def _holder_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any) -> Any:
+    """Weights shared through the GPU's holder (workers/shared_weights_cuda.py)."""
+    from workers.shared_weights_cuda import (
+        CudaIpcDevice,
+        DeviceSharedWeights,
+        HostDevice,
+        guard_in_place_patches,
+    )
+
+    address, mode, directory = config.weights_holder
+    device_type = "cuda" if mode == "cuda" else "cpu"
+    if device.type != device_type:
+        logger.warning("shared weights: a %s holder, but this worker runs on %s: its models stay its own", mode, device)
+        return None
+    dev = CudaIpcDevice(torch) if mode == "cuda" else HostDevice(torch, directory)
+    shared = DeviceSharedWeights(torch, address, dev, device_type)
+    if mode == "cuda":
+        # No copy-on-write on a GPU: ComfyUI's in-place patches copy a shared tensor first.
+        guard_in_place_patches(torch, shared.is_shared)
+
+    def on_computed(label: str, output: Any, loader: bool) -> None:
+        try:
+            shared.share_outputs(label, output, device_type)  # loaded straight onto the device
+        except Exception:
             logger.exception("%s: sharing its weights failed; they stay private to this worker", label)
 
     outputs.on_computed = on_computed
@@ -372,9 +407,7 @@ class _Loop:
             "torch_threads": self.state.torch.get_num_threads(),
             "model_loads": self.state.outputs.model_loads,
             "resident_outputs": len(self.state.outputs),
-            "shared_weights": None
-            if self.state.shared_weights is None
-            else self.state.shared_weights.stats.as_dict(),
+            "shared_weights": None if self.state.shared_weights is None else self.state.shared_weights.status(),
             **self.frames.status(),
             **self.jobs.status(),
         }

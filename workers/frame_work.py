@@ -241,9 +241,20 @@ class FrameWork:
             plans[active].execute_sync(ExecutionContext(prompt_id=prompt_ids[active], frame=sample))
             times_ms.append((time.perf_counter() - started) * 1000.0)
             self.send(m.Progress(channel_name, done, total))
+        self._after_run()
         # The warmup's frames are steady state; a dry run alone may include loading a model.
         frame_ms = statistics.median(times_ms) if times_ms else dry_run_ms
         return _Prepared(plans, prompt_ids, width, height, round(frame_ms, 3), prompts_key(prompts, active))
+
+    def _after_run(self) -> None:
+        """Weights a run moved onto the device join the shared copy (workers/shared_weights_cuda)."""
+        shared = self.state.shared_weights
+        if shared is None:
+            return
+        try:
+            shared.after_run(self.state.outputs)
+        except Exception:
+            logger.exception("sharing the weights of the models on the device failed; they stay private")
 
     def _preload(self, msg: m.Preload) -> None:
         def done(result: Any, error: BaseException | None) -> None:

@@ -43,6 +43,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -141,7 +142,9 @@ def sweep_stale_runs(root: str | Path) -> list[str]:
             shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)
     if removed:
-        logger.info("shared weights: removed the directories of servers that are gone: %s", ", ".join(removed))
+        logger.info(
+            "shared weights: removed the directories of servers that are gone: %s", ", ".join(removed)
+        )
     return removed
 
 
@@ -157,6 +160,26 @@ class WeightsDirectory:
         self.root = root
         self.workers = 0
         self._owner_fd: int | None = owner_fd
+        # Device weights: one holder process per GPU (workers/shared_weights_cuda.py).
+        self.holders: dict[str, Any] = {}
+        self._holders_lock = threading.Lock()
+
+    def holder(self, gpu: str | None, mode: str) -> Any:
+        """Blocking: the holder of `gpu`'s shared weights (`mode` "cuda"; "host": the same over
+        host memory), started if there is none."""
+        from workers.shared_weights_cuda import HolderProcess
+
+        key = gpu if gpu is not None else "host"
+        with self._holders_lock:
+            holder = self.holders.get(key)
+            if holder is None or not holder.process.is_alive():
+                device_dir = self.path / f"device-{key}"
+                device_dir.mkdir(exist_ok=True)
+                holder = HolderProcess(str(self.path / f"holder-{key}.sock"), mode, gpu, str(device_dir))
+                holder.start()
+                self.holders[key] = holder
+                logger.info("weights holder for %s started (pid %s)", key, holder.process.pid)
+            return holder
 
     @classmethod
     def create(cls, root: str | Path = DEFAULT_ROOT) -> WeightsDirectory:
@@ -196,6 +219,10 @@ class WeightsDirectory:
         """Once every worker is gone."""
         if self._owner_fd is None:
             return
+        with self._holders_lock:
+            holders, self.holders = list(self.holders.values()), {}
+        for holder in holders:
+            holder.stop()
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._owner_fd)
         self._owner_fd = None
@@ -567,3 +594,10 @@ class SharedWeights:
     def sweep(self) -> list[str]:
         """After this worker let models go: the files nobody maps any more are deleted."""
         return remove_unmapped(self.directory)
+
+    def after_run(self, cache: Any) -> None:
+        """After a prompt ran: nothing to do on the CPU (loaders' outputs were shared as they
+        came); the device's kind shares what the run moved onto the device."""
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "file", **self.stats.as_dict()}

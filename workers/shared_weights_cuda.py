@@ -46,6 +46,7 @@ import mmap
 import os
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
@@ -159,7 +160,9 @@ class Holder:
             elif kind == "release":
                 self._release(client, msg[1])
             elif kind == "status":
-                conn.send(("status", {k: (a.size, len(a.holders), a.filled) for k, a in self.allocations.items()}))
+                conn.send(
+                    ("status", {k: (a.size, len(a.holders), a.filled) for k, a in self.allocations.items()})
+                )
             else:
                 conn.send(("error", f"unknown message {kind!r}"))
 
@@ -246,6 +249,63 @@ def _serve_client(holder: Holder, client: int, conn: Connection) -> None:
         conn.close()
 
 
+def holder_main(address: str, mode: str, gpu: str | None, directory: str, parent_pid: int) -> None:
+    """The holder process (spawned by the server, one per GPU): pinned to its GPU before torch
+    is imported, dies with the server."""
+    from workers.lifecycle import die_with_parent
+
+    die_with_parent(parent_pid)
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s holder[{os.getpid()}] %(message)s"
+    )
+    import torch
+
+    device: HolderDevice = CudaIpcDevice(torch) if mode == "cuda" else HostDevice(torch, directory)
+    serve_holder(address, device)
+
+
+class HolderProcess:
+    """The server's handle of one holder: started with the first worker of its GPU that shares
+    weights, stopped with the run's directory (after the last worker)."""
+
+    START_TIMEOUT_S = 60.0
+
+    def __init__(self, address: str, mode: str, gpu: str | None, directory: str):
+        import multiprocessing
+
+        self.address = address
+        self.mode = mode
+        self.directory = directory
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=holder_main,
+            args=(address, mode, gpu, directory, os.getpid()),
+            name=f"weights-holder-{gpu or 'host'}",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        """Blocking (run it in a thread): spawns the holder and waits for its socket."""
+        import time
+
+        self.process.start()
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while not os.path.exists(self.address):
+            if not self.process.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise OSError(f"the weights holder did not start (exit code {self.process.exitcode})")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.pid is None:
+            return
+        self.process.kill()  # it holds nothing that needs an orderly exit: its memory goes with it
+        self.process.join(10)
+        self.process.close()
+
+
 # -- the worker's side --------------------------------------------------------------------------
 
 
@@ -261,14 +321,19 @@ class DeviceShareResult:
 class DeviceSharedWeights:
     """A worker's client of its GPU's holder."""
 
-    def __init__(self, torch: Any, address: str, device: HolderDevice):
+    def __init__(self, torch: Any, address: str, device: HolderDevice, device_type: str = "cuda"):
         from workers.shared_weights import SharedWeights
 
         self.torch = torch
         self.device = device
+        self.device_type = device_type
         self.conn = Client(address, family="AF_UNIX")
         self._layout = SharedWeights(os.devnull, torch)  # its entries and fingerprint, reused
         self.held: set[str] = set()
+        # Per key: the byte range of the opened allocation in this process, and the tensors that
+        # were pointed into it (weakly: the model owns them).
+        self._ranges: dict[str, tuple[int, int, list[Any]]] = {}
+        self.stats = {"modules": 0, "tensors": 0, "shared_bytes": 0, "filled": 0, "private_tensors": 0}
 
     def share_module(self, module: Any, device_type: str = "cuda") -> DeviceShareResult | None:
         torch = self.torch
@@ -289,6 +354,8 @@ class DeviceSharedWeights:
                 base[e.offset : e.offset + nbytes].copy_(e.tensor.detach().reshape(-1).view(torch.uint8))
             self.conn.send(("filled", key))
         result = DeviceShareResult(key, filled, 0, 0)
+        start = base.data_ptr()
+        self._ranges[key] = (start, start + size, [weakref.ref(e.tensor) for e in entries])
         with torch.inference_mode():
             for e in entries:
                 t = e.tensor
@@ -300,14 +367,77 @@ class DeviceSharedWeights:
                 t.data = raw.view(t.dtype).view(t.shape)
                 result.tensors += 1
                 result.shared_bytes += nbytes
+        del base, raw  # only the tensors keep the allocation open now
+        st = self.stats
+        st["modules"] += 1
+        st["tensors"] += result.tensors
+        st["shared_bytes"] += result.shared_bytes
+        st["filled"] += int(filled)
+        st["private_tensors"] += result.private_tensors
+        if result.tensors == 0:
+            self.release(key)
         return result
+
+    def share_outputs(self, label: str, outputs: list[Any], device_type: str) -> list[DeviceShareResult]:
+        """The modules in `outputs` (node outputs) whose weights are on `device_type` and not
+        shared yet: after ComfyUI moved a model to the GPU to run it, its weights move onto the
+        holder's copy."""
+        from workers.shared_weights import find_modules
+
+        results = []
+        for module in find_modules(outputs, self.torch):
+            result = self.share_module(module, device_type)
+            if result is not None:
+                results.append(result)
+        if results:
+            logger.info(
+                "%s: %d MiB of weights shared on the device (%s)",
+                label,
+                sum(r.shared_bytes for r in results) >> 20,
+                ", ".join(f"{r.key}: {'filled' if r.filled else 'opened'}" for r in results),
+            )
+        return results
+
+    def is_shared(self, tensor: Any) -> bool:
+        ptr = tensor.data_ptr()
+        return any(lo <= ptr < hi for lo, hi, _ in self._ranges.values())
+
+    def release_unused(self) -> list[str]:
+        """Gives back the allocations none of whose tensors points into them any more (the model
+        was freed, or ComfyUI moved it off the device)."""
+        gone = []
+        for key, (lo, hi, refs) in list(self._ranges.items()):
+            live = [t for t in (r() for r in refs) if t is not None]
+            if not any(lo <= t.data_ptr() < hi for t in live):
+                del self._ranges[key]
+                self.release(key)
+                gone.append(key)
+        return gone
+
+    def sweep(self) -> list[str]:
+        """After the worker let models go (the loop's release_unused)."""
+        return self.release_unused()
+
+    def after_run(self, cache: Any) -> None:
+        """After a prompt ran (its first run, a warmup): ComfyUI has moved the models it used
+        onto the device; their weights move onto the holder's copy, and the device memory of
+        the private copy goes back to the driver for the other workers."""
+        if (
+            self.share_outputs("after a run", cache.outputs(), self.device_type)
+            and self.device_type == "cuda"
+        ):
+            self.torch.cuda.empty_cache()
+
+    def status(self) -> dict[str, Any]:
+        return {"kind": "holder", "held": len(self.held), **self.stats}
 
     def release(self, key: str) -> None:
         if key in self.held:
             self.held.discard(key)
             self.conn.send(("release", key))
 
-    def status(self) -> dict[str, Any]:
+    def holder_status(self) -> dict[str, Any]:
+        """The holder's allocations: {key: (size, holders, filled)}."""
         self.conn.send(("status",))
         return self.conn.recv()[1]
 

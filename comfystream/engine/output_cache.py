@@ -59,6 +59,10 @@ class OutputCache:
     def get(self, key: Hashable) -> CachedOutput | None:
         return self._entries.get(key)
 
+    def outputs(self) -> list[list[list[Any]]]:
+        """Every kept output (what holds the loaded models)."""
+        return [entry.output for entry in self._entries.values()]
+
     def put(self, key: Hashable, entry: CachedOutput) -> None:
         self._entries[key] = entry
 

@@ -36,7 +36,12 @@ def available_bytes() -> int:
 
 
 async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
-    comfyui_path, model_paths, frames, reference, standin_on_path, no_leaks  # noqa: F811
+    comfyui_path,
+    model_paths,
+    frames,  # noqa: F811
+    reference,  # noqa: F811
+    standin_on_path,
+    no_leaks,
 ):
     from comfystream.pipeline import ProcessPoolPipeline
 
@@ -59,7 +64,9 @@ async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
             for k, pipeline in enumerate(pipelines):
                 await pipeline.put_video_frame(video_frame(rgb, 10 * i + k))
                 # ComfyUI's own pixels, from weights mapped from the other worker's copy.
-                np.testing.assert_array_equal(await next_output(pipeline, 10 * i + k), to_uint8(reference[0, 0, i]))
+                np.testing.assert_array_equal(
+                    await next_output(pipeline, 10 * i + k), to_uint8(reference[0, 0, i])
+                )
 
         files = sorted(root.glob(f"{RUN_PREFIX}*/*{WEIGHTS_SUFFIX}"))
         assert len(files) == 3  # the UNet, CLIP and the VAE: one file each, for both workers

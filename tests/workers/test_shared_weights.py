@@ -43,7 +43,9 @@ LAYERS = 32  # 32 x 1024 x 1024 float32: 128 MiB of weights, far above a worker'
 
 
 def _nodes_module():
-    spec = importlib.util.spec_from_file_location("cs_tiny_weights", NODES / "cs_tiny_weights" / "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "cs_tiny_weights", NODES / "cs_tiny_weights" / "__init__.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -178,7 +180,9 @@ async def test_workers_map_one_copy_of_the_weights(no_leaks, shm_root, weights_f
     assert not list(shm_root.iterdir())  # the run's directory went with its last worker
 
 
-async def test_a_patch_in_place_in_one_worker_changes_no_other_workers_output(no_leaks, shm_root, weights_file):
+async def test_a_patch_in_place_in_one_worker_changes_no_other_workers_output(
+    no_leaks, shm_root, weights_file
+):
     backend = make_backend(shm_root)
     pipelines = []
     try:
@@ -317,7 +321,10 @@ async def test_nothing_is_left_after_a_kill_of_the_server_and_a_restart(no_leaks
     repo = str(Path(__file__).resolve().parents[2])
     script = SERVER_SCRIPT.format(repo=repo, root=str(shm_root), weights=str(weights_file))
     server = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": repo}
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": repo},
     )
     try:
         line = await asyncio.wait_for(asyncio.to_thread(server.stdout.readline), 120)

@@ -4,15 +4,30 @@ through as GPU memory is) where a GPU would use `CudaIpcDevice`."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from tests.polling import wait_for
+from tests.workers.test_shared_weights import (  # noqa: F401 (fixtures)
+    RUN_PREFIX,
+    frames,
+    make_backend,
+    open_stream,
+    prompt,
+    roundtrip,
+    shm_root,
+    video_frame,
+    weights_file,
+)
+from tests.workers.test_shared_weights import expected as expected_frame
 from workers.shared_weights_cuda import DeviceSharedWeights, Holder, HostDevice, serve_holder
 
 pytestmark = pytest.mark.timeout(120)
@@ -69,7 +84,9 @@ def holder(tmp_path: Path):
 class Worker:
     def __init__(self, address: str, directory: Path, seed: int = 1):
         self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(target=_worker_main, args=(address, str(directory), seed, child), daemon=True)
+        self.proc = SPAWN.Process(
+            target=_worker_main, args=(address, str(directory), seed, child), daemon=True
+        )
         self.proc.start()
         child.close()
         assert self.conn.poll(60)
@@ -168,3 +185,43 @@ def wait_for_sync(check, timeout: float = 30.0) -> None:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
+
+# -- through the server's backend: streams of real workers, the holder spawned by the backend --------
+
+
+async def test_streams_share_through_their_gpus_holder(no_leaks, shm_root, weights_file):  # noqa: F811
+    backend = make_backend(shm_root, shared_weights_holder="host")
+    pipelines = []
+    try:
+        for name in ("a", "b"):
+            pipelines.append(await open_stream(backend, name, prompt(weights_file)))
+        a, b = pipelines
+        (run,) = shm_root.glob(f"{RUN_PREFIX}*")
+        address = str(run / "holder-host.sock")
+        (key,) = status = holder_status(address)
+        assert status[key][1:] == (2, True)  # one allocation, both workers hold it
+        assert list(run.glob("*.weights")) == []  # not the file mechanism: the holder's
+        for i, rgb in enumerate(frames(2, seed=11)):
+            for pipeline in pipelines:
+                np.testing.assert_array_equal(
+                    await roundtrip(pipeline, rgb, i), expected_frame(weights_file, rgb)
+                )
+
+        first_pid = a.worker_status()[0]["pid"]
+        os.kill(first_pid, signal.SIGKILL)
+        wait_for_sync(lambda: holder_status(address)[key][1] == 1)
+        rgb = frames(1, seed=12)[0]
+        np.testing.assert_array_equal(await roundtrip(b, rgb, 10), expected_frame(weights_file, rgb))
+
+        async def processed() -> bool:
+            await a.put_video_frame(video_frame(rgb, 100))
+            out = await asyncio.wait_for(a.get_processed_video_frame(), 60)
+            return np.array_equal(out.to_ndarray(format="rgb24"), expected_frame(weights_file, rgb))
+
+        await wait_for(processed, timeout=120, what="a processed frame from the new worker")
+        assert holder_status(address)[key][1] == 2  # the new worker opened the same allocation
+    finally:
+        for pipeline in pipelines:
+            await pipeline.cleanup()
+        await backend.shutdown()
+    assert list(shm_root.iterdir()) == []  # the holder stopped with the directory, its memory with it
