@@ -16,6 +16,8 @@ Streams are started one at a time, each after checking there is room in memory f
 own transient copy of the checkpoint (it loads it, then moves onto the shared copy).
 
     .venv/bin/python bench/shared_weights.py [--size 64] [--frames 8] [--streams 1,2,4]
+    .venv/bin/python bench/shared_weights.py --device cuda --size 512   # with a GPU: 1, 2, 4, 8
+      streams, each worker's GPU memory and the holder's (nvidia-smi), shared against private
 """
 
 from __future__ import annotations
@@ -210,6 +212,86 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def main_cuda(args: argparse.Namespace) -> int:
+    """On a GPU: the same streams with the weights shared through the GPU's holder (CUDA IPC)
+    against private ones; each worker's GPU memory and the holder's, from nvidia-smi."""
+    from bench.gpu import process_gpu_memory
+    from workers.backend import ProcessPoolBackend
+    from workers.shared_weights import WeightsDirectory
+
+    counts = sorted(int(n) for n in args.streams.split(","))
+    shm_root = Path(tempfile.mkdtemp(prefix="bench-weights-", dir="/dev/shm"))
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="bench-shared-weights-") as tmp_name:
+        yaml, _ = prepare(args.comfyui, Path(args.cache), Path(tmp_name))
+
+        def backend(holder: str) -> ProcessPoolBackend:
+            return ProcessPoolBackend(
+                workspace=args.comfyui, torch_threads=args.threads, startup_timeout_s=600.0,
+                workspace_settings={"extra_model_paths": [str(yaml)], "load_custom_nodes": False},
+                shared_weights_root=str(shm_root), shared_weights_holder=holder,
+            )  # fmt: skip
+
+        def gpu_mib(streams: list[Stream]) -> tuple[list[int], int]:
+            usage = process_gpu_memory()
+            directory = WeightsDirectory._by_root.get(str(shm_root))
+            holders = [h.process.pid for h in directory.holders.values()] if directory else []
+            return [usage.get(s.pid, 0) for s in streams], sum(usage.get(pid, 0) for pid in holders)
+
+        print(
+            f"SD 1.5 img2img (1 step, denoise 0.5), {args.size}x{args.size}, GPU (holder per GPU, CUDA IPC)"
+        )
+        shared_backend, private_backend = backend("cuda"), backend("off")
+        streams: list[Stream] = []
+        try:
+            private = await open_stream(private_backend, "private", args, seed=1)
+            await private.one_frame(args.size)
+            (private_mib,), _ = gpu_mib([private])
+            streams.append(await open_stream(shared_backend, "shared0", args, seed=1))
+            await streams[0].one_frame(args.size)
+            private.times_ms.clear()
+            streams[0].times_ms.clear()
+            for _ in range(args.frames):
+                await private.one_frame(args.size)
+                await streams[0].one_frame(args.size)
+            p_ms, s_ms = statistics.median(private.times_ms), statistics.median(streams[0].times_ms)
+            await private.pipeline.cleanup()
+            await private_backend.shutdown()
+            print(
+                f"per frame, one stream each, in turn (n={args.frames}): private p50 {p_ms:.1f} ms, "
+                f"shared {s_ms:.1f} ms: ratio {s_ms / p_ms:.3f} (budget 0.95..1.05)"
+            )
+            ok &= 0.95 <= s_ms / p_ms <= 1.05
+            print(f"1 stream, private weights: worker {private_mib} MiB of GPU memory")
+            totals: dict[int, int] = {}
+            for n in counts:
+                while len(streams) < n:
+                    streams.append(
+                        await open_stream(shared_backend, f"shared{len(streams)}", args, len(streams) + 1)
+                    )
+                for st in streams:
+                    await st.one_frame(args.size)
+                workers, holder = gpu_mib(streams)
+                totals[n] = sum(workers) + holder
+                print(
+                    f"{n} stream(s), shared weights: total {totals[n]} MiB of GPU memory (holder {holder}, "
+                    f"workers {workers}); private weights would take about {n * private_mib} MiB"
+                )
+            if 1 in totals and max(counts) > 1:
+                top = max(counts)
+                print(f"{top} streams / 1 stream: {totals[top] / totals[1]:.3f}")
+        finally:
+            for st in streams:
+                await st.pipeline.cleanup()
+            await shared_backend.shutdown()
+            await private_backend.shutdown()
+            left = list(shm_root.iterdir())
+            shutil.rmtree(shm_root, ignore_errors=True)
+        print(f"left in /dev/shm after stop: {left or 'nothing'}")
+        ok &= not left
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,7 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=8, help="frames timed per kind (shared, private)")
-    parser.add_argument("--streams", default="1,2,4")
+    parser.add_argument(
+        "--streams", default=None, help="stream counts (default 1,2,4; with --device cuda 1,2,4,8)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: workers on the GPU(s), weights shared through a holder per GPU (CUDA IPC)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--room-gib",
@@ -232,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         default=6.0,
         help="memory a stream start needs available (its transient copy)",
     )
-    return asyncio.run(main_async(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        args.streams = args.streams or "1,2,4,8"
+        return asyncio.run(main_cuda(args))
+    args.streams = args.streams or "1,2,4"
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

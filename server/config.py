@@ -37,6 +37,9 @@ class ServerConfig:
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
     # Workers that load the same weights map one copy (workers/shared_weights.py); --no-shared-weights: each its own.
     shared_weights: bool = True
+    # --shared-weights-gpu: workers on a GPU share through a holder process per GPU (CUDA IPC;
+    # not yet measured on a GPU, so off by default).
+    shared_weights_gpu: bool = False
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)

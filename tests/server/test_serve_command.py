@@ -73,8 +73,9 @@ def test_shared_weights_are_on_unless_turned_off() -> None:
     def backend_settings(*flags: str):
         return PipelineResources(config_from_args(build_parser().parse_args(["serve", *flags]))).backend.settings
 
-    assert backend_settings().shared_weights is True
+    assert (backend_settings().shared_weights, backend_settings().shared_weights_holder) == (True, "off")
     assert backend_settings("--no-shared-weights").shared_weights is False
+    assert backend_settings("--shared-weights-gpu").shared_weights_holder == "cuda"
 
 
 
