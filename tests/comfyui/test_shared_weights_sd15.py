@@ -88,3 +88,45 @@ async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
         left = list(root.iterdir())
         shutil.rmtree(root, ignore_errors=True)
     assert left == []
+
+
+GUARD_PROBE = """
+import sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from comfystream.comfyui import load_workspace
+from comfystream.comfyui.settings import WorkspaceSettings
+
+load_workspace(sys.argv[2], WorkspaceSettings(load_custom_nodes=False))
+import comfy.utils
+from workers.shared_weights_cuda import guard_in_place_patches
+
+shared = torch.zeros(32)  # stands for a holder's allocation other workers read
+model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Linear(4, 4, bias=False))
+model[0].weight.data = shared[:16].view(4, 4)
+model[1].weight.data = shared[16:].view(4, 4)
+lo, hi = shared.data_ptr(), shared.data_ptr() + shared.nbytes
+guard_in_place_patches(torch, lambda t: lo <= t.data_ptr() < hi)
+comfy.utils.copy_to_param(model, "0.weight", torch.ones(4, 4))  # ModelPatcher's in-place patch
+assert torch.equal(shared, torch.zeros(32)), "the shared allocation was written"
+assert torch.equal(model[0].weight, torch.ones(4, 4)), "the patch did not reach the model"
+assert model[1].weight.data_ptr() == shared.data_ptr() + 64, "an unpatched tensor left the shared copy"
+print("ok")
+"""
+
+
+def test_comfyuis_in_place_patch_copies_a_shared_tensor_first(comfyui_path, comfyui_env):
+    """On a GPU there is no copy-on-write: ComfyUI's in-place weight patch (`copy_to_param`, used
+    by ModelPatcher with inplace_update) must give the worker its own copy before it writes."""
+    import subprocess
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", GUARD_PROBE, repo, str(comfyui_path)],
+        env=comfyui_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
