@@ -95,10 +95,16 @@ def remove_unmapped(directory: str | Path) -> list[str]:
     except FileNotFoundError:
         return removed
     for name in names:
-        if name in (OWNER_LOCK, PUBLISH_LOCK):
+        # Weights files and unfinished ones only (the directory also holds its locks, and the
+        # GPU holders' sockets and folders).
+        if not (name.endswith(WEIGHTS_SUFFIX) or f"{WEIGHTS_SUFFIX}.tmp-" in name):
             continue
         path = Path(directory) / name
-        fd = _try_lock(path, fcntl.LOCK_EX)
+        try:
+            fd = _try_lock(path, fcntl.LOCK_EX)
+        except OSError as exc:  # never let a sweep fail a worker's stop
+            logger.warning("shared weights: cannot sweep %s: %s", path, exc)
+            continue
         if fd is None:
             continue
         try:
@@ -108,6 +114,8 @@ def remove_unmapped(directory: str | Path) -> list[str]:
                 removed.append(name)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            logger.warning("shared weights: cannot remove %s: %s", path, exc)
         finally:
             os.close(fd)
     if removed:
@@ -222,7 +230,10 @@ class WeightsDirectory:
         with self._holders_lock:
             holders, self.holders = list(self.holders.values()), {}
         for holder in holders:
-            holder.stop()
+            try:
+                holder.stop()
+            except Exception:  # the directory must go all the same
+                logger.exception("stopping the weights holder (pid %s) failed", holder.process.pid)
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._owner_fd)
         self._owner_fd = None

@@ -421,3 +421,27 @@ async def test_without_shared_weights_a_worker_keeps_its_own_copy(no_leaks, shm_
     finally:
         await pipeline.cleanup()
         await backend.shutdown()
+
+
+def test_a_sweep_removes_only_weights_nobody_maps(shm_root):
+    import fcntl
+    import socket
+
+    from workers.shared_weights import OWNER_LOCK, PUBLISH_LOCK, remove_unmapped
+
+    for name in ("free.weights", "held.weights", "abc.weights.tmp-123", OWNER_LOCK, PUBLISH_LOCK, "other"):
+        (shm_root / name).write_bytes(b"x")
+    (shm_root / "device-host").mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(shm_root / "holder-host.sock"))
+        fd = os.open(shm_root / "held.weights", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a worker maps it
+            assert sorted(remove_unmapped(shm_root)) == ["abc.weights.tmp-123", "free.weights"]
+        finally:
+            os.close(fd)
+        left = sorted(p.name for p in shm_root.iterdir())
+        assert left == sorted(
+            ["held.weights", OWNER_LOCK, PUBLISH_LOCK, "other", "device-host", "holder-host.sock"]
+        )
+        assert remove_unmapped(shm_root) == ["held.weights"]  # its worker let go
