@@ -96,7 +96,10 @@ async def open_stream(backend: Any, name: str, args: argparse.Namespace, seed: i
         warmup_frames=1,
         max_latency_ms=None,
     )
+    started = time.perf_counter()
     await pipeline.initialize([img2img()])
+    # Spawn, load the checkpoint, share (publish or compare and map) and one warmup frame.
+    print(f"  stream {name} initialized in {time.perf_counter() - started:.1f} s")
     return Stream(pipeline, seed)
 
 
