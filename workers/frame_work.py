@@ -241,13 +241,13 @@ class FrameWork:
             plans[active].execute_sync(ExecutionContext(prompt_id=prompt_ids[active], frame=sample))
             times_ms.append((time.perf_counter() - started) * 1000.0)
             self.send(m.Progress(channel_name, done, total))
-        self._after_run()
         # The warmup's frames are steady state; a dry run alone may include loading a model.
         frame_ms = statistics.median(times_ms) if times_ms else dry_run_ms
         return _Prepared(plans, prompt_ids, width, height, round(frame_ms, 3), prompts_key(prompts, active))
 
     def _after_run(self) -> None:
-        """Weights a run moved onto the device join the shared copy (workers/shared_weights_cuda)."""
+        """Weights a run moved onto the device join the shared copy (workers/shared_weights_cuda).
+        On the loop's thread, between two frames: the models may be those the frames run."""
         shared = self.state.shared_weights
         if shared is None:
             return
@@ -262,6 +262,7 @@ class FrameWork:
                 self.send(_failure(msg.request_id, error))
                 return
             self.preloaded = result
+            self._after_run()
             self._release_unused()
             self.send(m.Reply(msg.request_id, True, self._prepared_data(result)))
 
@@ -343,6 +344,7 @@ class FrameWork:
             return
         channel.plans, channel.prompt_ids = result.plans, result.prompt_ids
         channel.active = msg.active
+        self._after_run()
         self._release_unused()  # the old prompts' outputs no other prompt shares (an old checkpoint)
         self.send(
             m.Reply(
