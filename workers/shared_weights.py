@@ -562,6 +562,8 @@ class SharedWeights:
     def _map(fd: int, size: int) -> mmap.mmap:
         # MAP_PRIVATE: reads share the file's pages, a write gets a private page (copy-on-write).
         # The mapping keeps its own duplicate of `fd`, so the shared lock lasts as long as it.
+        # No MAP_POPULATE: on a writable private mapping it copies every page up front (measured
+        # on SD 1.5: every page private, and sharing 1.8 -> 9 s).
         return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
     def _open_existing(self, path: Path, size: int) -> mmap.mmap | None:
