@@ -334,8 +334,16 @@ class DeviceSharedWeights:
         # were pointed into it (weakly: the model owns them).
         self._ranges: dict[str, tuple[int, int, list[Any]]] = {}
         self.stats = {"modules": 0, "tensors": 0, "shared_bytes": 0, "filled": 0, "private_tensors": 0}
+        # One exchange with the holder at a time (the loop's thread and the background thread
+        # both share), and a whole share at a time: a thread waiting for weights this worker is
+        # filling on its other thread would otherwise hold the connection the filler needs.
+        self._lock = threading.Lock()
 
     def share_module(self, module: Any, device_type: str = "cuda") -> DeviceShareResult | None:
+        with self._lock:
+            return self._share_module(module, device_type)
+
+    def _share_module(self, module: Any, device_type: str) -> DeviceShareResult | None:
         torch = self.torch
         entries = self._layout._entries(module, device_type)
         if not entries:
@@ -352,6 +360,8 @@ class DeviceSharedWeights:
             for e in entries:
                 nbytes = e.tensor.numel() * e.tensor.element_size()
                 base[e.offset : e.offset + nbytes].copy_(e.tensor.detach().reshape(-1).view(torch.uint8))
+            if device_type == "cuda":
+                torch.cuda.synchronize()  # the copies are queued: done before anyone reads them
             self.conn.send(("filled", key))
         result = DeviceShareResult(key, filled, 0, 0)
         start = base.data_ptr()
@@ -375,7 +385,7 @@ class DeviceSharedWeights:
         st["filled"] += int(filled)
         st["private_tensors"] += result.private_tensors
         if result.tensors == 0:
-            self.release(key)
+            self._release(key)
         return result
 
     def share_outputs(self, label: str, outputs: list[Any], device_type: str) -> list[DeviceShareResult]:
@@ -406,12 +416,13 @@ class DeviceSharedWeights:
         """Gives back the allocations none of whose tensors points into them any more (the model
         was freed, or ComfyUI moved it off the device)."""
         gone = []
-        for key, (lo, hi, refs) in list(self._ranges.items()):
-            live = [t for t in (r() for r in refs) if t is not None]
-            if not any(lo <= t.data_ptr() < hi for t in live):
-                del self._ranges[key]
-                self.release(key)
-                gone.append(key)
+        with self._lock:
+            for key, (lo, hi, refs) in list(self._ranges.items()):
+                live = [t for t in (r() for r in refs) if t is not None]
+                if not any(lo <= t.data_ptr() < hi for t in live):
+                    del self._ranges[key]
+                    self._release(key)
+                    gone.append(key)
         return gone
 
     def sweep(self) -> list[str]:
@@ -432,14 +443,19 @@ class DeviceSharedWeights:
         return {"kind": "holder", "held": len(self.held), **self.stats}
 
     def release(self, key: str) -> None:
+        with self._lock:
+            self._release(key)
+
+    def _release(self, key: str) -> None:
         if key in self.held:
             self.held.discard(key)
             self.conn.send(("release", key))
 
     def holder_status(self) -> dict[str, Any]:
         """The holder's allocations: {key: (size, holders, filled)}."""
-        self.conn.send(("status",))
-        return self.conn.recv()[1]
+        with self._lock:
+            self.conn.send(("status",))
+            return self.conn.recv()[1]
 
     def close(self) -> None:
         self.conn.close()
