@@ -20,9 +20,10 @@ Lifetime, with file locks (the kernel drops them when a process dies, even on SI
   (the lock is on the mapping's own file description, so it goes with the last tensor);
 - whoever can take the exclusive lock of a file (nobody maps it) may delete it: the worker after
   it lets a model go, the server after a worker exits (`WeightsDirectory.sweep`);
-- the server owns one directory per run and holds an exclusive lock on its `owner.lock`; it
-  deletes the directory at shutdown, and at start deletes every run directory whose owner lock it
-  can take (a server that was killed), so a kill -9 and a restart leave nothing.
+- the server owns one directory per run, beside an owner file it holds an exclusive lock on
+  (`WeightsDirectory`); it deletes both after its last worker, and at start deletes every run
+  whose owner lock it can take (a server that was killed), so a kill -9 and a restart leave
+  nothing (and a kill -9 before any model was shared leaves nothing at all).
 Publishing is serialised by `publish.lock` (two workers loading one checkpoint at once write it
 once). Tensors are page-aligned in the file, so a write copies only the pages of what it touches.
 
@@ -42,9 +43,8 @@ import logging
 import mmap
 import os
 import shutil
-import tempfile
 import threading
-import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +53,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 RUN_PREFIX = "comfystream-weights-"
-OWNER_LOCK = "owner.lock"
+OWNER_SUFFIX = ".owner"
 PUBLISH_LOCK = "publish.lock"
 WEIGHTS_SUFFIX = ".weights"
 DEFAULT_ROOT = "/dev/shm"
@@ -62,9 +62,6 @@ ALIGN = 4096  # a page: a copy-on-write of one tensor never copies a neighbour's
 MIN_TENSOR_BYTES = 4096  # smaller tensors would share less than the page they take
 SAMPLES_PER_TENSOR = 8
 SAMPLE_BYTES = 64
-# A run directory found without its owner lock is one whose server died while creating it; one
-# younger than this may be a server creating it right now.
-ORPHAN_GRACE_S = 60.0
 
 
 # -- the server's side: one directory per run -------------------------------------------------
@@ -124,47 +121,58 @@ def remove_unmapped(directory: str | Path) -> list[str]:
 
 
 def sweep_stale_runs(root: str | Path) -> list[str]:
-    """Deletes the run directories under `root` whose server is gone (its owner lock is free)."""
+    """Deletes what the servers that are gone left under `root`: each run's owner file whose lock
+    is free, and its directory; a run directory without its owner file (the owner file is made
+    first and removed last, so its server is gone)."""
     removed = []
     try:
-        entries = [e for e in os.scandir(root) if e.name.startswith(RUN_PREFIX) and e.is_dir()]
+        entries = [e for e in os.scandir(root) if e.name.startswith(RUN_PREFIX)]
     except FileNotFoundError:
         return removed
+    names = {e.name for e in entries}
     for entry in entries:
-        lock = Path(entry.path) / OWNER_LOCK
-        if lock.exists():
-            fd = _try_lock(lock, fcntl.LOCK_EX)
+        if entry.name.endswith(OWNER_SUFFIX):
+            fd = _try_lock(Path(entry.path), fcntl.LOCK_EX)
             if fd is None:
                 continue  # a live server's
             try:
-                shutil.rmtree(entry.path, ignore_errors=True)
+                shutil.rmtree(Path(root) / entry.name[: -len(OWNER_SUFFIX)], ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
             finally:
                 os.close(fd)
-        else:
-            try:
-                age = time.time() - entry.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if age < ORPHAN_GRACE_S:
-                continue
+            removed.append(entry.name)
+        elif entry.is_dir() and entry.name + OWNER_SUFFIX not in names:
             shutil.rmtree(entry.path, ignore_errors=True)
-        removed.append(entry.name)
+            removed.append(entry.name)
     if removed:
-        logger.info(
-            "shared weights: removed the directories of servers that are gone: %s", ", ".join(removed)
-        )
+        logger.info("shared weights: removed what servers that are gone left: %s", ", ".join(removed))
     return removed
+
+
+def _tracker_name(path: Path) -> str | None:
+    """The name multiprocessing's resource tracker unlinks `path` by (shm_unlink), when it is
+    directly in /dev/shm."""
+    return f"/{path.name}" if path.parent.resolve() == Path("/dev/shm") else None
 
 
 class WeightsDirectory:
     """The server's directory of shared weights for this run. One per server process and root,
     whichever backend (streams, jobs) spawned the workers, so that they all map one copy: made
-    with the first worker (`attach`), removed after the last one (`detach`)."""
+    with the first worker (`attach`), removed after the last one (`detach`).
+
+    The run is `ROOT/comfystream-weights-PID-TOKEN.owner`, a file the server holds an exclusive
+    lock on for its life, and the directory of the same name without the suffix, which the first
+    worker to share weights creates. The owner file is registered with multiprocessing's resource
+    tracker (the process that also unlinks the frame rings of a server killed with SIGKILL, once
+    its workers are gone): a server killed before any model was shared leaves nothing at all; one
+    killed with shared weights leaves their directory, which the next server's start removes."""
 
     _by_root: dict[str, WeightsDirectory] = {}
 
-    def __init__(self, path: Path, owner_fd: int, root: str = ""):
+    def __init__(self, path: Path, owner: Path, owner_fd: int, root: str = ""):
         self.path = path
+        self.owner = owner
         self.root = root
         self.workers = 0
         self._owner_fd: int | None = owner_fd
@@ -182,7 +190,7 @@ class WeightsDirectory:
             holder = self.holders.get(key)
             if holder is None or not holder.process.is_alive():
                 device_dir = self.path / f"device-{key}"
-                device_dir.mkdir(exist_ok=True)
+                device_dir.mkdir(parents=True, exist_ok=True)
                 holder = HolderProcess(str(self.path / f"holder-{key}.sock"), mode, gpu, str(device_dir))
                 holder.start()
                 self.holders[key] = holder
@@ -192,11 +200,17 @@ class WeightsDirectory:
     @classmethod
     def create(cls, root: str | Path = DEFAULT_ROOT) -> WeightsDirectory:
         sweep_stale_runs(root)
-        path = Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-", dir=root))
-        fd = os.open(path / OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        name = f"{RUN_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        owner = Path(root) / f"{name}{OWNER_SUFFIX}"
+        fd = os.open(owner, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for the life of this process (the kernel drops it)
-        logger.info("shared weights in %s", path)
-        return cls(path, fd, str(root))
+        tracked = _tracker_name(owner)
+        if tracked is not None:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.register(tracked, "shared_memory")
+        logger.info("shared weights in %s", Path(root) / name)
+        return cls(Path(root) / name, owner, fd, str(root))
 
     @classmethod
     def attach(cls, root: str | Path = DEFAULT_ROOT) -> WeightsDirectory:
@@ -235,6 +249,13 @@ class WeightsDirectory:
             except Exception:  # the directory must go all the same
                 logger.exception("stopping the weights holder (pid %s) failed", holder.process.pid)
         shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.owner)
+        tracked = _tracker_name(self.owner)
+        if tracked is not None:
+            from multiprocessing import resource_tracker
+
+            resource_tracker.unregister(tracked, "shared_memory")
         os.close(self._owner_fd)
         self._owner_fd = None
 
@@ -508,6 +529,8 @@ class SharedWeights:
         key, size = self._fingerprint(entries)
         name = key + WEIGHTS_SUFFIX
         path = self.directory / name
+        # The server names the run's directory; the first worker with weights to share makes it.
+        self.directory.mkdir(exist_ok=True)
         with self._publish_lock():
             mm, published = self._open_existing(path, size), False
             if mm is None:

@@ -26,7 +26,6 @@ import torch
 
 from tests.polling import wait_for
 from workers.shared_weights import (
-    OWNER_LOCK,
     RUN_PREFIX,
     WEIGHTS_SUFFIX,
     SharedWeights,
@@ -362,7 +361,7 @@ def test_a_live_servers_directory_is_not_swept(shm_root):
     live = WeightsDirectory.create(shm_root)
     try:
         assert sweep_stale_runs(shm_root) == []
-        assert (live.path / OWNER_LOCK).exists()
+        assert live.owner.exists()
     finally:
         live.close()
     assert list(shm_root.iterdir()) == []
@@ -427,9 +426,9 @@ def test_a_sweep_removes_only_weights_nobody_maps(shm_root):
     import fcntl
     import socket
 
-    from workers.shared_weights import OWNER_LOCK, PUBLISH_LOCK, remove_unmapped
+    from workers.shared_weights import PUBLISH_LOCK, remove_unmapped
 
-    for name in ("free.weights", "held.weights", "abc.weights.tmp-123", OWNER_LOCK, PUBLISH_LOCK, "other"):
+    for name in ("free.weights", "held.weights", "abc.weights.tmp-123", PUBLISH_LOCK, "other"):
         (shm_root / name).write_bytes(b"x")
     (shm_root / "device-host").mkdir()
     with socket.socket(socket.AF_UNIX) as sock:
@@ -441,7 +440,27 @@ def test_a_sweep_removes_only_weights_nobody_maps(shm_root):
         finally:
             os.close(fd)
         left = sorted(p.name for p in shm_root.iterdir())
-        assert left == sorted(
-            ["held.weights", OWNER_LOCK, PUBLISH_LOCK, "other", "device-host", "holder-host.sock"]
-        )
+        assert left == sorted(["held.weights", PUBLISH_LOCK, "other", "device-host", "holder-host.sock"])
         assert remove_unmapped(shm_root) == ["held.weights"]  # its worker let go
+
+
+def test_a_start_removes_what_dead_servers_left(shm_root):
+    """A killed server's owner file (its lock free now) and its directory; a directory whose
+    owner file the resource tracker already removed. A live server's run stays."""
+    from workers.shared_weights import OWNER_SUFFIX, WeightsDirectory
+
+    dead = shm_root / f"{RUN_PREFIX}1-dead"
+    (dead / "x.weights").parent.mkdir()
+    (dead / "x.weights").write_bytes(b"w")
+    (shm_root / f"{RUN_PREFIX}1-dead{OWNER_SUFFIX}").write_bytes(b"")
+    orphan = shm_root / f"{RUN_PREFIX}2-orphan"
+    orphan.mkdir()
+    (orphan / "y.weights").write_bytes(b"w")
+    live = WeightsDirectory.create(shm_root)  # its start sweeps
+    try:
+        live.path.mkdir()
+        assert sorted(p.name for p in shm_root.iterdir()) == sorted([live.path.name, live.owner.name])
+        assert sweep_stale_runs(shm_root) == []
+    finally:
+        live.close()
+    assert list(shm_root.iterdir()) == []

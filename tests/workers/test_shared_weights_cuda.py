@@ -196,7 +196,7 @@ async def test_streams_share_through_their_gpus_holder(no_leaks, shm_root, weigh
         for name in ("a", "b"):
             pipelines.append(await open_stream(backend, name, prompt(weights_file)))
         a, b = pipelines
-        (run,) = shm_root.glob(f"{RUN_PREFIX}*")
+        (run,) = (p for p in shm_root.glob(f"{RUN_PREFIX}*") if p.is_dir())
         address = str(run / "holder-host.sock")
         (key,) = status = holder_status(address)
         assert status[key][1:] == (2, True)  # one allocation, both workers hold it
