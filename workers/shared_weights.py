@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -347,8 +346,8 @@ def mapping_usage(pid: int | str, path_part: str) -> dict[str, int]:
 def trim_heap() -> None:
     """Give the C heap's free pages back (glibc): the private copies just let go are mostly
     chunks below malloc's mmap threshold, which free() keeps resident otherwise."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    # The process's own symbols (libc among them): find_library would run ldconfig each time.
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
     if trim is not None:
         trim(0)
 
