@@ -463,7 +463,9 @@ class SharedWeights:
                 sum(r.shared_bytes for r in results) >> 20,
                 ", ".join(f"{r.file}: {'published' if r.published else 'mapped'}" for r in results),
             )
-        elif loader:
+        elif loader and not modules:
+            # (A loader whose modules are all shared already, a LoRA loader's clone of a shared
+            # model, has nothing new to share and nothing to say.)
             self.stats.unshared_loaders.append(label)
             logger.warning(
                 "%s loads its model its own way (no CPU weights in its output): they stay private "

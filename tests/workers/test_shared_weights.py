@@ -464,3 +464,22 @@ def test_a_start_removes_what_dead_servers_left(shm_root):
     finally:
         live.close()
     assert list(shm_root.iterdir()) == []
+
+
+def test_a_loader_of_an_already_shared_model_is_not_taken_for_one_loading_its_own_way(shm_root, caplog):
+    """A LoRA loader's output is a clone of a model already shared: nothing new, no warning."""
+    directory = shm_root / "run"
+    with torch.inference_mode():
+        model = torch.nn.Linear(1024, 1024)
+    shared = SharedWeights(directory, torch)
+    assert len(shared.share_output("node 1 (Loader)", [[model]], loader=True)) == 1
+    with caplog.at_level("WARNING", logger="workers.shared_weights"):
+        assert shared.share_output("node 2 (LoraLoader)", [[{"model": model}]], loader=True) == []
+        assert shared.share_output("node 3 (OwnWay)", [["a name"]], loader=True) == []
+    assert [r.getMessage().split(" loads")[0] for r in caplog.records] == ["node 3 (OwnWay)"]
+    assert shared.stats.unshared_loaders == ["node 3 (OwnWay)"]
+    del model
+    import gc
+
+    gc.collect()
+    assert shared.sweep() != []  # nothing maps it any more
