@@ -93,6 +93,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="torch threads in each worker (default: cores / --max-streams, at least 1)",
     )
     parser.add_argument(
+        "--no-shared-weights",
+        dest="shared_weights",
+        action="store_false",
+        help="each worker keeps its own copy of the models it loads (default: workers that load the "
+        "same weights map one copy, in /dev/shm)",
+    )
+    parser.add_argument(
+        "--shared-weights-gpu",
+        action="store_true",
+        help="workers on a GPU map one copy of the weights per GPU, kept by a holder process (CUDA "
+        "IPC; experimental: not yet measured on a GPU)",
+    )
+    parser.add_argument(
         "--preload-prompt",
         dest="preload_prompts",
         action="append",
@@ -339,6 +352,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         frame_timeout_s=args.frame_timeout_s,
         torch_threads=args.torch_threads,
         worker_max_rss_mb=args.worker_max_rss_mb,
+        shared_weights=args.shared_weights,
+        shared_weights_gpu=args.shared_weights_gpu,
         preload_prompts=read_preload_prompts(args.preload_prompts),
         preload_size=parse_size(args.preload_size, "--preload-size"),
         relay=args.relay,

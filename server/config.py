@@ -36,6 +36,11 @@ class ServerConfig:
     preload_prompts: list[dict[str, Any]] = field(default_factory=list)
     preload_size: tuple[int, int] = (512, 512)
     gpu_min_free_mib: int = 1024  # free GPU memory a new worker needs (placement's room check)
+    # Workers that load the same weights map one copy (workers/shared_weights.py); --no-shared-weights: each its own.
+    shared_weights: bool = True
+    # --shared-weights-gpu: workers on a GPU share through a holder process per GPU (CUDA IPC;
+    # not yet measured on a GPU, so off by default).
+    shared_weights_gpu: bool = False
     relay: bool = False  # mount a trickle relay under /trickle/ in the same server
     relay_max_segment_bytes: int = 64 * 1024 * 1024  # --relay-max-segment-mb: larger segments get 413
     relay_max_channel_bytes: int = 256 * 1024 * 1024  # --relay-max-channel-mb: what a channel holds

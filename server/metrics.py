@@ -66,7 +66,17 @@ class _StreamCollector(Collector):
         restarts = CounterMetricFamily(
             "comfystream_stream_worker_restarts", "Worker restarts (crash or request)", labels=["stream_id"]
         )
+        memory = GaugeMetricFamily(
+            "comfystream_worker_memory_bytes",
+            "A stream worker's resident memory (/proc/PID/status): private (its anonymous pages: its "
+            "heap), shared (shared memory and files it maps: weights shared with other workers, "
+            "frame rings, libraries), rss (both)",
+            labels=["stream_id", "pid", "kind"],
+        )
         for s in samples:
+            for w in s.workers:
+                for kind, value in (w.get("memory") or {}).items():
+                    memory.add_metric([s.stream_id, str(w.get("pid")), kind], float(value))
             fps_in.add_metric([s.stream_id], float(s.stats.get("fps_in") or 0.0))
             fps_out.add_metric([s.stream_id], float(s.stats.get("fps_out") or 0.0))
             for key, family in counters.items():
@@ -84,6 +94,7 @@ class _StreamCollector(Collector):
         yield from gauges.values()
         yield latency
         yield restarts
+        yield memory
 
 
 class ServerMetrics:

@@ -55,6 +55,8 @@ class PipelineResources:
             preload_prompts=tuple(config.preload_prompts),
             preload_size=tuple(config.preload_size),
             warm_workers=config.warm_workers,
+            shared_weights=config.shared_weights,
+            shared_weights_holder="cuda" if config.shared_weights_gpu else "off",
             cwd=str(config.workspace) if config.workspace else None,
             custom_node_dirs=custom,
             **workspace,

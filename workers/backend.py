@@ -19,6 +19,7 @@ from workers.child import WorkerConfig
 from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
+from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory, sweep_stale_runs
 from workers.supervisor import StreamWorker
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,14 @@ class BackendSettings:
     preload_warmup_frames: int = 2
     streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
     gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
+    # Workers that load the same weights map one copy of them (workers/shared_weights.py) from a
+    # directory of this run under `shared_weights_root`; False: each keeps its own.
+    shared_weights: bool = True
+    shared_weights_root: str = DEFAULT_ROOT
+    # Workers on a GPU share through one holder process per GPU (workers/shared_weights_cuda.py):
+    # "cuda" (not yet measured on a GPU: off by default), "host" (the same protocol over host
+    # memory, for CPU workers: tests), "off".
+    shared_weights_holder: str = "off"
 
 
 class ProcessPoolBackend:
@@ -106,7 +115,10 @@ class ProcessPoolBackend:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Fill the warm pool (if `warm_workers`)."""
+        """Fill the warm pool (if `warm_workers`), after removing the shared weights that a
+        server killed before left behind."""
+        if self.settings.shared_weights:
+            await asyncio.to_thread(sweep_stale_runs, self.settings.shared_weights_root)
         if self.settings.warm_workers > 0 and self.pool is None:
             self.pool = WarmPool(self.settings.warm_workers, self, parallel=self.settings.warm_parallel)
             await self.pool.start(wait=True)
@@ -118,6 +130,30 @@ class ProcessPoolBackend:
         if self.pool is not None:
             pool, self.pool = self.pool, None
             await pool.stop()
+
+    async def _weights_holder(
+        self, weights_dir: WeightsDirectory | None, gpu: str | None
+    ) -> tuple[str, str, str] | None:
+        mode = self.settings.shared_weights_holder
+        if weights_dir is None or mode == "off" or (mode == "cuda" and gpu is None):
+            return None
+        try:
+            holder = await asyncio.to_thread(weights_dir.holder, gpu if mode == "cuda" else None, mode)
+        except OSError as exc:
+            logger.warning("no weights holder (%s): the worker keeps its own copy", exc)
+            return None
+        return (holder.address, holder.mode, holder.directory)
+
+    def _attach_weights(self) -> WeightsDirectory | None:
+        """The directory of shared weights a new worker maps from (None: it keeps its own)."""
+        s = self.settings
+        if not s.shared_weights:
+            return None
+        try:
+            return WeightsDirectory.attach(s.shared_weights_root)
+        except OSError as exc:
+            logger.warning("no shared weights (%s): each worker keeps its own copy", exc)
+            return None
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -131,6 +167,13 @@ class ProcessPoolBackend:
         placer = self.placer
         gpu = await asyncio.to_thread(placer.acquire)  # runs nvidia-smi; raises NoGpuRoom
         s = self.settings
+        weights_dir = self._attach_weights()
+        try:
+            holder = await self._weights_holder(weights_dir, gpu)
+        except BaseException:  # cancelled: this worker will not be, nor detach
+            if weights_dir is not None:
+                weights_dir.detach()
+            raise
         config = WorkerConfig(
             parent_pid=os.getpid(),
             gpu=gpu,
@@ -144,13 +187,15 @@ class ProcessPoolBackend:
             workspace=s.workspace,
             workspace_settings=s.workspace_settings,
             torch_threads=s.torch_threads,
+            shared_weights_dir=str(weights_dir.path) if weights_dir is not None else None,
+            weights_holder=holder,
         )
         proc = WorkerProcess(
             config,
             name=name,
             heartbeat_interval=s.heartbeat_interval_s,
             heartbeat_timeout=s.heartbeat_timeout_s,
-            on_release=lambda p: placer.release(p.config.gpu),
+            on_release=lambda p: _released(p, placer, weights_dir),
         )
         await proc.start(timeout=s.startup_timeout_s)
         return proc
@@ -182,6 +227,13 @@ class ProcessPoolBackend:
 
     def gpu_load(self) -> dict[str, int]:
         return self.placer.load()
+
+
+def _released(proc: WorkerProcess, placer: GpuPlacer, weights_dir: WeightsDirectory | None) -> None:
+    """A worker process is gone (every path of its handle ends here, a failed start too)."""
+    placer.release(proc.config.gpu)
+    if weights_dir is not None:
+        weights_dir.detach()
 
 
 DEFAULT_BACKEND = ProcessPoolBackend()

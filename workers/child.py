@@ -53,6 +53,12 @@ class WorkerConfig:
     # cores with the server, and OpenMP threads of different processes fighting for them cost
     # more than they gain: one each unless asked.
     torch_threads: int | None = 1
+    # The run's directory of shared weights (workers/shared_weights.py), owned by the server;
+    # None: each worker keeps its own copy of every model it loads.
+    shared_weights_dir: str | None = None
+    # (address, mode, directory) of this worker's GPU's weights holder (shared_weights_cuda.py;
+    # mode "cuda", or "host": the same protocol over host memory); None: none.
+    weights_holder: tuple[str, str, str] | None = None
 
 
 def pinned_environment(config: WorkerConfig) -> dict[str, str]:
@@ -82,6 +88,8 @@ class WorkerState:
     # Frame-independent node outputs (loaded models, text encodes) shared by every prompt this
     # worker runs, streams and jobs alike (comfystream.engine.output_cache).
     outputs: Any = None
+    # workers.shared_weights.SharedWeights when the weights of loaded models are shared.
+    shared_weights: Any = None
 
 
 _STATE: WorkerState | None = None
@@ -149,7 +157,9 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         )
         from comfystream.engine.output_cache import OutputCache
 
-        _STATE = WorkerState(config, conn, registry, torch, device, ready, OutputCache())
+        outputs = OutputCache()
+        shared = _shared_weights(config, torch, device, outputs)
+        _STATE = WorkerState(config, conn, registry, torch, device, ready, outputs, shared)
     except BaseException:
         text = traceback.format_exc()
         logger.error("worker start failed:\n%s", text)
@@ -158,6 +168,62 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         except OSError:
             pass
         raise
+
+
+def _shared_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any) -> Any:
+    """Hooks weight sharing into the outputs cache: each loader's modules move onto the run's
+    shared, copy-on-write mappings right after it ran (CPU workers; see the module)."""
+    if config.weights_holder:
+        return _holder_weights(config, torch, device, outputs)
+    if not config.shared_weights_dir:
+        return None
+    if device.type != "cpu":
+        # ComfyUI moves the weights to the GPU to run them: the CPU copy a file would share is
+        # gone by then (workers/shared_weights_cuda.py is the device's mechanism).
+        logger.info("shared weights: this worker runs on %s, its models stay its own", device)
+        return None
+    from workers.shared_weights import SharedWeights
+
+    shared = SharedWeights(config.shared_weights_dir, torch)
+
+    def on_computed(label: str, output: Any, loader: bool) -> None:
+        try:
+            shared.share_output(label, output, loader)
+        except Exception:  # a model we cannot map still runs, from its own copy
+            logger.exception("%s: sharing its weights failed; they stay private to this worker", label)
+
+    outputs.on_computed = on_computed
+    return shared
+
+
+def _holder_weights(config: WorkerConfig, torch: Any, device: Any, outputs: Any) -> Any:
+    """Weights shared through the GPU's holder (workers/shared_weights_cuda.py)."""
+    from workers.shared_weights_cuda import (
+        CudaIpcDevice,
+        DeviceSharedWeights,
+        HostDevice,
+        guard_in_place_patches,
+    )
+
+    address, mode, directory = config.weights_holder
+    device_type = "cuda" if mode == "cuda" else "cpu"
+    if device.type != device_type:
+        logger.warning("shared weights: a %s holder, but this worker runs on %s: its models stay its own", mode, device)
+        return None
+    dev = CudaIpcDevice(torch) if mode == "cuda" else HostDevice(torch, directory)
+    shared = DeviceSharedWeights(torch, address, dev, device_type)
+    if mode == "cuda":
+        # No copy-on-write on a GPU: ComfyUI's in-place patches copy a shared tensor first.
+        guard_in_place_patches(torch, shared.is_shared)
+
+    def on_computed(label: str, output: Any, loader: bool) -> None:
+        try:
+            shared.share_outputs(label, output, device_type)  # loaded straight onto the device
+        except Exception:
+            logger.exception("%s: sharing its weights failed; they stay private to this worker", label)
+
+    outputs.on_computed = on_computed
+    return shared
 
 
 # Exit code of a worker that gave up on a server gone silent (or whose pipe closed).
@@ -268,6 +334,9 @@ class _Loop:
         outputs = self.state.outputs
         if outputs.retain(self.frames.signatures() | self.jobs.signatures()):
             release_unused_models()
+            if self.state.shared_weights is not None:
+                # The models just let go unmapped their files: those no other worker maps go.
+                self.state.shared_weights.sweep()
 
     def _wake(self) -> None:
         try:
@@ -338,6 +407,7 @@ class _Loop:
             "torch_threads": self.state.torch.get_num_threads(),
             "model_loads": self.state.outputs.model_loads,
             "resident_outputs": len(self.state.outputs),
+            "shared_weights": None if self.state.shared_weights is None else self.state.shared_weights.status(),
             **self.frames.status(),
             **self.jobs.status(),
         }

@@ -245,12 +245,24 @@ class FrameWork:
         frame_ms = statistics.median(times_ms) if times_ms else dry_run_ms
         return _Prepared(plans, prompt_ids, width, height, round(frame_ms, 3), prompts_key(prompts, active))
 
+    def _after_run(self) -> None:
+        """Weights a run moved onto the device join the shared copy (workers/shared_weights_cuda).
+        On the loop's thread, between two frames: the models may be those the frames run."""
+        shared = self.state.shared_weights
+        if shared is None:
+            return
+        try:
+            shared.after_run(self.state.outputs)
+        except Exception:
+            logger.exception("sharing the weights of the models on the device failed; they stay private")
+
     def _preload(self, msg: m.Preload) -> None:
         def done(result: Any, error: BaseException | None) -> None:
             if error is not None:
                 self.send(_failure(msg.request_id, error))
                 return
             self.preloaded = result
+            self._after_run()
             self._release_unused()
             self.send(m.Reply(msg.request_id, True, self._prepared_data(result)))
 
@@ -333,6 +345,7 @@ class FrameWork:
             return
         channel.plans, channel.prompt_ids = result.plans, result.prompt_ids
         channel.active = msg.active
+        self._after_run()
         self._release_unused()  # the old prompts' outputs no other prompt shares (an old checkpoint)
         self.send(
             m.Reply(

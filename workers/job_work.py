@@ -110,6 +110,14 @@ class JobWork:
             )
         self.jobs_done += 1
         self.send(finished)
+        shared = self.state.shared_weights
+        if shared is not None:
+            # On the loop's thread, after the answer: models the job moved onto the device join
+            # the holder's copy (workers/shared_weights_cuda.py; nothing to do on the CPU).
+            try:
+                shared.after_run(self.state.outputs)
+            except Exception:
+                logger.exception("sharing the weights of the models on the device failed; they stay private")
 
     # -- the background thread -----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from workers import child
 from workers import messages as m
+from workers.shared_weights import memory_counts
 
 logger = logging.getLogger(__name__)
 
@@ -483,6 +484,9 @@ class WorkerProcess:
             "heartbeat_rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "node_count": ready.node_count if ready else None,
             "load_errors": ready.load_errors if ready else {},
+            # Resident bytes, `private` (its own heap) and `shared` (shared memory and files it
+            # maps: weights shared with other workers among them); workers.shared_weights.
+            "memory": memory_counts(self.pid) if self.pid is not None and self.state != "stopped" else None,
         }
 
 

@@ -392,6 +392,8 @@ class CompiledPrompt:
                     if self.cache is not None:
                         if step.loader:
                             self.cache.model_loads += 1
+                        if self.cache.on_computed is not None:
+                            self.cache.on_computed(f"node {node_id} ({step.class_type})", output, step.loader)
                         if step.signature is not None:
                             self.cache.put(
                                 step.signature, CachedOutput(output, ui, self._is_changed.get(step.index))

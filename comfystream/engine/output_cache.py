@@ -12,7 +12,7 @@ checkpoint; switching to another checkpoint drops the old one once no live promp
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,10 @@ class OutputCache:
     def __init__(self) -> None:
         self._entries: dict[Hashable, CachedOutput] = {}
         self.model_loads = 0  # loader nodes run (not taken from here) in this process
+        # Called with (label, output, is_loader) when a frame-independent node has run (not when
+        # its output was taken from here): the worker shares the weights of loaded models
+        # between processes through it (workers/shared_weights.py). Its errors are its own.
+        self.on_computed: Callable[[str, list[list[Any]], bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -54,6 +58,10 @@ class OutputCache:
 
     def get(self, key: Hashable) -> CachedOutput | None:
         return self._entries.get(key)
+
+    def outputs(self) -> list[list[list[Any]]]:
+        """Every kept output (what holds the loaded models)."""
+        return [entry.output for entry in self._entries.values()]
 
     def put(self, key: Hashable, entry: CachedOutput) -> None:
         self._entries[key] = entry

@@ -125,6 +125,19 @@ def test_real_model_flags_reach_the_workers_backend(tmp_path: Path) -> None:
             config_from_args(build_parser().parse_args(["serve", *bad]))
 
 
+def test_shared_weights_are_on_unless_turned_off() -> None:
+    from server.pipelines import PipelineResources
+
+    def backend_settings(*flags: str):
+        return PipelineResources(config_from_args(build_parser().parse_args(["serve", *flags]))).backend.settings
+
+    assert (backend_settings().shared_weights, backend_settings().shared_weights_holder) == (True, "off")
+    assert backend_settings("--no-shared-weights").shared_weights is False
+    assert backend_settings("--shared-weights-gpu").shared_weights_holder == "cuda"
+
+
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_stops_streams_and_workers(no_leaks, free_port: int, sig: signal.Signals) -> None:
     base = f"http://127.0.0.1:{free_port}"

@@ -218,6 +218,13 @@ async def test_running_stream_endpoints(stack: Stack) -> None:
     w = worker["worker"]
     assert w["pid"] and w["pid"] > 0 and w["device"] == "cpu" and w["state"]
     assert set(w) >= {"pid", "device", "state", "uptime_s", "restarts", "frames_processed", "fps"}
+    # Its resident memory: its own (heap) and shared (shared memory, files: libraries at least).
+    assert set(w["memory"]) == {"rss", "private", "shared"}
+    assert w["memory"]["private"] > 0 and w["memory"]["shared"] > 0
+    assert w["memory"]["rss"] == w["memory"]["private"] + w["memory"]["shared"]
+    text = (await stack.call("GET", "/metrics"))[1]
+    for kind in ("rss", "private", "shared"):
+        assert f'comfystream_worker_memory_bytes{{kind="{kind}",pid="{w["pid"]}",stream_id="live"}}' in text, kind
     alias = (await stack.call("GET", "/stream/live/workers"))[1]
     assert [x["pid"] for x in alias["workers"]] == [x["pid"] for x in worker["workers"]]
 
