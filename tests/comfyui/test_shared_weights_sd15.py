@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.comfyui.conftest import worker_uint8
 from tests.comfyui.test_real_model import (  # noqa: F401 (fixtures)
     FRAMES,
     PROMPTS,
@@ -18,7 +19,6 @@ from tests.comfyui.test_real_model import (  # noqa: F401 (fixtures)
     make_backend,
     next_output,
     reference,
-    to_uint8,
     video_frame,
 )
 from workers.shared_weights import RUN_PREFIX, WEIGHTS_SUFFIX, mapping_usage, memory_usage
@@ -65,7 +65,7 @@ async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
                 await pipeline.put_video_frame(video_frame(rgb, 10 * i + k))
                 # ComfyUI's own pixels, from weights mapped from the other worker's copy.
                 np.testing.assert_array_equal(
-                    await next_output(pipeline, 10 * i + k), to_uint8(reference[0, 0, i])
+                    await next_output(pipeline, 10 * i + k), worker_uint8(reference[0, 0, i])
                 )
 
         files = sorted(root.glob(f"{RUN_PREFIX}*/*{WEIGHTS_SUFFIX}"))
