@@ -529,11 +529,27 @@ class StreamWorker(Supervisor):
             self.channels[spec.name] = channel
             try:
                 await self._open_on(proc, channel)
+                return
+            except WorkerLost:
+                pass  # the process died under the open (a crash, a kill): see below
             except BaseException:
-                if self.channels.get(spec.name) is channel:
-                    del self.channels[spec.name]
-                channel.ring.close()
+                self._forget_channel(channel)
                 raise
+        # Its replacement re-opens every channel this worker has, this one too, as after any loss
+        # (outside the lock: that re-open takes it). The stream starts on the replacement.
+        try:
+            await self._wait_ready()
+            if not channel.open:
+                raise WorkerLost(f"{self.name}: channel {spec.name} was not re-opened")
+        except BaseException:
+            self._forget_channel(channel)
+            raise
+
+    def _forget_channel(self, channel: _Channel) -> None:
+        if self.channels.get(channel.spec.name) is channel:
+            del self.channels[channel.spec.name]
+        channel.open = False
+        channel.ring.close()
 
     def can_submit(self, channel: str) -> bool:
         ch = self.channels.get(channel)

@@ -210,3 +210,30 @@ async def test_a_stalled_worker_lets_live_video_through_instead_of_freezing(back
     stats = pipeline.stats()
     assert stats["mismatched"] == 0 and stats["passed_through"] > 0
     assert [d["reason"] for t, d in events if t == "passthrough"][:1] == ["worker stalled"]
+
+
+async def test_a_worker_killed_while_its_stream_starts_is_replaced_and_the_stream_starts(backend, no_leaks):
+    """The worker dies while it opens the stream's channel (here SIGKILLed during the warmup): its
+    replacement opens the channel and the stream starts, instead of failing."""
+    pipeline = ProcessPoolPipeline(width=128, height=96, stream_id="start-kill", backend=backend, warmup_frames=1)
+    init = asyncio.create_task(pipeline.initialize([slow_prompt(1.0)]))  # dry run + warmup: about 2 s
+    try:
+        for _ in range(600):
+            status = pipeline.worker_status()
+            if status and status[0].get("pid") and status[0]["state"] == "ready":
+                break
+            await asyncio.sleep(0.05)
+        first_pid = status[0]["pid"]
+        await asyncio.sleep(0.5)
+        assert not init.done()
+        os.kill(first_pid, signal.SIGKILL)
+        await asyncio.wait_for(init, 120)
+        assert pipeline.state == "ready"
+        assert pipeline.worker_status()[0]["pid"] != first_pid
+        collector = Collector(pipeline)
+        await pipeline.put_video_frame(make_frame(0))
+        assert [check_output(f) for f in await collector.finish()] == [(0, True)]
+    finally:
+        if not init.done():
+            init.cancel()
+        await pipeline.cleanup()
