@@ -305,10 +305,9 @@ async def report_first_frames(backend: Any, args: argparse.Namespace) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--comfyui (the checkout whose model classes and nodes run) and --cache (the test checkpoint's
+    folder), for the benches that run the SD 1.5 test checkpoint."""
     parser.add_argument(
         "--comfyui", default=os.environ.get("COMFYUI_PATH") or str(ROOT.parent / "shared" / "ComfyUI")
     )
@@ -317,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("COMFYSTREAM_TEST_CACHE") or str(Path.home() / ".cache" / "comfystream-tests"),
         help="where the test checkpoint is kept",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_checkpoint_arguments(parser)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=6, help="frames timed per stream")
     parser.add_argument(

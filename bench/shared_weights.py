@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.real_model import frame, img2img, prepare  # noqa: E402
+from bench.real_model import add_checkpoint_arguments, frame, img2img, prepare  # noqa: E402
 from workers.shared_weights import RUN_PREFIX, mapping_usage, memory_usage  # noqa: E402
 
 MIB = 2**20
@@ -299,14 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--comfyui", default=os.environ.get("COMFYUI_PATH") or str(ROOT.parent / "shared" / "ComfyUI")
-    )
-    parser.add_argument(
-        "--cache",
-        default=os.environ.get("COMFYSTREAM_TEST_CACHE") or str(Path.home() / ".cache" / "comfystream-tests"),
-        help="where the test checkpoint is kept",
-    )
+    add_checkpoint_arguments(parser)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--frames", type=int, default=8, help="frames timed per kind (shared, private)")
     parser.add_argument(
