@@ -386,8 +386,14 @@ class TrickleRelay:
                     logger.info("trickle relay: channel %s over its bound: %d old segment(s) let go", name, gone)
                 data = await self._next_chunk(request, seg, first=False)
         except (ConnectionError, asyncio.CancelledError) as exc:
-            logger.info(
-                "trickle relay: publisher of %s/%d gone after %d bytes: %s", name, seg.seq, total, exc
+            # A publisher's pre-connected next segment dropped at its close is normal (0 bytes).
+            logger.log(
+                logging.INFO if total else logging.DEBUG,
+                "trickle relay: publisher of %s/%d gone after %d bytes: %s",
+                name,
+                seg.seq,
+                total,
+                exc,
             )
             seg.close()
             if isinstance(exc, asyncio.CancelledError):
