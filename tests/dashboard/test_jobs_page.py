@@ -160,7 +160,9 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
         "(id) => Object.values(window.__dashboard.store.get(id).nodeTimes).reduce((t, n) => t + n.s, 0)",
         job_a,
     )
-    job_d = await submit_from_page(page_a, slow_prompt(40, 150, "tab-d"))
+    # (One millisecond more a step: the same inputs would be taken from the worker's cache, by
+    # input signature as ComfyUI does, and the job would end before any estimate.)
+    job_d = await submit_from_page(page_a, slow_prompt(40, 151, "tab-d"))
     card_d = page_a.locator(f'[data-prompt-id="{job_d}"]')
     await card_d.locator("[data-testid=job-eta]").wait_for(timeout=60_000)
     etas = []

@@ -92,8 +92,12 @@ export class JobStore {
   _rememberTimes(job) {
     const shape = promptShape(job.prompt);
     if (!shape || !Object.keys(job.nodeTimes).length) return;
+    // A node this run took from the worker's cache (a model loaded by an earlier prompt) took no
+    // time here: known as 0, so that the next run of this shape gets an estimate at all.
+    const times = { ...job.nodeTimes };
+    for (const id of job.cached) if (!(String(id) in times)) times[String(id)] = { s: 0, max: null };
     this.times.delete(shape);
-    this.times.set(shape, job.nodeTimes);
+    this.times.set(shape, times);
     while (this.times.size > TIMES_KEPT) this.times.delete(this.times.keys().next().value);
     try {
       localStorage.setItem(TIMES_KEY, JSON.stringify([...this.times]));
