@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from e2e import free_port, pct, stop_server, wait_healthy  # noqa: E402
+from e2e import free_port, pct, stop_server, wait_healthy, wait_running  # noqa: E402
 
 from comfystream.media import SegmentEncoder, make_index_frame  # noqa: E402
 from comfystream.trickle import FrameSubscriber, TricklePublisher  # noqa: E402
@@ -147,14 +147,7 @@ async def run_case(
     }
     async with http.post(f"{base}/stream/start", json=body) as resp:
         assert resp.status == 200, await resp.text()
-    while True:
-        async with http.get(f"{base}/stream/{name}") as resp:
-            state = (await resp.json())["state"]
-        if state == "running":
-            break
-        if state in ("stopped", "error"):
-            raise RuntimeError(f"stream {name} ended before running")
-        await asyncio.sleep(0.05)
+    await wait_running(http, base, name)
     reader = OutputReader(f"{relay}/{name}-out")
     reading = asyncio.create_task(reader.run())
     sent_at: dict[int, float] = {}

@@ -108,14 +108,7 @@ async def run_streams(
         async with http.post(f"{base}/stream/start", json=body) as resp:
             assert resp.status == 200, await resp.text()
     for name in names:
-        while True:
-            async with http.get(f"{base}/stream/{name}") as resp:
-                state = (await resp.json())["state"]
-            if state == "running":
-                break
-            if state in ("stopped", "error"):
-                raise RuntimeError(f"stream {name} ended before running")
-            await asyncio.sleep(0.05)
+        await wait_running(http, base, name)
     readers = [OutputReader(f"{relay}/{name}-out") for name in names]
     reading = [asyncio.create_task(r.run()) for r in readers]
     publishers = [PatternPublisher(f"{relay}/{name}", size, size, fps=fps) for name in names]
@@ -156,6 +149,18 @@ async def run_streams(
     )[-4:]
     print("    slowest frames (index: ms): " + ", ".join(f"{i}: {ms:.0f}" for ms, i in reversed(worst)))
     return per_stream_fps, lat, settled, received, dropped
+
+
+async def wait_running(http: aiohttp.ClientSession, base: str, name: str) -> None:
+    """Until stream `name` runs (its worker is up); raises when it ended first."""
+    while True:
+        async with http.get(f"{base}/stream/{name}") as resp:
+            state = (await resp.json())["state"]
+        if state == "running":
+            return
+        if state in ("stopped", "error"):
+            raise RuntimeError(f"stream {name} ended before running")
+        await asyncio.sleep(0.05)
 
 
 async def wait_healthy(

@@ -204,12 +204,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"{top * private_memory['workers_pss'] + private_memory['server_pss']:.0f} MiB"
                 )
         finally:
-            for s in streams:
-                await s.pipeline.cleanup()
-            await shared_backend.shutdown()
-            await private_backend.shutdown()
-            left = list(shm_root.iterdir())
-            shutil.rmtree(shm_root, ignore_errors=True)
+            left = await close_all(streams, (shared_backend, private_backend), shm_root)
         print(f"left in /dev/shm after stop: {left or 'nothing'}")
         ok &= not left
     return 0 if ok else 1
@@ -284,15 +279,21 @@ async def main_cuda(args: argparse.Namespace) -> int:
                 top = max(counts)
                 print(f"{top} streams / 1 stream: {totals[top] / totals[1]:.3f}")
         finally:
-            for st in streams:
-                await st.pipeline.cleanup()
-            await shared_backend.shutdown()
-            await private_backend.shutdown()
-            left = list(shm_root.iterdir())
-            shutil.rmtree(shm_root, ignore_errors=True)
+            left = await close_all(streams, (shared_backend, private_backend), shm_root)
         print(f"left in /dev/shm after stop: {left or 'nothing'}")
         ok &= not left
     return 0 if ok else 1
+
+
+async def close_all(streams: list[Any], backends: tuple[Any, ...], shm_root: Path) -> list[Path]:
+    """Stop the streams and the backends; what they left in `shm_root` (then removed)."""
+    for st in streams:
+        await st.pipeline.cleanup()
+    for backend in backends:
+        await backend.shutdown()
+    left = list(shm_root.iterdir())
+    shutil.rmtree(shm_root, ignore_errors=True)
+    return left
 
 
 def main(argv: list[str] | None = None) -> int:
