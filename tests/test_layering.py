@@ -1,29 +1,153 @@
-"""comfystream is the library: it must not import server or workers (DESIGN.md section 1)."""
+"""The project's floors (DESIGN.md section 1, docs/DESIGN.md): comfystream <- workers <- server, no
+arrow up between them, no import circle between modules, and none between the rooms (sub-packages)
+of one floor.
+
+Every import counts, the ones inside functions too: a deferred import is still an arrow, only a
+hidden one."""
+
+from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+FLOORS = ("comfystream", "workers", "server")
 
 
-def _imported_roots(path: Path) -> set[str]:
-    roots: set[str] = set()
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for floor in FLOORS for p in (ROOT / floor).rglob("*.py")}
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    """The project module `name` (or a name imported from it) lives in."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The project modules `module` imports, anywhere in its body."""
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            roots.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            roots.add(node.module.split(".")[0])
-    return roots
+            candidates = [[alias.name] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join(
+                    package[: len(package) - node.level + 1] + ([node.module] if node.module else [])
+                )
+            else:
+                base = node.module or ""
+            # `from a import b` imports module a.b when there is one, else a name of a
+            candidates = [[f"{base}.{alias.name}", base] for alias in node.names]
+        else:
+            continue
+        for names in candidates:
+            for name in names:
+                target = _resolve(name)
+                if target is not None:
+                    if target != module:
+                        found.add(target)
+                    break
+    return found
 
 
-def test_comfystream_imports_neither_server_nor_workers():
-    offenders = {
-        str(p.relative_to(ROOT)): sorted(_imported_roots(p) & {"server", "workers"})
-        for p in (ROOT / "comfystream").rglob("*.py")
+GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def _room(module: str) -> str:
+    """A module's room: its floor's sub-package (`server.streams`), or the module itself when it
+    lies directly on the floor (`comfystream.prompts`, the floor's `__init__`)."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and (ROOT / parts[0] / parts[1]).is_dir()):
+        return ".".join(parts[:2])
+    return module if len(parts) == 2 else f"{module}.__init__"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _arrows_up(lower: str, upper: str) -> dict[str, list[str]]:
+    return {
+        m: sorted(t for t in targets if t.split(".")[0] == upper)
+        for m, targets in GRAPH.items()
+        if m.split(".")[0] == lower and any(t.split(".")[0] == upper for t in targets)
     }
-    assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_workers_do_not_import_server():
-    offenders = [str(p) for p in (ROOT / "workers").rglob("*.py") if "server" in _imported_roots(p)]
-    assert offenders == []
+@pytest.mark.parametrize(
+    ("lower", "upper"), [("comfystream", "workers"), ("comfystream", "server"), ("workers", "server")]
+)
+def test_no_arrow_up_between_floors(lower, upper):
+    assert _arrows_up(lower, upper) == {}
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_no_import_circle_between_modules(floor):
+    graph = {
+        m: {t for t in ts if t.split(".")[0] == floor} for m, ts in GRAPH.items() if m.split(".")[0] == floor
+    }
+    assert _cycles(graph) == []
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_no_import_circle_between_rooms(floor):
+    rooms: dict[str, set[str]] = {}
+    for module, targets in GRAPH.items():
+        if module.split(".")[0] != floor:
+            continue
+        room = rooms.setdefault(_room(module), set())
+        room.update(_room(t) for t in targets if t.split(".")[0] == floor and _room(t) != _room(module))
+    assert _cycles(rooms) == []
+
+
+def test_the_graph_sees_deferred_imports():
+    """The checks above are only as good as the graph: an import inside a function is an arrow."""
+    assert "comfystream.pipeline.backend" in GRAPH["workers.backend"]
+    assert (
+        _room("server.app") == "server.app" and _room("comfystream.engine.executor") == "comfystream.engine"
+    )
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
