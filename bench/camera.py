@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from e2e import free_port, pct, stop_server, wait_healthy, wait_running  # noqa: E402
 
+from bench.trickle_client import OutputReader, create_channel  # noqa: E402
 from comfystream.media import SegmentEncoder, make_index_frame  # noqa: E402
 from comfystream.trickle import FrameSubscriber, TricklePublisher  # noqa: E402
-from server.trickle_client import OutputReader, create_channel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 30

@@ -37,7 +37,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.trickle_client import OutputReader, PatternPublisher, create_channel  # noqa: E402
+from bench.trickle_client import OutputReader, PatternPublisher, create_channel  # noqa: E402
 
 EVIL = "http://evil.example"
 LIVE_SIZE = 64

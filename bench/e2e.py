@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from server.trickle_client import OutputReader, PatternPublisher, create_channel
+from bench.trickle_client import OutputReader, PatternPublisher, create_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 from e2e import free_port, pct, run_relay_only, stop_server, wait_healthy
 
-from server.trickle_client import OutputReader, PatternPublisher, create_channel
+from bench.trickle_client import OutputReader, PatternPublisher, create_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ROOT / "bench" / "nodes"

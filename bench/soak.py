@@ -31,7 +31,7 @@ from pathlib import Path
 import aiohttp
 from e2e import free_port, stop_server, wait_healthy  # bench/ is the script's folder
 
-from server.trickle_client import PatternPublisher, create_channel
+from bench.trickle_client import PatternPublisher, create_channel
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_BUDGET_MB = 30.0

@@ -43,7 +43,7 @@ def create_trickle_app(width: int = 512, height: int = 512, max_streams: int = 4
 
 
 async def demo(width: int, height: int, frames: int, fps: int) -> int:
-    from server.trickle_client import OutputReader, PatternPublisher, create_channel, pts_of
+    from bench.trickle_client import OutputReader, PatternPublisher, create_channel, pts_of
 
     app = create_trickle_app()
     runner = web.AppRunner(app)

@@ -1,5 +1,5 @@
 """The aiohttp application factory. Feature modules add their routes with `setup_routes(app)` and
-share the server's state through the typed keys of `server.app_keys`."""
+share the server's state through the typed keys of `server.http.keys`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app_keys import (
+from server.config import ServerConfig
+from server.events import EventBus
+from server.http.client_gone import client_gone_middleware, quiet_client_errors
+from server.http.keys import (
     CONFIG_KEY,
     EVENT_BUS_KEY,
     METRICS_KEY,
@@ -18,30 +21,27 @@ from server.app_keys import (
     STREAM_MANAGER_KEY,
     WORKSPACE_KEY,
 )
-from server.client_gone import client_gone_middleware, quiet_client_errors
-from server.config import ServerConfig
-from server.events import EventBus
+from server.http.openapi import OpenApiRegistry
+from server.http.origin_check import OriginPolicy, documented_responses, origin_middleware
 from server.metrics import ServerMetrics
-from server.openapi import OpenApiRegistry
-from server.origin_check import OriginPolicy, documented_responses, origin_middleware
-from server.pipelines import PipelineResources
-from server.stream_manager import PipelineFactory, StreamManager
-from server.workspace import NodeSetup, load_nodes
+from server.nodes.workspace import NodeSetup, load_nodes
+from server.streams.manager import PipelineFactory, StreamManager
+from server.streams.pipelines import PipelineResources
 
 logger = logging.getLogger(__name__)
 
 # Modules whose `setup_routes(app)` the app calls, in order. Add a feature by adding its module here.
 FEATURE_MODULES: tuple[str, ...] = (
-    "server.routes.ops",
-    "server.routes.streams",
+    "server.ops",
+    "server.streams.routes",
     "server.webrtc.routes",
-    "server.dashboard",
+    "server.dashboard.routes",
     "server.jobs",
     "server.editor",  # after server.jobs: it serves the jobs API under the editor's path too
 )
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
-# server.registration.Registrar, when the server registers with an orchestrator (--orch-url)
+# server.livepeer.registration.Registrar, when the server registers with an orchestrator (--orch-url)
 REGISTRAR_KEY: web.AppKey[Any] = web.AppKey("registrar", object)
 CLIENT_MAX_SIZE = 32 * 1024**2  # prompts with embedded images can be large
 
@@ -87,11 +87,11 @@ def create_app(
         )
         add_relay_routes(app, prefix="/trickle", relay=relay)
     if config.registration is not None:
-        from server.registration import Registrar
+        from server.livepeer.registration import Registrar
 
         app[REGISTRAR_KEY] = Registrar(config.registration, lambda: _capacity(app))
     if config.auth_token:
-        from server.auth import add_login_routes, auth_middleware
+        from server.http.auth import add_login_routes, auth_middleware
 
         # A mounted relay stays open: trickle publishers and subscribers send no Authorization.
         app.middlewares.append(auth_middleware(config.auth_token, ("/trickle/",) if config.relay else ()))
@@ -112,7 +112,7 @@ async def _on_startup(app: web.Application) -> None:
 def _capacity(app: web.Application) -> int:
     """What the orchestrator may route here: the streams this server runs at once (each in its own
     worker process); none while the workers cannot start."""
-    from server.routes.ops import server_status
+    from server.ops import server_status
 
     return 0 if server_status(app) == "ERROR" else app[CONFIG_KEY].max_streams
 

@@ -14,7 +14,7 @@ from comfystream.comfyui import WorkspaceError, check_workspace
 from comfystream.comfyui.commands import add_model_paths_argument
 from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 from server.config import ServerConfig, parse_gpus
-from server.listen import (
+from server.http.listen import (
     MAX_DEFAULT_JOB_WORKERS,
     QuietAccessLogger,
     default_job_workers,
@@ -250,8 +250,8 @@ def _add_livepeer_flags(parser: argparse.ArgumentParser) -> None:
 
 def livepeer_settings(args: argparse.Namespace, env: dict[str, str] | None = None) -> dict:
     """ServerConfig's auth and registration fields from the flags and the environment."""
-    from server.auth import resolve_token
-    from server.registration import settings_from
+    from server.http.auth import resolve_token
+    from server.livepeer.registration import settings_from
 
     env = dict(os.environ) if env is None else env
     token, generated = resolve_token(
@@ -331,7 +331,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ValueError("--worker-max-rss-mb must be positive")
     if args.torch_threads is not None and args.torch_threads < 1:
         raise ValueError("--torch-threads must be at least 1")
-    from server.origin_check import OriginPolicy
+    from server.http.origin_check import OriginPolicy
 
     OriginPolicy(args.allowed_origins)  # a bad origin is a usage error
     return ServerConfig(
@@ -372,9 +372,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def run(args: argparse.Namespace) -> int:
     from server.app import create_app
-    from server.native_heap import cap_malloc_arenas
-    from server.shutdown import setup_signal_handling
-    from server.thread_pool import start_default_executor
+    from server.runtime.native_heap import cap_malloc_arenas
+    from server.runtime.shutdown import setup_signal_handling
+    from server.runtime.thread_pool import start_default_executor
 
     cap_malloc_arenas()  # before any thread allocates: a long-running server must not grow
 
@@ -416,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         " (with a trickle relay at /trickle/)" if config.relay else "",
     )
     # SIGINT and SIGTERM stop every stream (and free its worker) while the server still serves its
-    # relay, then run_app's shutdown closes the rest (server.shutdown).
+    # relay, then run_app's shutdown closes the rest (server.runtime.shutdown).
     setup_signal_handling(app)
     web.run_app(
         app,

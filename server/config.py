@@ -47,7 +47,7 @@ class ServerConfig:
     log_level: str = "INFO"
     max_inflight: int = 2  # frames inside a worker at once (backpressure)
     # A stream whose input channel its relay does not have waits this long for it, then ends as an
-    # error (server.input_check).
+    # error (server.streams.input_check).
     input_wait_s: float = 10.0
     drain_timeout_s: float = 10.0  # after the input ends, how long to wait for frames in flight
     stop_timeout_s: float = 15.0  # per stream, for stopping its tasks and worker
@@ -59,11 +59,11 @@ class ServerConfig:
     job_workers_at_startup: bool = False  # spawn them with the server (serve); else with the first prompt
     # Livepeer worker (README "Running as a Livepeer worker")
     auth_token: str | None = field(default=None, repr=False)  # Bearer token the API requires; None: open
-    registration: Any = None  # server.registration.CapabilitySettings: register with an orchestrator
+    registration: Any = None  # server.livepeer.registration.CapabilitySettings: register with an orchestrator
     pipeline_name: str = "comfystream"  # the capability's name: /version's model_id, status events' pipeline
     user_dir: Path | None = None  # the editor's settings and saved workflows; None: the workspace's user/, else ./user
     # --allow-origin: browser origins (scheme://host[:port], or *) that may change state besides the
-    # server's own (server.origin_check).
+    # server's own (server.http.origin_check).
     allowed_origins: list[str] = field(default_factory=list)
     # --allow-stream-host: hosts (host or host:port) stream URLs may name; empty: any.
     allowed_stream_hosts: list[str] = field(default_factory=list)

@@ -16,12 +16,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.app_keys import CONFIG_KEY, OPENAPI_KEY
 from server.config import ServerConfig
 from server.editor import comfy_misc, jobs_api, live_workflows, streams_bridge, user_data
 from server.editor.frontend import EDITOR_PREFIX, add_frontend_routes
+from server.http.keys import CONFIG_KEY, OPENAPI_KEY
+from server.http.openapi import add_api_route
 from server.jobs import comfy_routes, ws
-from server.openapi import add_api_route
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def user_dir_of(config: ServerConfig) -> Path:
 
 J = "application/json"
 # The statuses each editor route answers, for the OpenAPI document (schemathesis checks them; the 403
-# of a foreign Origin is added by server.origin_check). A non-200 answer's body is left undescribed.
+# of a foreign Origin is added by server.http.origin_check). A non-200 answer's body is left undescribed.
 RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
     ("GET", "/users"): {200: J},
     ("POST", "/users"): {400: None},

@@ -21,8 +21,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from comfystream import json_limits
-from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.editor.frontend import extension_scripts
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.ws import SERVER_FEATURE_FLAGS
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageFilter, ImageOps
 
-from server.app_keys import CONFIG_KEY
+from server.http.keys import CONFIG_KEY
 from server.jobs import SAMPLE_IMAGE
 
 CATEGORY_TITLE = "Live video (comfystream)"

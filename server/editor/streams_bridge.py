@@ -15,9 +15,9 @@ from aiohttp import web
 
 from comfystream import json_limits
 from comfystream.engine.convert import PromptConversionError, convert_prompt
-from server.app_keys import STREAM_MANAGER_KEY
+from server.http.keys import STREAM_MANAGER_KEY
+from server.http.routes import api_handler
 from server.jobs.submit import comfy_error
-from server.routes._util import api_handler
 
 logger = logging.getLogger(__name__)
 

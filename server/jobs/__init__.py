@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from comfystream.pipeline.backend import WorkerSpec
-from server.app_keys import CONFIG_KEY, OPENAPI_KEY
+from server.http.keys import CONFIG_KEY, OPENAPI_KEY
+from server.http.openapi import add_api_route
 from server.jobs import comfy_routes, stream_events, task_routes, ws
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import (
@@ -25,7 +26,6 @@ from server.jobs.settings import (
     scheduler_of,
 )
 from server.jobs.tasks import TaskTracker
-from server.openapi import add_api_route
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ __all__ = [
 JSON = "application/json"
 SSE = "text/event-stream"
 # What each route answers (the OpenAPI document's responses; the 403 of a foreign Origin is added to
-# every state-changing one by server.origin_check).
+# every state-changing one by server.http.origin_check).
 RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
     ("POST", "/prompt"): {200: JSON, 400: JSON},
     ("GET", "/prompt"): {200: JSON},

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from comfystream import json_limits
 from comfystream.comfyui.workspace import comfyui_version as workspace_comfyui_version
-from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
 from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt_async

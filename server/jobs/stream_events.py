@@ -12,12 +12,12 @@ import logging
 
 from aiohttp import web
 
-from server import errors
-from server.app_keys import EVENT_BUS_KEY, STREAM_MANAGER_KEY
 from server.events import Event
+from server.http import errors
+from server.http.keys import EVENT_BUS_KEY, STREAM_MANAGER_KEY
 from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.sse import HeartbeatEventSource
-from server.stream_manager import StreamNotFound
+from server.streams.manager import StreamNotFound
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from server.jobs.output_cache import cache_key
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JobScheduler
 from server.jobs.settings import JobSettings
-from server.prompt_files import refuse_outside_files
-from server.prompt_validation import with_missing_node_hint
+from server.nodes.files import refuse_outside_files
+from server.nodes.validation import with_missing_node_hint
 
 
 @dataclass

@@ -19,7 +19,7 @@ from aiohttp import web
 from comfystream import json_limits
 from comfystream.engine import parse_prompt
 from comfystream.prompts import PromptFormatError
-from server.app_keys import NODE_REGISTRY_KEY
+from server.http.keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload
 from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of, tracker_of
 from server.jobs.sse import HeartbeatEventSource

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.models import Dimension, GivesPrompts, PromptsValue, StreamId
+from server.streams.models import Dimension, GivesPrompts, PromptsValue, StreamId
 
 
 class SessionDescription(BaseModel):

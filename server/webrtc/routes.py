@@ -14,14 +14,14 @@ from pathlib import Path
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from server import errors
-from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
-from server.models import ErrorResponse, UpdatePromptsRequest
-from server.openapi import route_adder
-from server.pipelines import check_gpu_room
-from server.routes._util import api_handler, json_body, parse, respond, to_http_error
-from server.stream_manager import StreamManager
-from server.stream_spec import StreamSpec
+from server.http import errors
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.http.openapi import route_adder
+from server.http.routes import api_handler, json_body, parse, respond, to_http_error
+from server.streams.manager import StreamManager
+from server.streams.models import ErrorResponse, UpdatePromptsRequest
+from server.streams.pipelines import check_gpu_room
+from server.streams.spec import StreamSpec
 from server.webrtc.control import CONTROL_LABEL, ControlChannel
 from server.webrtc.ice import IceServer, parse_ice_servers, rtc_configuration, use_loopback_when_no_network
 from server.webrtc.models import IceServerInfo, OfferAnswer, OfferRequest, WebRTCConfig
@@ -31,7 +31,7 @@ from server.webrtc.session import WebRTCStream
 logger = logging.getLogger(__name__)
 
 ICE_SERVERS_KEY = web.AppKey("webrtc_ice_servers", list)
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static" / "webrtc"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 WEBRTC_URL_SCHEME = "webrtc:"  # a WebRTC stream's subscribe/publish "URL" in its config
 
 

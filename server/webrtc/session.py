@@ -1,6 +1,6 @@
 """One WebRTC stream: a peer connection, its dedicated pipeline, and the frames between them.
 
-Its status, updates, restarts and events are a trickle stream's (`server.stream_base`), so it is
+Its status, updates, restarts and events are a trickle stream's (`server.streams.base`), so it is
 listed, updated and stopped by the same REST routes.
 """
 
@@ -18,9 +18,9 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from comfystream.media import frame_to_ndarray, ndarray_to_frame
-from server.stream_base import StreamBase, cleanup_quietly
-from server.stream_spec import StreamSpec
-from server.stream_types import NotNow
+from server.streams.base import StreamBase, cleanup_quietly
+from server.streams.spec import StreamSpec
+from server.streams.types import NotNow
 from server.webrtc.tracks import OutboundTrack
 
 logger = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.trickle_client import PatternPublisher, create_channel
 from comfystream.media import PatternError, read_index
-from server.dashboard_feed import _jsonable
-from server.trickle_client import PatternPublisher, create_channel
+from server.dashboard.feed import _jsonable
 from tests.dashboard.conftest import Server
 
 SIZE = 128

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from server.auth import SESSION_COOKIE
+from server.http.auth import SESSION_COOKIE
 from tests.dashboard.conftest import VIEWPORT, PageLog, Server
 
 TOKEN = "s3cret-token-for-the-pages"

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from bench.trickle_client import create_channel
 from server.app import create_app
 from server.config import ServerConfig
-from server.trickle_client import create_channel
 from tests.dashboard.conftest import VIEWPORT, PageLog
 
 pytestmark = [pytest.mark.browser]

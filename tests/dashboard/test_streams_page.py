@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.trickle_client import PatternPublisher, create_channel
 from comfystream.media import PatternError, read_index
-from server.trickle_client import PatternPublisher, create_channel
 from tests.dashboard.conftest import Server, open_dashboard, preview_pixels_js
 from tests.polling import wait_for
 

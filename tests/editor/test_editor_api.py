@@ -195,7 +195,7 @@ async def test_extensions_frontend_and_logs(tmp_path: Path, no_leaks) -> None:
 async def test_with_a_workspace_the_editor_keeps_comfyuis_default_and_version(tmp_path: Path) -> None:
     """With --workspace: the editor opens ComfyUI's own default workflow (the server gives none in
     its place), and /system_stats reports the workspace's ComfyUI version."""
-    from server.app_keys import CONFIG_KEY
+    from server.http.keys import CONFIG_KEY
     from server.jobs.comfy_routes import COMFYUI_API_VERSION, served_comfyui_version
 
     (tmp_path / "comfyui_version.py").write_text('__version__ = "0.9.1"\n')

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from comfystream.prompts import registry_input_types, ui_to_api
-from server.app_keys import NODE_REGISTRY_KEY
 from server.editor.live_workflows import SAMPLE_IMAGE, TEMPLATES
+from server.http.keys import NODE_REGISTRY_KEY
 from server.jobs.comfy_routes import COMFYUI_API_VERSION
 from server.jobs.settings import JOB_SETTINGS_KEY
 from tests.editor.conftest import open_editor

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.trickle_client import create_channel
 from comfystream.prompts import DEFAULT_PROMPT
-from server.trickle_client import create_channel
 
 from .conftest import Server
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.trickle_client import create_channel
+from bench.trickle_client import create_channel
 
 from .conftest import Server
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from bench.trickle_client import create_channel
 from comfystream import json_limits
 from comfystream.prompts import PromptFormatError, normalize_prompts
-from server.trickle_client import create_channel
 
 from .conftest import Server
 

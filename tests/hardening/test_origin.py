@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from comfystream.prompts import DEFAULT_PROMPT
-from server.origin_check import OriginPolicy, normalize_origin
+from server.http.origin_check import OriginPolicy, normalize_origin
 
 from .conftest import Server
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from server.trickle_client import OutputReader, PatternPublisher, create_channel
+from bench.trickle_client import OutputReader, PatternPublisher, create_channel
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 90.0  # bounds against hangs on a loaded machine, not timings

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.trickle_client import create_channel
+from bench.trickle_client import create_channel
 
 from .conftest import JobsServer
 from .test_tasks_sse import SseReader

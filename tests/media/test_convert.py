@@ -82,7 +82,7 @@ def test_conversions_start_no_thread_pool():
     """swscale would start a pool of threads for each frame's own scaler (and keep it while the
     frame lives): every conversion on the frame path runs on the calling thread instead."""
     from comfystream.media.encoder import SegmentEncoder
-    from server.frame_rate import fixed_size
+    from server.streams.frame_rate import fixed_size
 
     frame = av.VideoFrame.from_ndarray(np.zeros((240, 320, 3), np.uint8), format="rgb24").reformat(
         format="yuv420p", threads=1
@@ -102,7 +102,7 @@ def test_conversions_start_no_thread_pool():
 def test_a_frame_resized_for_the_output_keeps_its_timestamps_and_ingest_mark():
     """`detect_out_resolution: false` resizes each output frame: its pts and the pipeline's ingest
     mark (`opaque`, read for the latency stats at publish) go with it."""
-    from server.frame_rate import fixed_size
+    from server.streams.frame_rate import fixed_size
 
     frame = av.VideoFrame(64, 48, "yuv420p")
     frame.pts, frame.time_base, frame.opaque = 7, Fraction(1, 30), {"ingest": 1.5}

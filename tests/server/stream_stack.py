@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench.trickle_client import create_channel
 from comfystream.prompts import DEFAULT_PROMPT
-from server.trickle_client import create_channel
 
 PASSTHROUGH_PROMPT = {
     "1": {"class_type": "LoadTensor", "inputs": {}},

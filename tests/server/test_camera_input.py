@@ -14,12 +14,12 @@ import numpy as np
 from aiohttp import web
 from stream_stack import INVERT_PROMPT, PASSTHROUGH_PROMPT, Stack
 
+from bench.trickle_client import EventsReader, OutputReader
 from comfystream.media import SegmentEncoder, make_index_frame, ndarray_to_frame
 from comfystream.trickle import TricklePublisher
 from server.app import create_app
-from server.app_keys import EVENT_BUS_KEY
 from server.config import ServerConfig
-from server.trickle_client import EventsReader, OutputReader
+from server.http.keys import EVENT_BUS_KEY
 from tests.polling import wait_for
 
 SIZE = 128
@@ -182,7 +182,7 @@ async def test_a_prompt_update_is_one_event(stack: Stack) -> None:
 
 
 def test_a_drain_does_not_wait_for_frames_already_let_go() -> None:
-    from server.trickle_stream import frames_settled
+    from server.streams.trickle import frames_settled
 
     # 100 frames handed over, 36 written: the output queue let 64 go (nobody read fast enough)
     assert frames_settled({"lost_output": 64, "dropped": 64}, 100, 36)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from stream_stack import Stack
 
+from bench.trickle_client import PatternPublisher, create_channel
 from comfystream.trickle import TrickleSubscriber
-from server.trickle_client import PatternPublisher, create_channel
 
 NODES = Path(__file__).resolve().parent / "data_nodes"
 SAYING_PROMPT = {

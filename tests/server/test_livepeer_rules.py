@@ -10,11 +10,10 @@ import pytest
 
 from comfystream.trickle.events import SegmentPacer, heartbeat_urls
 from comfystream.trickle.protocol import WINDOW
-from server.auth import resolve_token, token_matches
-from server.frame_rate import FrameRateLimiter
-from server.gateway_params import unwrap_params
-from server.registration import CapabilitySettings, RegistrationState, settings_from
-from server.stream_status import (
+from server.http.auth import resolve_token, token_matches
+from server.livepeer.gateway_params import unwrap_params
+from server.livepeer.registration import CapabilitySettings, RegistrationState, settings_from
+from server.livepeer.status import (
     DEGRADED_INFERENCE,
     DEGRADED_INPUT,
     ERROR,
@@ -26,6 +25,7 @@ from server.stream_status import (
     compute_state,
     idle_too_long,
 )
+from server.streams.frame_rate import FrameRateLimiter
 
 # ---- ai-runner states ----------------------------------------------------------------------------
 

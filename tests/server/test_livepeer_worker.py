@@ -21,12 +21,12 @@ from aiohttp.test_utils import TestServer
 from orchestrator_standin import OrchestratorStandIn
 from stream_stack import PASSTHROUGH_PROMPT, Stack
 
+from bench.trickle_client import create_channel
 from comfystream.trickle import TricklePublisher, TrickleSubscriber
 from server.app import REGISTRAR_KEY, create_app
 from server.config import ServerConfig
-from server.registration import CapabilitySettings, Registrar
-from server.stream_status import STATES
-from server.trickle_client import create_channel
+from server.livepeer.registration import CapabilitySettings, Registrar
+from server.livepeer.status import STATES
 from tests.polling import wait_for
 
 TOKEN = "capability-token-4f1d"

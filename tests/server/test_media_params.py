@@ -9,7 +9,7 @@ import time
 
 from stream_stack import PASSTHROUGH_PROMPT, Stack
 
-from server.trickle_client import PatternPublisher
+from bench.trickle_client import PatternPublisher
 
 WAIT_S = 60.0  # a bound against hangs on a loaded machine, not a timing
 

@@ -9,16 +9,16 @@ import subprocess
 import sys
 import threading
 
-from server.native_heap import HeapTrimmer
+from server.runtime.native_heap import HeapTrimmer
 
 CAP = """
-from server.native_heap import cap_malloc_arenas
+from server.runtime.native_heap import cap_malloc_arenas
 print(cap_malloc_arenas())
 """
 
 # Freed blocks below live ones (malloc-sized, not pymalloc's) stay resident until trimmed.
 TRIM = """
-from server.native_heap import heap_trim_function
+from server.runtime.native_heap import heap_trim_function
 def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from serve_process import serve_process
 
+from bench.trickle_client import create_channel
 from server.cli import build_parser
 from server.commands import config_from_args
-from server.trickle_client import create_channel
 from tests.polling import wait_for
 from tests.processes import alive
 
@@ -46,7 +46,7 @@ def test_serve_flags() -> None:
     assert [str(p) for p in config.custom_nodes] == ["/a", "/b"]
     assert config.gpus == [0, 1] and config.relay is True and config.log_level == "DEBUG"
     defaults = config_from_args(build_parser().parse_args(["serve"]))
-    from server.listen import MAX_DEFAULT_JOB_WORKERS, default_job_workers
+    from server.http.listen import MAX_DEFAULT_JOB_WORKERS, default_job_workers
 
     # One job worker per usable core (so a second job need not queue), a few at most.
     assert (
@@ -73,7 +73,7 @@ def test_serve_flags() -> None:
 def test_worker_deadlines_reach_the_workers_backend() -> None:
     """The interrupt grace and the frame timeout are the operator's: flags, down to the backend
     whose supervisors enforce them (streams' and jobs' workers alike)."""
-    from server.pipelines import PipelineResources
+    from server.streams.pipelines import PipelineResources
 
     args = ["serve", "--interrupt-grace-s", "5", "--frame-timeout-s", "30"]
     settings = PipelineResources(config_from_args(build_parser().parse_args(args))).backend.settings
@@ -88,7 +88,7 @@ def test_real_model_flags_reach_the_workers_backend(tmp_path: Path) -> None:
     import json
 
     from server.config import default_torch_threads
-    from server.pipelines import PipelineResources
+    from server.streams.pipelines import PipelineResources
 
     one = {
         "1": {"class_type": "LoadTensor", "inputs": {}},
@@ -126,7 +126,7 @@ def test_real_model_flags_reach_the_workers_backend(tmp_path: Path) -> None:
 
 
 def test_shared_weights_are_on_unless_turned_off() -> None:
-    from server.pipelines import PipelineResources
+    from server.streams.pipelines import PipelineResources
 
     def backend_settings(*flags: str):
         return PipelineResources(config_from_args(build_parser().parse_args(["serve", *flags]))).backend.settings

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from stream_stack import INVERT_PROMPT, PASSTHROUGH_PROMPT, Stack
 
-from server.app_keys import NODE_REGISTRY_KEY
+from server.http.keys import NODE_REGISTRY_KEY
 
 NODES = Path(__file__).resolve().parent / "nodes"  # a custom node package that loads, one that fails
 

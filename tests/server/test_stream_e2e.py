@@ -9,8 +9,8 @@ from fractions import Fraction
 
 from stream_stack import INVERT_PROMPT, PASSTHROUGH_PROMPT, Stack
 
+from bench.trickle_client import EventsReader, OutputReader, PatternPublisher, pts_of, send_control
 from comfystream.trickle import TricklePublisher
-from server.trickle_client import EventsReader, OutputReader, PatternPublisher, pts_of, send_control
 
 SIZE = 256
 FPS = 30

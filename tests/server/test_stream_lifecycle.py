@@ -8,7 +8,7 @@ import os
 
 from stream_stack import Stack
 
-from server.trickle_client import PatternPublisher
+from bench.trickle_client import PatternPublisher
 
 
 def _worker_pids() -> set[int]:

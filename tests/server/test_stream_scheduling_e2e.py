@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from stream_stack import Stack
 
-from server.trickle_client import OutputReader, PatternPublisher, pts_of
+from bench.trickle_client import OutputReader, PatternPublisher, pts_of
 
 BENCH_NODES = Path(__file__).resolve().parents[2] / "bench" / "nodes"
 SIZE = 128

@@ -12,9 +12,9 @@ import socket
 import pytest
 from stream_stack import Stack
 
-from server.app_keys import EVENT_BUS_KEY
+from bench.trickle_client import create_channel
 from server.editor.live_workflows import BY_NAME, ui_workflow
-from server.trickle_client import create_channel
+from server.http.keys import EVENT_BUS_KEY
 from tests.polling import wait_for
 
 LIVE_BLUR_UI = ui_workflow(BY_NAME["comfystream_live_blur"].steps)

@@ -20,11 +20,11 @@ import aiohttp
 import pytest
 from serve_process import serve_process
 
+from bench.trickle_client import create_channel
 from comfystream.comfyui import NodePackageInfo, WorkspaceInfo, comfyui_version
 from comfystream.engine import build_registry
 from server.config import ServerConfig
-from server.trickle_client import create_channel
-from server.workspace import describe
+from server.nodes.workspace import describe
 
 NODES = Path(__file__).resolve().parent / "nodes"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+from bench.trickle_client import create_channel
 from comfystream.trickle import DataPublisher, TrickleSubscriber
-from server.trickle_client import create_channel
 
 
 async def _segments(url: str, count: int | None = None) -> list[list]:

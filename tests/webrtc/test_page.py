@@ -23,7 +23,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# The test pattern's quadrants (server/static/webrtc/testpattern.js): TL, TR, BL, BR.
+# The test pattern's quadrants (server/webrtc/static/testpattern.js): TL, TR, BL, BR.
 QUADRANTS = [(0xDC, 0x1E, 0x1E), (0x1E, 0xC8, 0x1E), (0x1E, 0x3C, 0xDC), (0x18, 0x18, 0x18)]
 
 pytestmark = [

@@ -239,7 +239,7 @@ async def test_stream_start_gets_503_with_the_reason_when_no_gpu_has_room(smi, n
 def test_serve_flags_reach_the_placer(smi):
     from server.cli import build_parser
     from server.commands import config_from_args
-    from server.pipelines import PipelineResources
+    from server.streams.pipelines import PipelineResources
 
     args = build_parser().parse_args(["serve", "--streams-per-gpu", "3", "--gpu-min-free-mib", "4096"])
     config = config_from_args(args)

@@ -9,8 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from server import errors
-from server.models import CreateStreamRequest, StartStreamRequest, ValidationErrorItem
+from server.http import errors
+from server.streams.models import CreateStreamRequest, StartStreamRequest, ValidationErrorItem
 
 # Names people (and other servers' APIs) use for our fields.
 _SYNONYMS = {

@@ -16,7 +16,7 @@ import signal
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from server.app_keys import STREAM_MANAGER_KEY
+from server.http.keys import STREAM_MANAGER_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The web dashboard: `GET /` (the page), `/dashboard/*` (its ES modules, CSS and vendored UI library),
 `GET /stream/{id}/preview.jpg` (a stream's latest output frame as JPEG) and `GET /stream/{id}/prompts`
 (the prompts a running stream runs, for the page's prompt editor), and `GET /jobs/events` (every job's
-events, server/dashboard_feed.py).
+events, server/dashboard/feed.py).
 
 The page itself is plain ES modules: nothing to build, nothing loaded from outside this server."""
 
@@ -16,15 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from server import errors
-from server.app_keys import OPENAPI_KEY, STREAM_MANAGER_KEY
-from server.dashboard_feed import setup_jobs_feed
-from server.openapi import route_adder
-from server.stream_manager import StreamNotFound
+from server.dashboard.feed import setup_jobs_feed
+from server.http import errors
+from server.http.keys import OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.http.openapi import route_adder
+from server.streams.manager import StreamNotFound
 
 logger = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static" / "dashboard"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 PREVIEW_MAX_WIDTH = 480
 PREVIEW_QUALITY = 80
 # The page is small and changes with the server: always revalidate, so an upgrade is never half-cached.

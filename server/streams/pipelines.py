@@ -11,8 +11,8 @@ from aiohttp import web
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from comfystream.pipeline.backend import WorkerSpec
 from server.config import ServerConfig, default_torch_threads
-from server.models import WORKER_PARAMS
-from server.stream_spec import StreamSpec
+from server.streams.models import WORKER_PARAMS
+from server.streams.spec import StreamSpec
 from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)

@@ -11,11 +11,16 @@ import uuid
 from aiohttp import web
 
 from comfystream import json_limits
-from server import errors
-from server.app_keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
-from server.gateway_params import unwrap_params
-from server.input_check import check_input
-from server.models import (
+from server.http import errors
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
+from server.http.openapi import route_adder
+from server.http.routes import api_handler, json_body, parse, respond
+from server.livepeer.gateway_params import unwrap_params
+from server.nodes.workspace import describe as describe_workspace
+from server.streams.hosts import check_stream_urls
+from server.streams.input_check import check_input
+from server.streams.manager import StreamManager
+from server.streams.models import (
     STREAM_ID_PATTERN,
     WORKER_PARAMS,
     CreateStreamRequest,
@@ -36,14 +41,9 @@ from server.models import (
     WorkerStatusResponse,
     WorkspaceInfoResponse,
 )
-from server.openapi import route_adder
-from server.pipelines import check_gpu_room
-from server.request_fields import check_flat_fields, check_start_fields
-from server.routes._util import api_handler, json_body, parse, respond
-from server.stream_hosts import check_stream_urls
-from server.stream_manager import StreamManager
-from server.stream_spec import StreamSpec
-from server.workspace import describe as describe_workspace
+from server.streams.pipelines import check_gpu_room
+from server.streams.request_fields import check_flat_fields, check_start_fields
+from server.streams.spec import StreamSpec
 
 logger = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ def _fps(stats: dict, *keys: str) -> float:
 async def byoc_status(request: web.Request) -> web.Response:
     """Our fields (every stream) and pytrickle's (its StreamState.get_pipeline_state() and its
     client keys, about the stream named by X-Stream-Id / ?stream_id=, or the only one)."""
-    from server.routes.ops import server_status
+    from server.ops import server_status
 
     manager = _manager(request)
     streams = {sid: manager.info(sid) for sid in manager.active}

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 
-from server import errors
+from server.http import errors
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _is_websocket(request: web.Request) -> bool:
 
 def documented_responses(op) -> dict[int, object]:
     """For the OpenAPI document: the 403 this middleware may answer to `op` (an openapi.Operation)."""
-    from server.models import ErrorResponse
+    from server.streams.models import ErrorResponse
 
     if op.method.upper() in SAFE_METHODS and op.path not in ("/ws", "/api/ws"):
         return {}

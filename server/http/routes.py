@@ -1,4 +1,4 @@
-"""Helpers the stream routes share: body parsing into the error bodies of `server.errors`, domain
+"""Helpers the stream routes share: body parsing into the error bodies of `server.http.errors`, domain
 exceptions to HTTP statuses, JSON responses from pydantic models."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pydantic import BaseModel, ValidationError
 from comfystream import json_limits
 from comfystream.engine import PromptValidationError
 from comfystream.prompts import PromptFormatError
-from server import errors
-from server.app_keys import CONFIG_KEY, METRICS_KEY
-from server.prompt_validation import PromptRejected
-from server.stream_types import AtCapacity, NotNow, StreamExists, StreamNotFound
+from server.http import errors
+from server.http.keys import CONFIG_KEY, METRICS_KEY
+from server.nodes.validation import PromptRejected
+from server.streams.types import AtCapacity, NotNow, StreamExists, StreamNotFound
 from workers.placement import NoGpuRoom
 from workers.process import WorkerError
 

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from comfystream.engine import ValidationResult
 from comfystream.json_limits import describe_error as describe_json_error
 from comfystream.prompts import PromptFormatError
-from server.models import ErrorResponse, ValidationErrorItem
-from server.prompt_validation import with_missing_node_hint
+from server.nodes.validation import with_missing_node_hint
+from server.streams.models import ErrorResponse, ValidationErrorItem
 
 
 def error_response(

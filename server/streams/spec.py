@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.models import StreamConfig, Transport
+from server.streams.models import StreamConfig, Transport
 
 # (dedicated_worker, use_prompt_worker) -> (pipeline class, architecture name); a prompt worker wins.
 _ARCHITECTURES = {

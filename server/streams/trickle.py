@@ -21,13 +21,13 @@ import av.error
 from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
-from server.frame_rate import FrameRateLimiter, fixed_size, frame_time
-from server.input_check import POLL_S, check_input, not_found_message
 from server.metrics import ServerMetrics
-from server.stream_base import StreamBase
-from server.stream_spec import StreamSpec
-from server.stream_types import StreamNotFound
-from server.trickle_media import ControlChannel, EventsChannel
+from server.streams.base import StreamBase
+from server.streams.frame_rate import FrameRateLimiter, fixed_size, frame_time
+from server.streams.input_check import POLL_S, check_input, not_found_message
+from server.streams.spec import StreamSpec
+from server.streams.trickle_media import ControlChannel, EventsChannel
+from server.streams.types import StreamNotFound
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server import errors
 from server.config import ServerConfig
-from server.models import ValidationErrorItem
+from server.http import errors
+from server.streams.models import ValidationErrorItem
 
 URL_FIELDS = ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from server.app_keys import OPENAPI_KEY
-from server.openapi import add_api_route
+from server.http.keys import OPENAPI_KEY
+from server.http.openapi import add_api_route
 
 logger = logging.getLogger(__name__)
 

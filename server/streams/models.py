@@ -172,7 +172,7 @@ class StreamParams(GivesPrompts, BaseModel):
 
 def _start_params(value: Any) -> Any:
     """`params: null` is no params (pytrickle), and the gateway's wrappings come off."""
-    from server.gateway_params import unwrap_params
+    from server.livepeer.gateway_params import unwrap_params
 
     value = unwrap_params(value)
     return {} if value is None else value

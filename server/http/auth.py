@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from server.models import ErrorResponse
+from server.streams.models import ErrorResponse
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from server.metrics import ServerMetrics
-from server.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
-from server.stream_spec import StreamSpec
-from server.stream_types import NotNow, StreamNotFound, UpdateOutcome
+from server.streams.models import StreamInfo, StreamStats, UpdateParameters, WorkerStatus
+from server.streams.spec import StreamSpec
+from server.streams.types import NotNow, StreamNotFound, UpdateOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from comfystream.comfyui import WorkspaceInfo as LoadedWorkspace
 from server.config import ServerConfig
-from server.models import WORKER_PARAMS, CustomNodePackage, WorkspaceInfo
+from server.streams.models import WORKER_PARAMS, CustomNodePackage, WorkspaceInfo
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from comfystream.engine import ValidationResult, validate_prompt
 from comfystream.prompts import normalize_prompts, normalize_prompts_or_default, registry_input_types
-from server.prompt_files import refuse_outside_files
+from server.nodes.files import refuse_outside_files
 
 
 class PromptRejected(ValueError):

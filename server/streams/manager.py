@@ -13,9 +13,13 @@ from pydantic import ValidationError
 
 from server.config import ServerConfig
 from server.events import EventBus
-from server.gateway_params import unwrap_params
+from server.livepeer.gateway_params import unwrap_params
+from server.livepeer.status import StreamStatusMonitor
 from server.metrics import ServerMetrics, StreamSample
-from server.models import (
+from server.nodes.validation import validate_prompts
+from server.runtime.native_heap import HeapTrimmer
+from server.streams.base import StreamBase
+from server.streams.models import (
     WORKER_PARAMS,
     StreamInfo,
     StreamParams,
@@ -23,13 +27,9 @@ from server.models import (
     UpdateParameters,
     UpdatePromptsRequest,
 )
-from server.native_heap import HeapTrimmer
-from server.prompt_validation import validate_prompts
-from server.stream_base import StreamBase
-from server.stream_spec import StreamSpec
-from server.stream_status import StreamStatusMonitor
-from server.stream_types import AtCapacity, StreamExists, StreamNotFound, UpdateOutcome
-from server.trickle_stream import TrickleStream
+from server.streams.spec import StreamSpec
+from server.streams.trickle import TrickleStream
+from server.streams.types import AtCapacity, StreamExists, StreamNotFound, UpdateOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class StreamManager:
     def start(self, spec: StreamSpec, *, input_missing: bool = False) -> TrickleStream:
         """Register and start a stream (its worker comes up in the background). Synchronous, so that
         the duplicate and capacity checks and the registration cannot interleave with another start.
-        `input_missing`: its relay had no input channel when asked (server.input_check): the
+        `input_missing`: its relay had no input channel when asked (server.streams.input_check): the
         stream says so, and ends as an error if the channel does not appear in time."""
         self._admit(spec.stream_id)
         stream = TrickleStream(

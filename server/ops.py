@@ -10,7 +10,7 @@ from importlib import metadata
 
 from aiohttp import web
 
-from server.app_keys import (
+from server.http.keys import (
     CONFIG_KEY,
     METRICS_KEY,
     NODE_REGISTRY_KEY,
@@ -18,12 +18,12 @@ from server.app_keys import (
     STREAM_MANAGER_KEY,
     WORKSPACE_KEY,
 )
-from server.hardware import INFO_KEYS, STATS_KEYS, placed_gpus, query_gpus, shaped
+from server.http.openapi import route_adder
+from server.http.routes import respond
+from server.livepeer.hardware import INFO_KEYS, STATS_KEYS, placed_gpus, query_gpus, shaped
 from server.metrics import CONTENT_TYPE
-from server.models import HealthResponse
-from server.openapi import route_adder
-from server.routes._util import respond
-from server.workspace import load_errors
+from server.nodes.workspace import load_errors
+from server.streams.models import HealthResponse
 
 TITLE = "comfystream"
 DESCRIPTION = "ComfyUI workflows on live video: trickle streams, WebRTC, workflow jobs."

@@ -8,11 +8,11 @@ from aiohttp import web
 
 from server.config import ServerConfig
 from server.events import EventBus
+from server.http.openapi import OpenApiRegistry
 from server.metrics import ServerMetrics
-from server.openapi import OpenApiRegistry
 
 if TYPE_CHECKING:
-    from server.stream_manager import StreamManager
+    from server.streams.manager import StreamManager
 
 CONFIG_KEY = web.AppKey("config", ServerConfig)
 # comfystream.engine.NodeRegistry: the node types prompts are validated against in this process.

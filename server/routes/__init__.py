@@ -1,1 +1,0 @@
-"""Feature route modules; each exposes `setup_routes(app)`."""
