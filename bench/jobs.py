@@ -27,7 +27,8 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.jobs import JOB_BACKEND_KEY, JOB_SETTINGS_KEY, scheduler_of
+from server.jobs import JOB_BACKEND_KEY, JOB_SETTINGS_KEY
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from workers.backend import ProcessPoolBackend
 
 
@@ -61,7 +62,7 @@ async def run(workers: int, jobs: int, size: int, threads: int, root: Path, firs
     await server.start_server()
     base = str(server.make_url("")).rstrip("/")
     try:
-        await scheduler_of(app).wait_ready(300)
+        await app[JOB_SCHEDULER_KEY].wait_ready(300)
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"{base}/ws?clientId=bench")
             done: dict[str, float] = {}

@@ -61,7 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         f"skipped (default {DEFAULT_MAX_LATENCY_MS:.0f}; a stream's params.max_latency_ms overrides it)",
     )
     parser.add_argument(
-        "--gpus", default=None, help="GPU indices to place workers on, e.g. 0,1 (default: all nvidia-smi lists; none: CPU)"
+        "--gpus",
+        default=None,
+        help="GPU indices to place workers on, e.g. 0,1 (default: all nvidia-smi lists; none: CPU)",
     )
     parser.add_argument(
         "--interrupt-grace-s",
@@ -236,7 +238,10 @@ def _add_livepeer_flags(parser: argparse.ArgumentParser) -> None:
         help="streams the orchestrator may send here (env CAPABILITY_CAPACITY; default --max-streams)",
     )
     group.add_argument(
-        "--capability-price-per-unit", type=int, default=None, help="env CAPABILITY_PRICE_PER_UNIT (default 0)"
+        "--capability-price-per-unit",
+        type=int,
+        default=None,
+        help="env CAPABILITY_PRICE_PER_UNIT (default 0)",
     )
     group.add_argument(
         "--capability-price-scaling", type=int, default=None, help="env CAPABILITY_PRICE_SCALING (default 1)"
@@ -375,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
     from server.runtime.native_heap import cap_malloc_arenas
     from server.runtime.shutdown import setup_signal_handling
     from server.runtime.thread_pool import start_default_executor
+    from server.streams.manager import STREAM_MANAGER_KEY
 
     cap_malloc_arenas()  # before any thread allocates: a long-running server must not grow
 
@@ -417,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     )
     # SIGINT and SIGTERM stop every stream (and free its worker) while the server still serves its
     # relay, then run_app's shutdown closes the rest (server.runtime.shutdown).
-    setup_signal_handling(app)
+    setup_signal_handling(app, lambda: app[STREAM_MANAGER_KEY].stop_all("server shutting down"))
     web.run_app(
         app,
         sock=socks,

@@ -28,7 +28,9 @@ class ServerConfig:
     streams_per_gpu: int | None = None  # workers one GPU may run; None: as many as its memory holds
     interrupt_grace_s: float = 2.0  # a job still running this long after /interrupt: worker killed
     frame_timeout_s: float = 10.0  # a stream's worker holding a frame this long (and 5x its median): replaced
-    worker_max_rss_mb: float | None = None  # --worker-max-rss-mb: a worker above it is replaced between frames
+    worker_max_rss_mb: float | None = (
+        None  # --worker-max-rss-mb: a worker above it is replaced between frames
+    )
     # --torch-threads: each worker's torch intra-op threads; None: cores / --max-streams, at least 1.
     torch_threads: int | None = None
     # --preload-prompt / --preload-size: prompts every warm worker loads and warms up before a
@@ -55,13 +57,17 @@ class ServerConfig:
     ice_servers: list[str] = field(default_factory=list)  # --ice-server URLs (WebRTC); none: host only
     job_workers: int = 1  # --job-workers: spawned workers that run one-shot prompts in parallel
     input_dir: Path | None = None  # LoadImage / uploads; None: the workspace's input/, else ./input
-    output_dir: Path | None = None  # SaveImage (temp/ inside it); None: the workspace's output/, else ./output
+    output_dir: Path | None = (
+        None  # SaveImage (temp/ inside it); None: the workspace's output/, else ./output
+    )
     job_workers_at_startup: bool = False  # spawn them with the server (serve); else with the first prompt
     # Livepeer worker (README "Running as a Livepeer worker")
     auth_token: str | None = field(default=None, repr=False)  # Bearer token the API requires; None: open
     registration: Any = None  # server.livepeer.registration.CapabilitySettings: register with an orchestrator
     pipeline_name: str = "comfystream"  # the capability's name: /version's model_id, status events' pipeline
-    user_dir: Path | None = None  # the editor's settings and saved workflows; None: the workspace's user/, else ./user
+    user_dir: Path | None = (
+        None  # the editor's settings and saved workflows; None: the workspace's user/, else ./user
+    )
     # --allow-origin: browser origins (scheme://host[:port], or *) that may change state besides the
     # server's own (server.http.origin_check).
     allowed_origins: list[str] = field(default_factory=list)

@@ -9,24 +9,38 @@ import os
 from importlib import metadata
 
 from aiohttp import web
+from pydantic import BaseModel, Field
 
-from server.http.keys import (
-    CONFIG_KEY,
-    METRICS_KEY,
-    NODE_REGISTRY_KEY,
-    OPENAPI_KEY,
-    STREAM_MANAGER_KEY,
-    WORKSPACE_KEY,
-)
+from server.http.keys import CONFIG_KEY, METRICS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, WORKSPACE_KEY
 from server.http.openapi import route_adder
 from server.http.routes import respond
 from server.livepeer.hardware import INFO_KEYS, STATS_KEYS, placed_gpus, query_gpus, shaped
 from server.metrics import CONTENT_TYPE
 from server.nodes.workspace import load_errors
-from server.streams.models import HealthResponse
+from server.streams.health import server_status
+from server.streams.manager import STREAM_MANAGER_KEY
+from server.streams.models import HealthStatus
+from server.streams.pipelines import PIPELINE_RESOURCES_KEY
 
 TITLE = "comfystream"
 DESCRIPTION = "ComfyUI workflows on live video: trickle streams, WebRTC, workflow jobs."
+
+
+class HealthResponse(BaseModel):
+    """pytrickle's `{"status": LOADING | IDLE | OK | ERROR}` and our summary beside it."""
+
+    status: HealthStatus = Field(
+        ...,
+        description="LOADING: the warm worker(s) are not ready yet; IDLE: ready, no stream; "
+        "OK: streams run; ERROR: the workers cannot start",
+    )
+    degraded: bool = Field(False, description="some custom node packages failed to load")
+    error_message: str | None = None
+    version: str
+    streams_active: int
+    max_streams: int
+    node_types: int
+    node_load_errors: dict[str, str] = Field(default_factory=dict)
 
 
 def version() -> str:
@@ -36,28 +50,11 @@ def version() -> str:
         return "0.0.0"
 
 
-def _resources(app: web.Application):
-    from server.app import PIPELINE_RESOURCES_KEY  # the app module imports this one
-
-    return app.get(PIPELINE_RESOURCES_KEY)
-
-
-def server_status(app: web.Application) -> str:
-    """pytrickle's health status: ERROR when the workers cannot start, LOADING until the default
-    warm worker(s) are ready, then OK while a stream runs and IDLE when none does."""
-    resources = _resources(app)
-    if resources is not None and resources.error is not None:
-        return "ERROR"
-    if resources is not None and not resources.ready:
-        return "LOADING"
-    return "OK" if app[STREAM_MANAGER_KEY].active else "IDLE"
-
-
 async def health(request: web.Request) -> web.Response:
     manager = request.app[STREAM_MANAGER_KEY]
     registry = request.app[NODE_REGISTRY_KEY]
     errors = load_errors(registry, request.app[WORKSPACE_KEY])
-    resources = _resources(request.app)
+    resources = request.app.get(PIPELINE_RESOURCES_KEY)
     return respond(
         HealthResponse(
             status=server_status(request.app),  # type: ignore[arg-type]
@@ -89,7 +86,7 @@ async def app_version(request: web.Request) -> web.Response:
 
 async def _gpus(request: web.Request) -> dict[str, dict]:
     """The GPUs the workers are placed on, with their worker counts ({} on a CPU machine)."""
-    resources = _resources(request.app)
+    resources = request.app.get(PIPELINE_RESOURCES_KEY)
     if resources is None:
         return {}
     backend = resources.backend

@@ -19,6 +19,7 @@ from aiohttp_sse import sse_response
 
 from server.http.keys import OPENAPI_KEY
 from server.http.openapi import add_api_route
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -166,11 +167,7 @@ def setup_jobs_feed(app: web.Application) -> None:
 
     async def attach(app: web.Application) -> None:
         # On startup, when every feature module has set up: the jobs feature may come after this one.
-        try:
-            from server.jobs.settings import JOB_SCHEDULER_KEY
-        except ImportError:
-            JOB_SCHEDULER_KEY = None
-        scheduler = app.get(JOB_SCHEDULER_KEY) if JOB_SCHEDULER_KEY is not None else None
+        scheduler = app.get(JOB_SCHEDULER_KEY)
         if scheduler is None:
             logger.info("jobs feed: no job scheduler in this app; /jobs/events carries no jobs")
             return

@@ -18,9 +18,9 @@ from aiohttp import web
 
 from server.dashboard.feed import setup_jobs_feed
 from server.http import errors
-from server.http.keys import OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.http.keys import OPENAPI_KEY
 from server.http.openapi import route_adder
-from server.streams.manager import StreamNotFound
+from server.streams.manager import STREAM_MANAGER_KEY, StreamNotFound
 
 logger = logging.getLogger(__name__)
 

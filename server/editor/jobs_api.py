@@ -13,7 +13,7 @@ from aiohttp import web
 
 from comfystream import json_limits
 from server.jobs.queue import QueueItem
-from server.jobs.settings import scheduler_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 
 PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
     "pending",
@@ -183,7 +183,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     except ValueError:
         return _bad("limit and offset must be integers")
 
-    jobs = all_jobs(scheduler_of(request.app), statuses)
+    jobs = all_jobs(request.app[JOB_SCHEDULER_KEY], statuses)
     if query.get("workflow_id"):
         jobs = [j for j in jobs if j.get("workflow_id") == query["workflow_id"]]
     if sort_by == "execution_duration":
@@ -218,7 +218,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    queue = scheduler_of(request.app).queue
+    queue = request.app[JOB_SCHEDULER_KEY].queue
     if job_id in queue.history:
         return web.json_response(history_job(job_id, queue.history[job_id], full=True), dumps=_dumps)
     if job_id in queue.running:
@@ -237,7 +237,7 @@ def _cancel(scheduler: Any, job_id: str) -> bool:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    return web.json_response({"cancelled": _cancel(scheduler_of(request.app), request.match_info["job_id"])})
+    return web.json_response({"cancelled": _cancel(request.app[JOB_SCHEDULER_KEY], request.match_info["job_id"])})
 
 
 async def cancel_jobs(request: web.Request) -> web.Response:
@@ -248,7 +248,7 @@ async def cancel_jobs(request: web.Request) -> web.Response:
     ids = body.get("job_ids") if isinstance(body, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return _bad("job_ids must be a list of job ids")
-    scheduler = scheduler_of(request.app)
+    scheduler = request.app[JOB_SCHEDULER_KEY]
     cancelled = [_cancel(scheduler, job_id) for job_id in ids]
     return web.json_response({"cancelled": any(cancelled)})
 

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from comfystream import json_limits
 from comfystream.engine.convert import PromptConversionError, convert_prompt
-from server.http.keys import STREAM_MANAGER_KEY
-from server.http.routes import api_handler
 from server.jobs.submit import comfy_error
+from server.streams.api_errors import api_handler
+from server.streams.manager import STREAM_MANAGER_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from server.streams.models import ErrorResponse
+from server.http.errors import ErrorResponse
 
 logger = logging.getLogger(__name__)
 

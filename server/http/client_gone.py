@@ -43,14 +43,20 @@ class _BadRequestRecords(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "bad request from %s: %s", (
-                record.args[0] if record.args else "?",
-                " ".join(f"{type(exc).__name__}: {exc.message}".split()),  # (one line)
+            record.msg, record.args = (
+                "bad request from %s: %s",
+                (
+                    record.args[0] if record.args else "?",
+                    " ".join(f"{type(exc).__name__}: {exc.message}".split()),  # (one line)
+                ),
             )
             record.exc_info = record.exc_text = None
         elif isinstance(exc, ConnectionResetError):
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "client %s went away mid-request", (record.args[0] if record.args else "?",)
+            record.msg, record.args = (
+                "client %s went away mid-request",
+                (record.args[0] if record.args else "?",),
+            )
             record.exc_info = record.exc_text = None
         return True
 

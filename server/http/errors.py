@@ -7,13 +7,32 @@ import json
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from comfystream.engine import ValidationResult
 from comfystream.json_limits import describe_error as describe_json_error
 from comfystream.prompts import PromptFormatError
 from server.nodes.validation import with_missing_node_hint
-from server.streams.models import ErrorResponse, ValidationErrorItem
+
+
+class ValidationErrorItem(BaseModel):
+    node_id: str | None = None
+    node_type: str | None = None
+    error_type: str
+    message: str
+    input_name: str | None = None
+    received_value: Any = None
+    valid_options: list[Any] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx of this API: the seed's validation body with ComfyUI's `node_errors` beside it."""
+
+    error: str
+    message: str
+    validation_errors: list[ValidationErrorItem] = Field(default_factory=list)
+    node_errors: dict[str, Any] = Field(default_factory=dict)
+    comfy_error: dict[str, Any] | None = Field(None, description="ComfyUI's prompt-level error, when one")
 
 
 def error_response(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -11,13 +11,9 @@ from server.events import EventBus
 from server.http.openapi import OpenApiRegistry
 from server.metrics import ServerMetrics
 
-if TYPE_CHECKING:
-    from server.streams.manager import StreamManager
-
 CONFIG_KEY = web.AppKey("config", ServerConfig)
 # comfystream.engine.NodeRegistry: the node types prompts are validated against in this process.
 NODE_REGISTRY_KEY: web.AppKey[Any] = web.AppKey("node_registry", object)
-STREAM_MANAGER_KEY: web.AppKey[StreamManager] = web.AppKey("stream_manager")
 EVENT_BUS_KEY = web.AppKey("event_bus", EventBus)
 METRICS_KEY = web.AppKey("metrics", ServerMetrics)
 OPENAPI_KEY = web.AppKey("openapi", OpenApiRegistry)

@@ -97,7 +97,7 @@ def _is_websocket(request: web.Request) -> bool:
 
 def documented_responses(op) -> dict[int, object]:
     """For the OpenAPI document: the 403 this middleware may answer to `op` (an openapi.Operation)."""
-    from server.streams.models import ErrorResponse
+    from server.http.errors import ErrorResponse
 
     if op.method.upper() in SAFE_METHODS and op.path not in ("/ws", "/api/ws"):
         return {}

@@ -15,17 +15,10 @@ from comfystream.pipeline.backend import WorkerSpec
 from server.http.keys import CONFIG_KEY, OPENAPI_KEY
 from server.http.openapi import add_api_route
 from server.jobs import comfy_routes, stream_events, task_routes, ws
-from server.jobs.scheduler import JobScheduler
-from server.jobs.settings import (
-    JOB_BACKEND_KEY,
-    JOB_SCHEDULER_KEY,
-    JOB_SETTINGS_KEY,
-    TASK_TRACKER_KEY,
-    WS_HUB_KEY,
-    JobSettings,
-    scheduler_of,
-)
-from server.jobs.tasks import TaskTracker
+from server.jobs.scheduler import JOB_SCHEDULER_KEY, JobScheduler
+from server.jobs.settings import JOB_BACKEND_KEY, JOB_SETTINGS_KEY, JobSettings
+from server.jobs.tasks import TASK_TRACKER_KEY, TaskTracker
+from server.jobs.ws import WS_HUB_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +27,6 @@ __all__ = [
     "JOB_SCHEDULER_KEY",
     "JOB_SETTINGS_KEY",
     "JobSettings",
-    "scheduler_of",
     "setup_routes",
 ]
 
@@ -175,7 +167,7 @@ def _backend(app: web.Application) -> Any:
     backend = app.get(JOB_BACKEND_KEY)
     if backend is not None:
         return backend
-    from server.app import PIPELINE_RESOURCES_KEY
+    from server.streams.pipelines import PIPELINE_RESOURCES_KEY
 
     resources = app.get(PIPELINE_RESOURCES_KEY)
     if resources is not None and getattr(resources, "backend", None) is not None:

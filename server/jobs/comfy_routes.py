@@ -17,7 +17,8 @@ from comfystream import json_limits
 from comfystream.comfyui.workspace import comfyui_version as workspace_comfyui_version
 from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
-from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
+from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.submit import PromptRequest, comfy_error, job_folders, submit_prompt_async
 from server.jobs.ws import queue_info
 
@@ -74,7 +75,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         ),
         request.app[NODE_REGISTRY_KEY],
         request.app[JOB_SETTINGS_KEY],
-        scheduler_of(request.app),
+        request.app[JOB_SCHEDULER_KEY],
     )
     if submitted.item is None:
         logger.warning("invalid prompt: %s", submitted.error)
@@ -83,11 +84,11 @@ async def post_prompt(request: web.Request) -> web.Response:
 
 
 async def get_prompt(request: web.Request) -> web.Response:
-    return web.json_response(queue_info(scheduler_of(request.app).queue.remaining))
+    return web.json_response(queue_info(request.app[JOB_SCHEDULER_KEY].queue.remaining))
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    queue = scheduler_of(request.app).queue
+    queue = request.app[JOB_SCHEDULER_KEY].queue
     return web.json_response(
         {
             "queue_running": [item.to_comfy() for item in queue.running.values()],
@@ -100,7 +101,7 @@ async def post_queue(request: web.Request) -> web.Response:
     data = await _json_or(request, {})
     if not isinstance(data, dict):
         return _bad_request("invalid_request", "Invalid request", "the body must be a JSON object")
-    scheduler = scheduler_of(request.app)
+    scheduler = request.app[JOB_SCHEDULER_KEY]
     if data.get("clear"):
         scheduler.clear_pending()
     if "delete" in data:
@@ -114,7 +115,7 @@ async def post_interrupt(request: web.Request) -> web.Response:
     if data is None:  # unreadable JSON (or nested too deep) is no request to interrupt everything
         return _bad_request("invalid_request", "Invalid request", "the body is not valid JSON")
     prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
-    scheduler_of(request.app).interrupt(str(prompt_id) if prompt_id else None)
+    request.app[JOB_SCHEDULER_KEY].interrupt(str(prompt_id) if prompt_id else None)
     return web.Response(status=200)
 
 
@@ -127,12 +128,12 @@ async def get_history(request: web.Request) -> web.Response:
         offset = int(request.query["offset"]) if "offset" in request.query else -1
     except ValueError:
         return _bad_request("invalid_request", "Invalid request", "max_items and offset must be integers")
-    queue = scheduler_of(request.app).queue
+    queue = request.app[JOB_SCHEDULER_KEY].queue
     return web.json_response(queue.get_history(max_items=max_items, offset=offset), dumps=_dumps)
 
 
 async def get_history_item(request: web.Request) -> web.Response:
-    queue = scheduler_of(request.app).queue
+    queue = request.app[JOB_SCHEDULER_KEY].queue
     return web.json_response(queue.get_history(prompt_id=request.match_info["prompt_id"]), dumps=_dumps)
 
 
@@ -140,7 +141,7 @@ async def post_history(request: web.Request) -> web.Response:
     data = await _json_or(request, {})
     if not isinstance(data, dict):
         return _bad_request("invalid_request", "Invalid request", "the body must be a JSON object")
-    queue = scheduler_of(request.app).queue
+    queue = request.app[JOB_SCHEDULER_KEY].queue
     if data.get("clear"):
         queue.wipe_history()
     if "delete" in data:
@@ -254,7 +255,7 @@ def served_comfyui_version(workspace: Any) -> str:
 
 async def system_stats(request: web.Request) -> web.Response:
     ram_total, ram_free = _memory()
-    scheduler = scheduler_of(request.app)
+    scheduler = request.app[JOB_SCHEDULER_KEY]
     devices: list[dict[str, Any]] = []
     torch_version = ""
     seen: set[tuple[Any, Any]] = set()

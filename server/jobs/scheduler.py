@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from aiohttp import web
+
 from comfystream.pipeline.backend import WorkerSpec
 from server.jobs.output_cache import OutputCache
 from server.jobs.queue import PromptQueue, QueueItem
@@ -269,3 +271,7 @@ class JobScheduler:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# Made by the jobs feature's setup_routes (other features may add their sinks at startup).
+JOB_SCHEDULER_KEY = web.AppKey("job_scheduler", JobScheduler)

@@ -1,19 +1,14 @@
-"""The jobs feature's settings and the typed keys of its state on the application."""
+"""The jobs feature's settings, and their key on the application."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from server.config import ServerConfig
-
-if TYPE_CHECKING:
-    from server.jobs.scheduler import JobScheduler
-    from server.jobs.tasks import TaskTracker
-    from server.jobs.ws import WsHub
 
 
 @dataclass(frozen=True)
@@ -58,20 +53,3 @@ JOB_SETTINGS_KEY = web.AppKey("job_settings", JobSettings)
 # The worker backend job workers are spawned from (workers.backend.ProcessPoolBackend); default:
 # the process-wide DEFAULT_BACKEND, so jobs and streams share GPU placement.
 JOB_BACKEND_KEY: web.AppKey[Any] = web.AppKey("job_backend", object)
-
-# Made by setup_routes (so other features may add their sinks at startup); started with the app.
-JOB_SCHEDULER_KEY: web.AppKey[JobScheduler] = web.AppKey("job_scheduler")
-TASK_TRACKER_KEY: web.AppKey[TaskTracker] = web.AppKey("task_tracker")
-WS_HUB_KEY: web.AppKey[WsHub] = web.AppKey("ws_hub")
-
-
-def scheduler_of(app: web.Application) -> JobScheduler:
-    return app[JOB_SCHEDULER_KEY]
-
-
-def hub_of(app: web.Application) -> WsHub:
-    return app[WS_HUB_KEY]
-
-
-def tracker_of(app: web.Application) -> TaskTracker:
-    return app[TASK_TRACKER_KEY]

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from server.events import Event
 from server.http import errors
-from server.http.keys import EVENT_BUS_KEY, STREAM_MANAGER_KEY
+from server.http.keys import EVENT_BUS_KEY
 from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.sse import HeartbeatEventSource
-from server.streams.manager import StreamNotFound
+from server.streams.manager import STREAM_MANAGER_KEY, StreamNotFound
 
 logger = logging.getLogger(__name__)
 

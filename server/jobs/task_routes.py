@@ -21,10 +21,11 @@ from comfystream.engine import parse_prompt
 from comfystream.prompts import PromptFormatError
 from server.http.keys import NODE_REGISTRY_KEY
 from server.jobs.files import PathRefused, resolve_view_path, save_upload
-from server.jobs.settings import JOB_SETTINGS_KEY, scheduler_of, tracker_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
+from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.sse import HeartbeatEventSource
 from server.jobs.submit import PromptRequest, comfy_error, submit_prompt_async
-from server.jobs.tasks import CreateTaskResponse
+from server.jobs.tasks import TASK_TRACKER_KEY, CreateTaskResponse
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def _apply_input_image(prompt: dict[str, Any], name: str, input_node: str | None
 
 async def create_task(request: web.Request) -> web.Response:
     settings = request.app[JOB_SETTINGS_KEY]
-    scheduler = scheduler_of(request.app)
-    tracker = tracker_of(request.app)
+    scheduler = request.app[JOB_SCHEDULER_KEY]
+    tracker = request.app[TASK_TRACKER_KEY]
     try:
         fields, upload = await _read_body(request)
         if fields.get("prompt") is None:
@@ -168,7 +169,7 @@ async def create_task(request: web.Request) -> web.Response:
 
 async def task_progress(request: web.Request) -> web.StreamResponse:
     task_id = request.match_info["task_id"]
-    task = tracker_of(request.app).get(task_id)
+    task = request.app[TASK_TRACKER_KEY].get(task_id)
     if task is None:
         return web.json_response(
             {"error": "Task not found", "message": f"No task {task_id!r} (unknown, or finished and expired)"},

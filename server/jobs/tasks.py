@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlencode
 
+from aiohttp import web
 from pydantic import BaseModel
 
 from server.jobs import step_names
@@ -282,3 +283,7 @@ class TaskTracker:
         for task in self.tasks.values():
             for queue in list(task.subscribers):
                 queue.put_nowait(None)
+
+
+# Made by the jobs feature's setup_routes (other features may add their sinks at startup).
+TASK_TRACKER_KEY = web.AppKey("task_tracker", TaskTracker)

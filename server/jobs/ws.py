@@ -21,7 +21,7 @@ from aiohttp import web
 from comfystream import json_limits
 from server.jobs import binary
 from server.jobs.queue import QueueItem
-from server.jobs.settings import hub_of, scheduler_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from workers import job_messages as jm
 
 logger = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ async def _pump(client: WsClient) -> None:
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
-    hub = hub_of(request.app)
-    scheduler = scheduler_of(request.app)
+    hub = request.app[WS_HUB_KEY]
+    scheduler = request.app[JOB_SCHEDULER_KEY]
     ws = web.WebSocketResponse(heartbeat=30.0)
     await ws.prepare(request)
     sid = request.query.get("clientId") or uuid.uuid4().hex
@@ -207,3 +207,7 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             pump.cancel()
         logger.debug("ws client %s disconnected", sid)
     return ws
+
+
+# Made by the jobs feature's setup_routes (other features may add their sinks at startup).
+WS_HUB_KEY = web.AppKey("ws_hub", WsHub)

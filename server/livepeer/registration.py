@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
@@ -299,3 +300,7 @@ class Registrar:
                 return False, resp.status == 400, f"HTTP {resp.status} {text}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return False, False, f"{type(exc).__name__}: {exc}"
+
+
+# The app's Registrar, when the server registers with an orchestrator (--orch-url).
+REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)

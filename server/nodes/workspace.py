@@ -11,12 +11,11 @@ from typing import Any
 
 from comfystream.comfyui import WorkspaceInfo as LoadedWorkspace
 from server.config import ServerConfig
-from server.streams.models import WORKER_PARAMS, CustomNodePackage, WorkspaceInfo
+from server.nodes.models import CustomNodePackage, WorkspaceInfo
 
 logger = logging.getLogger(__name__)
 
 # What a worker is configured with (the seed's workspace-info `config_keys`).
-WORKER_CONFIG_KEYS = (*WORKER_PARAMS, "preview_method")
 BUILTIN_SOURCE = "comfystream"  # the registry's source of comfystream's own nodes
 
 
@@ -92,12 +91,13 @@ def describe(
     config: ServerConfig,
     from_pipeline: dict[str, Any],
     worker_count: int,
+    config_keys: tuple[str, ...] = (),
 ) -> WorkspaceInfo:
     """The workspace-info body: the server's nodes, and the stream's workers (`from_pipeline`: its
-    pipeline's `workspace_info()`)."""
+    pipeline's `workspace_info()`; `config_keys`: the worker settings a stream may give besides)."""
     common = {
         "custom_node_dirs": [str(d) for d in config.custom_node_dirs],
-        "config_keys": sorted(set(from_pipeline.get("config_keys") or []) | set(WORKER_CONFIG_KEYS)),
+        "config_keys": sorted(set(from_pipeline.get("config_keys") or []) | set(config_keys)),
         "total_workers": int(from_pipeline.get("total_workers", worker_count)),
         "active_prompt_id": from_pipeline.get("active_prompt_id"),
         "nodes_loaded": len(registry),

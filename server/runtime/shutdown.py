@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
-
-from server.http.keys import STREAM_MANAGER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +26,14 @@ def _exit() -> None:
     raise GracefulExit()  # a SystemExit: out of the loop's run, into run_app's orderly cleanup
 
 
-def setup_signal_handling(app: web.Application) -> None:
-    """Install the handlers with the app (run it with `web.run_app(..., handle_signals=False)`)."""
+def setup_signal_handling(app: web.Application, stop_streams: Callable[[], Awaitable[None]]) -> None:
+    """Install the handlers with the app (run it with `web.run_app(..., handle_signals=False)`);
+    `stop_streams` is what a first signal awaits before the server shuts down."""
     stopping: list[asyncio.Task[None]] = []
 
     async def stop_streams_then_exit() -> None:
         try:
-            await app[STREAM_MANAGER_KEY].stop_all("server shutting down")
+            await stop_streams()
         except Exception:
             logger.exception("stopping the streams at shutdown failed")
         asyncio.get_running_loop().call_soon(_exit)
@@ -45,15 +45,12 @@ def setup_signal_handling(app: web.Application) -> None:
         logger.info("%s: stopping the streams, then the server", sig.name)
         stopping.append(asyncio.get_running_loop().create_task(stop_streams_then_exit()))
 
-    async def install(_app: web.Application) -> None:
+    async def handlers(_app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         for sig in SIGNALS:
             loop.add_signal_handler(sig, on_signal, sig)
-
-    async def remove(_app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
+        yield
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
 
-    app.on_startup.append(install)
-    app.on_cleanup.append(remove)
+    app.cleanup_ctx.append(handlers)

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.config import ServerConfig
 from server.http import errors
-from server.streams.models import ValidationErrorItem
+from server.http.errors import ValidationErrorItem
 
 URL_FIELDS = ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
 _DEFAULT_PORTS = {"http": 80, "https": 443}

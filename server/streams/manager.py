@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from aiohttp import web
 from pydantic import ValidationError
 
 from server.config import ServerConfig
@@ -244,9 +245,7 @@ class StreamManager:
         if send is not None:
             send({"type": "params_updated", "params": params})
 
-    def params_to_update(
-        self, params: dict[str, Any]
-    ) -> tuple[Any, UpdateParameters | None, dict[str, Any]]:
+    def params_to_update(self, params: dict[str, Any]) -> tuple[Any, UpdateParameters | None, dict[str, Any]]:
         """A gateway params update (`POST .../params`, control messages): the start's `params` shape.
         (prompts, worker parameters, the stream's own media settings given: pytrickle's
         `max_framerate` and `detect_out_resolution`, which never reach the worker).
@@ -332,3 +331,6 @@ class StreamManager:
             self._finished.popitem(last=False)
         self._metrics.streams_stopped.labels(stream.stop_kind).inc()
         self._heap.request()
+
+
+STREAM_MANAGER_KEY: web.AppKey[StreamManager] = web.AppKey("stream_manager", StreamManager)

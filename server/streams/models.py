@@ -413,42 +413,6 @@ class RestartWorkerResponse(BaseModel):
     workers: list[WorkerStatus]
 
 
-class CustomNodePackage(BaseModel):
-    name: str
-    path: str
-    loaded: bool
-    nodes: list[str] = Field(default_factory=list, description="the node types it added")
-    error: str | None = Field(None, description="why it failed to import (a traceback), when it did")
-
-
-class WorkspaceInfo(BaseModel):
-    """The seed's fields (`workspace_path`, `config_keys`, `total_workers`, `active_prompt_id`) and
-    the nodes prompts run with: a ComfyUI workspace's (`--workspace`) or the built-in engine's."""
-
-    engine: Literal["comfyui", "builtin"] = Field(
-        ..., description="comfyui: a ComfyUI workspace is loaded; builtin: comfystream's own engine"
-    )
-    message: str = Field(..., description="the same, in a sentence")
-    workspace_path: str | None
-    comfyui_version: str | None = None
-    nodes_loaded: int = Field(..., description="node types prompts may use")
-    comfyui_nodes: int = Field(0, description="of which come from the ComfyUI workspace")
-    custom_node_dirs: list[str]
-    custom_node_packages: list[CustomNodePackage] = Field(default_factory=list)
-    load_errors: dict[str, str] = Field(
-        default_factory=dict, description="{package path: error} of every custom node package that failed"
-    )
-    config_keys: list[str]
-    total_workers: int
-    active_prompt_id: str | None = None
-
-
-class WorkspaceInfoResponse(BaseModel):
-    success: bool = True
-    stream_id: str
-    workspace_info: WorkspaceInfo
-
-
 HealthStatus = Literal["LOADING", "IDLE", "OK", "ERROR"]
 
 
@@ -473,40 +437,3 @@ class StreamStatusResponse(BaseModel):
     message: str | None = None
     current_stream: StreamInfo | None = None
     all_streams: dict[str, StreamInfo] = Field(default_factory=dict)
-
-
-class HealthResponse(BaseModel):
-    """pytrickle's `{"status": LOADING | IDLE | OK | ERROR}` and our summary beside it."""
-
-    status: HealthStatus = Field(
-        ...,
-        description="LOADING: the warm worker(s) are not ready yet; IDLE: ready, no stream; "
-        "OK: streams run; ERROR: the workers cannot start",
-    )
-    degraded: bool = Field(False, description="some custom node packages failed to load")
-    error_message: str | None = None
-    version: str
-    streams_active: int
-    max_streams: int
-    node_types: int
-    node_load_errors: dict[str, str] = Field(default_factory=dict)
-
-
-class ValidationErrorItem(BaseModel):
-    node_id: str | None = None
-    node_type: str | None = None
-    error_type: str
-    message: str
-    input_name: str | None = None
-    received_value: Any = None
-    valid_options: list[Any] = Field(default_factory=list)
-
-
-class ErrorResponse(BaseModel):
-    """Every 4xx/5xx of this API: the seed's validation body with ComfyUI's `node_errors` beside it."""
-
-    error: str
-    message: str
-    validation_errors: list[ValidationErrorItem] = Field(default_factory=list)
-    node_errors: dict[str, Any] = Field(default_factory=dict)
-    comfy_error: dict[str, Any] | None = Field(None, description="ComfyUI's prompt-level error, when one")

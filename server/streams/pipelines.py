@@ -109,21 +109,20 @@ class PipelineResources:
         )
 
 
+PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
+
+
 def _worker_params(spec: StreamSpec) -> dict[str, Any]:
     """The stream's parameters that choose its worker process (disable_cuda_malloc, gpu_only). Not
     cwd: that is the operator's (the backend's --workspace); a request never names one (the models
     refuse it; this is the second line)."""
     return {
-        k: spec.extra_params[k]
-        for k in WORKER_PARAMS
-        if k != "cwd" and spec.extra_params.get(k) is not None
+        k: spec.extra_params[k] for k in WORKER_PARAMS if k != "cwd" and spec.extra_params.get(k) is not None
     }
 
 
 async def check_gpu_room(app: web.Application, spec: StreamSpec) -> None:
     """Raises NoGpuRoom (503 with the reason) when no GPU can take `spec`'s worker now."""
-    from server.app import PIPELINE_RESOURCES_KEY  # here: server.app imports this module
-
     resources = app.get(PIPELINE_RESOURCES_KEY)
     if resources is not None:
         await resources.check_room(spec)

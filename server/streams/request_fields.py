@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from server.http import errors
-from server.streams.models import CreateStreamRequest, StartStreamRequest, ValidationErrorItem
+from server.http.errors import ValidationErrorItem
+from server.streams.models import CreateStreamRequest, StartStreamRequest
 
 # Names people (and other servers' APIs) use for our fields.
 _SYNONYMS = {

@@ -12,19 +12,22 @@ from aiohttp import web
 
 from comfystream import json_limits
 from server.http import errors
-from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY, WORKSPACE_KEY
+from server.http.errors import ErrorResponse, ValidationErrorItem
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, WORKSPACE_KEY
 from server.http.openapi import route_adder
-from server.http.routes import api_handler, json_body, parse, respond
+from server.http.routes import json_body, parse, respond
 from server.livepeer.gateway_params import unwrap_params
+from server.nodes.models import WorkspaceInfoResponse
 from server.nodes.workspace import describe as describe_workspace
+from server.streams.api_errors import api_handler
+from server.streams.health import server_status
 from server.streams.hosts import check_stream_urls
 from server.streams.input_check import check_input
-from server.streams.manager import StreamManager
+from server.streams.manager import STREAM_MANAGER_KEY, StreamManager
 from server.streams.models import (
     STREAM_ID_PATTERN,
     WORKER_PARAMS,
     CreateStreamRequest,
-    ErrorResponse,
     RestartWorkerResponse,
     StartStreamRequest,
     StartStreamResponse,
@@ -36,10 +39,8 @@ from server.streams.models import (
     StreamStatusResponse,
     UpdatePromptsRequest,
     UpdatePromptsResponse,
-    ValidationErrorItem,
     WorkerStatus,
     WorkerStatusResponse,
-    WorkspaceInfoResponse,
 )
 from server.streams.pipelines import check_gpu_room
 from server.streams.request_fields import check_flat_fields, check_start_fields
@@ -270,6 +271,7 @@ async def workspace_info(request: web.Request) -> web.Response:
         request.app[CONFIG_KEY],
         from_pipeline,
         worker_count=len(stream.worker_status()),
+        config_keys=(*WORKER_PARAMS, "preview_method"),
     )
     return respond(WorkspaceInfoResponse(stream_id=stream.stream_id, workspace_info=info))
 
@@ -362,7 +364,6 @@ def _fps(stats: dict, *keys: str) -> float:
 async def byoc_status(request: web.Request) -> web.Response:
     """Our fields (every stream) and pytrickle's (its StreamState.get_pipeline_state() and its
     client keys, about the stream named by X-Stream-Id / ?stream_id=, or the only one)."""
-    from server.ops import server_status
 
     manager = _manager(request)
     streams = {sid: manager.info(sid) for sid in manager.active}

@@ -305,7 +305,9 @@ class TrickleStream(StreamBase):
                 if now - self._audio_error_at > 5.0:
                     self._audio_error_at = now
                     logger.warning("stream %s: audio frame not sent: %s", self.stream_id, exc)
-                    self.emit("error", {"source": "audio", "message": str(exc), "count": self._audio_failures})
+                    self.emit(
+                        "error", {"source": "audio", "message": str(exc), "count": self._audio_failures}
+                    )
 
     def _on_input_loss(self, cause: str, video: int, audio: int, why: str) -> None:
         """Frames of the input that never reached the pipeline: counted with its skips, and said."""
@@ -419,7 +421,9 @@ def frames_settled(stats: dict[str, Any], handed: int, written: int) -> bool:
     skips, and those its full output queue let go. (Input and decode losses are in `dropped` but
     never were handed over: counting them would end a drain early; leaving the output queue's out
     made a stop wait its whole timeout for frames long gone.)"""
-    gone = sum(int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error", "lost_output"))
+    gone = sum(
+        int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error", "lost_output")
+    )
     return written + gone >= handed
 
 

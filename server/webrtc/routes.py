@@ -15,11 +15,13 @@ from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.http import errors
-from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, STREAM_MANAGER_KEY
+from server.http.errors import ErrorResponse
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY
 from server.http.openapi import route_adder
-from server.http.routes import api_handler, json_body, parse, respond, to_http_error
-from server.streams.manager import StreamManager
-from server.streams.models import ErrorResponse, UpdatePromptsRequest
+from server.http.routes import json_body, parse, respond
+from server.streams.api_errors import api_handler, to_http_error
+from server.streams.manager import STREAM_MANAGER_KEY, StreamManager
+from server.streams.models import UpdatePromptsRequest
 from server.streams.pipelines import check_gpu_room
 from server.streams.spec import StreamSpec
 from server.webrtc.control import CONTROL_LABEL, ControlChannel

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from server.app import create_app
 from server.config import ServerConfig
 from server.editor.frontend import frontend_root
-from server.jobs.settings import scheduler_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from tests.dashboard.conftest import NODES_DIR, VIEWPORT, Server, browser  # noqa: F401  (fixture)
 
 EDITOR_READY_JS = (
@@ -51,7 +51,7 @@ async def editor_server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest
     test_server = TestServer(create_app(ServerConfig(**fields)), host="127.0.0.1")
     await test_server.start_server()
     if fields["job_workers"]:
-        await scheduler_of(test_server.app).wait_ready(120)
+        await test_server.app[JOB_SCHEDULER_KEY].wait_ready(120)
     base = str(test_server.make_url("")).rstrip("/")
     async with aiohttp.ClientSession() as http:
         yield Server(test_server.app, base, f"{base}/trickle", http)

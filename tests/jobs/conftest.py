@@ -24,8 +24,9 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.jobs import JOB_SETTINGS_KEY, scheduler_of
+from server.jobs import JOB_SETTINGS_KEY
 from server.jobs.binary import DecodedFrame, decode
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from tests.processes import alive
 
 NODE_PACKAGE = Path(__file__).resolve().parent / "node_package" / "slow_test_nodes.py"
@@ -190,7 +191,7 @@ async def jobs_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
     app[JOB_SETTINGS_KEY] = replace(app[JOB_SETTINGS_KEY], sse_heartbeat_s=HEARTBEAT_S, task_ttl_s=TASK_TTL_S)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    scheduler = scheduler_of(app)
+    scheduler = app[JOB_SCHEDULER_KEY]
     await scheduler.wait_ready(180)
     assert [w.state for w in scheduler.workers] == ["ready", "ready"], scheduler.worker_status()
     pids = [w.pid for w in scheduler.workers]

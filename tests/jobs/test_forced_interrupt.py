@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from server.jobs import scheduler_of
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from tests.processes import alive
 
 from .conftest import WAIT_S, JobsServer, gated_prompt
@@ -30,7 +30,7 @@ async def test_a_node_that_ignores_the_interrupt_is_killed_and_the_other_job_run
     y = await jobs_server.queue_prompt(gated_prompt(gate_y, "beside-stubborn"), "client-stubborn")
     await ws.wait_event("executing", x, node="2")
     await ws.wait_event("executing", y, node="2")
-    workers = scheduler_of(jobs_server.app).workers
+    workers = jobs_server.app[JOB_SCHEDULER_KEY].workers
     (stuck,) = [w for w in workers if w.current == x]
     old_pid = stuck.pid
     assert old_pid is not None

@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
-from server.jobs import JOB_SETTINGS_KEY, scheduler_of
+from server.jobs import JOB_SETTINGS_KEY
+from server.jobs.scheduler import JOB_SCHEDULER_KEY
 
 from .conftest import NODE_PACKAGE, WAIT_S, JobsServer, gated_prompt
 
@@ -37,7 +38,7 @@ async def one_worker_server(tmp_path, no_leaks) -> AsyncIterator[JobsServer]:
     app[JOB_SETTINGS_KEY] = replace(app[JOB_SETTINGS_KEY], job_workers=1)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
-    await scheduler_of(app).wait_ready(180)
+    await app[JOB_SCHEDULER_KEY].wait_ready(180)
     async with aiohttp.ClientSession() as http:
         jobs = JobsServer(
             app, str(server.make_url("")).rstrip("/"), http, tmp_path, config.input_dir, config.output_dir
@@ -50,7 +51,7 @@ async def one_worker_server(tmp_path, no_leaks) -> AsyncIterator[JobsServer]:
 
 async def test_killed_worker_fails_its_job_and_comes_back(one_worker_server: JobsServer):
     jobs = one_worker_server
-    (worker,) = scheduler_of(jobs.app).workers
+    (worker,) = jobs.app[JOB_SCHEDULER_KEY].workers
     old_pid = worker.pid
     ws = await jobs.ws("client-loss")
     gate = jobs.gate()

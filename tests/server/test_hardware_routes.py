@@ -12,8 +12,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from server.app import PIPELINE_RESOURCES_KEY, create_app
+from server.app import create_app
 from server.config import ServerConfig
+from server.streams.pipelines import PIPELINE_RESOURCES_KEY
 
 FAKE_NVIDIA_SMI = """#!{python}
 import sys

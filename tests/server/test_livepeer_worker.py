@@ -23,9 +23,9 @@ from stream_stack import PASSTHROUGH_PROMPT, Stack
 
 from bench.trickle_client import create_channel
 from comfystream.trickle import TricklePublisher, TrickleSubscriber
-from server.app import REGISTRAR_KEY, create_app
+from server.app import create_app
 from server.config import ServerConfig
-from server.livepeer.registration import CapabilitySettings, Registrar
+from server.livepeer.registration import REGISTRAR_KEY, CapabilitySettings, Registrar
 from server.livepeer.status import STATES
 from tests.polling import wait_for
 
