@@ -379,7 +379,7 @@ def run(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.runtime.native_heap import cap_malloc_arenas
     from server.runtime.shutdown import setup_signal_handling
-    from server.runtime.thread_pool import start_default_executor
+    from server.runtime.thread_pool import default_executor
     from server.streams.manager import STREAM_MANAGER_KEY
 
     cap_malloc_arenas()  # before any thread allocates: a long-running server must not grow
@@ -414,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
             sock.close()
         print(f"comfystream serve: {exc}")
         return 2
-    app.on_startup.insert(0, start_default_executor)
+    app.cleanup_ctx.insert(0, default_executor)  # first up, last down
     logger.info(
         "serving on http://%s:%d%s",
         config.host,

@@ -12,8 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from server.http.keys import CONFIG_KEY, METRICS_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, WORKSPACE_KEY
-from server.http.openapi import route_adder
-from server.http.routes import respond
+from server.http.routes import Route, add_routes, respond
 from server.livepeer.hardware import INFO_KEYS, STATS_KEYS, placed_gpus, query_gpus, shaped
 from server.metrics import CONTENT_TYPE
 from server.nodes.workspace import load_errors
@@ -124,31 +123,31 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_KEY].document(TITLE, version(), DESCRIPTION))
 
 
-def setup_routes(app: web.Application) -> None:
-    route = route_adder(app, app[OPENAPI_KEY], tags=("operations",))
-    json_body = {200: "application/json"}
-    route(
+JSON = {200: "application/json"}
+ROUTES = (
+    Route(
         "GET",
         "/health",
         health,
         "Health: LOADING, IDLE, OK or ERROR, and a summary",
         responses={200: HealthResponse},
-    )
-    route(
-        "GET",
-        "/version",
-        version_info,
-        "Pipeline, capability name (model_id) and version",
-        responses=json_body,
-    )
-    route("GET", "/app-version", app_version, "The application's version", responses=json_body)
-    route("GET", "/hardware/info", hardware_info, "The GPUs workers are placed on", responses=json_body)
-    route(
+    ),
+    Route(
+        "GET", "/version", version_info, "Pipeline, capability name (model_id) and version", responses=JSON
+    ),
+    Route("GET", "/app-version", app_version, "The application's version", responses=JSON),
+    Route("GET", "/hardware/info", hardware_info, "The GPUs workers are placed on", responses=JSON),
+    Route(
         "GET",
         "/hardware/stats",
         hardware_stats,
         "GPU memory and utilization, workers per GPU",
-        responses=json_body,
-    )
-    route("GET", "/metrics", metrics, "Prometheus metrics", responses={200: "text/plain"})
-    route("GET", "/openapi.json", openapi, "This document", responses={200: "application/json"})
+        responses=JSON,
+    ),
+    Route("GET", "/metrics", metrics, "Prometheus metrics", responses={200: "text/plain"}),
+    Route("GET", "/openapi.json", openapi, "This document", responses=JSON),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    add_routes(app, "operations", ROUTES)

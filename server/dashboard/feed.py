@@ -12,13 +12,13 @@ import base64
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from server.http.keys import OPENAPI_KEY
-from server.http.openapi import add_api_route
+from server.http.routes import Route, add_routes
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
 
 logger = logging.getLogger(__name__)
@@ -154,28 +154,35 @@ JOBS_FEED_KEY = web.AppKey("dashboard_jobs_feed", JobsFeed)
 def setup_jobs_feed(app: web.Application) -> None:
     feed = JobsFeed()
     app[JOBS_FEED_KEY] = feed
-    add_api_route(
+    add_routes(
         app,
-        app[OPENAPI_KEY],
-        "GET",
-        "/jobs/events",
-        feed.handle,
-        "Every job's events, each with the client_id that queued it (Server-Sent Events; the dashboard's feed)",
-        tags=("dashboard",),
-        responses={200: "text/event-stream"},
+        "dashboard",
+        [
+            Route(
+                "GET",
+                "/jobs/events",
+                feed.handle,
+                "Every job's events, each with the client_id that queued it (Server-Sent Events; the "
+                "dashboard's feed)",
+                responses={200: "text/event-stream"},
+            )
+        ],
     )
 
-    async def attach(app: web.Application) -> None:
-        # On startup, when every feature module has set up: the jobs feature may come after this one.
+    async def attached(app: web.Application) -> AsyncIterator[None]:
+        # At startup, when every room has set up: the jobs room may come after this one.
         scheduler = app.get(JOB_SCHEDULER_KEY)
         if scheduler is None:
             logger.info("jobs feed: no job scheduler in this app; /jobs/events carries no jobs")
+            yield
             return
         scheduler.sinks.append(feed)
         feed.jobs_present = True
+        yield
+        scheduler.sinks.remove(feed)
 
-    async def detach(app: web.Application) -> None:
-        feed.close()
+    async def close_connections(app: web.Application) -> None:
+        feed.close()  # at shutdown: its SSE clients must not hold the server's stop
 
-    app.on_startup.append(attach)
-    app.on_shutdown.append(detach)
+    app.cleanup_ctx.append(attached)
+    app.on_shutdown.append(close_connections)

@@ -18,8 +18,7 @@ from aiohttp import web
 
 from server.dashboard.feed import setup_jobs_feed
 from server.http import errors
-from server.http.keys import OPENAPI_KEY
-from server.http.openapi import route_adder
+from server.http.routes import Route, Static, add_routes
 from server.streams.manager import STREAM_MANAGER_KEY, StreamNotFound
 
 logger = logging.getLogger(__name__)
@@ -116,24 +115,28 @@ async def stream_prompts(request: web.Request) -> web.Response:
     return web.json_response({"stream_id": stream_id, "prompts": prompts}, headers=NO_STORE)
 
 
-def setup_routes(app: web.Application) -> None:
-    app[PREVIEW_CACHE_KEY] = {}
-    route = route_adder(app, app[OPENAPI_KEY], tags=("dashboard",))
-    app.router.add_get("/", index)
-    app.router.add_static("/dashboard/", STATIC_DIR, append_version=False)
-    setup_jobs_feed(app)
-    route(
+ROUTES = (
+    Route("GET", "/", index, allow_head=True),
+    Static("/dashboard/", STATIC_DIR),
+    Route(
         "GET",
         "/stream/{id}/preview.jpg",
         stream_preview,
         "The stream's latest output frame as JPEG (204 before the first)",
         query={"w": f"maximum width in pixels (default {PREVIEW_MAX_WIDTH})"},
         responses={200: "image/jpeg", 204: None, 400: "application/json", 404: None},
-    )
-    route(
+    ),
+    Route(
         "GET",
         "/stream/{id}/prompts",
         stream_prompts,
         "The prompts a running stream runs",
         responses={200: "application/json", 404: None},
-    )
+    ),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    app[PREVIEW_CACHE_KEY] = {}
+    add_routes(app, "dashboard", ROUTES)
+    setup_jobs_feed(app)

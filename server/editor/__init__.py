@@ -11,16 +11,17 @@ server/jobs (`/prompt`, `/ws`, `/view`, ...) is served there as well."""
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from server.config import ServerConfig
 from server.editor import comfy_misc, jobs_api, live_workflows, streams_bridge, user_data
-from server.editor.frontend import EDITOR_PREFIX, add_frontend_routes
-from server.http.keys import CONFIG_KEY, OPENAPI_KEY
-from server.http.openapi import add_api_route
+from server.editor.frontend import EDITOR_PREFIX, frontend_routes
+from server.http.keys import CONFIG_KEY
+from server.http.routes import Route, add_routes
 from server.jobs import comfy_routes, ws
 
 logger = logging.getLogger(__name__)
@@ -34,92 +35,50 @@ def user_dir_of(config: ServerConfig) -> Path:
     return Path(base) / "user"
 
 
-J = "application/json"
-# The statuses each editor route answers, for the OpenAPI document (schemathesis checks them; the 403
-# of a foreign Origin is added by server.http.origin_check). A non-200 answer's body is left undescribed.
-RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
-    ("GET", "/users"): {200: J},
-    ("POST", "/users"): {400: None},
-    ("GET", "/settings"): {200: J},
-    ("POST", "/settings"): {200: None, 400: None},
-    ("GET", "/settings/{id}"): {200: J},
-    ("POST", "/settings/{id}"): {200: None, 400: None},
-    ("GET", "/userdata"): {200: J, 400: None, 403: None, 404: None},
-    ("GET", "/v2/userdata"): {200: J, 400: None, 403: None, 404: None},
-    ("GET", "/userdata/{file}"): {200: None, 400: None, 403: None, 404: None},
-    ("POST", "/userdata/{file}"): {200: J, 400: None, 403: None, 409: None},
-    ("DELETE", "/userdata/{file}"): {204: None, 400: None, 403: None, 404: None},
-    ("POST", "/userdata/{file}/move/{dest}"): {200: J, 400: None, 403: None, 404: None, 409: None},
-    ("GET", "/models/{folder}"): {200: J, 404: None},
-    ("GET", "/experiment/models/{folder}"): {200: J, 404: None},
-    ("GET", "/view_metadata/{folder_name}"): {200: J, 404: None},
-    ("GET", "/workflow_templates/{package}/{file:.+}"): {200: None, 404: None},
-    ("GET", "/global_subgraphs/{id}"): {200: J, 404: None},
-    ("POST", "/free"): {200: None},
-    ("PATCH", "/internal/logs/subscribe"): {200: None, 400: None},
-    ("GET", "/internal/files/{directory_type}"): {200: J, 400: None},
-    ("GET", "/jobs"): {200: J, 400: None},
-    ("POST", "/jobs/cancel"): {200: J, 400: None},
-    ("GET", "/jobs/{job_id:(?!cancel$)[^/]+}"): {200: J, 404: None},
-    ("POST", "/jobs/{job_id}/cancel"): {200: J},
-    ("POST", "/comfystream/streams/{id}/prompt"): {200: J, 400: None, 404: None, 503: None},
-}
+def _comfy(route: Route) -> Route:
+    """As ComfyUI registers it (`/x` and `/api/x`), and at `/comfyui/api/x`, where the page calls."""
+    return replace(route, aliases=(f"/api{route.path}",), mounts=(f"{EDITOR_PREFIX}/api{route.path}",))
 
 
-def _responses(method: str, path: str) -> dict[int, Any]:
-    return RESPONSES.get((method, path), {200: J})
+def _api_only(route: Route) -> Route:
+    """At `/api/x` only (and `/comfyui/api/x` for the page)."""
+    return replace(route, path=f"/api{route.path}", mounts=(f"{EDITOR_PREFIX}/api{route.path}",))
+
+
+def _page_only(route: Route) -> Route:
+    """Where the page calls it: a route another room serves and documents."""
+    return Route(route.method, f"{EDITOR_PREFIX}/api{route.path}", route.handler)
 
 
 def setup_routes(app: web.Application) -> None:
     app[user_data.USER_STORE_KEY] = user_data.UserStore(user_dir_of(app[CONFIG_KEY]))
     app[comfy_misc.LOG_BUFFER_KEY] = comfy_misc.LogBuffer()
-    api = app[OPENAPI_KEY]
-
-    def add(method: str, path: str, handler: Any, summary: str, bare: bool) -> None:
-        """`/api{path}` (and `{path}` when `bare`), documented, and `/comfyui/api{path}` for the page."""
-        responses = _responses(method, path)
-        if bare:
-            add_api_route(app, api, method, path, handler, summary, tags=("editor",), responses=responses)
-        add_api_route(
-            app,
-            api,
-            method,
-            f"/api{path}",
-            handler,
-            summary,
-            tags=("editor",),
-            responses=responses,
-            **({"alias_of": f"{method} {path}"} if bare else {}),
-        )
-        app.router.add_route(method, f"{EDITOR_PREFIX}/api{path}", handler)
-
-    for method, path, handler, summary in (*user_data.ROUTES, *comfy_misc.API_ROUTES):
-        add(method, path, handler, summary, bare=True)
-    for method, path, handler, summary in (
-        *jobs_api.ROUTES,
-        *comfy_misc.API_ONLY_ROUTES,
-        *streams_bridge.ROUTES,
-        *live_workflows.ROUTES,
-    ):
-        add(method, path, handler, summary, bare=False)
-    for method, path, handler, summary in comfy_misc.INTERNAL_ROUTES:
-        add_api_route(
-            app, api, method, path, handler, summary, tags=("editor",), responses=_responses(method, path)
-        )
-        app.router.add_route(method, f"{EDITOR_PREFIX}{path}", handler)
-    # The jobs feature's ComfyUI API, where the page calls it.
-    for method, path, handler, _ in comfy_routes.ROUTES:
-        app.router.add_route(method, f"{EDITOR_PREFIX}/api{path}", handler)
-    app.router.add_get(f"{EDITOR_PREFIX}/ws", ws.websocket_handler)
-
-    add_frontend_routes(app, comfy_misc.web_dirs(app))
-    app.on_startup.append(_start)
-    app.on_cleanup.append(_cleanup)
+    add_routes(
+        app,
+        "editor",
+        [
+            *map(_comfy, (*user_data.ROUTES, *comfy_misc.API_ROUTES)),
+            *map(
+                _api_only,
+                (
+                    *jobs_api.ROUTES,
+                    *comfy_misc.API_ONLY_ROUTES,
+                    *streams_bridge.ROUTES,
+                    *live_workflows.ROUTES,
+                ),
+            ),
+            *(replace(r, mounts=(f"{EDITOR_PREFIX}{r.path}",)) for r in comfy_misc.INTERNAL_ROUTES),
+            # The jobs room's ComfyUI API, where the page calls it.
+            *map(_page_only, comfy_routes.ROUTES),
+            Route("GET", f"{EDITOR_PREFIX}/ws", ws.websocket_handler, allow_head=True),
+        ],
+    )
+    add_routes(app, "editor", frontend_routes(comfy_misc.web_dirs(app)))
+    app.cleanup_ctx.append(_log_buffer)
 
 
-async def _start(app: web.Application) -> None:
+async def _log_buffer(app: web.Application) -> AsyncIterator[None]:
+    """The server's log lines, kept for the editor's terminal while the app runs."""
     logging.getLogger().addHandler(app[comfy_misc.LOG_BUFFER_KEY])
-
-
-async def _cleanup(app: web.Application) -> None:
+    yield
     logging.getLogger().removeHandler(app[comfy_misc.LOG_BUFFER_KEY])

@@ -23,6 +23,7 @@ from aiohttp import web
 from comfystream import json_limits
 from server.editor.frontend import extension_scripts
 from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
+from server.http.routes import Route
 from server.jobs.settings import JOB_SETTINGS_KEY
 from server.jobs.ws import SERVER_FEATURE_FLAGS
 
@@ -314,35 +315,72 @@ async def post_free(request: web.Request) -> web.Response:
 
 
 # Under /api (and the bare path, as ComfyUI registers them).
-API_ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("GET", "/features", get_features, "The server's feature flags (ComfyUI)"),
-    ("GET", "/i18n", get_i18n, "Custom nodes' translations (ComfyUI)"),
-    ("GET", "/extensions", get_extensions, "Frontend extension scripts to load (ComfyUI)"),
-    ("GET", "/embeddings", get_embeddings, "Embedding names (ComfyUI)"),
-    ("GET", "/models", list_model_types, "Model folder names (ComfyUI)"),
-    ("GET", "/models/{folder}", get_models, "Model files in one folder (ComfyUI)"),
-    ("GET", "/experiment/models", experiment_model_folders, "Model folders (ComfyUI)"),
-    ("GET", "/experiment/models/{folder}", experiment_models, "Model files with sizes and times (ComfyUI)"),
-    ("GET", "/view_metadata/{folder_name}", view_metadata, "A .safetensors model's metadata (ComfyUI)"),
-    ("GET", "/workflow_templates", get_workflow_templates, "Custom nodes' example workflows (ComfyUI)"),
-    ("GET", "/global_subgraphs", get_global_subgraphs, "Subgraph blueprints (ComfyUI)"),
-    ("GET", "/global_subgraphs/{id}", get_global_subgraph, "One subgraph blueprint (ComfyUI)"),
-    ("GET", "/node_replacements", get_node_replacements, "Node replacements (ComfyUI)"),
-    ("POST", "/free", post_free, "Unload models / free memory (ComfyUI)"),
+API_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/features", get_features, "The server's feature flags (ComfyUI)"),
+    Route("GET", "/i18n", get_i18n, "Custom nodes' translations (ComfyUI)"),
+    Route("GET", "/extensions", get_extensions, "Frontend extension scripts to load (ComfyUI)"),
+    Route("GET", "/embeddings", get_embeddings, "Embedding names (ComfyUI)"),
+    Route("GET", "/models", list_model_types, "Model folder names (ComfyUI)"),
+    Route(
+        "GET",
+        "/models/{folder}",
+        get_models,
+        "Model files in one folder (ComfyUI)",
+        responses={200: "application/json", 404: None},
+    ),
+    Route("GET", "/experiment/models", experiment_model_folders, "Model folders (ComfyUI)"),
+    Route(
+        "GET",
+        "/experiment/models/{folder}",
+        experiment_models,
+        "Model files with sizes and times (ComfyUI)",
+        responses={200: "application/json", 404: None},
+    ),
+    Route(
+        "GET",
+        "/view_metadata/{folder_name}",
+        view_metadata,
+        "A .safetensors model's metadata (ComfyUI)",
+        responses={200: "application/json", 404: None},
+    ),
+    Route("GET", "/workflow_templates", get_workflow_templates, "Custom nodes' example workflows (ComfyUI)"),
+    Route("GET", "/global_subgraphs", get_global_subgraphs, "Subgraph blueprints (ComfyUI)"),
+    Route(
+        "GET",
+        "/global_subgraphs/{id}",
+        get_global_subgraph,
+        "One subgraph blueprint (ComfyUI)",
+        responses={200: "application/json", 404: None},
+    ),
+    Route("GET", "/node_replacements", get_node_replacements, "Node replacements (ComfyUI)"),
+    Route("POST", "/free", post_free, "Unload models / free memory (ComfyUI)", responses={200: None}),
 )
 # Served under /api only (ComfyUI adds these as static routes there).
-API_ONLY_ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    (
+API_ONLY_ROUTES: tuple[Route, ...] = (
+    Route(
         "GET",
         "/workflow_templates/{package}/{file:.+}",
         get_workflow_template,
         "One custom node example workflow (ComfyUI)",
+        responses={200: None, 404: None},
     ),
 )
-INTERNAL_ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("GET", "/internal/logs", get_logs, "The server's recent log lines (ComfyUI)"),
-    ("GET", "/internal/logs/raw", get_raw_logs, "The server's recent log entries (ComfyUI)"),
-    ("PATCH", "/internal/logs/subscribe", subscribe_logs, "Subscribe to log lines (ComfyUI)"),
-    ("GET", "/internal/folder_paths", get_folder_paths, "Folders by kind (ComfyUI)"),
-    ("GET", "/internal/files/{directory_type}", get_files, "Files in input/output/temp (ComfyUI)"),
+INTERNAL_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/internal/logs", get_logs, "The server's recent log lines (ComfyUI)"),
+    Route("GET", "/internal/logs/raw", get_raw_logs, "The server's recent log entries (ComfyUI)"),
+    Route(
+        "PATCH",
+        "/internal/logs/subscribe",
+        subscribe_logs,
+        "Subscribe to log lines (ComfyUI)",
+        responses={200: None, 400: None},
+    ),
+    Route("GET", "/internal/folder_paths", get_folder_paths, "Folders by kind (ComfyUI)"),
+    Route(
+        "GET",
+        "/internal/files/{directory_type}",
+        get_files,
+        "Files in input/output/temp (ComfyUI)",
+        responses={200: "application/json", 400: None},
+    ),
 )

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server.editor import live_workflows
+from server.http.routes import Route, Static
 
 logger = logging.getLogger(__name__)
 
@@ -99,25 +100,33 @@ async def editor_missing(request: web.Request) -> web.Response:
     )
 
 
-def add_frontend_routes(app: web.Application, web_dirs: dict[str, str]) -> None:
+def frontend_routes(web_dirs: dict[str, str]) -> list[Route | Static]:
+    """The editor page, its assets, and the custom nodes' frontend extensions (`web_dirs`)."""
     root = frontend_root()
-    app.router.add_get(EDITOR_PREFIX, redirect_to_editor)
+    table: list[Route | Static] = [Route("GET", EDITOR_PREFIX, redirect_to_editor, allow_head=True)]
     if root is None:
         logger.warning("comfyui-frontend-package is not installed: the editor at %s/ is off", EDITOR_PREFIX)
-        app.router.add_get(f"{EDITOR_PREFIX}/", editor_missing)
-        return
-    app.router.add_get(f"{EDITOR_PREFIX}/", _file(root / "index.html", NO_STORE))
-    app.router.add_get(f"{EDITOR_PREFIX}/user.css", legacy_user_css)
-    app.router.add_get(f"{EDITOR_PREFIX}/templates/{{name}}", core_templates)
+        table.append(Route("GET", f"{EDITOR_PREFIX}/", editor_missing, allow_head=True))
+        return table
+    table += [
+        Route("GET", f"{EDITOR_PREFIX}/", _file(root / "index.html", NO_STORE), allow_head=True),
+        Route("GET", f"{EDITOR_PREFIX}/user.css", legacy_user_css, allow_head=True),
+        Route("GET", f"{EDITOR_PREFIX}/templates/{{name}}", core_templates, allow_head=True),
+    ]
     # The page's favicons are the URLs it builds from the site root, not from its own path.
     favicons = root / "assets" / "images" / "favicon_progress_16x16"
     if favicons.is_dir():
-        app.router.add_static("/assets/images/favicon_progress_16x16", favicons)
+        table.append(Static("/assets/images/favicon_progress_16x16", favicons))
     if (root / "assets" / "favicon.ico").is_file():
-        app.router.add_get("/assets/favicon.ico", _file(root / "assets" / "favicon.ico"))
-    app.router.add_static(f"{EDITOR_PREFIX}/extensions/{OWN_EXTENSION}", OWN_EXTENSION_DIR)
-    for name, folder in sorted(web_dirs.items()):
-        if name != OWN_EXTENSION:
-            app.router.add_static(f"{EDITOR_PREFIX}/extensions/{name}", folder)
-    app.router.add_static(EDITOR_PREFIX, root)
+        table.append(
+            Route("GET", "/assets/favicon.ico", _file(root / "assets" / "favicon.ico"), allow_head=True)
+        )
+    table.append(Static(f"{EDITOR_PREFIX}/extensions/{OWN_EXTENSION}", OWN_EXTENSION_DIR))
+    table += [
+        Static(f"{EDITOR_PREFIX}/extensions/{name}", Path(folder))
+        for name, folder in sorted(web_dirs.items())
+        if name != OWN_EXTENSION
+    ]
+    table.append(Static(EDITOR_PREFIX, root))
     logger.info("the ComfyUI editor (frontend %s) is at %s/", frontend_version() or "?", EDITOR_PREFIX)
+    return table

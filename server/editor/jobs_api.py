@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from comfystream import json_limits
+from server.http.routes import Route
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
 
@@ -237,7 +238,9 @@ def _cancel(scheduler: Any, job_id: str) -> bool:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    return web.json_response({"cancelled": _cancel(request.app[JOB_SCHEDULER_KEY], request.match_info["job_id"])})
+    return web.json_response(
+        {"cancelled": _cancel(request.app[JOB_SCHEDULER_KEY], request.match_info["job_id"])}
+    )
 
 
 async def cancel_jobs(request: web.Request) -> web.Response:
@@ -259,10 +262,28 @@ def _dumps(value: Any) -> str:
 
 # Registered as ComfyUI registers them: under /api only (a bare /jobs would shadow the dashboard's
 # /jobs/events).
-ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("GET", "/jobs", list_jobs, "Running, pending and finished jobs, filtered and paged (ComfyUI)"),
-    ("POST", "/jobs/cancel", cancel_jobs, "Cancel jobs by id, whatever their state (ComfyUI)"),
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/jobs",
+        list_jobs,
+        "Running, pending and finished jobs, filtered and paged (ComfyUI)",
+        responses={200: "application/json", 400: None},
+    ),
+    Route(
+        "POST",
+        "/jobs/cancel",
+        cancel_jobs,
+        "Cancel jobs by id, whatever their state (ComfyUI)",
+        responses={200: "application/json", 400: None},
+    ),
     # Not `cancel`: a 405 on /jobs/cancel would advertise GET in its Allow header.
-    ("GET", "/jobs/{job_id:(?!cancel$)[^/]+}", get_job, "One job with its outputs and workflow (ComfyUI)"),
-    ("POST", "/jobs/{job_id}/cancel", cancel_job, "Cancel one job, whatever its state (ComfyUI)"),
+    Route(
+        "GET",
+        "/jobs/{job_id:(?!cancel$)[^/]+}",
+        get_job,
+        "One job with its outputs and workflow (ComfyUI)",
+        responses={200: "application/json", 404: None},
+    ),
+    Route("POST", "/jobs/{job_id}/cancel", cancel_job, "Cancel one job, whatever its state (ComfyUI)"),
 )

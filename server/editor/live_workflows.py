@@ -15,6 +15,7 @@ from aiohttp import web
 from PIL import Image, ImageFilter, ImageOps
 
 from server.http.keys import CONFIG_KEY
+from server.http.routes import Route
 from server.jobs import SAMPLE_IMAGE
 
 CATEGORY_TITLE = "Live video (comfystream)"
@@ -203,6 +204,8 @@ async def editor_defaults(request: web.Request) -> web.Response:
     )
 
 
-ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("GET", "/comfystream/editor", editor_defaults, "The editor's first workflow for this server's engine"),
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET", "/comfystream/editor", editor_defaults, "The editor's first workflow for this server's engine"
+    ),
 )

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from comfystream import json_limits
 from comfystream.engine.convert import PromptConversionError, convert_prompt
+from server.http.routes import Route
 from server.jobs.submit import comfy_error
 from server.streams.api_errors import api_handler
 from server.streams.manager import STREAM_MANAGER_KEY
@@ -55,11 +56,12 @@ async def apply_prompt(request: web.Request) -> web.Response:
     )
 
 
-ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    (
+ROUTES: tuple[Route, ...] = (
+    Route(
         "POST",
         "/comfystream/streams/{id}/prompt",
         apply_prompt,
         "Run the editor's workflow on a live stream (its image input and output become the stream's)",
+        responses={200: "application/json", 400: None, 404: None, 503: None},
     ),
 )

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from comfystream import json_limits
+from server.http.routes import Route
 
 logger = logging.getLogger(__name__)
 
@@ -296,17 +297,61 @@ async def move_userdata(request: web.Request) -> web.Response:
     return _written(request, dest)
 
 
-ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("GET", "/users", get_users, "Users: single-user mode (ComfyUI)"),
-    ("POST", "/users", post_users, "Add a user: refused in single-user mode (ComfyUI)"),
-    ("GET", "/settings", get_settings, "The editor's settings (ComfyUI)"),
-    ("POST", "/settings", post_settings, "Merge settings (ComfyUI)"),
-    ("GET", "/settings/{id}", get_setting, "One setting (ComfyUI)"),
-    ("POST", "/settings/{id}", post_setting, "Set one setting (ComfyUI)"),
-    ("GET", "/userdata", list_userdata, "List the user's files in a folder (ComfyUI)"),
-    ("GET", "/v2/userdata", list_userdata_v2, "List the user's files and folders (ComfyUI)"),
-    ("GET", "/userdata/{file}", get_userdata, "One of the user's files (ComfyUI)"),
-    ("POST", "/userdata/{file}", post_userdata, "Save one of the user's files (ComfyUI)"),
-    ("DELETE", "/userdata/{file}", delete_userdata, "Delete one of the user's files (ComfyUI)"),
-    ("POST", "/userdata/{file}/move/{dest}", move_userdata, "Move one of the user's files (ComfyUI)"),
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/users", get_users, "Users: single-user mode (ComfyUI)"),
+    Route(
+        "POST",
+        "/users",
+        post_users,
+        "Add a user: refused in single-user mode (ComfyUI)",
+        responses={400: None},
+    ),
+    Route("GET", "/settings", get_settings, "The editor's settings (ComfyUI)"),
+    Route("POST", "/settings", post_settings, "Merge settings (ComfyUI)", responses={200: None, 400: None}),
+    Route("GET", "/settings/{id}", get_setting, "One setting (ComfyUI)"),
+    Route(
+        "POST", "/settings/{id}", post_setting, "Set one setting (ComfyUI)", responses={200: None, 400: None}
+    ),
+    Route(
+        "GET",
+        "/userdata",
+        list_userdata,
+        "List the user's files in a folder (ComfyUI)",
+        responses={200: "application/json", 400: None, 403: None, 404: None},
+    ),
+    Route(
+        "GET",
+        "/v2/userdata",
+        list_userdata_v2,
+        "List the user's files and folders (ComfyUI)",
+        responses={200: "application/json", 400: None, 403: None, 404: None},
+    ),
+    Route(
+        "GET",
+        "/userdata/{file}",
+        get_userdata,
+        "One of the user's files (ComfyUI)",
+        responses={200: None, 400: None, 403: None, 404: None},
+    ),
+    Route(
+        "POST",
+        "/userdata/{file}",
+        post_userdata,
+        "Save one of the user's files (ComfyUI)",
+        responses={200: "application/json", 400: None, 403: None, 409: None},
+    ),
+    Route(
+        "DELETE",
+        "/userdata/{file}",
+        delete_userdata,
+        "Delete one of the user's files (ComfyUI)",
+        responses={204: None, 400: None, 403: None, 404: None},
+    ),
+    Route(
+        "POST",
+        "/userdata/{file}/move/{dest}",
+        move_userdata,
+        "Move one of the user's files (ComfyUI)",
+        responses={200: "application/json", 400: None, 403: None, 404: None, 409: None},
+    ),
 )

@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from server.http.errors import ErrorResponse
+from server.http.routes import Route, add_routes
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +157,9 @@ def add_login_routes(app: web.Application, token: str) -> None:
         )
         raise response
 
-    app.router.add_get(LOGIN_PATH, form)
-    app.router.add_post(LOGIN_PATH, sign_in)
+    add_routes(
+        app, "auth", [Route("GET", LOGIN_PATH, form, allow_head=True), Route("POST", LOGIN_PATH, sign_in)]
+    )
 
 
 def is_loopback(host: str) -> bool:

@@ -1,20 +1,18 @@
 """OpenAPI 3.1 document built from the routes feature modules declare and their pydantic models.
 
-A feature module registers each route with `add_api_route(app, ...)`: it goes on the router and into
-this registry, so `GET /openapi.json` always describes exactly what the app serves."""
+Rooms put their routes on the app with `server.http.routes.add_routes`: each goes on the router and
+into this registry, so `GET /openapi.json` always describes exactly what the app serves."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _PATH_PARAM = re.compile(r"{(\w+)(?::[^}]*)?}")
 
 
@@ -157,29 +155,3 @@ def free_form_schema(media_type: str) -> dict[str, Any]:
 def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
     return f"{method.lower()}_{words or 'root'}"
-
-
-def add_api_route(
-    app: web.Application,
-    registry: OpenApiRegistry,
-    method: str,
-    path: str,
-    handler: Handler,
-    summary: str,
-    **spec: Any,
-) -> None:
-    """Register `handler` on the router and describe it in the OpenAPI registry."""
-    app.router.add_route(method, path, handler)
-    registry.add(Operation(method=method, path=path, summary=summary, **spec))
-
-
-def route_adder(
-    app: web.Application, registry: OpenApiRegistry, tags: tuple[str, ...]
-) -> Callable[..., None]:
-    """`route(method, path, handler, summary, **spec)`: `add_api_route` for one feature's routes,
-    all under `tags`."""
-
-    def route(method: str, path: str, handler: Handler, summary: str, **spec: Any) -> None:
-        add_api_route(app, registry, method, path, handler, summary, tags=tags, **spec)
-
-    return route

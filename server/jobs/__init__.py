@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from comfystream.pipeline.backend import WorkerSpec
-from server.http.keys import CONFIG_KEY, OPENAPI_KEY
-from server.http.openapi import add_api_route
+from server.http.keys import CONFIG_KEY
+from server.http.routes import Route, add_routes
 from server.jobs import comfy_routes, stream_events, task_routes, ws
 from server.jobs.scheduler import JOB_SCHEDULER_KEY, JobScheduler
 from server.jobs.settings import JOB_BACKEND_KEY, JOB_SETTINGS_KEY, JobSettings
@@ -31,35 +33,33 @@ __all__ = [
 ]
 
 
-JSON = "application/json"
 SSE = "text/event-stream"
-# What each route answers (the OpenAPI document's responses; the 403 of a foreign Origin is added to
-# every state-changing one by server.http.origin_check).
-RESPONSES: dict[tuple[str, str], dict[int, Any]] = {
-    ("POST", "/prompt"): {200: JSON, 400: JSON},
-    ("GET", "/prompt"): {200: JSON},
-    ("GET", "/queue"): {200: JSON},
-    ("POST", "/queue"): {200: None, 400: JSON},
-    ("POST", "/interrupt"): {200: None, 400: JSON},
-    ("GET", "/history"): {200: JSON, 400: JSON},
-    ("GET", "/history/{prompt_id}"): {200: JSON},
-    ("POST", "/history"): {200: None, 400: JSON},
-    ("GET", "/object_info"): {200: JSON},
-    ("GET", "/object_info/{node_class}"): {200: JSON},
-    ("GET", "/view"): {200: "application/octet-stream", 400: "text/plain", 403: "text/plain", 404: None},
-    ("POST", "/upload/image"): {200: JSON, 400: "text/plain"},
-    ("GET", "/system_stats"): {200: JSON},
-    ("GET", "/ws"): {101: None, 400: "text/plain"},
-    ("POST", "/tasks"): {200: JSON, 400: JSON},
-    ("GET", "/progress/{task_id}"): {200: SSE, 204: None, 404: JSON},
-}
-VIEW_QUERY = {
-    "filename": "the file's name (required)",
-    "type": "input, output (default) or temp",
-    "subfolder": "a folder inside it",
-    "preview": "webp or jpeg, and ;quality",
-    "channel": "rgba (default), rgb or a",
-}
+ROUTES: tuple[Route, ...] = (
+    *comfy_routes.ROUTES,
+    Route(
+        "GET",
+        "/ws",
+        ws.websocket_handler,
+        "ComfyUI's WebSocket: status and the client's prompt events",
+        responses={101: None, 400: "text/plain"},
+    ),
+    Route(
+        "POST",
+        "/tasks",
+        task_routes.create_task,
+        "Queue a prompt as a task: answers its taskId at once",
+        tag="tasks",
+        responses={200: "application/json", 400: "application/json"},
+    ),
+    Route(
+        "GET",
+        "/progress/{task_id}",
+        task_routes.task_progress,
+        "A task's progress (Server-Sent Events)",
+        tag="tasks",
+        responses={200: SSE, 204: None, 404: "application/json"},
+    ),
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -71,59 +71,25 @@ def setup_routes(app: web.Application) -> None:
     app[WS_HUB_KEY] = ws.WsHub(settings.ws_queue_size)
     app[TASK_TRACKER_KEY] = TaskTracker(settings)
     app[JOB_SCHEDULER_KEY].sinks.extend([app[TASK_TRACKER_KEY], app[WS_HUB_KEY]])
-    api = app[OPENAPI_KEY]
-    routes = [(m, p, h, s, "jobs") for m, p, h, s in comfy_routes.ROUTES]
-    routes += [
-        (
-            "GET",
-            "/ws",
-            ws.websocket_handler,
-            "ComfyUI's WebSocket: status and the client's prompt events",
-            "jobs",
-        ),
-        (
-            "POST",
-            "/tasks",
-            task_routes.create_task,
-            "Queue a prompt as a task: answers its taskId at once",
-            "tasks",
-        ),
-        (
-            "GET",
-            "/progress/{task_id}",
-            task_routes.task_progress,
-            "A task's progress (Server-Sent Events)",
-            "tasks",
-        ),
-    ]
-    for method, path, handler, summary, tag in routes:
-        spec: dict[str, Any] = {"responses": RESPONSES.get((method, path), {200: JSON})}
-        if path == "/view":
-            spec["query"] = VIEW_QUERY
-        add_api_route(app, api, method, path, handler, summary, tags=(tag,), **spec)
-        add_api_route(
-            app,
-            api,
-            method,
-            f"/api{path}",
-            handler,
-            summary,
-            tags=(tag,),
-            alias_of=f"{method} {path}",
-            **spec,
-        )
-    add_api_route(
+    # As ComfyUI registers them: at `/x` and at `/api/x`.
+    add_routes(app, "jobs", [replace(route, aliases=(f"/api{route.path}",)) for route in ROUTES])
+    add_routes(
         app,
-        api,
-        "GET",
-        "/stream/{id}/events",
-        stream_events.stream_events,
-        "The stream's events: state, warmup, worker restarts, stats, errors (Server-Sent Events)",
-        tags=("streams",),
-        responses={200: SSE, 404: JSON},
+        "streams",
+        [
+            Route(
+                "GET",
+                "/stream/{id}/events",
+                stream_events.stream_events,
+                "The stream's events: state, warmup, worker restarts, stats, errors (Server-Sent Events)",
+                responses={200: SSE, 404: "application/json"},
+            )
+        ],
     )
-    app.on_startup.append(_start)
-    app.on_shutdown.append(_shutdown)
+    app.cleanup_ctx.append(_scheduler)
+    # Not a stop: the long-lived connections (task progress streams, WebSockets) end at shutdown,
+    # before aiohttp waits for the handlers still running.
+    app.on_shutdown.append(_close_connections)
 
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent.parent / "assets" / "example.png"
@@ -142,7 +108,7 @@ def place_sample_image(input_dir: Path) -> None:
         logger.warning("could not put the sample image into %s: %s", input_dir, exc)
 
 
-async def _start(app: web.Application) -> None:
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     # The settings as they are now: a test or an embedder may have replaced them after setup.
     settings = app[JOB_SETTINGS_KEY]
     settings.input_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +124,8 @@ async def _start(app: web.Application) -> None:
         settings.input_dir,
         settings.output_dir,
     )
+    yield
+    await app[JOB_SCHEDULER_KEY].stop()
 
 
 def _backend(app: web.Application) -> Any:
@@ -177,7 +145,6 @@ def _backend(app: web.Application) -> Any:
     return DEFAULT_BACKEND
 
 
-async def _shutdown(app: web.Application) -> None:
+async def _close_connections(app: web.Application) -> None:
     app[TASK_TRACKER_KEY].close()
     await app[WS_HUB_KEY].close()
-    await app[JOB_SCHEDULER_KEY].stop()

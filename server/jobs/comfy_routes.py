@@ -16,6 +16,7 @@ from aiohttp import web
 from comfystream import json_limits
 from comfystream.comfyui.workspace import comfyui_version as workspace_comfyui_version
 from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
+from server.http.routes import Route
 from server.jobs.files import PathRefused, resolve_view_path, save_upload, view_response
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
 from server.jobs.settings import JOB_SETTINGS_KEY
@@ -300,18 +301,68 @@ async def system_stats(request: web.Request) -> web.Response:
     )
 
 
-ROUTES: tuple[tuple[str, str, Any, str], ...] = (
-    ("POST", "/prompt", post_prompt, "Queue a prompt (ComfyUI)"),
-    ("GET", "/prompt", get_prompt, "Queue size (ComfyUI)"),
-    ("GET", "/queue", get_queue, "Running and pending prompts (ComfyUI)"),
-    ("POST", "/queue", post_queue, "Clear the queue or delete pending prompts (ComfyUI)"),
-    ("POST", "/interrupt", post_interrupt, "Interrupt one running prompt (prompt_id) or all (ComfyUI)"),
-    ("GET", "/history", get_history, "Finished prompts (ComfyUI)"),
-    ("GET", "/history/{prompt_id}", get_history_item, "One finished prompt (ComfyUI)"),
-    ("POST", "/history", post_history, "Clear the history or delete entries (ComfyUI)"),
-    ("GET", "/object_info", get_object_info, "Every node's schema (ComfyUI)"),
-    ("GET", "/object_info/{node_class}", get_object_info_node, "One node's schema (ComfyUI)"),
-    ("GET", "/view", view, "An input, output or temp image (ComfyUI)"),
-    ("POST", "/upload/image", upload_image, "Upload an image into the input folder (ComfyUI)"),
-    ("GET", "/system_stats", system_stats, "System and device information (ComfyUI)"),
+VIEW_QUERY = {
+    "filename": "the file's name (required)",
+    "type": "input, output (default) or temp",
+    "subfolder": "a folder inside it",
+    "preview": "webp or jpeg, and ;quality",
+    "channel": "rgba (default), rgb or a",
+}
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/prompt",
+        post_prompt,
+        "Queue a prompt (ComfyUI)",
+        responses={200: "application/json", 400: "application/json"},
+    ),
+    Route("GET", "/prompt", get_prompt, "Queue size (ComfyUI)"),
+    Route("GET", "/queue", get_queue, "Running and pending prompts (ComfyUI)"),
+    Route(
+        "POST",
+        "/queue",
+        post_queue,
+        "Clear the queue or delete pending prompts (ComfyUI)",
+        responses={200: None, 400: "application/json"},
+    ),
+    Route(
+        "POST",
+        "/interrupt",
+        post_interrupt,
+        "Interrupt one running prompt (prompt_id) or all (ComfyUI)",
+        responses={200: None, 400: "application/json"},
+    ),
+    Route(
+        "GET",
+        "/history",
+        get_history,
+        "Finished prompts (ComfyUI)",
+        responses={200: "application/json", 400: "application/json"},
+    ),
+    Route("GET", "/history/{prompt_id}", get_history_item, "One finished prompt (ComfyUI)"),
+    Route(
+        "POST",
+        "/history",
+        post_history,
+        "Clear the history or delete entries (ComfyUI)",
+        responses={200: None, 400: "application/json"},
+    ),
+    Route("GET", "/object_info", get_object_info, "Every node's schema (ComfyUI)"),
+    Route("GET", "/object_info/{node_class}", get_object_info_node, "One node's schema (ComfyUI)"),
+    Route(
+        "GET",
+        "/view",
+        view,
+        "An input, output or temp image (ComfyUI)",
+        query=VIEW_QUERY,
+        responses={200: "application/octet-stream", 400: "text/plain", 403: "text/plain", 404: None},
+    ),
+    Route(
+        "POST",
+        "/upload/image",
+        upload_image,
+        "Upload an image into the input folder (ComfyUI)",
+        responses={200: "application/json", 400: "text/plain"},
+    ),
+    Route("GET", "/system_stats", system_stats, "System and device information (ComfyUI)"),
 )

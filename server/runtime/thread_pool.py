@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -20,11 +21,14 @@ from aiohttp import web
 POOL_SIZE = min(32, (os.cpu_count() or 1) + 4)
 
 
-async def start_default_executor(app: web.Application, size: int = POOL_SIZE) -> None:
-    """An aiohttp on_startup hook: installs a `size`-thread default executor with every thread
-    running (each start-up call waits at a barrier, so none finds another idle)."""
+async def default_executor(app: web.Application, size: int = POOL_SIZE) -> AsyncIterator[None]:
+    """An aiohttp cleanup context: installs a `size`-thread default executor with every thread
+    running (each start-up call waits at a barrier, so none finds another idle). Its stop is the
+    loop's: `run_app` shuts the default executor down after the app's last cleanup, which may still
+    use it."""
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="asyncio")
     loop.set_default_executor(pool)
     barrier = threading.Barrier(size)
     await asyncio.gather(*(loop.run_in_executor(pool, barrier.wait, 10.0) for _ in range(size)))
+    yield

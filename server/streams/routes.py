@@ -13,9 +13,8 @@ from aiohttp import web
 from comfystream import json_limits
 from server.http import errors
 from server.http.errors import ErrorResponse, ValidationErrorItem
-from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY, WORKSPACE_KEY
-from server.http.openapi import route_adder
-from server.http.routes import json_body, parse, respond
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, WORKSPACE_KEY
+from server.http.routes import Route, add_routes, json_body, parse, respond
 from server.livepeer.gateway_params import unwrap_params
 from server.nodes.models import WorkspaceInfoResponse
 from server.nodes.workspace import describe as describe_workspace
@@ -408,41 +407,38 @@ async def byoc_status(request: web.Request) -> web.Response:
     )
 
 
-def setup_routes(app: web.Application) -> None:
-    err = ErrorResponse  # every error status has the one error body
-    route = route_adder(app, app[OPENAPI_KEY], tags=("streams",))
-
-    start_spec = {
-        "request_model": StartStreamRequest,
-        "responses": {200: StartStreamResponse, 400: err, 409: err, 503: err},
-    }
-    route("POST", "/stream/start", start_stream, "Start a trickle stream", **start_spec)
-    route(
+ERR = ErrorResponse  # every error status has the one error body
+START = {
+    "request_model": StartStreamRequest,
+    "responses": {200: StartStreamResponse, 400: ERR, 409: ERR, 503: ERR},
+}
+ROUTES = (
+    Route(
         "POST",
-        "/live-video-to-video",
+        "/stream/start",
         start_stream,
         "Start a trickle stream",
-        alias_of="POST /stream/start",
-        **start_spec,
-    )
-    route(
+        aliases=("/live-video-to-video",),
+        **START,
+    ),
+    Route(
         "POST",
         "/stream",
         create_stream,
         "Create a stream (flat form: params beside the URLs)",
         request_model=CreateStreamRequest,
-        responses={200: StartStreamResponse, 400: err, 409: err, 503: err},
-    )
-    route("GET", "/streams", list_streams, "List the running streams", responses={200: StreamListResponse})
-    route(
+        responses={200: StartStreamResponse, 400: ERR, 409: ERR, 503: ERR},
+    ),
+    Route("GET", "/streams", list_streams, "List the running streams", responses={200: StreamListResponse}),
+    Route(
         "GET",
         "/streams/stats",
         all_stats,
         "Stats of every running stream, by id",
         responses={200: ("application/json", ALL_STATS_SCHEMA)},
-    )
+    ),
     # The BYOC forms before /stream/{id}, though aiohttp prefers the plain path anyway.
-    route(
+    Route(
         "POST",
         "/stream/stop",
         byoc_stop,
@@ -451,88 +447,88 @@ def setup_routes(app: web.Application) -> None:
         request_model=StopStreamRequest,
         request_required=False,
         query={"stream_id": "the stream, when several run"},
-        responses={200: StopStreamResponse, 400: err, 404: err},
-    )
-    route(
+        responses={200: StopStreamResponse, 400: ERR, 404: ERR},
+    ),
+    Route(
         "POST",
         "/stream/params",
         byoc_params,
         "Update the stream's params (BYOC: as a control message); X-Stream-Id names the stream",
         request_model=StreamParams,
         query={"stream_id": "the stream, when several run"},
-        responses={200: UpdatePromptsResponse, 400: err, 404: err},
-    )
-    route(
+        responses={200: UpdatePromptsResponse, 400: ERR, 404: ERR},
+    ),
+    Route(
         "GET",
         "/stream/status",
         byoc_status,
         "Status (BYOC): pytrickle's fields for the stream named by X-Stream-Id (or the only one), "
         "and every stream",
         query={"stream_id": "the stream to report as current_stream"},
-        responses={200: StreamStatusResponse, 404: err},
-    )
-    route(
+        responses={200: StreamStatusResponse, 404: ERR},
+    ),
+    Route(
         "GET",
         STREAM_BY_ID,
         get_stream,
         "A stream's status and stats, with ai-runner's status event (`status`)",
-        responses={200: StreamInfo, 404: err},
-    )
-    route(
+        responses={200: StreamInfo, 404: ERR},
+    ),
+    Route(
         "DELETE",
         STREAM_BY_ID,
         delete_stream,
         "Stop a stream",
-        responses={200: StopStreamResponse, 404: err},
-    )
-    route(
+        responses={200: StopStreamResponse, 404: ERR},
+    ),
+    Route(
         "POST",
         "/stream/{id}/update-prompts",
         update_prompts,
         "Replace the stream's prompts (and parameters) mid-stream",
         request_model=UpdatePromptsRequest,
-        responses={200: UpdatePromptsResponse, 400: err, 404: err},
-    )
-    route(
+        responses={200: UpdatePromptsResponse, 400: ERR, 404: ERR},
+    ),
+    Route(
         "POST",
         "/stream/{id}/params",
         update_params,
         "Update the stream's params (the start's params shape; as a control message)",
         request_model=StreamParams,
-        responses={200: UpdatePromptsResponse, 400: err, 404: err},
-    )
-    for path, alias in (("/stream/{id}/worker", None), ("/stream/{id}/workers", "GET /stream/{id}/worker")):
-        route(
-            "GET",
-            path,
-            get_worker,
-            "The stream's worker(s)",
-            alias_of=alias,
-            responses={200: WorkerStatusResponse, 404: err},
-        )
-    for path, alias in (
-        ("/stream/{id}/restart-worker", None),
-        ("/stream/{id}/restart-workers", "POST /stream/{id}/restart-worker"),
-    ):
-        route(
-            "POST",
-            path,
-            restart_worker,
-            "Restart the stream's worker(s)",
-            alias_of=alias,
-            responses={200: RestartWorkerResponse, 404: err},
-        )
-    route(
+        responses={200: UpdatePromptsResponse, 400: ERR, 404: ERR},
+    ),
+    Route(
+        "GET",
+        "/stream/{id}/worker",
+        get_worker,
+        "The stream's worker(s)",
+        aliases=("/stream/{id}/workers",),
+        responses={200: WorkerStatusResponse, 404: ERR},
+    ),
+    Route(
+        "POST",
+        "/stream/{id}/restart-worker",
+        restart_worker,
+        "Restart the stream's worker(s)",
+        aliases=("/stream/{id}/restart-workers",),
+        responses={200: RestartWorkerResponse, 404: ERR},
+    ),
+    Route(
         "GET",
         "/stream/{id}/stats",
         stream_stats,
         "A stream's stats (fps, dropped, latency)",
-        responses={200: ("application/json", STREAM_STATS_SCHEMA), 404: err},
-    )
-    route(
+        responses={200: ("application/json", STREAM_STATS_SCHEMA), 404: ERR},
+    ),
+    Route(
         "GET",
         "/stream/{id}/workspace-info",
         workspace_info,
         "The workspace the stream's workers run in",
-        responses={200: WorkspaceInfoResponse, 404: err},
-    )
+        responses={200: WorkspaceInfoResponse, 404: ERR},
+    ),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    add_routes(app, "streams", ROUTES)

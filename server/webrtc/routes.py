@@ -16,9 +16,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from server.http import errors
 from server.http.errors import ErrorResponse
-from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY, OPENAPI_KEY
-from server.http.openapi import route_adder
-from server.http.routes import json_body, parse, respond
+from server.http.keys import CONFIG_KEY, NODE_REGISTRY_KEY
+from server.http.routes import Route, add_routes, json_body, parse, respond
 from server.streams.api_errors import api_handler, to_http_error
 from server.streams.manager import STREAM_MANAGER_KEY, StreamManager
 from server.streams.models import UpdatePromptsRequest
@@ -166,25 +165,24 @@ async def webrtc_config(request: web.Request) -> web.Response:
     return respond(WebRTCConfig(iceServers=[IceServerInfo.model_validate(s.to_browser()) for s in servers]))
 
 
-def setup_routes(app: web.Application) -> None:
-    config = app[CONFIG_KEY]
-    app[ICE_SERVERS_KEY] = parse_ice_servers(list(getattr(config, "ice_servers", None) or []))
-    use_loopback_when_no_network()
-    route = route_adder(app, app[OPENAPI_KEY], tags=("webrtc",))
-    route(
+ERR = ErrorResponse
+ROUTES = (
+    Route(
         "POST",
         "/offer",
         offer,
         "Start a WebRTC stream: the peer's offer in, the answer out (a dedicated worker per peer)",
         request_model=OfferRequest,
-        responses={
-            200: OfferAnswer,
-            400: ErrorResponse,
-            409: ErrorResponse,
-            500: ErrorResponse,
-            503: ErrorResponse,
-        },
-    )
-    route("GET", "/webrtc/config", webrtc_config, "The page's ICE servers", responses={200: WebRTCConfig})
-    app.router.add_get("/webrtc", webrtc_page)
-    app.router.add_get(r"/webrtc/{name:[A-Za-z0-9_-]+\.(?:js|css)}", webrtc_asset)
+        responses={200: OfferAnswer, 400: ERR, 409: ERR, 500: ERR, 503: ERR},
+    ),
+    Route("GET", "/webrtc/config", webrtc_config, "The page's ICE servers", responses={200: WebRTCConfig}),
+    Route("GET", "/webrtc", webrtc_page, allow_head=True),
+    Route("GET", r"/webrtc/{name:[A-Za-z0-9_-]+\.(?:js|css)}", webrtc_asset, allow_head=True),
+)
+
+
+def setup_routes(app: web.Application) -> None:
+    config = app[CONFIG_KEY]
+    app[ICE_SERVERS_KEY] = parse_ice_servers(list(getattr(config, "ice_servers", None) or []))
+    use_loopback_when_no_network()
+    add_routes(app, "webrtc", ROUTES)
