@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS, Decision, FrameScheduler
+from comfystream.pipeline.scheduling import Decision, FrameScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class FrameTracker:
         emit: Callable[[Any], None],
         *,
         max_inflight: int = 2,
-        max_latency_ms: float | None = DEFAULT_MAX_LATENCY_MS,
+        max_latency_ms: float | None,
         max_queued: int | None = None,
         stream_id: str = "",
         clock: Callable[[], float] = time.monotonic,
@@ -88,9 +88,7 @@ class FrameTracker:
         self.emit = emit
         self.stream_id = stream_id
         self.clock = clock
-        self.scheduler = FrameScheduler(
-            max_inflight, None if max_latency_ms is None else max_latency_ms / 1000.0, max_queued
-        )
+        self.scheduler = FrameScheduler(max_inflight, max_latency_ms, max_queued)
         self.next_id = 0
         self.entries: OrderedDict[int, FrameEntry] = OrderedDict()  # not yet emitted, id order
         self.waiting: dict[int, FrameEntry] = {}
@@ -119,14 +117,13 @@ class FrameTracker:
 
     @property
     def max_latency_ms(self) -> float | None:
-        budget = self.scheduler.max_latency_s
-        return None if budget is None else budget * 1000.0
+        return self.scheduler.max_latency_ms
 
     @max_latency_ms.setter
     def max_latency_ms(self, value: float | None) -> None:
         if value is not None and value <= 0:
             raise ValueError("max_latency_ms must be > 0")
-        self.scheduler.max_latency_s = None if value is None else float(value) / 1000.0
+        self.scheduler.max_latency_ms = None if value is None else float(value)
 
     # -- input side ----------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ not mistaken for a faster input):
 
 - The worker keeps up (`service_s` below the interval): frames go in oldest first, up to
   `max_inflight` at once so that transport overlaps compute. A frame is skipped only when it
-  could not come out within the latency budget (`max_latency_s`, from its arrival): a burst the
+  could not come out within the latency budget (`max_latency_ms`, from its arrival): a burst the
   worker can absorb within the budget loses nothing.
 - Overload (`service_s` above the interval): frames are chosen evenly in media time, one per
   `service_s` of pts (a Bresenham walk: with a worker at 2/3 of the input rate, two of every
@@ -20,7 +20,7 @@ not mistaken for a faster input):
 In both regimes the worker is never left idle while a frame that can still be on time waits: when
 the frame the walk wants has not arrived yet, the newest waiting frame goes in instead; and an idle
 worker always gets a frame, even when the estimate says every waiting one is late (a stale
-estimate must not starve the stream). Without a budget (`max_latency_s` None) nothing is skipped.
+estimate must not starve the stream). Without a budget (`max_latency_ms` None) nothing is skipped.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class Decision:
 class FrameScheduler:
     def __init__(
         self,
-        max_inflight: int = 2,
-        max_latency_s: float | None = DEFAULT_MAX_LATENCY_MS / 1000.0,
+        max_inflight: int,
+        max_latency_ms: float | None,
         max_waiting: int | None = None,
     ):
         if max_inflight < 1:
@@ -72,7 +72,7 @@ class FrameScheduler:
         if max_waiting is not None and max_waiting < 1:
             raise ValueError("max_waiting must be >= 1")
         self.max_inflight = max_inflight
-        self.max_latency_s = max_latency_s  # None: no frame is ever skipped, however late
+        self.max_latency_ms = max_latency_ms  # None: no frame is ever skipped, however late
         self.max_waiting = max_waiting
         self.waiting: deque[Waiting] = deque()
         self.inflight: dict[int, float] = {}  # frame id -> when it went in (insertion = worker order)
@@ -172,7 +172,7 @@ class FrameScheduler:
         self._skip_late(now, max(now, busy_until) + service, decision, keep)
         if not self.waiting:
             return decision
-        if not self.overloaded or self.max_latency_s is None:
+        if not self.overloaded or self.max_latency_ms is None:
             if room and len(self.inflight) < self.max_inflight:
                 chosen = self.waiting.popleft()
                 decision.submit = chosen.frame_id
@@ -229,9 +229,9 @@ class FrameScheduler:
     def _skip_late(self, now: float, done_at: float, decision: Decision, keep: int = 0) -> None:
         """Frames that could not come out within the budget even if they went in now (but the
         newest `keep`)."""
-        if self.max_latency_s is None:
+        if self.max_latency_ms is None:
             return
-        while len(self.waiting) > keep and done_at - self.waiting[0].arrival > self.max_latency_s:
+        while len(self.waiting) > keep and done_at - self.waiting[0].arrival > self.max_latency_ms / 1000.0:
             decision.skipped_late.append(self.waiting.popleft().frame_id)
 
     def _skip_stale(self, now: float, service: float, decision: Decision) -> None:
@@ -248,7 +248,7 @@ class FrameScheduler:
             decision.skipped_overload.append(self.waiting.popleft().frame_id)
 
     def _update_regime(self) -> None:
-        if self.service_s is None or not self.interval_s or self.max_latency_s is None:
+        if self.service_s is None or not self.interval_s or self.max_latency_ms is None:
             return  # (without a budget nothing is ever skipped: frames wait their turn)
         if len(self._samples) < _MIN_SAMPLES_FOR_OVERLOAD:
             return

@@ -311,7 +311,7 @@ class StreamStatusMonitor:
         self.tracker = StreamStatusTracker(
             pipeline,
             has_input=bool(getattr(spec, "subscribe_url", None)),
-            params=dict(getattr(spec, "extra_params", {}) or {}) or None,
+            params=spec.params() or None,
             now=time.monotonic(),
             wall=time.time(),
             stream_id=stream.stream_id,

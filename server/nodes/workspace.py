@@ -16,6 +16,10 @@ from server.nodes.models import CustomNodePackage, WorkspaceInfo
 logger = logging.getLogger(__name__)
 
 # What a worker is configured with (the seed's workspace-info `config_keys`).
+# Params that configure a worker process itself (the seed's restart parameters), and the keys of a
+# worker's config that workspace-info lists.
+WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
+WORKER_CONFIG_KEYS = (*WORKER_PARAMS, "preview_method")
 BUILTIN_SOURCE = "comfystream"  # the registry's source of comfystream's own nodes
 
 
@@ -91,13 +95,12 @@ def describe(
     config: ServerConfig,
     from_pipeline: dict[str, Any],
     worker_count: int,
-    config_keys: tuple[str, ...] = (),
 ) -> WorkspaceInfo:
     """The workspace-info body: the server's nodes, and the stream's workers (`from_pipeline`: its
-    pipeline's `workspace_info()`; `config_keys`: the worker settings a stream may give besides)."""
+    pipeline's `workspace_info()`)."""
     common = {
         "custom_node_dirs": [str(d) for d in config.custom_node_dirs],
-        "config_keys": sorted(set(from_pipeline.get("config_keys") or []) | set(config_keys)),
+        "config_keys": sorted(set(from_pipeline.get("config_keys") or []) | set(WORKER_CONFIG_KEYS)),
         "total_workers": int(from_pipeline.get("total_workers", worker_count)),
         "active_prompt_id": from_pipeline.get("active_prompt_id"),
         "nodes_loaded": len(registry),

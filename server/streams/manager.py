@@ -18,10 +18,10 @@ from server.livepeer.gateway_params import unwrap_params
 from server.livepeer.status import StreamStatusMonitor
 from server.metrics import ServerMetrics, StreamSample
 from server.nodes.validation import validate_prompts
+from server.nodes.workspace import WORKER_PARAMS
 from server.runtime.native_heap import HeapTrimmer
 from server.streams.base import StreamBase
 from server.streams.models import (
-    WORKER_PARAMS,
     StreamInfo,
     StreamParams,
     StreamStats,

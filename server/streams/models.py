@@ -123,8 +123,6 @@ def _operator_only(value: str | None) -> str | None:
 
 # A setting that touches the machine (where a worker runs, what files it sees): refused in requests.
 OperatorOnly = Annotated[str | None, AfterValidator(_operator_only)]
-# Params that configure a worker process itself (the seed's restart parameters).
-WORKER_PARAMS = ("cwd", "disable_cuda_malloc", "gpu_only")
 
 
 class GivesPrompts:

@@ -11,7 +11,6 @@ from aiohttp import web
 from comfystream.pipeline import BasePipeline, Pipeline, ProcessPoolPipeline, PromptWorkerPipeline
 from comfystream.pipeline.backend import WorkerSpec
 from server.config import ServerConfig, default_torch_threads
-from server.streams.models import WORKER_PARAMS
 from server.streams.spec import StreamSpec
 from workers.backend import ProcessPoolBackend
 
@@ -87,38 +86,28 @@ class PipelineResources:
         """Raises NoGpuRoom when the stream could get no worker now (503 with the reason). A stream
         on the shared pipeline may join a running worker: its start is never refused here."""
         if spec.pipeline_type != "Pipeline":
-            params = _worker_params(spec)
+            params = spec.worker_params
             await self.backend.check_room(
                 WorkerSpec(
-                    cwd=params.get("cwd"),
-                    disable_cuda_malloc=bool(params.get("disable_cuda_malloc", False)),
-                    gpu_only=bool(params.get("gpu_only", False)),
+                    disable_cuda_malloc=bool(params.disable_cuda_malloc), gpu_only=bool(params.gpu_only)
                 )
             )
 
     def create_pipeline(self, spec: StreamSpec) -> BasePipeline:
-        worker_params = _worker_params(spec)
         return _CLASSES[spec.pipeline_type](
             width=spec.width,
             height=spec.height,
             stream_id=spec.stream_id,
             max_inflight=self.config.max_inflight,
-            max_latency_ms=spec.extra_params.get("max_latency_ms") or self.config.max_latency_ms,
+            max_latency_ms=spec.max_latency_ms
+            if spec.max_latency_ms is not None
+            else self.config.max_latency_ms,
             backend=self.backend,
-            **worker_params,
+            **spec.worker_params.given(),
         )
 
 
 PIPELINE_RESOURCES_KEY = web.AppKey("pipeline_resources", PipelineResources)
-
-
-def _worker_params(spec: StreamSpec) -> dict[str, Any]:
-    """The stream's parameters that choose its worker process (disable_cuda_malloc, gpu_only). Not
-    cwd: that is the operator's (the backend's --workspace); a request never names one (the models
-    refuse it; this is the second line)."""
-    return {
-        k: spec.extra_params[k] for k in WORKER_PARAMS if k != "cwd" and spec.extra_params.get(k) is not None
-    }
 
 
 async def check_gpu_room(app: web.Application, spec: StreamSpec) -> None:

@@ -25,7 +25,6 @@ from server.streams.input_check import check_input
 from server.streams.manager import STREAM_MANAGER_KEY, StreamManager
 from server.streams.models import (
     STREAM_ID_PATTERN,
-    WORKER_PARAMS,
     CreateStreamRequest,
     RestartWorkerResponse,
     StartStreamRequest,
@@ -43,7 +42,7 @@ from server.streams.models import (
 )
 from server.streams.pipelines import check_gpu_room
 from server.streams.request_fields import check_flat_fields, check_start_fields
-from server.streams.spec import StreamSpec
+from server.streams.spec import StreamSpec, WorkerParams
 
 logger = logging.getLogger(__name__)
 
@@ -122,10 +121,9 @@ async def _start(request: web.Request, body: StartStreamRequest) -> web.Response
         prompts_set=given,
         dedicated_worker=params.dedicated_worker,
         use_prompt_worker=params.use_prompt_worker,
-        extra_params={
-            **(params.model_extra or {}),
-            **params.model_dump(include={*WORKER_PARAMS, "max_latency_ms"}, exclude_none=True),
-        },
+        max_latency_ms=params.max_latency_ms,
+        worker_params=WorkerParams(disable_cuda_malloc=params.disable_cuda_malloc, gpu_only=params.gpu_only),
+        passthrough=dict(params.model_extra or {}),
     )
     await check_gpu_room(request.app, spec)  # 503 with the reason when no GPU can take its worker
     input_check = await check_input(spec.subscribe_url) if spec.subscribe_url else None
@@ -270,7 +268,6 @@ async def workspace_info(request: web.Request) -> web.Response:
         request.app[CONFIG_KEY],
         from_pipeline,
         worker_count=len(stream.worker_status()),
-        config_keys=(*WORKER_PARAMS, "preview_method"),
     )
     return respond(WorkspaceInfoResponse(stream_id=stream.stream_id, workspace_info=info))
 

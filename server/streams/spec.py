@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from server.streams.models import StreamConfig, Transport
@@ -13,6 +13,19 @@ _ARCHITECTURES = {
     "dedicated": ("ProcessPoolPipeline", "dedicated_worker_per_stream"),
     "shared": ("Pipeline", "shared_pipeline"),
 }
+
+
+@dataclass(frozen=True)
+class WorkerParams:
+    """A stream's parameters that choose its worker process (the seed's restart parameters; a change
+    needs a new process). None: the backend's default. The worker's directory is never a stream's:
+    it is the operator's --workspace."""
+
+    disable_cuda_malloc: bool | None = None
+    gpu_only: bool | None = None
+
+    def given(self) -> dict[str, bool]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -29,7 +42,9 @@ class StreamSpec:
     prompts_set: bool = False  # False: the request gave none and the default prompt runs
     dedicated_worker: bool = True
     use_prompt_worker: bool = False
-    extra_params: dict[str, Any] = field(default_factory=dict)  # params we pass through untouched
+    max_latency_ms: float | None = None  # the stream's latency budget; None: the server's --max-latency-ms
+    worker_params: WorkerParams = field(default_factory=WorkerParams)
+    passthrough: dict[str, Any] = field(default_factory=dict)  # params we do not know, kept untouched
     max_framerate: int | None = None  # input frames per second handed to the worker, at most
     detect_out_resolution: bool = True  # False: output at width x height whatever the workflow makes
     transport: Transport = "trickle"  # how frames come and go: trickle channels or a WebRTC peer
@@ -47,6 +62,11 @@ class StreamSpec:
     @property
     def architecture(self) -> str:
         return _ARCHITECTURES[self._kind][1]
+
+    def params(self) -> dict[str, Any]:
+        """The params the stream was started with, beyond its size and prompts (`current_params`)."""
+        own = {"max_latency_ms": self.max_latency_ms} if self.max_latency_ms is not None else {}
+        return {**self.passthrough, **own, **self.worker_params.given()}
 
     def config(self) -> StreamConfig:
         # Every field of the config is an attribute of the spec of the same name, but the count.

@@ -9,6 +9,7 @@ import numpy as np
 
 from comfystream.media.convert import ndarray_to_frame
 from comfystream.pipeline.frames import FrameTracker
+from comfystream.pipeline.scheduling import DEFAULT_MAX_LATENCY_MS
 
 
 class Clock:
@@ -21,6 +22,7 @@ class Clock:
 
 def _tracker(max_queued: int | None = None, **kw) -> tuple[FrameTracker, list]:
     out: list = []
+    kw.setdefault("max_latency_ms", DEFAULT_MAX_LATENCY_MS)
     return FrameTracker(out.append, max_queued=max_queued, stream_id="t", **kw), out
 
 

@@ -23,7 +23,7 @@ class Sim:
     def __init__(
         self, service: float | Callable[[float], float], budget_ms: float | None = 500, inflight: int = 2
     ):
-        self.sched = FrameScheduler(inflight, None if budget_ms is None else budget_ms / 1000)
+        self.sched = FrameScheduler(inflight, budget_ms)
         self.service = service if callable(service) else (lambda _t, s=service: s)
         self.events: list[tuple[float, int, str, int]] = []
         self.seq = 0
