@@ -8,7 +8,7 @@ restart-worker and DELETE 0.3 s later (racing); in one cycle of the first stream
 SIGKILLed mid-stream.
 
 The server runs as `comfystream serve --relay --warm-workers 1 --job-workers 0` in a subprocess;
-this process is the gateway. Budget (DESIGN.md section 8): after warm-up, RSS within 30 MB, and
+this process is the gateway. Budget (docs/DESIGN.md section 8): after warm-up, RSS within 30 MB, and
 threads, fds, children and shared-memory entries back to their baseline. Exit status 1 when not.
 
     .venv/bin/python bench/soak.py                       # 200 cycles, then 3 streams x 30 cycles

@@ -1,4 +1,4 @@
-"""The project's floors (DESIGN.md section 1, docs/DESIGN.md): comfystream <- workers <- server, no
+"""The project's floors (docs/DESIGN.md section 1): comfystream <- workers <- server, no
 arrow up between them, no import circle between modules, and none between the rooms (sub-packages)
 of one floor.
 

@@ -1,6 +1,6 @@
 """`GET /stream/{id}/events`: a stream's event feed as SSE. The events are those the stream and its
 pipeline publish on the server's event bus (`pipeline.on_event` -> the stream's `emit`): state
-changes, warmup progress, worker restarts, stats (fps), errors, in DESIGN.md section 5's envelope
+changes, warmup progress, worker restarts, stats (fps), errors, in docs/DESIGN.md section 5's envelope
 (`{"type", "data": {..., "stream_id"}, "timestamp"}`), each as an SSE event of that type.
 
 The stream's current state comes first; the feed ends after the stream's `stream_stopped`."""

@@ -1,4 +1,4 @@
-"""Trickle stream API (DESIGN.md section 7, bodies as in the seed): start, inspect, update, stop,
+"""Trickle stream API (docs/DESIGN.md section 7, bodies as in the seed): start, inspect, update, stop,
 workers, and the gateway's BYOC single-stream forms."""
 
 from __future__ import annotations
