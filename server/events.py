@@ -48,7 +48,3 @@ class EventBus:
             yield queue
         finally:
             self._listeners.discard(queue)
-
-    @property
-    def listener_count(self) -> int:
-        return len(self._listeners)

@@ -52,10 +52,6 @@ class JobsFeed:
         self._listeners: set[asyncio.Queue[Any]] = set()
         self.jobs_present = False  # a job scheduler feeds this (set on startup)
 
-    @property
-    def listener_count(self) -> int:
-        return len(self._listeners)
-
     def _publish(self, message: Any) -> None:
         for queue in list(self._listeners):
             if queue.full():

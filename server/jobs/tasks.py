@@ -89,7 +89,6 @@ class Task:
     status: str = "in-progress"
     progress: TaskProgress = field(default_factory=TaskProgress)
     created: float = field(default_factory=time.time)
-    finished_at: float | None = None
     events: deque[SseEvent] = field(init=False)
     subscribers: set[asyncio.Queue[SseEvent | None]] = field(default_factory=set)
     _next_id: int = 1
@@ -247,7 +246,6 @@ class TaskTracker:
         self._finished(task)
 
     def _finished(self, task: Task) -> None:
-        task.finished_at = time.time()
         self._expiry[task.task_id] = asyncio.get_running_loop().call_later(
             self.settings.task_ttl_s, self._expire, task.task_id
         )

@@ -318,7 +318,6 @@ class StreamStatusMonitor:
         )
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
-        self._last_status: dict[str, Any] | None = None
 
     def start(self) -> None:
         self.stream.add_event_sink(self._on_event)

@@ -31,10 +31,6 @@ class InputCheck:
     detail: str = ""
 
 
-class InputUnavailable(Exception):
-    """A stream's input channel could not be found: the stream ends with this as its error."""
-
-
 async def check_input(url: str, timeout: float = PROBE_TIMEOUT_S) -> InputCheck:
     """What the relay says about the channel at `url` (a subscribe_url)."""
     probe = f"{url.rstrip('/')}/next"
