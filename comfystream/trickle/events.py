@@ -100,6 +100,7 @@ class EventsPublisher:
         self.pacer = pacer or SegmentPacer()
         self.sent = 0
         self._failed = 0  # events whose write failed
+        # (no pacer of its own: emit paces, for the heartbeat shares the channel's window)
         self._queue: PacedQueue[dict[str, Any]] = PacedQueue(
             self._send_queued, max_items=self.QUEUE_SIZE, key=self._coalesce_key, name=f"events-{stream_id}"
         )
