@@ -10,18 +10,13 @@ items (counted in `dropped`), never the stream.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-import time
-from collections import deque
 from typing import Any
 
-from .events import SegmentPacer
+from .pacing import PacedQueue, SegmentPacer
 from .protocol import TrickleError
 from .publisher import TricklePublisher
-from .tasks import cancel_and_wait, run_uncut
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +25,10 @@ KEEPALIVE_S = 25.0  # pytrickle sends `[]` when 25 s passed without data
 
 
 class DataPublisher:
+    """Publish items to the data channel at ``url`` (see the module's note; the queue is
+    ``pacing.PacedQueue``). ``dropped``: items not sent (let go by the queue, or in a failed
+    segment)."""
+
     def __init__(
         self,
         url: str,
@@ -45,60 +44,47 @@ class DataPublisher:
         self.pacer = pacer or SegmentPacer()
         self.segments_sent = 0
         self.items_sent = 0
-        self.dropped = 0
-        self._items: deque[Any] = deque(maxlen=max_queued)
-        self._ready = asyncio.Event()
+        self._failed = 0  # items of segments whose write failed
+        self._items: PacedQueue[Any] = PacedQueue(
+            self._send,
+            max_items=max_queued,
+            batch=True,
+            pacer=self.pacer,
+            idle_s=keepalive_s,
+            name=f"data-{stream_id}",
+        )
         self._publisher = TricklePublisher(url, MIME_TYPE, stream_id=stream_id)
-        self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    @property
+    def dropped(self) -> int:
+        return self._items.dropped + self._failed
+
     def start(self) -> DataPublisher:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"data-{self.stream_id}")
+        self._items.start()
         return self
 
     def put(self, item: Any) -> None:
         """Queue one item (JSON-serialisable; anything else is sent as its `str`)."""
-        if self._closed:
-            return
-        if len(self._items) == self._items.maxlen:
-            self.dropped += 1  # the deque lets the oldest go
-        self._items.append(item)
-        self._ready.set()
+        self._items.put(item)
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), self.keepalive_s)
-            wait = self.pacer.delay(time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(wait)  # what comes meanwhile goes in the same segment
-            await run_uncut(self._send())  # a close waits for the segment under way
-
-    async def _send(self) -> None:
-        self._ready.clear()
-        items = list(self._items)
-        self._items.clear()
+    async def _send(self, items: list[Any]) -> None:
         line = json.dumps(items, default=str) + "\n"
-        self.pacer.sent(time.monotonic())
         try:
             await self._publisher.write_segment(line.encode())
         except TrickleError as exc:
-            self.dropped += len(items)
+            self._failed += len(items)
             logger.warning("[%s] data segment dropped (%d items): %s", self.stream_id, len(items), exc)
             return
         self.segments_sent += 1
         self.items_sent += len(items)
 
     async def close(self, delete: bool = True) -> None:
-        """Send what is queued, then end the channel."""
+        """Send what is queued (in one segment), then end the channel."""
         if self._closed:
             return
         self._closed = True
-        task, self._task = self._task, None
-        await cancel_and_wait(task)
         try:
-            if self._items:
-                await self._send()
+            await self._items.close()
         finally:
             await self._publisher.close(delete=delete)

@@ -6,10 +6,16 @@ seconds with pytrickle's keys (``urls``, ``dimensions``, ``fps``): the gateway g
 stream after 30 s without events. Lifecycle events use pytrickle's type names. Emitting never
 raises: an event that cannot be sent is logged and dropped, the stream goes on.
 
-Segments are paced: the reference server keeps 5 segments per channel (one of them the
-publisher's preconnected next one), so at most ``WINDOW - 1`` events go out in any second. A
-burst (a stream's start-up) then reaches a reader that polls once a second before the window
-moves past it, instead of the reader getting 470 and losing the events it skipped.
+Segments are paced (``pacing.SegmentPacer``, the heartbeat among them): at most ``WINDOW - 1``
+events go out in any second. A burst (a stream's start-up) then reaches a reader that polls once
+a second before the window moves past it, instead of the reader getting 470 and losing the events
+it skipped.
+
+``put`` queues an event for the publisher's sender task and never waits (``pacing.PacedQueue``):
+while events wait, a newer one of a kind where only the latest matters (``COALESCED``: a state, a
+status, stats, warmup progress) replaces the queued one of its kind, so a start-up burst shrinks
+instead of queueing; the others (errors, first segments, params updates) all go, in order. A
+channel that falls ``QUEUE_SIZE`` behind loses its oldest events (counted in ``dropped``).
 """
 
 from __future__ import annotations
@@ -19,11 +25,11 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import WINDOW, TrickleError
+from .pacing import PacedQueue, SegmentPacer
+from .protocol import TrickleError
 from .publisher import TricklePublisher
 
 logger = logging.getLogger(__name__)
@@ -41,28 +47,6 @@ HEARTBEAT = "heartbeat"
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class SegmentPacer:
-    """At most ``max_segments`` segments in any ``per_s`` seconds (the caller passes the clock)."""
-
-    def __init__(self, max_segments: int = WINDOW - 1, per_s: float = 1.0) -> None:
-        if max_segments < 1:
-            raise ValueError("max_segments must be >= 1")
-        self.max_segments = max_segments
-        self.per_s = per_s
-        self._sent: deque[float] = deque()
-
-    def delay(self, now: float) -> float:
-        """Seconds to wait before the next segment may go (0: now)."""
-        while self._sent and now - self._sent[0] >= self.per_s:
-            self._sent.popleft()
-        if len(self._sent) < self.max_segments:
-            return 0.0
-        return self._sent[0] + self.per_s - now
-
-    def sent(self, now: float) -> None:
-        self._sent.append(now)
 
 
 def heartbeat_urls(urls: dict[str, str]) -> dict[str, str]:
@@ -84,7 +68,15 @@ class EventsPublisher:
 
     ``stats`` (optional) returns the stream's current figures; ``fps_in``/``fps_out`` and
     ``width``/``height`` are taken from it for the heartbeat when present.
+
+    ``emit`` sends one event and waits for it; ``put`` queues one for the sender task (see the
+    module's note). ``dropped``: events not sent (a failed write, or let go by the queue).
     """
+
+    QUEUE_SIZE = 256
+    COALESCED = frozenset(
+        {"status", "stream_state", "pipeline_state", "stream_stats", "warmup_progress", "heartbeat"}
+    )
 
     def __init__(
         self,
@@ -107,17 +99,30 @@ class EventsPublisher:
         self.stream_id = stream_id
         self.pacer = pacer or SegmentPacer()
         self.sent = 0
-        self.dropped = 0
+        self._failed = 0  # events whose write failed
+        # (no pacer of its own: emit paces, for the heartbeat shares the channel's window)
+        self._queue: PacedQueue[dict[str, Any]] = PacedQueue(
+            self._send_queued, max_items=self.QUEUE_SIZE, key=self._coalesce_key, name=f"events-{stream_id}"
+        )
         self._publisher = TricklePublisher(url, "application/json", stream_id=stream_id)
         self._lock = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
         self._once: set[str] = set()
         self._closed = False
 
+    @property
+    def dropped(self) -> int:
+        return self._failed + self._queue.dropped
+
+    @property
+    def coalesced(self) -> int:
+        return self._queue.coalesced
+
     def start(self) -> EventsPublisher:
-        """Start the heartbeat (the first one goes out at once)."""
+        """Start the heartbeat (the first one goes out at once) and the queue's sender."""
         if self._heartbeat is None and self.heartbeat_interval > 0:
             self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"events-{self.stream_id}")
+        self._queue.start()
         return self
 
     async def __aenter__(self) -> EventsPublisher:
@@ -137,18 +142,27 @@ class EventsPublisher:
             body.setdefault("stream_id", self.stream_id)
         data = json.dumps({"event": body, "queue_event_type": queue_event_type}, default=str).encode()
         async with self._lock:
-            wait = self.pacer.delay(time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self.pacer.sent(time.monotonic())
+            await self.pacer.turn()
             try:
                 await self._publisher.write_segment(data)
             except TrickleError as exc:
-                self.dropped += 1
+                self._failed += 1
                 logger.warning("[%s] event %s dropped: %s", self.stream_id, event["type"], exc)
                 return False
         self.sent += 1
         return True
+
+    def put(self, event: dict[str, Any]) -> bool:
+        """Queue ``event`` for the sender task (never waits); False once closing: not sent."""
+        return self._queue.put(event)
+
+    def _coalesce_key(self, event: dict[str, Any]) -> str | None:
+        kind = event.get("type")
+        return kind if kind in self.COALESCED else None
+
+    async def _send_queued(self, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            await self.emit(event)
 
     async def emit_once(self, event_type: str, **fields: Any) -> bool:
         if event_type in self._once:
@@ -199,10 +213,12 @@ class EventsPublisher:
             await self.emit(self.heartbeat_event(), STREAM_HEARTBEAT)
             await asyncio.sleep(self.heartbeat_interval)
 
-    async def close(self, delete: bool = True) -> None:
-        """Stop the heartbeat and end the channel (after the events in flight)."""
+    async def close(self, delete: bool = True, timeout: float = 5.0) -> None:
+        """Send the events queued (within ``timeout``), stop the heartbeat and end the channel
+        (after the events in flight)."""
         if self._closed:
             return
+        await self._queue.close(timeout)
         task, self._heartbeat = self._heartbeat, None
         if task is not None:
             task.cancel()

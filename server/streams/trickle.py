@@ -18,7 +18,7 @@ from typing import Any
 import av
 import av.error
 
-from comfystream.trickle import DataPublisher, FramePublisher, FrameSubscriber
+from comfystream.trickle import FramePublisher, StreamChannels
 from comfystream.trickle.events import FIRST_SEGMENT_IN, FIRST_SEGMENT_OUT
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -26,7 +26,6 @@ from server.streams.base import StreamBase
 from server.streams.frame_rate import FrameRateLimiter, fixed_size, frame_time
 from server.streams.input_check import POLL_S, check_input, not_found_message
 from server.streams.spec import StreamSpec
-from server.streams.trickle_media import ControlChannel, EventsChannel
 from server.streams.types import StreamNotFound
 
 logger = logging.getLogger(__name__)
@@ -56,9 +55,8 @@ class TrickleStream(StreamBase):
         self._done = asyncio.Event()
         self._running = asyncio.Event()  # the worker is up: updates may go to it
         self._task: asyncio.Task[None] | None = None
-        self._events_channel: EventsChannel | None = None
-        self._data: DataPublisher | None = None  # the data channel (`data_url`), when given
-        self._output: FramePublisher | None = None
+        # Its five trickle channels (made when it runs): frames in and out, control, events, data.
+        self._channels: StreamChannels | None = None
         self._frames_in = 0  # video frames handed to the pipeline
         self._frames_out = 0  # processed video frames taken from the pipeline and written out
         self._skipped_rate = 0  # input frames above max_framerate
@@ -100,20 +98,26 @@ class TrickleStream(StreamBase):
         tasks: list[asyncio.Task[Any]] = []
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:
-            if self.spec.events_url:
-                self._events_channel = EventsChannel(
-                    self.spec.events_url,
-                    self.stream_id,
-                    stats=self._heartbeat_stats,
-                    urls={
-                        key: getattr(self.spec, key) or ""
-                        for key in ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
-                    },
-                )
-                await self._events_channel.start()
+            # No publish_url: a stream without video output (BYOC allows it); no subscribe_url: one
+            # without video input. Events and data queue from here; they go out once opened.
+            self._channels = channels = StreamChannels(
+                self.spec.subscribe_url,
+                self.spec.publish_url,
+                control_url=self.spec.control_url,
+                events_url=self.spec.events_url,
+                data_url=self.spec.data_url,
+                stream_id=self.stream_id,
+                width=self.spec.width,
+                height=self.spec.height,
+                # Every frame is handed on (0: no limit): the pipeline decides what to skip, and counts it.
+                max_queued_frames=0,
+                on_input_loss=self._on_input_loss,
+                on_output_event=self._on_output_event,
+                on_control=self._control_message,
+                stats=self._heartbeat_stats,
+            )
             if self.spec.data_url:  # what the workflow's nodes say per frame besides images
-                self._data = DataPublisher(self.spec.data_url, stream_id=self.stream_id).start()
-                self.pipeline.on_data = self._data.put
+                self.pipeline.on_data = channels.send_data
             self._set_state("starting")
             self._watch_pipeline(self.pipeline)
             init = asyncio.create_task(
@@ -123,17 +127,11 @@ class TrickleStream(StreamBase):
             # The input is read from the start, not once the worker is up (spawn + warmup can take
             # seconds): until then its frames go out unprocessed, counted as passed through, so the
             # output starts at once and the stream never joins its own input late.
-            if self.spec.publish_url:  # none: a stream without video output (BYOC allows it)
-                self._output = FramePublisher(
-                    self.spec.publish_url, stream_id=self.stream_id, on_event=self._on_output_event
-                )
-                await self._output.prepare(self.spec.width, self.spec.height)
+            await channels.open()
             ingest = asyncio.create_task(self._ingest(), name=f"stream-{self.stream_id}-ingest")
             egress = asyncio.create_task(self._egress(), name=f"stream-{self.stream_id}-egress")
             audio = asyncio.create_task(self._egress_audio(), name=f"stream-{self.stream_id}-audio")
             tasks += [ingest, egress, audio]
-            if self.spec.control_url:
-                tasks.append(asyncio.create_task(self._control(), name=f"stream-{self.stream_id}-control"))
             if self._input_missing and self.spec.subscribe_url:
                 tasks.append(asyncio.create_task(self._await_input(), name=f"stream-{self.stream_id}-input"))
             tasks.append(asyncio.create_task(self._stats_loop(), name=f"stream-{self.stream_id}-stats"))
@@ -192,35 +190,33 @@ class TrickleStream(StreamBase):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._output is not None:
-            with _logged(self.stream_id, "closing the output"):
-                await self._output.finish()
-        self.emit("stream_stopped", {"reason": self.stop_reason, "error": self.error, "stats": self.stats()})
-        if self._output is not None:
-            with _logged(self.stream_id, "deleting the output channel"):
-                await self._output.close()
-        if self._data is not None:
-            data, self._data = self._data, None
-            with _logged(self.stream_id, "closing the data channel"):
-                await data.close()
-        if self._events_channel is not None:
-            channel, self._events_channel = self._events_channel, None  # its last event is sent
-            with _logged(self.stream_id, "closing the events channel"):
-                await channel.close()
+        # The input and control end, the output's last segment goes, then the final event (the events
+        # channel sends it before it closes), then the output, data and events channels end.
+        if self._channels is not None:
+            await self._channels.close(final=self._emit_stopped)
+        else:
+            self._emit_stopped()
         await self._release_pipeline()
         self._finish()
         self._done.set()
 
+    def _emit_stopped(self) -> None:
+        self.emit("stream_stopped", {"reason": self.stop_reason, "error": self.error, "stats": self.stats()})
+
     # ---- media -----------------------------------------------------------------------------------
 
+    @property
+    def _output(self) -> FramePublisher | None:
+        return self._channels.output if self._channels is not None else None
+
     async def _ingest(self) -> None:
-        if not self.spec.subscribe_url:  # no video input: the stream runs until it is stopped
+        assert self._channels is not None
+        frames = self._channels.frames
+        if frames is None:  # no video input: the stream runs until it is stopped
             await asyncio.Event().wait()
+            return
         limiter: FrameRateLimiter | None = None  # follows spec.max_framerate, which params may change
-        # Every frame is handed on (max_queued=0): the pipeline decides what to skip, and counts it.
-        async with FrameSubscriber(
-            self.spec.subscribe_url, max_queued=0, stream_id=self.stream_id, on_loss=self._on_input_loss
-        ) as frames:
+        try:
             async for frame in frames:
                 if isinstance(frame, av.VideoFrame):
                     fps = self.spec.max_framerate
@@ -238,6 +234,8 @@ class TrickleStream(StreamBase):
                 elif isinstance(frame, av.AudioFrame):
                     self._audio_in += 1
                     await self.pipeline.put_audio_frame(frame)
+        finally:
+            await self._channels.close_input()  # (a stop drains what is in flight: nothing more is read)
         if frames.error is not None:
             raise frames.error  # an input failure ends the stream as an error
 
@@ -327,16 +325,10 @@ class TrickleStream(StreamBase):
     def _on_output_event(self, event_type: str, data: dict[str, Any]) -> None:
         self.emit(event_type, data)
 
-    async def _control(self) -> None:
-        assert self.spec.control_url is not None
-
-        async def on_message(message: dict[str, Any]) -> None:
-            if not isinstance(message, dict) or message.get("keep") == "alive":
-                return
-            await self._on_control(self, message)
-
-        channel = ControlChannel(self.spec.control_url, self.stream_id, on_message)
-        await channel.run()
+    async def _control_message(self, message: dict[str, Any]) -> None:
+        if not isinstance(message, dict) or message.get("keep") == "alive":
+            return
+        await self._on_control(self, message)
 
     async def _stats_loop(self) -> None:
         while True:
@@ -366,11 +358,12 @@ class TrickleStream(StreamBase):
 
     def stats(self) -> dict[str, Any]:
         stats = self._pipeline_stats()
-        stats["published"] = self._output.frames_published if self._output is not None else 0
+        output = self._output
+        stats["published"] = output.frames_published if output is not None else 0
         stats.setdefault("received", self._frames_in)
         stats["audio_received"] = self._audio_in
-        if self._output is not None:
-            audio = self._output.audio_stats()
+        if output is not None:
+            audio = output.audio_stats()
             by_reason = audio["audio_dropped_by_reason"]
             if self._audio_failures:
                 by_reason["error"] = self._audio_failures
@@ -380,7 +373,7 @@ class TrickleStream(StreamBase):
             stats["audio_published"] = audio["audio_out"]
             stats["audio_dropped"] = sum(by_reason.values())
             stats["audio_dropped_by_reason"] = by_reason
-            stats["timeline_discontinuities"] = self._output.discontinuities
+            stats["timeline_discontinuities"] = output.discontinuities
         if self.spec.max_framerate:
             stats["skipped_rate"] = self._skipped_rate
         return stats
@@ -396,8 +389,8 @@ class TrickleStream(StreamBase):
     def _to_events_channel(self, event_type: str, payload: dict[str, Any]) -> None:
         if event_type in GATEWAY_RENAMED:  # the gateway gets pytrickle's event instead (params_updated)
             return
-        if self._events_channel is not None:
-            self._events_channel.send({"type": event_type, "stream_id": self.stream_id, "data": payload})
+        if self._channels is not None:
+            self._channels.send_event({"type": event_type, "stream_id": self.stream_id, "data": payload})
 
     def _event_to_gateway(self, event_type: str) -> None:
         """An event for the gateway only (its events channel), not the server's bus."""
@@ -407,10 +400,9 @@ class TrickleStream(StreamBase):
         """An event as it is, on the events channel only (ai-runner's `status`, pytrickle's
         `params_updated`): the gateway reads these fields at the event's top level. False when
         there is no events channel (yet, or at all)."""
-        if self._events_channel is None:
+        if self._channels is None:
             return False
-        self._events_channel.send({**event, "stream_id": self.stream_id})
-        return True
+        return self._channels.send_event({**event, "stream_id": self.stream_id})
 
     def _heartbeat_stats(self) -> dict[str, Any]:
         return {**self._pipeline_stats(), "width": self.spec.width, "height": self.spec.height}
@@ -425,12 +417,3 @@ def frames_settled(stats: dict[str, Any], handed: int, written: int) -> bool:
         int(stats.get(k) or 0) for k in ("skipped_late", "skipped_overload", "skipped_error", "lost_output")
     )
     return written + gone >= handed
-
-
-@contextlib.contextmanager
-def _logged(stream_id: str, what: str):
-    """Teardown goes on through a failing step; the failure is logged with the stream's id."""
-    try:
-        yield
-    except Exception:
-        logger.exception("stream %s: %s failed", stream_id, what)

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from comfystream.trickle.events import SegmentPacer, heartbeat_urls
+from comfystream.trickle.events import heartbeat_urls
+from comfystream.trickle.pacing import SegmentPacer
 from comfystream.trickle.protocol import WINDOW
 from server.http.auth import resolve_token, token_matches
 from server.livepeer.gateway_params import unwrap_params
