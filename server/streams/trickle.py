@@ -91,9 +91,6 @@ class TrickleStream(StreamBase):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def wait_finished(self) -> None:
-        await self._done.wait()
-
     async def _run(self) -> None:
         tasks: list[asyncio.Task[Any]] = []
         stop_wait = asyncio.create_task(self._stop_requested.wait())
