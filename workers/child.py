@@ -130,7 +130,7 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         if config.torch_threads:
             torch.set_num_threads(config.torch_threads)
 
-        from comfystream.engine import build_registry
+        from comfystream.nodes import build_registry
 
         registry = build_registry(custom_node_dirs=list(config.custom_node_dirs))
         workspace_errors: dict[str, str] = {}

@@ -31,7 +31,8 @@ from comfystream.comfyui.settings import (
     torch_has_accelerator,
 )
 from comfystream.comfyui.v3 import is_v3_node, v1_face
-from comfystream.engine.registry import NodeRegistry, build_registry
+from comfystream.engine.registry import NodeRegistry
+from comfystream.nodes import build_registry
 
 logger = logging.getLogger(__name__)
 

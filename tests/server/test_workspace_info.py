@@ -21,7 +21,7 @@ import pytest
 from serve_process import serve_process
 
 from comfystream.comfyui import NodePackageInfo, WorkspaceInfo, comfyui_version
-from comfystream.engine import build_registry
+from comfystream.nodes import build_registry
 from server.config import ServerConfig
 from server.trickle_client import create_channel
 from server.workspace import describe
