@@ -11,61 +11,20 @@ import asyncio
 import logging
 import os
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from comfystream.pipeline.backend import WorkerSpec
-from workers.child import WorkerConfig
-from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
+from workers.child_state import WorkerConfig
+from workers.placement import GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
-from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory, sweep_stale_runs
+from workers.settings import BackendSettings
+from workers.shared_weights import WeightsDirectory, sweep_stale_runs
+from workers.shared_weights_cuda import HolderProcess
 from workers.supervisor import StreamWorker
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    gpus: tuple[str, ...] | None = None  # None: detect with nvidia-smi
-    warm_workers: int = 0
-    warm_parallel: int = 1  # warm workers spawned at once when the pool refills
-    default_spec: WorkerSpec = field(default_factory=lambda: WorkerSpec(custom_node_dirs=()))
-    heartbeat_interval_s: float = 1.0
-    heartbeat_timeout_s: float = 20.0  # a frame (or a hang) longer than this restarts the worker
-    startup_timeout_s: float = 180.0  # spawn + import + custom nodes + warmup
-    parent_timeout_s: float = 30.0  # a worker hearing nothing from the server this long exits
-    graceful_stop_s: float = 3.0
-    # A job that has not stopped this long after an interrupt has its worker killed (and replaced
-    # from the warm pool); so has a stream's worker holding a frame longer than frame_timeout_s.
-    interrupt_grace_s: float = 2.0
-    frame_timeout_s: float = 10.0
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 10.0
-    max_failures: int | None = None  # restarts in a row before a worker is given up; None: never
-    # `serve --worker-max-rss-mb`: a stream's worker whose resident memory passes this is replaced
-    # between two frames (None: no limit).
-    worker_max_rss_mb: float | None = None
-    log_level: int | None = None  # the workers' logging level; None: the server's
-    env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
-    workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
-    workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
-    torch_threads: int | None = 1  # each worker's torch intra-op threads (None: torch's default)
-    # `serve --preload-prompt`: prompts every warm worker compiles, loads and warms up at
-    # `preload_size` (width, height) before a stream takes it.
-    preload_prompts: tuple[dict[str, Any], ...] = ()
-    preload_size: tuple[int, int] = (512, 512)
-    preload_warmup_frames: int = 2
-    streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
-    gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
-    # Workers that load the same weights map one copy of them (workers/shared_weights.py) from a
-    # directory of this run under `shared_weights_root`; False: each keeps its own.
-    shared_weights: bool = True
-    shared_weights_root: str = DEFAULT_ROOT
-    # Workers on a GPU share through one holder process per GPU (workers/shared_weights_cuda.py):
-    # "cuda" (not yet measured on a GPU: off by default), "host" (the same protocol over host
-    # memory, for CPU workers: tests), "off".
-    shared_weights_holder: str = "off"
 
 
 class ProcessPoolBackend:
@@ -138,7 +97,9 @@ class ProcessPoolBackend:
         if weights_dir is None or mode == "off" or (mode == "cuda" and gpu is None):
             return None
         try:
-            holder = await asyncio.to_thread(weights_dir.holder, gpu if mode == "cuda" else None, mode)
+            holder = await asyncio.to_thread(
+                weights_dir.holder, gpu if mode == "cuda" else None, mode, HolderProcess
+            )
         except OSError as exc:
             logger.warning("no weights holder (%s): the worker keeps its own copy", exc)
             return None

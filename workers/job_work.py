@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workers import job_messages as jm
-from workers.child import Background, Outbox, WorkerState
+from workers.child_state import Background, Outbox, WorkerState
 
 logger = logging.getLogger(__name__)
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from comfystream.pipeline.backend import WorkerSpec
 from workers import job_messages as jm
 from workers import messages as m
 from workers.process import WorkerError, WorkerLost
+from workers.settings import ProcessSource
 from workers.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ class JobWorker(Supervisor):
 
     def __init__(
         self,
-        backend: ProcessPoolBackend,
+        backend: ProcessSource,
         spec: WorkerSpec,
         name: str,
         on_event: Callable[[str, str, dict[str, Any]], None],

@@ -29,6 +29,7 @@ from typing import Any
 
 from workers import child
 from workers import messages as m
+from workers.child_state import WorkerConfig, pinned_environment
 from workers.shared_weights import memory_counts
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        config: child.WorkerConfig,
+        config: WorkerConfig,
         name: str = "worker",
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 20.0,
@@ -199,7 +200,7 @@ class WorkerProcess:
                 initializer=child.initialize,
                 initargs=(self.config, child_conn),
             )
-            with _environment(child.pinned_environment(self.config)):
+            with _environment(pinned_environment(self.config)):
                 future = executor.submit(child.serve)  # with spawn, the process starts here
             future.add_done_callback(self._signaller.on_loop_done)
             future.add_done_callback(lambda _: self._call_soon(self._on_gone, "process exited"))

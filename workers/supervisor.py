@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,9 +34,7 @@ from workers.deadlines import Deadlines
 from workers.oom import is_oom_report
 from workers.process import RequestFailed, WorkerError, WorkerLost, WorkerProcess
 from workers.ring import FrameRing
-
-if TYPE_CHECKING:
-    from workers.backend import ProcessPoolBackend
+from workers.settings import ProcessSource
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +94,7 @@ class Supervisor:
 
     start_warm = True  # the first process may come from the warm pool (restarts always may)
 
-    def __init__(self, backend: ProcessPoolBackend, spec: WorkerSpec, name: str):
+    def __init__(self, backend: ProcessSource, spec: WorkerSpec, name: str):
         self.backend = backend
         self.spec = spec
         self.name = name
@@ -447,7 +445,7 @@ class _Channel:
 class StreamWorker(Supervisor):
     """A supervised worker running stream channels (comfystream's WorkerClient)."""
 
-    def __init__(self, backend: ProcessPoolBackend, spec: WorkerSpec, name: str):
+    def __init__(self, backend: ProcessSource, spec: WorkerSpec, name: str):
         super().__init__(backend, spec, name)
         self.channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()  # channel changes and re-opening after a restart take turns
