@@ -22,7 +22,7 @@ from workers.process import WorkerProcess
 from workers.settings import BackendSettings
 from workers.shared_weights import WeightsDirectory, sweep_stale_runs
 from workers.shared_weights_cuda import HolderProcess
-from workers.supervisor import StreamWorker
+from workers.stream_worker import StreamWorker
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The worker backend's settings, and what the workers it hands out see of it.
 
 `workers.backend.ProcessPoolBackend` holds the settings and spawns the processes; the supervised
-workers (workers/supervisor.py: StreamWorker, and workers/job_worker.py) and the warm pool
-(workers/pool.py) are given the backend as a `ProcessSource`, so that none of them imports the
-module that builds them.
+workers (workers/supervisor.py, under workers/stream_worker.py and workers/job_worker.py) and the
+warm pool (workers/pool.py) are given the backend as a `ProcessSource`, so that none of them
+imports the module that builds them.
 """
 
 from __future__ import annotations
