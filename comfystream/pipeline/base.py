@@ -214,13 +214,6 @@ class BasePipeline:
         self._set_state("ready")
         self._pump()  # frames put before `initialize` (state "new")
 
-    async def set_prompts(self, prompts: Any) -> UpdateResult:
-        """The original comfystream name: `initialize` before the first call, `update_prompts` after."""
-        if self.state == "new":
-            await self.initialize(prompts)
-            return UpdateResult(len(self.prompts), False, self.warmup_frames > 0)
-        return await self.update_prompts(prompts)
-
     async def cleanup(self) -> None:
         if self.state in ("stopping", "stopped"):
             return
