@@ -112,11 +112,6 @@ def comfyui_version(root: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def loaded_workspace() -> Path | None:
-    """The workspace this process has loaded, if any."""
-    return _state.root if _state is not None else None
-
-
 def load_workspace(
     path: str | os.PathLike[str],
     settings: WorkspaceSettings | dict[str, Any] | None = None,
