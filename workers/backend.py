@@ -1,8 +1,14 @@
-"""The worker backend comfystream's pipelines find through the `comfystream.workers` entry point.
+"""The worker backend: `ProcessPoolBackend` spawns GPU-pinned worker processes, keeps the warm
+pool, and hands out supervised workers (`create_worker` for streams, `create_job_worker` for jobs),
+as comfystream/pipeline/backend.py's `WorkerBackend` says.
 
-`DEFAULT_BACKEND` is the process-wide instance; the server configures it once
-(`DEFAULT_BACKEND.configure(gpus=..., warm_workers=..., cwd=..., custom_node_dirs=...)`,
-then `await DEFAULT_BACKEND.start()` / `await DEFAULT_BACKEND.shutdown()`). Tests make their own.
+`DEFAULT_BACKEND` is the library's entry point: the process-wide instance a comfystream pipeline
+used without a backend finds through the `comfystream.workers` entry point (`get_backend()`).
+Its user may change its settings before it starts (`DEFAULT_BACKEND.configure(gpus=...,
+warm_workers=..., cwd=..., custom_node_dirs=...)`, then `await DEFAULT_BACKEND.start()` / `await
+DEFAULT_BACKEND.shutdown()`). The server does not use it: each app builds its own
+`ProcessPoolBackend` from its flags (the server's `PipelineResources`), so that two apps in one
+process never share or stop each other's workers. Tests make their own too.
 """
 
 from __future__ import annotations
@@ -11,11 +17,14 @@ import asyncio
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.jobs import JobEventCallback, JobFinishedCallback
 from workers.child_state import WorkerConfig
+from workers.job_worker import JobWorker
 from workers.placement import GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
@@ -182,6 +191,16 @@ class ProcessPoolBackend:
         worker = StreamWorker(self, self.resolve(spec), name)
         self._workers.add(worker)
         return worker
+
+    def create_job_worker(
+        self,
+        spec: WorkerSpec,
+        name: str,
+        on_event: JobEventCallback,
+        on_finished: JobFinishedCallback,
+        on_idle: Callable[[], None],
+    ) -> JobWorker:
+        return JobWorker(self, spec, name, on_event=on_event, on_finished=on_finished, on_idle=on_idle)
 
     def forget(self, worker: Any) -> None:
         self._workers.discard(worker)

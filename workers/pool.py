@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerError, WorkerSpec
 from workers import messages as m
-from workers.process import WorkerError, WorkerProcess
+from workers.process import WorkerProcess
 from workers.settings import ProcessSource
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import Any
 
+from comfystream.pipeline.backend import WorkerError, WorkerLost, WorkerStartError
 from workers import child
 from workers import messages as m
 from workers.child_state import WorkerConfig, pinned_environment
@@ -44,22 +45,6 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner"
 # stop of a process that has not said its pid yet waits for it.
 REAP_TIMEOUT_S = 5.0
 PID_TIMEOUT_S = 30.0
-
-
-class WorkerError(RuntimeError):
-    """The worker could not do what was asked (it is gone, or it failed to start)."""
-
-
-class WorkerLost(WorkerError):
-    """The worker process died, stopped answering, or was stopped."""
-
-
-class WorkerStartError(WorkerError):
-    """The worker failed while loading the engine or its custom nodes."""
-
-
-class RequestFailed(WorkerError):
-    """A request the worker answered with an error that is not a prompt error."""
 
 
 @contextlib.contextmanager

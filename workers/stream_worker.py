@@ -21,10 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from comfystream.pipeline.backend import ChannelListener, ChannelSpec, WorkerSpec
+from comfystream.pipeline.backend import (
+    ChannelListener,
+    ChannelSpec,
+    RequestFailed,
+    WorkerError,
+    WorkerLost,
+    WorkerSpec,
+)
 from workers import messages as m
 from workers.oom import is_oom_report
-from workers.process import RequestFailed, WorkerError, WorkerLost, WorkerProcess
+from workers.process import WorkerProcess
 from workers.ring import FrameRing
 from workers.settings import ProcessSource
 from workers.supervisor import Supervisor

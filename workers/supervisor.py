@@ -20,9 +20,9 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerError, WorkerLost, WorkerSpec
 from workers.deadlines import Deadlines
-from workers.process import WorkerError, WorkerLost, WorkerProcess
+from workers.process import WorkerProcess
 from workers.settings import ProcessSource
 
 logger = logging.getLogger(__name__)

@@ -14,13 +14,12 @@ from pydantic import BaseModel, ValidationError
 
 from comfystream import json_limits
 from comfystream.engine import PromptValidationError
+from comfystream.pipeline.backend import NoGpuRoom, WorkerError
 from comfystream.prompts import PromptFormatError
 from server import errors
 from server.app_keys import CONFIG_KEY, METRICS_KEY
 from server.prompt_validation import PromptRejected
 from server.stream_types import AtCapacity, NotNow, StreamExists, StreamNotFound
-from workers.placement import NoGpuRoom
-from workers.process import WorkerError
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
