@@ -43,7 +43,7 @@ class WorkerConfig:
     # The run's directory of shared weights (workers/shared_weights.py), owned by the server;
     # None: each worker keeps its own copy of every model it loads.
     shared_weights_dir: str | None = None
-    # (address, mode, directory) of this worker's GPU's weights holder (shared_weights_cuda.py;
+    # (address, mode, directory) of this worker's GPU's weights holder (workers/shared_weights_cuda.py;
     # mode "cuda", or "host": the same protocol over host memory); None: none.
     weights_holder: tuple[str, str, str] | None = None
 

@@ -1,4 +1,4 @@
-"""The frame interface every pipeline offers (DESIGN.md sections 2-3, docs/contracts.md).
+"""The frame interface every pipeline offers (docs/DESIGN.md sections 2-3, docs/contracts.md).
 
 A subclass decides which worker and channel a frame goes to (`_target`) and how prompts and
 workers change; this class does the rest: frame ids and correspondence, scheduling (at most

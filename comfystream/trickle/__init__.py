@@ -1,6 +1,6 @@
 """The trickle protocol: subscriber, publisher, control and events channels, and a relay server.
 
-See DESIGN.md section 6 and go-livepeer's ``trickle/`` (the reference).
+See docs/DESIGN.md section 6 and go-livepeer's ``trickle/`` (the reference).
 """
 
 from .control import ControlSubscriber
