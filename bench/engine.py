@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, compile_prompt
 from comfystream.engine.context import reset_current_context, set_current_context
+from comfystream.nodes import build_registry
 from comfystream.nodes.frame_io import LoadTensor, SaveTensor
 from comfystream.nodes.image_ops import ImageInvert
 from comfystream.prompts import DEFAULT_PROMPT

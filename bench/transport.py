@@ -29,8 +29,9 @@ import av
 import numpy as np
 import torch
 
-from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, compile_prompt
 from comfystream.media.convert import frame_to_ndarray, ndarray_to_frame
+from comfystream.nodes import build_registry
 from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
 from workers.backend import ProcessPoolBackend

@@ -9,7 +9,7 @@ import sys
 
 # Modules that each offer `register(subparsers)`; the parser's `func(args) -> int` runs the command.
 COMMAND_MODULES = (
-    "comfystream.engine.commands",  # validate, execute
+    "comfystream.comfyui.workflow_commands",  # validate, execute
     "comfystream.trickle.commands",  # relay
     "server.commands",  # serve
     "comfystream.comfyui.commands",  # setup-workspace, workspace-info, make-test-checkpoint

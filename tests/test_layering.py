@@ -3,7 +3,22 @@ arrow up between them, no import circle between modules, and none between the ro
 of one floor.
 
 Every import counts, the ones inside functions too: a deferred import is still an arrow, only a
-hidden one."""
+hidden one.
+
+comfystream's rooms, lowest first; a room imports only rooms before it (COMFYSTREAM_ROOMS):
+
+    comfystream (its __init__: the version) < json_limits < prompts < media
+        < engine      graphs: parse, validate, plan, execute; the node API (context, progress)
+        < nodes       the built-in nodes, on the engine's node API; build_registry
+        < comfyui     a ComfyUI workspace's nodes beside them; the workflow CLI (validate, execute)
+        < pipeline    frames to worker processes and back: the backend protocol, job types
+        < trickle     the trickle protocol: subscriber, publisher, relay
+
+pipeline and trickle import none of engine, nodes and comfyui (the worker processes run those,
+behind the backend); they sit at the top of one line so that the rule stays one comparison.
+
+The server reaches worker processes through comfystream.pipeline.backend's protocol alone: its one
+arrow into workers/ is the import of ProcessPoolBackend by the module that builds the app's backend."""
 
 from __future__ import annotations
 
@@ -64,6 +79,18 @@ def _imports(module: str, path: Path) -> set[str]:
 
 
 GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def _imported_names(path: Path) -> set[str]:
+    """What `path` imports, spelled in full: `a.b` for `import a.b`, `a.b.c` for `from a.b import c`
+    (absolute imports only)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
 
 
 def _room(module: str) -> str:
@@ -133,15 +160,59 @@ def test_no_import_circle_between_modules(floor):
     assert _cycles(graph) == []
 
 
-@pytest.mark.parametrize("floor", FLOORS)
-def test_no_import_circle_between_rooms(floor):
+def _room_graph(floor: str) -> dict[str, set[str]]:
+    """The floor's rooms, each with the other rooms of the floor it imports."""
     rooms: dict[str, set[str]] = {}
     for module, targets in GRAPH.items():
         if module.split(".")[0] != floor:
             continue
         room = rooms.setdefault(_room(module), set())
         room.update(_room(t) for t in targets if t.split(".")[0] == floor and _room(t) != _room(module))
-    assert _cycles(rooms) == []
+    return rooms
+
+
+def _arrows_up_the_order(rooms: dict[str, set[str]], order: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each room that imports a room placed after it in `order`, with those rooms."""
+    rank = {room: i for i, room in enumerate(order)}
+    up = {room: sorted(t for t in targets if rank[t] > rank[room]) for room, targets in rooms.items()}
+    return {room: targets for room, targets in up.items() if targets}
+
+
+@pytest.mark.parametrize("floor", FLOORS)
+def test_no_import_circle_between_rooms(floor):
+    assert _cycles(_room_graph(floor)) == []
+
+
+# Lowest first (the module docstring says what each one is).
+COMFYSTREAM_ROOMS = (
+    "comfystream.__init__",
+    "comfystream.json_limits",
+    "comfystream.prompts",
+    "comfystream.media",
+    "comfystream.engine",
+    "comfystream.nodes",
+    "comfystream.comfyui",
+    "comfystream.pipeline",
+    "comfystream.trickle",
+)
+
+
+def test_comfystream_rooms_import_only_rooms_below_them():
+    rooms = _room_graph("comfystream")
+    assert sorted(rooms) == sorted(COMFYSTREAM_ROOMS), "a new room takes its place in COMFYSTREAM_ROOMS"
+    assert _arrows_up_the_order(rooms, COMFYSTREAM_ROOMS) == {}
+
+
+def test_server_imports_from_workers_only_the_backend_it_builds():
+    """One server module (the one that builds the app's backend) imports from workers/, and only
+    ProcessPoolBackend; everything else goes through comfystream.pipeline.backend's protocol."""
+    into_workers = {
+        module: names
+        for module, path in MODULES.items()
+        if module.split(".")[0] == "server"
+        and (names := {n for n in _imported_names(path) if n.split(".")[0] == "workers"})
+    }
+    assert list(into_workers.values()) == [{"workers.backend.ProcessPoolBackend"}], into_workers
 
 
 def test_the_graph_sees_deferred_imports():
@@ -151,3 +222,5 @@ def test_the_graph_sees_deferred_imports():
         _room("server.app") == "server.app" and _room("comfystream.engine.executor") == "comfystream.engine"
     )
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _arrows_up_the_order({"a": set(), "b": {"a", "c"}, "c": {"a"}}, ("a", "b", "c")) == {"b": ["c"]}
+    assert "comfystream.pipeline.backend.WorkerSpec" in _imported_names(MODULES["workers.backend"])

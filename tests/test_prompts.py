@@ -124,7 +124,7 @@ UI_WORKFLOW = {
 
 
 def test_a_ui_workflow_converts_as_the_editors_export_does():
-    from comfystream.engine import build_registry
+    from comfystream.nodes import build_registry
     from comfystream.prompts import registry_input_types, ui_to_api
 
     api = ui_to_api(UI_WORKFLOW, registry_input_types(build_registry()))

@@ -1,8 +1,14 @@
-"""The worker backend comfystream's pipelines find through the `comfystream.workers` entry point.
+"""The worker backend: `ProcessPoolBackend` spawns GPU-pinned worker processes, keeps the warm
+pool, and hands out supervised workers (`create_worker` for streams, `create_job_worker` for jobs),
+as comfystream/pipeline/backend.py's `WorkerBackend` says.
 
-`DEFAULT_BACKEND` is the process-wide instance; the server configures it once
-(`DEFAULT_BACKEND.configure(gpus=..., warm_workers=..., cwd=..., custom_node_dirs=...)`,
-then `await DEFAULT_BACKEND.start()` / `await DEFAULT_BACKEND.shutdown()`). Tests make their own.
+`DEFAULT_BACKEND` is the library's entry point: the process-wide instance a comfystream pipeline
+used without a backend finds through the `comfystream.workers` entry point (`get_backend()`).
+Its user may change its settings before it starts (`DEFAULT_BACKEND.configure(gpus=...,
+warm_workers=..., cwd=..., custom_node_dirs=...)`, then `await DEFAULT_BACKEND.start()` / `await
+DEFAULT_BACKEND.shutdown()`). The server does not use it: each app builds its own
+`ProcessPoolBackend` from its flags (the server's `PipelineResources`), so that two apps in one
+process never share or stop each other's workers. Tests make their own too.
 """
 
 from __future__ import annotations
@@ -11,61 +17,23 @@ import asyncio
 import logging
 import os
 import weakref
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from comfystream.pipeline.backend import WorkerSpec
-from workers.child import WorkerConfig
-from workers.placement import DEFAULT_MIN_FREE_MIB, GpuPlacer
+from comfystream.pipeline.jobs import JobEventCallback, JobFinishedCallback
+from workers.child_state import WorkerConfig
+from workers.job_worker import JobWorker
+from workers.placement import GpuPlacer
 from workers.pool import WarmPool
 from workers.process import WorkerProcess
-from workers.shared_weights import DEFAULT_ROOT, WeightsDirectory, sweep_stale_runs
-from workers.supervisor import StreamWorker
+from workers.settings import BackendSettings
+from workers.shared_weights import WeightsDirectory, sweep_stale_runs
+from workers.shared_weights_cuda import HolderProcess
+from workers.stream_worker import StreamWorker
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    gpus: tuple[str, ...] | None = None  # None: detect with nvidia-smi
-    warm_workers: int = 0
-    warm_parallel: int = 1  # warm workers spawned at once when the pool refills
-    default_spec: WorkerSpec = field(default_factory=lambda: WorkerSpec(custom_node_dirs=()))
-    heartbeat_interval_s: float = 1.0
-    heartbeat_timeout_s: float = 20.0  # a frame (or a hang) longer than this restarts the worker
-    startup_timeout_s: float = 180.0  # spawn + import + custom nodes + warmup
-    parent_timeout_s: float = 30.0  # a worker hearing nothing from the server this long exits
-    graceful_stop_s: float = 3.0
-    # A job that has not stopped this long after an interrupt has its worker killed (and replaced
-    # from the warm pool); so has a stream's worker holding a frame longer than frame_timeout_s.
-    interrupt_grace_s: float = 2.0
-    frame_timeout_s: float = 10.0
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 10.0
-    max_failures: int | None = None  # restarts in a row before a worker is given up; None: never
-    # `serve --worker-max-rss-mb`: a stream's worker whose resident memory passes this is replaced
-    # between two frames (None: no limit).
-    worker_max_rss_mb: float | None = None
-    log_level: int | None = None  # the workers' logging level; None: the server's
-    env: tuple[tuple[str, str], ...] = ()  # extra environment for the workers
-    workspace: str | None = None  # a ComfyUI workspace every worker loads (server's --workspace)
-    workspace_settings: tuple[tuple[str, Any], ...] = ()  # comfystream.comfyui.WorkspaceSettings fields
-    torch_threads: int | None = 1  # each worker's torch intra-op threads (None: torch's default)
-    # `serve --preload-prompt`: prompts every warm worker compiles, loads and warms up at
-    # `preload_size` (width, height) before a stream takes it.
-    preload_prompts: tuple[dict[str, Any], ...] = ()
-    preload_size: tuple[int, int] = (512, 512)
-    preload_warmup_frames: int = 2
-    streams_per_gpu: int | None = None  # workers one GPU may run (None: as many as its memory holds)
-    gpu_min_free_mib: int = DEFAULT_MIN_FREE_MIB  # free memory a GPU needs to take another worker
-    # Workers that load the same weights map one copy of them (workers/shared_weights.py) from a
-    # directory of this run under `shared_weights_root`; False: each keeps its own.
-    shared_weights: bool = True
-    shared_weights_root: str = DEFAULT_ROOT
-    # Workers on a GPU share through one holder process per GPU (workers/shared_weights_cuda.py):
-    # "cuda" (not yet measured on a GPU: off by default), "host" (the same protocol over host
-    # memory, for CPU workers: tests), "off".
-    shared_weights_holder: str = "off"
 
 
 class ProcessPoolBackend:
@@ -138,7 +106,9 @@ class ProcessPoolBackend:
         if weights_dir is None or mode == "off" or (mode == "cuda" and gpu is None):
             return None
         try:
-            holder = await asyncio.to_thread(weights_dir.holder, gpu if mode == "cuda" else None, mode)
+            holder = await asyncio.to_thread(
+                weights_dir.holder, gpu if mode == "cuda" else None, mode, HolderProcess
+            )
         except OSError as exc:
             logger.warning("no weights holder (%s): the worker keeps its own copy", exc)
             return None
@@ -221,6 +191,16 @@ class ProcessPoolBackend:
         worker = StreamWorker(self, self.resolve(spec), name)
         self._workers.add(worker)
         return worker
+
+    def create_job_worker(
+        self,
+        spec: WorkerSpec,
+        name: str,
+        on_event: JobEventCallback,
+        on_finished: JobFinishedCallback,
+        on_idle: Callable[[], None],
+    ) -> JobWorker:
+        return JobWorker(self, spec, name, on_event=on_event, on_finished=on_finished, on_idle=on_idle)
 
     def forget(self, worker: Any) -> None:
         self._workers.discard(worker)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers import messages as m
-from workers.child import Background, Outbox, WorkerState, describe
+from workers.child_state import Background, Outbox, WorkerState, describe
 from workers.oom import describe_frame_error
 from workers.ring import FrameRing
 from workers.tensors import FrameTransfer, device_memory

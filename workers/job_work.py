@@ -17,8 +17,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from comfystream.pipeline.jobs import JobFinished, RunJob
 from workers import job_messages as jm
-from workers.child import Background, Outbox, WorkerState
+from workers.child_state import Background, Outbox, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class JobWork:
         self.busy_s = 0.0
 
     def handlers(self) -> dict[type, Callable[[Any], None]]:
-        return {jm.RunJob: self._run_job, jm.InterruptJob: self._interrupt_job}
+        return {RunJob: self._run_job, jm.InterruptJob: self._interrupt_job}
 
     def close(self) -> None:
         self._interrupt(None, "worker stopping")
@@ -84,7 +85,7 @@ class JobWork:
 
     # -- the loop's thread ---------------------------------------------------------------------
 
-    def _run_job(self, job: jm.RunJob) -> None:
+    def _run_job(self, job: RunJob) -> None:
         self.background.submit(
             lambda: self._timed(job), lambda finished, error: self._finished(job, finished, error)
         )
@@ -102,10 +103,10 @@ class JobWork:
         logger.info("interrupting prompt %s", current[0])
         current[1].cancel(reason)
 
-    def _finished(self, job: jm.RunJob, finished: jm.JobFinished | None, error: BaseException | None) -> None:
+    def _finished(self, job: RunJob, finished: JobFinished | None, error: BaseException | None) -> None:
         if finished is None:  # never lose the answer: the server waits for it
             logger.error("job %s failed outside the engine: %s", job.prompt_id, error)
-            finished = jm.JobFinished(
+            finished = JobFinished(
                 job.prompt_id, "error", error=_error_payload(job, error or RuntimeError())
             )
         self.jobs_done += 1
@@ -121,14 +122,14 @@ class JobWork:
 
     # -- the background thread -----------------------------------------------------------------
 
-    def _timed(self, job: jm.RunJob) -> jm.JobFinished:
+    def _timed(self, job: RunJob) -> JobFinished:
         start = time.perf_counter()
         finished = self._run(job)
         finished.exec_ms = (time.perf_counter() - start) * 1000.0
         self.busy_s += finished.exec_ms / 1000.0
         return finished
 
-    def _plan(self, job: jm.RunJob, ctx: Any) -> Any:
+    def _plan(self, job: RunJob, ctx: Any) -> Any:
         from comfystream.engine import compile_prompt
         from comfystream.engine.context import reset_current_context, set_current_context
 
@@ -152,7 +153,7 @@ class JobWork:
             self._plans.move_to_end(key)
         return plan
 
-    def _run(self, job: jm.RunJob) -> jm.JobFinished:
+    def _run(self, job: RunJob) -> JobFinished:
         from comfystream.engine import (
             CancelToken,
             ExecutionContext,
@@ -187,13 +188,13 @@ class JobWork:
                 payload = _error_payload(job, exc)
                 emit("execution_start", {"prompt_id": job.prompt_id, "timestamp": _now_ms()})
                 emit("execution_error", payload)
-                return jm.JobFinished(job.prompt_id, "error", error=payload)
+                return JobFinished(job.prompt_id, "error", error=payload)
             result = plan.execute_sync(ctx)
-            return jm.JobFinished(job.prompt_id, "success", outputs=result.outputs, executed=result.executed)
+            return JobFinished(job.prompt_id, "success", outputs=result.outputs, executed=result.executed)
         except InterruptProcessingException as exc:
-            return jm.JobFinished(job.prompt_id, "interrupted", error={"exception_message": str(exc)})
+            return JobFinished(job.prompt_id, "interrupted", error={"exception_message": str(exc)})
         except ExecutionError as exc:
-            return jm.JobFinished(job.prompt_id, "error", error=dict(exc.payload))
+            return JobFinished(job.prompt_id, "error", error=dict(exc.payload))
         finally:
             with self._current_lock:
                 self._current = None
@@ -203,7 +204,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _error_payload(job: jm.RunJob, exc: BaseException) -> dict[str, Any]:
+def _error_payload(job: RunJob, exc: BaseException) -> dict[str, Any]:
     """ComfyUI's execution_error payload for a failure that is not one node's."""
     return {
         "prompt_id": job.prompt_id,

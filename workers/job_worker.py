@@ -1,5 +1,6 @@
 """The server's side of a job worker: a supervised worker (workers/supervisor.py) that runs
-one-shot prompts, one at a time (workers/job_work.py in the process).
+one-shot prompts, one at a time (workers/job_work.py in the process). It is the backend's
+`comfystream.pipeline.jobs.JobWorkerClient` (`ProcessPoolBackend.create_job_worker`).
 
 When the process dies mid-job, the job ends as an error ("worker lost") and the supervisor brings
 a new process up (a warm one when the pool has it) under its restart policy.
@@ -10,16 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerError, WorkerLost, WorkerSpec
+from comfystream.pipeline.jobs import JobFinished, RunJob
 from workers import job_messages as jm
 from workers import messages as m
-from workers.process import WorkerError, WorkerLost
+from workers.settings import ProcessSource
 from workers.supervisor import Supervisor
-
-if TYPE_CHECKING:
-    from workers.backend import ProcessPoolBackend
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +33,11 @@ class JobWorker(Supervisor):
 
     def __init__(
         self,
-        backend: ProcessPoolBackend,
+        backend: ProcessSource,
         spec: WorkerSpec,
         name: str,
         on_event: Callable[[str, str, dict[str, Any]], None],
-        on_finished: Callable[[jm.JobFinished], None],
+        on_finished: Callable[[JobFinished], None],
         on_idle: Callable[[], None],
     ):
         super().__init__(backend, spec, name)
@@ -46,7 +45,7 @@ class JobWorker(Supervisor):
         self._on_finished = on_finished
         self._on_idle = on_idle
         self.current: str | None = None  # prompt_id of the running job
-        self._job: jm.RunJob | None = None
+        self._job: RunJob | None = None
         self._started_nodes: list[str] = []  # of the running job, from its `executing` events
         self.jobs_done = 0
 
@@ -58,7 +57,7 @@ class JobWorker(Supervisor):
     def idle(self) -> bool:
         return self._state == "ready" and self.current is None and self.proc is not None
 
-    def run(self, job: jm.RunJob) -> None:
+    def run(self, job: RunJob) -> None:
         if not self.idle or self.proc is None:
             raise WorkerError(f"{self.name} is {self.state}, busy with {self.current}")
         self.current, self._job, self._started_nodes = job.prompt_id, job, []
@@ -129,14 +128,14 @@ class JobWorker(Supervisor):
             ):
                 self._started_nodes.append(str(msg.data["node"]))
             self._on_event(msg.prompt_id, msg.event, msg.data)
-        elif isinstance(msg, jm.JobFinished):
+        elif isinstance(msg, JobFinished):
             self._job_finished(msg)
         else:
             super()._on_message(msg)
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _job_finished(self, msg: jm.JobFinished) -> None:
+    def _job_finished(self, msg: JobFinished) -> None:
         self._deadlines.clear(("interrupt", msg.prompt_id))
         if msg.prompt_id != self.current:
             logger.warning("%s: finished %s but ran %s", self.name, msg.prompt_id, self.current)
@@ -168,7 +167,7 @@ class JobWorker(Supervisor):
         )
         self.jobs_done += 1
         self._on_finished(
-            jm.JobFinished(prompt_id, "interrupted", error={"exception_message": "Interrupted by request"})
+            JobFinished(prompt_id, "interrupted", error={"exception_message": "Interrupted by request"})
         )
 
     def _end_lost_job(self, reason: str) -> None:
@@ -181,11 +180,11 @@ class JobWorker(Supervisor):
             "node_type": None,
             "executed": [],
             "exception_message": f"The job worker was lost: {reason}\n",
-            "exception_type": "workers.process.WorkerLost",
+            "exception_type": f"{WorkerLost.__module__}.{WorkerLost.__qualname__}",
             "traceback": [],
             "current_inputs": {},
             "current_outputs": [],
             "timestamp": int(time.time() * 1000),
         }
         self._on_event(prompt_id, "execution_error", payload)
-        self._on_finished(jm.JobFinished(prompt_id, "error", error=payload))
+        self._on_finished(JobFinished(prompt_id, "error", error=payload))

@@ -166,15 +166,6 @@ class Progress:
 
 
 @dataclass(slots=True)
-class PromptSwapped:
-    """`channel` runs its new prompts from the frame after `after_frame_id` (-1: from the first)."""
-
-    channel: str
-    request_id: int
-    after_frame_id: int
-
-
-@dataclass(slots=True)
 class Pong:
     seq: int
     sent: float

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
+from comfystream.pipeline.backend import NoGpuRoom
+
 logger = logging.getLogger(__name__)
 
 # The name goes last: it is the one field that may hold a comma, and the split keeps it whole.
@@ -33,10 +35,6 @@ DEFAULT_SETTLE_S = 30.0
 
 class GpuQueryError(RuntimeError):
     """nvidia-smi is there but did not answer the query (its message is the error's text)."""
-
-
-class NoGpuRoom(RuntimeError):
-    """No GPU can take another worker; the message says why for each one."""
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerError, WorkerSpec
 from workers import messages as m
-from workers.process import WorkerError, WorkerProcess
-
-if TYPE_CHECKING:
-    from workers.backend import ProcessPoolBackend
+from workers.process import WorkerProcess
+from workers.settings import ProcessSource
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +29,12 @@ class WarmPool:
     def __init__(
         self,
         size: int,
-        backend: ProcessPoolBackend | None = None,
+        backend: ProcessSource,
         spec: WorkerSpec | None = None,
         parallel: int = 1,
     ):
         if size < 0:
             raise ValueError("warm pool size must be >= 0")
-        if backend is None:
-            from workers.backend import DEFAULT_BACKEND
-
-            backend = DEFAULT_BACKEND
         self.size = size
         self.parallel = parallel  # spawns at once when refilling (each takes a core for ~1-2 s)
         self.backend = backend

@@ -27,8 +27,10 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
 from typing import Any
 
+from comfystream.pipeline.backend import WorkerError, WorkerLost, WorkerStartError
 from workers import child
 from workers import messages as m
+from workers.child_state import WorkerConfig, pinned_environment
 from workers.shared_weights import memory_counts
 
 logger = logging.getLogger(__name__)
@@ -43,22 +45,6 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-spawner"
 # stop of a process that has not said its pid yet waits for it.
 REAP_TIMEOUT_S = 5.0
 PID_TIMEOUT_S = 30.0
-
-
-class WorkerError(RuntimeError):
-    """The worker could not do what was asked (it is gone, or it failed to start)."""
-
-
-class WorkerLost(WorkerError):
-    """The worker process died, stopped answering, or was stopped."""
-
-
-class WorkerStartError(WorkerError):
-    """The worker failed while loading the engine or its custom nodes."""
-
-
-class RequestFailed(WorkerError):
-    """A request the worker answered with an error that is not a prompt error."""
 
 
 @contextlib.contextmanager
@@ -125,7 +111,7 @@ class WorkerProcess:
 
     def __init__(
         self,
-        config: child.WorkerConfig,
+        config: WorkerConfig,
         name: str = "worker",
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 20.0,
@@ -199,7 +185,7 @@ class WorkerProcess:
                 initializer=child.initialize,
                 initargs=(self.config, child_conn),
             )
-            with _environment(child.pinned_environment(self.config)):
+            with _environment(pinned_environment(self.config)):
                 future = executor.submit(child.serve)  # with spawn, the process starts here
             future.add_done_callback(self._signaller.on_loop_done)
             future.add_done_callback(lambda _: self._call_soon(self._on_gone, "process exited"))

@@ -44,7 +44,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,18 +179,20 @@ class WeightsDirectory:
         self.holders: dict[str, Any] = {}
         self._holders_lock = threading.Lock()
 
-    def holder(self, gpu: str | None, mode: str) -> Any:
+    def holder(
+        self, gpu: str | None, mode: str, holder_process: Callable[[str, str, str | None, str], Any]
+    ) -> Any:
         """Blocking: the holder of `gpu`'s shared weights (`mode` "cuda"; "host": the same over
-        host memory), started if there is none."""
-        from workers.shared_weights_cuda import HolderProcess
-
+        host memory), started if there is none: `holder_process(address, mode, gpu, directory)`
+        makes its handle (workers.shared_weights_cuda.HolderProcess, which uses this module's
+        layout: it is the caller's to name)."""
         key = gpu if gpu is not None else "host"
         with self._holders_lock:
             holder = self.holders.get(key)
             if holder is None or not holder.process.is_alive():
                 device_dir = self.path / f"device-{key}"
                 device_dir.mkdir(parents=True, exist_ok=True)
-                holder = HolderProcess(str(self.path / f"holder-{key}.sock"), mode, gpu, str(device_dir))
+                holder = holder_process(str(self.path / f"holder-{key}.sock"), mode, gpu, str(device_dir))
                 holder.start()
                 self.holders[key] = holder
                 logger.info("weights holder for %s started (pid %s)", key, holder.process.pid)

@@ -52,6 +52,8 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any, Protocol
 
+from workers.shared_weights import SharedWeights, find_modules
+
 logger = logging.getLogger(__name__)
 
 
@@ -322,8 +324,6 @@ class DeviceSharedWeights:
     """A worker's client of its GPU's holder."""
 
     def __init__(self, torch: Any, address: str, device: HolderDevice, device_type: str = "cuda"):
-        from workers.shared_weights import SharedWeights
-
         self.torch = torch
         self.device = device
         self.device_type = device_type
@@ -392,8 +392,6 @@ class DeviceSharedWeights:
         """The modules in `outputs` (node outputs) whose weights are on `device_type` and not
         shared yet: after ComfyUI moved a model to the GPU to run it, its weights move onto the
         holder's copy."""
-        from workers.shared_weights import find_modules
-
         results = []
         for module in find_modules(outputs, self.torch):
             result = self.share_module(module, device_type)

@@ -6,7 +6,7 @@ calls `check_workspace(path)` at start so that a bad `--workspace` fails early.
 
 from comfystream.comfyui.info import NodeClash, NodePackageInfo, WorkspaceError, WorkspaceInfo
 from comfystream.comfyui.settings import WorkspaceSettings, WorkspaceSettingsError
-from comfystream.comfyui.workspace import check_workspace, comfyui_version, load_workspace, loaded_workspace
+from comfystream.comfyui.workspace import check_workspace, comfyui_version, load_workspace
 
 __all__ = [
     "NodeClash",
@@ -18,5 +18,4 @@ __all__ = [
     "check_workspace",
     "comfyui_version",
     "load_workspace",
-    "loaded_workspace",
 ]

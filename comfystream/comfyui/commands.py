@@ -107,7 +107,7 @@ def registry_with_workspace(
     """comfystream's nodes plus the workspace's (and `custom_nodes`, loaded as ComfyUI loads
     them), for a command that runs in this process; a bad workspace exits with status 2."""
     from comfystream.comfyui.workspace import load_workspace
-    from comfystream.engine import build_registry
+    from comfystream.nodes import build_registry
 
     registry = build_registry()
     try:
@@ -169,7 +169,7 @@ def cmd_workspace_info(args: argparse.Namespace) -> int:
     try:
         check_workspace(args.workspace)  # before importing the engine (and torch) for nothing
         settings = settings_from_args(args)
-        from comfystream.engine import build_registry
+        from comfystream.nodes import build_registry
 
         registry = build_registry()
         info = load_workspace(args.workspace, settings, registry)

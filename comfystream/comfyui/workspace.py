@@ -31,7 +31,8 @@ from comfystream.comfyui.settings import (
     torch_has_accelerator,
 )
 from comfystream.comfyui.v3 import is_v3_node, v1_face
-from comfystream.engine.registry import NodeRegistry, build_registry
+from comfystream.engine.registry import NodeRegistry
+from comfystream.nodes import build_registry
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,6 @@ def comfyui_version(root: str | os.PathLike[str]) -> str | None:
         if match:
             return match.group(1)
     return None
-
-
-def loaded_workspace() -> Path | None:
-    """The workspace this process has loaded, if any."""
-    return _state.root if _state is not None else None
 
 
 def load_workspace(

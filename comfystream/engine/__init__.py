@@ -4,7 +4,7 @@ from comfystream.engine.context import CancelToken, ExecutionContext, current_co
 from comfystream.engine.errors import ExecutionError, InterruptProcessingException, PromptValidationError
 from comfystream.engine.executor import CompiledPrompt, ExecutionResult, compile_prompt, compile_prompts
 from comfystream.engine.progress import ProgressBar, report_progress_text
-from comfystream.engine.registry import NodeRegistry, build_registry
+from comfystream.engine.registry import NodeRegistry
 from comfystream.engine.validation import ValidationResult, parse_prompt, validate_prompt
 
 __all__ = [
@@ -18,7 +18,6 @@ __all__ = [
     "ProgressBar",
     "PromptValidationError",
     "ValidationResult",
-    "build_registry",
     "compile_prompt",
     "compile_prompts",
     "current_context",

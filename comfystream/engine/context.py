@@ -96,13 +96,6 @@ def require_context() -> ExecutionContext:
     return ctx
 
 
-def throw_if_interrupted() -> None:
-    """ComfyUI's `throw_exception_if_processing_interrupted` for the running execution."""
-    ctx = _current.get()
-    if ctx is not None:
-        ctx.cancel.check()
-
-
 def set_current_context(ctx: ExecutionContext | None) -> contextvars.Token:
     return _current.set(ctx)
 

@@ -69,10 +69,6 @@ def is_output_node(cls: type) -> bool:
     return getattr(cls, "OUTPUT_NODE", False) is True
 
 
-def node_function(cls_or_obj: Any) -> Any:
-    return getattr(cls_or_obj, cls_or_obj.FUNCTION)
-
-
 def is_async_node(cls: type) -> bool:
     func = getattr(cls, getattr(cls, "FUNCTION", ""), None)
     return func is not None and inspect.iscoroutinefunction(func)

@@ -162,20 +162,3 @@ class NodeRegistry(Mapping[str, type]):
                 )
         return out
 
-
-def build_registry(
-    custom_node_dirs: Iterable[str] | None = None,
-    include_builtin: bool = True,
-) -> NodeRegistry:
-    """The built-in nodes plus every custom node package found in `custom_node_dirs`."""
-    registry = NodeRegistry()
-    if include_builtin:
-        from comfystream.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
-        registry.register_mappings(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, source="comfystream")
-    if custom_node_dirs:
-        from comfystream.engine.custom_nodes import load_custom_nodes
-
-        for directory in custom_node_dirs:
-            load_custom_nodes(directory, registry)
-    return registry

@@ -1,7 +1,15 @@
-"""Built-in nodes: frame I/O for streams, one-shot image I/O, and ComfyUI's core image nodes."""
+"""Built-in nodes: frame I/O for streams, one-shot image I/O, and ComfyUI's core image nodes.
+
+`build_registry` is where a registry gets them: the engine knows node classes only as a registry
+hands them over, so it never imports the nodes that run on it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from comfystream.engine.custom_nodes import load_custom_nodes
+from comfystream.engine.registry import NodeRegistry
 from comfystream.nodes import filters, frame_io, image_files, image_ops
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -47,3 +55,12 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "ImageSharpen": "Image Sharpen",
     "ImageQuantize": "Image Quantize",
 }
+
+
+def build_registry(custom_node_dirs: Iterable[str] | None = None) -> NodeRegistry:
+    """The built-in nodes plus every custom node package found in `custom_node_dirs`."""
+    registry = NodeRegistry()
+    registry.register_mappings(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, source="comfystream")
+    for directory in custom_node_dirs or ():
+        load_custom_nodes(directory, registry)
+    return registry

@@ -1,8 +1,11 @@
-"""What a pipeline needs from worker processes, and how it finds the code that provides them.
+"""What a pipeline (and the server) needs from worker processes, and how it finds the code that
+provides them.
 
-`comfystream` does not import `workers` (DESIGN.md section 1): the backend is found through
-the `comfystream.workers` entry point group (pyproject.toml: `default =
-"workers.backend:DEFAULT_BACKEND"`). The protocols here are the whole contract between them.
+`comfystream` does not import `workers` (docs/DESIGN.md section 1): a pipeline used on its own
+finds the backend through the `comfystream.workers` entry point group (pyproject.toml: `default =
+"workers.backend:DEFAULT_BACKEND"`); the server builds its own and passes it. The protocols here,
+the job types of comfystream/pipeline/jobs.py and the exceptions below are the whole contract
+between them: a caller reaches worker processes through these names alone.
 """
 
 from __future__ import annotations
@@ -15,11 +18,36 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from comfystream.pipeline.jobs import JobEventCallback, JobFinishedCallback, JobWorkerClient
+
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "comfystream.workers"
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+# -- what a backend raises ------------------------------------------------------------------------
+
+
+class WorkerError(RuntimeError):
+    """The worker could not do what was asked (it is gone, or it failed to start)."""
+
+
+class WorkerLost(WorkerError):
+    """The worker process died, stopped answering, or was stopped."""
+
+
+class WorkerStartError(WorkerError):
+    """The worker failed while loading the engine or its custom nodes."""
+
+
+class RequestFailed(WorkerError):
+    """A request the worker answered with an error that is not a prompt error."""
+
+
+class NoGpuRoom(RuntimeError):
+    """No GPU can take another worker; the message says why for each one."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +159,20 @@ class WorkerClient(Protocol):
 
 @runtime_checkable
 class WorkerBackend(Protocol):
+    """Hands out supervised worker processes: stream workers for pipelines, job workers for
+    one-shot prompts."""
+
     def create_worker(self, spec: WorkerSpec, name: str) -> WorkerClient: ...
+
+    def create_job_worker(
+        self,
+        spec: WorkerSpec,
+        name: str,
+        on_event: JobEventCallback,
+        on_finished: JobFinishedCallback,
+        on_idle: Callable[[], None],
+    ) -> JobWorkerClient:
+        """A job worker, not started (`await worker.start()`); its caller stops it."""
 
 
 _backend: WorkerBackend | None = None

@@ -1,4 +1,4 @@
-"""The frame interface every pipeline offers (DESIGN.md sections 2-3, docs/contracts.md).
+"""The frame interface every pipeline offers (docs/DESIGN.md sections 2-3, docs/contracts.md).
 
 A subclass decides which worker and channel a frame goes to (`_target`) and how prompts and
 workers change; this class does the rest: frame ids and correspondence, scheduling (at most
@@ -213,13 +213,6 @@ class BasePipeline:
         self.prompts = normalized
         self._set_state("ready")
         self._pump()  # frames put before `initialize` (state "new")
-
-    async def set_prompts(self, prompts: Any) -> UpdateResult:
-        """The original comfystream name: `initialize` before the first call, `update_prompts` after."""
-        if self.state == "new":
-            await self.initialize(prompts)
-            return UpdateResult(len(self.prompts), False, self.warmup_frames > 0)
-        return await self.update_prompts(prompts)
 
     async def cleanup(self) -> None:
         if self.state in ("stopping", "stopped"):

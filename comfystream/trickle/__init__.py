@@ -1,7 +1,7 @@
 """The trickle protocol: subscriber, publisher, control, events and data channels, a stream's five
 as one (StreamChannels), and a relay server.
 
-See DESIGN.md section 6 and go-livepeer's ``trickle/`` (the reference).
+See docs/DESIGN.md section 6 and go-livepeer's ``trickle/`` (the reference).
 """
 
 from .channels import StreamChannels

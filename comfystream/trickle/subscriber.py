@@ -24,8 +24,6 @@ from .protocol import HEADER_CLOSED, HEADER_LATEST, HEADER_SEQ, STATUS_SEGMENT_G
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
-
 
 class TrickleSegment:
     """One segment being received: an async iterator of ``bytes`` chunks."""

@@ -131,18 +131,13 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
 def _backend(app: web.Application) -> Any:
     """`app[JOB_BACKEND_KEY]` if set, else the backend the app's stream workers come from (so jobs
     and streams share GPU placement, and the workers load the server's --workspace and
-    --custom-nodes), else the process-wide default. WorkerSpec() takes that backend's defaults."""
+    --custom-nodes). WorkerSpec() takes that backend's defaults."""
     backend = app.get(JOB_BACKEND_KEY)
     if backend is not None:
         return backend
     from server.streams.pipelines import PIPELINE_RESOURCES_KEY
 
-    resources = app.get(PIPELINE_RESOURCES_KEY)
-    if resources is not None and getattr(resources, "backend", None) is not None:
-        return resources.backend
-    from workers.backend import DEFAULT_BACKEND
-
-    return DEFAULT_BACKEND
+    return app[PIPELINE_RESOURCES_KEY].backend
 
 
 async def _close_connections(app: web.Application) -> None:

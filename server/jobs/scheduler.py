@@ -16,12 +16,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline import jobs as jm
+from comfystream.pipeline.backend import WorkerBackend, WorkerSpec
 from server.jobs.output_cache import OutputCache
 from server.jobs.queue import PromptQueue, QueueItem
 from server.jobs.settings import JobSettings
-from workers import job_messages as jm
-from workers.job_worker import JobWorker
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ class JobScheduler:
         self.queue = PromptQueue(settings.history_max)
         self.sinks: list[JobSink] = []
         self.output_cache = OutputCache()
-        self.workers: list[JobWorker] = []
-        self._worker_of: dict[str, JobWorker] = {}
+        self.workers: list[jm.JobWorkerClient] = []
+        self._worker_of: dict[str, jm.JobWorkerClient] = {}
         self._messages: dict[str, list[list[Any]]] = {}
         self._current_node: dict[str, str] = {}
         self._start_task: asyncio.Task[None] | None = None
@@ -60,12 +59,12 @@ class JobScheduler:
 
     def start(
         self,
-        backend: Any,
+        backend: WorkerBackend,
         spec: WorkerSpec | None = None,
         settings: JobSettings | None = None,
         spawn_now: bool = True,
     ) -> None:
-        """Make the workers (from `backend`, a workers.backend.ProcessPoolBackend) and, with
+        """Make the workers (from `backend`, the app's worker backend) and, with
         `spawn_now`, spawn them in the background (the server answers, and queues, meanwhile);
         otherwise they are spawned by the first prompt queued, or by `wait_ready`."""
         if self.workers:
@@ -74,8 +73,7 @@ class JobScheduler:
             self.settings = settings
             self.queue.history_max = settings.history_max
         self.workers = [
-            JobWorker(
-                backend,
+            backend.create_job_worker(
                 spec or WorkerSpec(),
                 f"job-worker-{i + 1}",
                 on_event=self._on_event,

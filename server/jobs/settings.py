@@ -50,6 +50,6 @@ class JobSettings:
 
 
 JOB_SETTINGS_KEY = web.AppKey("job_settings", JobSettings)
-# The worker backend job workers are spawned from (workers.backend.ProcessPoolBackend); default:
-# the process-wide DEFAULT_BACKEND, so jobs and streams share GPU placement.
+# The worker backend job workers are spawned from (a comfystream.pipeline.backend.WorkerBackend);
+# default: the app's own, the one its streams' workers come from, so they share GPU placement.
 JOB_BACKEND_KEY: web.AppKey[Any] = web.AppKey("job_backend", object)

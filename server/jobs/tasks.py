@@ -22,10 +22,10 @@ from urllib.parse import urlencode
 from aiohttp import web
 from pydantic import BaseModel
 
+from comfystream.pipeline import jobs as jm
 from server.jobs import step_names
 from server.jobs.queue import QueueItem
 from server.jobs.settings import JobSettings
-from workers import job_messages as jm
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import aiohttp
 from aiohttp import web
 
 from comfystream import json_limits
+from comfystream.pipeline import jobs as jm
 from server.jobs import binary
 from server.jobs.queue import QueueItem
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
-from workers import job_messages as jm
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ def load_nodes(config: ServerConfig) -> NodeSetup:
     workspace's nodes (loaded on the CPU here: the server only validates; workers run them on their
     GPUs). Each custom node package is imported once: with a workspace ComfyUI's loader takes
     `--custom-nodes` (they may import comfy.*), as it does in the workers; without, the engine's."""
-    from comfystream.engine import build_registry
+    from comfystream.nodes import build_registry
 
     custom = [str(d) for d in config.custom_nodes]
     workspace = None

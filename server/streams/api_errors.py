@@ -10,13 +10,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from comfystream.engine import PromptValidationError
+from comfystream.pipeline.backend import NoGpuRoom, WorkerError
 from comfystream.prompts import PromptFormatError
 from server.http import errors
 from server.http.keys import CONFIG_KEY, METRICS_KEY
 from server.nodes.validation import PromptRejected
 from server.streams.types import AtCapacity, NotNow, StreamExists, StreamNotFound
-from workers.placement import NoGpuRoom
-from workers.process import WorkerError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

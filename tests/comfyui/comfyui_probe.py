@@ -23,9 +23,9 @@ from comfystream.engine import (
     ExecutionError,
     InterruptProcessingException,
     PromptValidationError,
-    build_registry,
     compile_prompt,
 )
+from comfystream.nodes import build_registry
 
 
 def blur_sharpen_prompt() -> dict[str, Any]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerSpec, WorkerStartError
 from tests.comfyui.conftest import make_fake_workspace
 from workers.backend import ProcessPoolBackend
-from workers.process import WorkerStartError
 
 
 async def start_worker(workspace: str) -> None:

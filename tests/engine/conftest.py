@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, compile_prompt
+from comfystream.nodes import build_registry
 
 
 @pytest.fixture(scope="session")

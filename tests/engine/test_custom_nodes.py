@@ -8,8 +8,9 @@ import textwrap
 import pytest
 import torch
 
-from comfystream.engine import ExecutionContext, NodeRegistry, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, NodeRegistry, compile_prompt
 from comfystream.engine.convert import PromptConversionError, convert_prompt
+from comfystream.nodes import build_registry
 
 GOOD_INIT = """
 from .ops import Brighten

@@ -14,9 +14,9 @@ from comfystream.engine import (
     ExecutionError,
     InterruptProcessingException,
     ProgressBar,
-    build_registry,
     compile_prompt,
 )
+from comfystream.nodes import build_registry
 
 STARTED = threading.Event()
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, compile_prompt
 from comfystream.engine.output_cache import OutputCache
+from comfystream.nodes import build_registry
 
 CALLS: list[str] = []
 CHANGE = {"value": "a"}

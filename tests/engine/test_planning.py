@@ -12,10 +12,10 @@ from comfystream.engine import (
     ExecutionContext,
     NodeRegistry,
     PromptValidationError,
-    build_registry,
     compile_prompt,
 )
 from comfystream.engine import executor as executor_module
+from comfystream.nodes import build_registry
 from comfystream.prompts import DEFAULT_PROMPT
 
 CALLS: list[str] = []

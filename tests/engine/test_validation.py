@@ -9,10 +9,10 @@ import pytest
 from comfystream.engine import (
     NodeRegistry,
     PromptValidationError,
-    build_registry,
     compile_prompt,
     validate_prompt,
 )
+from comfystream.nodes import build_registry
 
 
 class Source:

@@ -16,8 +16,8 @@ from comfystream.pipeline import (
 from comfystream.pipeline.backend import ENTRY_POINT_GROUP, WorkerBackend
 
 
-def test_seed_import_path_and_entry_point_backend():
-    from comfystream.processpool_pipeline import ProcessPoolPipeline as Seeded
+def test_module_and_package_import_paths_and_entry_point_backend():
+    from comfystream.pipeline.processpool import ProcessPoolPipeline as Seeded
 
     assert Seeded is ProcessPoolPipeline
     names = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}

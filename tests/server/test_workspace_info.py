@@ -22,7 +22,7 @@ from serve_process import serve_process
 
 from bench.trickle_client import create_channel
 from comfystream.comfyui import NodePackageInfo, WorkspaceInfo, comfyui_version
-from comfystream.engine import build_registry
+from comfystream.nodes import build_registry
 from server.config import ServerConfig
 from server.nodes.workspace import describe
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from comfystream.engine import ExecutionContext, build_registry, compile_prompt
+from comfystream.engine import ExecutionContext, compile_prompt
+from comfystream.nodes import build_registry
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

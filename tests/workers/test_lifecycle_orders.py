@@ -11,12 +11,11 @@ import threading
 
 import pytest
 
-from comfystream.pipeline.backend import ChannelSpec, WorkerSpec
+from comfystream.pipeline.backend import ChannelSpec, WorkerLost, WorkerSpec
 from comfystream.prompts import DEFAULT_PROMPT
 from tests.processes import alive
 from workers import process as workers_process
 from workers.backend import ProcessPoolBackend
-from workers.process import WorkerLost
 
 
 class Listener:

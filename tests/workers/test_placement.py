@@ -11,13 +11,12 @@ import sys
 import pytest
 from nvidia_smi_standin import install, write_state
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import NoGpuRoom, WorkerSpec
 from workers.backend import ProcessPoolBackend
 from workers.placement import (
     GpuInfo,
     GpuPlacer,
     GpuQueryError,
-    NoGpuRoom,
     detect_gpus,
     list_gpus,
     parse_gpus,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerSpec, WorkerStartError
+from comfystream.pipeline.jobs import RunJob
 from workers import job_messages as jm
 from workers.backend import ProcessPoolBackend
-from workers.process import WorkerStartError
 
 # A node that ignores its cancel token, run from a non-daemon thread that never ends (as a node
 # library's own worker thread would be): an interpreter finalising normally waits for it for ever.
@@ -66,7 +66,7 @@ async def test_job_worker_stops_gracefully_while_a_node_ignores_its_cancel_token
         and started.set_result(msg)
     )
     try:
-        proc.send(jm.RunJob("p1", STUBBORN_PROMPT))
+        proc.send(RunJob("p1", STUBBORN_PROMPT))
         event = await asyncio.wait_for(started, 60.0)
         assert (event.event, event.data["text"]) == ("progress_text", "stuck")
     finally:

@@ -1,4 +1,8 @@
-"""`comfystream validate` and `comfystream execute`: run the engine on a workflow file."""
+"""`comfystream validate` and `comfystream execute`: run the engine on a workflow file, in this
+process, with comfystream's nodes, custom node folders, or a ComfyUI workspace's nodes (`--workspace`).
+
+They live with the ComfyUI adapter because `--workspace` needs it: the engine below knows nothing
+of ComfyUI workspaces."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from comfystream.comfyui.commands import add_workspace_argument
+from comfystream.comfyui.commands import add_workspace_argument, registry_with_workspace
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +61,10 @@ def _read_workflow(path: str) -> Any:
 
 
 def _registry(args: argparse.Namespace):
-    from comfystream.engine import build_registry
+    from comfystream.nodes import build_registry
 
     custom_nodes = args.custom_nodes
     if args.workspace:  # ComfyUI's loader takes the custom nodes too: they may import ComfyUI's modules
-        from comfystream.comfyui.commands import registry_with_workspace
-
         return registry_with_workspace(args.workspace, custom_nodes, args.extra_model_paths)
     registry = build_registry(custom_node_dirs=custom_nodes)
     for source, error in registry.load_errors.items():
