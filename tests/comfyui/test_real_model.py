@@ -58,9 +58,21 @@ def frames() -> np.ndarray:
     return np.random.default_rng(11).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
 
 
+# test_shared_weights_sd15.py imports the fixture (a fixture of its own module too): the probe's
+# outputs are kept here so that ComfyUI runs the prompts once per test process, not once per module.
+_REFERENCE: dict[tuple[str, str], np.ndarray] = {}
+
+
 @pytest.fixture(scope="module")
 def reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
     """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3]."""
+    key = (str(comfyui_path), str(model_paths))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory)
+    return _REFERENCE[key]
+
+
+def _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
     tmp = tmp_path_factory.mktemp("real_model")
     frames_path, prompts_path, out = tmp / "frames.npy", tmp / "prompts.json", tmp / "reference.npy"
     np.save(frames_path, frames)
