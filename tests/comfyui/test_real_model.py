@@ -58,18 +58,16 @@ def frames() -> np.ndarray:
     return np.random.default_rng(11).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-# test_shared_weights_sd15.py imports the fixture (a fixture of its own module too): the probe's
-# outputs are kept here so that ComfyUI runs the prompts once per test process, not once per module.
-_REFERENCE: dict[tuple[str, str], np.ndarray] = {}
-
-
 @pytest.fixture(scope="module")
 def reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
     """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3]."""
-    key = (str(comfyui_path), str(model_paths))
-    if key not in _REFERENCE:
-        _REFERENCE[key] = _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory)
-    return _REFERENCE[key]
+    # test_shared_weights_sd15.py imports this fixture (it is a fixture of that module too, and
+    # the module is imported twice, by pytest and by that import): the outputs are kept in the
+    # session's temp folder, so that ComfyUI runs the prompts once per test process.
+    kept = tmp_path_factory.getbasetemp() / "real_model_reference.npy"
+    if not kept.exists():
+        np.save(kept, _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory))
+    return np.load(kept)
 
 
 def _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
