@@ -107,7 +107,7 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
-# -- pytest-xdist (scripts/test.sh runs the suite with `-n 2 --dist loadfile`) -----------------
+# -- pytest-xdist (scripts/test.sh: `-n <cores + 1> --dist loadfile`) ----------------------------
 # A test file is one unit of work: its module-scoped fixtures (a probe's outputs, a server) are
 # made once, on the worker that runs it. Some units span files: tests/jobs shares one server per
 # package, and the SD 1.5 files share ComfyUI's reference outputs and must not load their
@@ -118,22 +118,26 @@ XDIST_UNITS = {
     "tests/comfyui/test_real_model.py": "sd15",
     "tests/comfyui/test_shared_weights_sd15.py": "sd15",
 }
-# The longest units go first, so that the two workers finish together (the others keep their order).
+# The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
+# together; the others keep their order.
 LONGEST_FIRST = [
     "sd15",
-    "tests/webrtc/test_peer_streams.py",
     "tests/pipeline/test_hang_deadline.py",
     "tests/workers/test_shared_weights.py",
-    "tests/dashboard/test_jobs_page.py",
-    "tests/editor/test_editor_page.py",
-    "tests/engine/test_cli.py",
-    "tests/editor/test_editor_parallel.py",
-    "tests/hardening/test_fuzz_openapi.py",
     "tests/pipeline/test_pipeline_lifecycle.py",
     "tests/workers/test_shared_weights_cuda.py",
-    "tests/pipeline/test_pipeline_correspondence.py",
+    "tests/dashboard/test_jobs_page.py",
+    "tests/hardening/test_fuzz_openapi.py",
+    "tests/engine/test_cli.py",
+    "tests/editor/test_editor_parallel.py",
+    "tests/webrtc/test_peer_streams.py",
     "tests/soak/test_soak.py",
     "tests/jobs/",
+    "tests/comfyui/test_comfyui_workspace.py",
+    "tests/server/test_stream_e2e.py",
+    "tests/editor/test_editor_page.py",
+    "tests/server/test_serve_command.py",
+    "tests/pipeline/test_pipeline_correspondence.py",
 ]
 
 
@@ -156,7 +160,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         def _split_scope(self, nodeid: str) -> str:
             return xdist_unit(nodeid)
 
-    config.option.loadscopereorder = False  # keep the order below (xdist's: most tests first)
+    config.option.loadscopereorder = False  # the workers' order (LONGEST_FIRST), not xdist's (most tests first)
     return UnitScheduling(config, log)
 
 
