@@ -50,16 +50,26 @@ class Resources:
     def of(cls, pid: int) -> Resources:
         with open(f"/proc/{pid}/status") as f:
             status = dict(line.split(":", 1) for line in f if ":" in line)
+        children = _descendants(pid)
         return cls(
             rss_mb=int(status["VmRSS"].split()[0]) / 1024,
             threads=int(status["Threads"]),
             fds=len(os.listdir(f"/proc/{pid}/fd")),
-            children=len(_descendants(pid)),
-            shm=len([n for n in os.listdir("/dev/shm") if n.startswith("comfystream-")]),
+            children=len(children),
+            shm=len([n for n in os.listdir("/dev/shm") if _maker(n) in children | {pid}]),
         )
 
     def settled(self, baseline: Resources) -> bool:
         return all(getattr(self, k) <= getattr(baseline, k) for k in ("threads", "fds", "children", "shm"))
+
+
+def _maker(name: str) -> int | None:
+    """The process a /dev/shm entry of comfystream's is named after (`comfystream-ring-PID-...`,
+    `comfystream-weights-PID-...`): only the server's own count, not those of other servers on the
+    machine (a parallel test run)."""
+    kind, _, rest = name.removeprefix("comfystream-").partition("-")
+    pid = rest.split("-", 1)[0]
+    return int(pid) if name.startswith("comfystream-") and kind and pid.isdigit() else None
 
 
 def _descendants(pid: int) -> set[int]:

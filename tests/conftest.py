@@ -13,17 +13,27 @@ import pytest
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-RING_PREFIX = "comfystream-ring-"  # workers/ring.py names a ring after the pid that made it
+# What the product puts in /dev/shm is named after the process that made it: a frame ring
+# (workers/ring.py) after its maker, a shared-weights run (workers/shared_weights.py) after its
+# server; the tests' own weight roots after the test process.
+PID_PREFIXES = ("comfystream-ring-", "comfystream-weights-", "cs-test-weights-")
 
 
-def _foreign_ring(name: str, ours: set[int]) -> bool:
-    """A ring made by a live process that is not this test run (another run on the machine)."""
-    if not name.startswith(RING_PREFIX):
+def _maker(name: str) -> int | None:
+    for prefix in PID_PREFIXES:
+        if name.startswith(prefix):
+            pid = name[len(prefix) :].split("-", 1)[0]
+            return int(pid) if pid.isdigit() else None
+    return None
+
+
+def _foreign(name: str, ours: set[int]) -> bool:
+    """Made by a live process that is not this test process or one of its descendants: another
+    run on the machine, or another pytest-xdist worker of this run."""
+    pid = _maker(name)
+    if pid is None or pid in ours:
         return False
-    pid = name[len(RING_PREFIX) :].split("-", 1)[0]
-    if not pid.isdigit() or int(pid) in ours:
-        return False
-    return os.path.exists(f"/proc/{pid}")  # a dead maker's ring is a leak, whoever made it
+    return os.path.exists(f"/proc/{pid}")  # a dead maker's segment is a leak, whoever made it
 
 
 def _shm_entries() -> set[str]:
@@ -32,7 +42,7 @@ def _shm_entries() -> set[str]:
     except FileNotFoundError:
         return set()
     ours = _child_pids() | {os.getpid()}
-    return {n for n in names if not _foreign_ring(n, ours)}
+    return {n for n in names if not _foreign(n, ours)}
 
 
 def _child_pids() -> set[int]:
@@ -95,3 +105,68 @@ def free_port() -> int:
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# -- pytest-xdist (scripts/test.sh: `-n <cores + 1> --dist loadfile`) ----------------------------
+# A test file is one unit of work: its module-scoped fixtures (a probe's outputs, a server) are
+# made once, on the worker that runs it. Some units span files: tests/jobs shares one server per
+# package, and the SD 1.5 files share ComfyUI's reference outputs and must not load their
+# checkpoints (GBs each) beside one another. (xdist's `xdist_group` mark cannot say this: with
+# pytest >= 9.2 `--dist loadgroup` ignores it, pytest-xdist issue 1386.)
+XDIST_UNITS = {
+    "tests/jobs/": "tests/jobs/",
+    "tests/comfyui/test_real_model.py": "sd15",
+    "tests/comfyui/test_shared_weights_sd15.py": "sd15",
+}
+# The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
+# together; the others keep their order.
+LONGEST_FIRST = [
+    "sd15",
+    "tests/pipeline/test_hang_deadline.py",
+    "tests/workers/test_shared_weights.py",
+    "tests/pipeline/test_pipeline_lifecycle.py",
+    "tests/workers/test_shared_weights_cuda.py",
+    "tests/dashboard/test_jobs_page.py",
+    "tests/hardening/test_fuzz_openapi.py",
+    "tests/engine/test_cli.py",
+    "tests/editor/test_editor_parallel.py",
+    "tests/webrtc/test_peer_streams.py",
+    "tests/soak/test_soak.py",
+    "tests/jobs/",
+    "tests/comfyui/test_comfyui_workspace.py",
+    "tests/server/test_stream_e2e.py",
+    "tests/editor/test_editor_page.py",
+    "tests/server/test_serve_command.py",
+    "tests/pipeline/test_pipeline_correspondence.py",
+]
+
+
+def xdist_unit(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    for prefix, unit in XDIST_UNITS.items():
+        if path.startswith(prefix):
+            return unit
+    return path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with the units above: each goes to one worker, in the order collected."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class UnitScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    config.option.loadscopereorder = False  # the workers' order (LONGEST_FIRST), not xdist's (most tests first)
+    return UnitScheduling(config, log)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # not an xdist worker: the usual order
+        return
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(xdist_unit(item.nodeid), len(rank)))  # stable: files stay whole

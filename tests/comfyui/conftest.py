@@ -7,6 +7,7 @@ modules are process-global and must not leak into pytest's own process.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -110,10 +111,21 @@ def checkpoint_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sd15_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str]) -> Path:
+    out = checkpoint_cache_dir() / CHECKPOINT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time (pytest-xdist workers, or runs side by side): the others wait and find
+    # it made. The command itself writes a temp file and renames it, so a killed build leaves none.
+    with open(out.parent / f".{CHECKPOINT_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = _make_checkpoint(comfyui_path, comfyui_env, out)
+    assert proc.returncode == 0, f"make-test-checkpoint failed:\n{proc.stderr[-3000:]}"
+    return out
+
+
+def _make_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str], out: Path):
     import subprocess
 
-    out = checkpoint_cache_dir() / CHECKPOINT_NAME
-    proc = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -128,8 +140,6 @@ def sd15_checkpoint(comfyui_path: Path, comfyui_env: dict[str, str]) -> Path:
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, f"make-test-checkpoint failed:\n{proc.stderr[-3000:]}"
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,16 @@ def frames() -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
     """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3]."""
+    # test_shared_weights_sd15.py imports this fixture (it is a fixture of that module too, and
+    # the module is imported twice, by pytest and by that import): the outputs are kept in the
+    # session's temp folder, so that ComfyUI runs the prompts once per test process.
+    kept = tmp_path_factory.getbasetemp() / "real_model_reference.npy"
+    if not kept.exists():
+        np.save(kept, _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory))
+    return np.load(kept)
+
+
+def _run_reference(comfyui_path, comfyui_env, model_paths, frames, tmp_path_factory) -> np.ndarray:
     tmp = tmp_path_factory.mktemp("real_model")
     frames_path, prompts_path, out = tmp / "frames.npy", tmp / "prompts.json", tmp / "reference.npy"
     np.save(frames_path, frames)

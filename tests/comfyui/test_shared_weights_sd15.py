@@ -3,6 +3,7 @@ weights (workers/shared_weights.py), and each still gives exactly ComfyUI's own 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,7 +46,7 @@ async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
 ):
     from comfystream.pipeline import ProcessPoolPipeline
 
-    root = Path(tempfile.mkdtemp(prefix="cs-test-weights-", dir="/dev/shm"))
+    root = Path(tempfile.mkdtemp(prefix=f"cs-test-weights-{os.getpid()}-", dir="/dev/shm"))
     backend = make_backend(comfyui_path, model_paths, shared_weights_root=str(root))
     pipelines = []
     try:

@@ -65,7 +65,7 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def shm_root():
     """A root for the run directories, in /dev/shm (tmpfs, as the server's default)."""
-    root = Path(tempfile.mkdtemp(prefix="cs-test-weights-", dir="/dev/shm"))
+    root = Path(tempfile.mkdtemp(prefix=f"cs-test-weights-{os.getpid()}-", dir="/dev/shm"))
     try:
         yield root
     finally:
