@@ -31,6 +31,7 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for `bench.` imports
 
 from e2e import free_port, pct, stop_server, wait_healthy, wait_running  # noqa: E402
 

@@ -35,7 +35,10 @@ from pathlib import Path
 import aiohttp
 from e2e import free_port, pct, run_relay_only, stop_server, wait_healthy
 
-from bench.trickle_client import OutputReader, PatternPublisher, create_channel
+# Run as a script, bench/ is on the path, not the repo root its `bench.` imports start from.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.trickle_client import OutputReader, PatternPublisher, create_channel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NODES = ROOT / "bench" / "nodes"

@@ -31,7 +31,10 @@ from pathlib import Path
 import aiohttp
 from e2e import free_port, stop_server, wait_healthy  # bench/ is the script's folder
 
-from bench.trickle_client import PatternPublisher, create_channel
+# Run as a script, bench/ is on the path, not the repo root its `bench.` imports start from.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.trickle_client import PatternPublisher, create_channel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RSS_BUDGET_MB = 30.0
