@@ -14,9 +14,12 @@ from typing import Any
 from aiohttp import web
 from PIL import Image, ImageFilter, ImageOps
 
+from comfystream.nodes.folders import list_input_images
 from server.http.keys import CONFIG_KEY
 from server.http.routes import Route
 from server.jobs import SAMPLE_IMAGE
+from server.jobs.settings import JOB_SETTINGS_KEY
+from server.jobs.submit import job_folders
 
 CATEGORY_TITLE = "Live video (comfystream)"
 
@@ -178,10 +181,6 @@ def thumbnail_png(name: str) -> bytes:
 def _with_image(steps: tuple[Step, ...], request: web.Request) -> tuple[Step, ...]:
     """The chain's LoadImage on an image the input folder has: the sample when it is there (the
     server puts it into an empty folder), else the first image (a folder of the user's own)."""
-    from comfystream.nodes.folders import list_input_images
-    from server.jobs.settings import JOB_SETTINGS_KEY
-    from server.jobs.submit import job_folders
-
     with job_folders(request.app[JOB_SETTINGS_KEY]):
         names = list_input_images()
     if not names or SAMPLE_IMAGE.name in names:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 
 from server.http import errors
+from server.http.errors import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ def _is_websocket(request: web.Request) -> bool:
 
 def documented_responses(op) -> dict[int, object]:
     """For the OpenAPI document: the 403 this middleware may answer to `op` (an openapi.Operation)."""
-    from server.http.errors import ErrorResponse
-
     if op.method.upper() in SAFE_METHODS and op.path not in ("/ws", "/api/ws"):
         return {}
     return {403: ErrorResponse}

@@ -9,11 +9,10 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from comfystream.pipeline.backend import WorkerSpec
+from comfystream.pipeline.backend import WorkerBackend, WorkerSpec
 from server.http.keys import CONFIG_KEY
 from server.http.routes import Route, add_routes
 from server.jobs import comfy_routes, stream_events, task_routes, ws
@@ -21,6 +20,7 @@ from server.jobs.scheduler import JOB_SCHEDULER_KEY, JobScheduler
 from server.jobs.settings import JOB_BACKEND_KEY, JOB_SETTINGS_KEY, JobSettings
 from server.jobs.tasks import TASK_TRACKER_KEY, TaskTracker
 from server.jobs.ws import WS_HUB_KEY
+from server.streams.pipelines import PIPELINE_RESOURCES_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -128,15 +128,13 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     await app[JOB_SCHEDULER_KEY].stop()
 
 
-def _backend(app: web.Application) -> Any:
+def _backend(app: web.Application) -> WorkerBackend:
     """`app[JOB_BACKEND_KEY]` if set, else the backend the app's stream workers come from (so jobs
     and streams share GPU placement, and the workers load the server's --workspace and
     --custom-nodes). WorkerSpec() takes that backend's defaults."""
     backend = app.get(JOB_BACKEND_KEY)
     if backend is not None:
         return backend
-    from server.streams.pipelines import PIPELINE_RESOURCES_KEY
-
     return app[PIPELINE_RESOURCES_KEY].backend
 
 

@@ -4,7 +4,6 @@ answered as 400 / 404 / 409 / 503 bodies, each counted in `requests_rejected`.""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -14,10 +13,9 @@ from comfystream.pipeline.backend import NoGpuRoom, WorkerError
 from comfystream.prompts import PromptFormatError
 from server.http import errors
 from server.http.keys import CONFIG_KEY, METRICS_KEY
+from server.http.routes import Handler
 from server.nodes.validation import PromptRejected
 from server.streams.types import AtCapacity, NotNow, StreamExists, StreamNotFound
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def api_handler(handler: Handler) -> Handler:

@@ -15,6 +15,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from server.livepeer.gateway_params import unwrap_params
+
 # Sizes must be even: H.264 (yuv420p) cannot encode odd widths or heights.
 MIN_SIZE = 16
 MAX_SIZE = 4096
@@ -170,8 +172,6 @@ class StreamParams(GivesPrompts, BaseModel):
 
 def _start_params(value: Any) -> Any:
     """`params: null` is no params (pytrickle), and the gateway's wrappings come off."""
-    from server.livepeer.gateway_params import unwrap_params
-
     value = unwrap_params(value)
     return {} if value is None else value
 
