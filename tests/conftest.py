@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import is_template
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -46,7 +48,9 @@ def _shm_entries() -> set[str]:
 
 
 def _child_pids() -> set[int]:
-    """Live (non-zombie) descendants of this test process."""
+    """Live (non-zombie) descendants of this test process, but the worker template: like
+    multiprocessing's resource tracker, it lives as long as the process that started it (the
+    workers it forked are counted)."""
     me = os.getpid()
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -66,7 +70,7 @@ def _child_pids() -> set[int]:
         for child in children.get(stack.pop(), []):
             out.add(child)
             stack.append(child)
-    return out
+    return {pid for pid in out if not is_template(pid)}
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

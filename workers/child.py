@@ -26,16 +26,21 @@ from workers import messages as m
 from workers.child_state import Background, Outbox, WorkerConfig, WorkerState, pinned_environment
 from workers.frame_work import FrameWork
 from workers.job_work import JobWork
-from workers.lifecycle import die_with_parent
+from workers.launch import Inheritance
+from workers.lifecycle import die_with_parent, leave_template
 
 logger = logging.getLogger(__name__)
 
 _STATE: WorkerState | None = None
 
 
-def initialize(config: WorkerConfig, conn: Connection) -> None:
-    """ProcessPoolExecutor initializer: runs once in the fresh worker process."""
+def initialize(config: WorkerConfig, conn: Connection, inheritance: Inheritance | None = None) -> None:
+    """ProcessPoolExecutor initializer: runs once in the fresh worker process. `inheritance`:
+    what a spawned worker inherits at exec, given to one forked from the template
+    (workers/launch.py), which has the template's."""
     global _STATE
+    if inheritance is not None:
+        inheritance.take_on()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
     logging.basicConfig(
         level=config.log_level,
@@ -43,19 +48,19 @@ def initialize(config: WorkerConfig, conn: Connection) -> None:
         stream=sys.stderr,
     )
     die_with_parent(config.parent_pid)
+    if inheritance is not None:
+        leave_template()
     conn.send(m.Started(os.getpid()))  # before anything slow: the server can stop us from now on
     try:
-        # The server already put these in our environment at exec (pinned_environment), before
-        # anything was imported, even the server's main module that spawn re-imports here; set
-        # them again in case this initializer is used another way.
+        # The server already put these in our environment (pinned_environment): at exec when
+        # spawned, before anything was imported, even the server's main module that spawn
+        # re-imports here; just above when forked from the template, which imported torch but
+        # never initialised CUDA, where they are read. Set them again in case this initializer
+        # is used another way.
         pinned = pinned_environment(config)
-        if (
-            "torch" in sys.modules
-            and os.environ.get("CUDA_VISIBLE_DEVICES") != pinned["CUDA_VISIBLE_DEVICES"]
-        ):
-            logger.warning(
-                "torch was imported before the GPU was pinned; CUDA_VISIBLE_DEVICES may be ignored"
-            )
+        torch_module = sys.modules.get("torch")
+        if torch_module is not None and torch_module.cuda.is_initialized():
+            logger.warning("CUDA was initialised before the GPU was pinned; CUDA_VISIBLE_DEVICES may be ignored")
         for key, value in pinned.items():
             if key == "PYTORCH_CUDA_ALLOC_CONF":
                 os.environ.setdefault(key, value)

@@ -1,9 +1,10 @@
 """The server's handle on one worker process: spawn, pipe, heartbeats, requests, stop.
 
-The process is a `ProcessPoolExecutor(max_workers=1, mp_context=spawn)` whose initializer loads
-the engine and whose one task is the worker's loop (`workers.child.serve`). The executor is used
-through its public API alone: its pid and readiness come over our own pipe (`Started`, `Ready`),
-and its death shows as the pipe's EOF or as the long-running future's `BrokenProcessPool`. Every
+The process is a `ProcessPoolExecutor(max_workers=1)` whose initializer loads the engine and whose
+one task is the worker's loop (`workers.child.serve`); it is forked from the template or spawned
+(workers/launch.py). The executor is used through its public API alone: its readiness comes over
+our own pipe (`Started`, `Ready`), its process through the context we give it, and its death shows
+as the pipe's EOF or as the long-running future's `BrokenProcessPool`. Every
 message goes over the pipe, read with `loop.add_reader` (no thread hop per frame). Stop is: ask
 (`Stop`), SIGTERM, SIGKILL, each with its timeout, then `executor.shutdown(wait=True)`, which
 joins the executor's thread and process. This class never restarts anything; `workers.supervisor`
@@ -16,7 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -31,11 +31,10 @@ from comfystream.pipeline.backend import WorkerError, WorkerLost, WorkerStartErr
 from workers import child
 from workers import messages as m
 from workers.child_state import WorkerConfig, pinned_environment
+from workers.launch import FORKSERVER, SPAWN, TEMPLATE, Inheritance, RecordingContext
 from workers.shared_weights import memory_counts
 
 logger = logging.getLogger(__name__)
-
-_SPAWN = multiprocessing.get_context("spawn")
 
 # Every worker is spawned from this one long-lived thread: PR_SET_PDEATHSIG fires when the
 # *thread* that forked the child exits, and spawning here also keeps fork+exec off the event loop.
@@ -64,44 +63,72 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 class _Signaller:
-    """Signals the process by pid, and never after the executor may have reaped it (the pid could
-    then be another process's): the executor marks the long-running future broken before it
-    joins the process, and that marking, seen here under the lock, ends our right to signal."""
+    """Signals the process, never another that took its pid after it was reaped: through a pidfd,
+    which names that very process whoever reaps it (the executor reaps a spawned worker, the
+    template a forked one). Without pidfds, by pid, and never after the executor may have reaped
+    it: the executor marks the long-running future broken before it joins the process, and that
+    marking, seen here under the lock, ends our right to signal."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pid: int | None = None
+        self.process: Any = None  # the multiprocessing Process, once started
+        self._pidfd: int | None = None
         self.reaped = False
         self.exitcode: int | None = None
         self.sent: int | None = None  # the last signal sent
+
+    def on_process(self, process: Any) -> None:
+        """In the spawner thread, as the executor makes its process (not started yet)."""
+        self.process = process
+
+    def on_started(self) -> None:
+        """In the spawner thread, right after the process started (alive: nobody has reaped it)."""
+        with self._lock:
+            if self.process is None or self.process.pid is None:
+                return
+            self.pid = self.process.pid
+            with contextlib.suppress(AttributeError, OSError):
+                self._pidfd = os.pidfd_open(self.pid)
 
     def on_loop_done(self, future: Future[Any]) -> None:
         """In the executor's thread, when the worker's loop task ends."""
         if future.cancelled() or not isinstance(future.exception(), BrokenProcessPool):
             return  # the loop raised, the process lives on: the stop that follows kills it
-        pid, exitcode = self.pid, None
-        # Not reaped yet (the executor joins it after this callback): read its exit status and
-        # leave it waitable. Its pipe to the executor closes a moment before it becomes waitable.
-        for _ in range(100 if pid is not None else 0):
-            try:
-                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except (ChildProcessError, OSError):
-                break
-            if info is not None:
-                exitcode = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-                break
-            time.sleep(0.01)
         with self._lock:
-            self.exitcode = exitcode
             self.reaped = True
+            process = self.process
+        # Its pipe to the executor closes a moment before its exit status is there to read.
+        if process is not None:
+            process.join(1.0)
+            with self._lock:
+                self.exitcode = process.exitcode
 
     def send(self, sig: int) -> None:
         with self._lock:
+            if self._pidfd is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(self._pidfd, sig)
+                    self.sent = sig
+                return
             if self.pid is None or self.reaped:
                 return
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
                 self.sent = sig
+
+    def close(self) -> None:
+        """Once the process is reaped: nothing is signalled from here on, and the process's own
+        descriptors (its sentinel) are closed now rather than whenever it is collected."""
+        with self._lock:
+            self.reaped = True
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            process, self.process = self.process, None
+        if process is not None:
+            with contextlib.suppress(ValueError):  # still running: a stop that could not reap it
+                process.close()
 
 
 class WorkerProcess:
@@ -170,7 +197,7 @@ class WorkerProcess:
             raise WorkerError(f"{self.name} already started")
         self.state = "starting"
         loop = self._loop = asyncio.get_running_loop()
-        parent_conn, child_conn = _SPAWN.Pipe(duplex=True)
+        parent_conn, child_conn = SPAWN.Pipe(duplex=True)
         self._conn = parent_conn
         self._started = loop.create_future()
         self._ready_future = loop.create_future()
@@ -179,14 +206,21 @@ class WorkerProcess:
             _live.add(self)
 
         def spawn() -> ProcessPoolExecutor:
+            pinned = pinned_environment(self.config)
+            environ = {**os.environ, **pinned}
+            forked = TEMPLATE.fits(environ)
             executor = ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=_SPAWN,
+                mp_context=RecordingContext(FORKSERVER if forked else SPAWN, self._signaller.on_process),
                 initializer=child.initialize,
-                initargs=(self.config, child_conn),
+                # A forked worker takes on what a spawned one inherits at exec.
+                initargs=(self.config, child_conn, Inheritance.of_server(environ) if forked else None),
             )
-            with _environment(pinned_environment(self.config)):
-                future = executor.submit(child.serve)  # with spawn, the process starts here
+            # Spawned, it has these from exec on; they are also the template's own when this
+            # starts it (with the import-time part, its key, fixed by the first worker to fork).
+            with _environment(pinned):
+                future = executor.submit(child.serve)  # the process starts here
+            self._signaller.on_started()
             future.add_done_callback(self._signaller.on_loop_done)
             future.add_done_callback(lambda _: self._call_soon(self._on_gone, "process exited"))
             return executor
@@ -432,6 +466,7 @@ class WorkerProcess:
             await asyncio.wait_for(asyncio.shield(done), REAP_TIMEOUT_S)
             # Its last act was to wake us: joining it is immediate, and no thread outlives the stop.
             reaper.join()
+            self._signaller.close()  # the executor joined its process: nothing left to signal
         except TimeoutError:
             logger.warning("%s: executor still running after %.0f s", self.name, REAP_TIMEOUT_S)
             self.kill()

@@ -9,22 +9,12 @@ import os
 from stream_stack import Stack
 
 from bench.trickle_client import PatternPublisher
+from tests.processes import worker_pids
 
 
 def _worker_pids() -> set[int]:
-    """Live worker processes of this test process (spawned children other than the tracker)."""
-    me, pids = str(os.getpid()), set()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except (OSError, ValueError):
-            continue
-        if fields[1] == me and fields[0] != "Z" and b"spawn_main" in cmdline:
-            pids.add(int(entry))
-    return pids
+    """Live worker processes of this test process (spawned, or forked from its template)."""
+    return worker_pids(os.getpid())
 
 
 async def test_restart_worker_then_delete_leaves_no_worker(stack: Stack) -> None:

@@ -50,11 +50,22 @@ async def _until(predicate, timeout: float = 120.0) -> bool:
     return predicate()
 
 
-async def test_stops_in_every_order_leave_no_process(no_leaks):
+async def test_stops_in_every_order_leave_no_process(no_leaks, tmp_path):
     backend = ProcessPoolBackend(gpus=[], graceful_stop_s=1.0)
 
+    # Custom nodes that load while `hold` exists: a stop comes while a process starts, however
+    # fast a start is.
+    hold = tmp_path / "hold"
+    nodes = tmp_path / "nodes"
+    (nodes / "held_nodes").mkdir(parents=True)
+    (nodes / "held_nodes" / "__init__.py").write_text(
+        f"import os, time\nwhile os.path.exists({str(hold)!r}):\n    time.sleep(0.02)\nNODE_CLASS_MAPPINGS = {{}}\n"
+    )
+    held = WorkerSpec(custom_node_dirs=(str(nodes),))
+
     # Stop during start: the process being spawned is stopped with the worker.
-    worker = backend.create_worker(WorkerSpec(), "stop-during-start")
+    hold.touch()
+    worker = backend.create_worker(held, "stop-during-start")
     starting = asyncio.create_task(worker.start())
     assert await _until(lambda: worker._task is not None)
     await asyncio.sleep(0.3)  # the spawn is under way
@@ -64,16 +75,19 @@ async def test_stops_in_every_order_leave_no_process(no_leaks):
     assert worker.state == "stopped" and worker.proc is None
 
     # Stop during restart (restart-worker, then DELETE a moment later).
-    worker = backend.create_worker(WorkerSpec(), "stop-during-restart")
+    hold.unlink()
+    worker = backend.create_worker(held, "stop-during-restart")
     await worker.start()
     await worker.open_channel(_channel(), Listener())
     first = worker.pid
+    hold.touch()
     restarting = asyncio.create_task(worker.restart("requested"))
     await asyncio.sleep(0.3)
     await worker.stop()
     with pytest.raises(WorkerLost):
         await restarting
     assert first is not None and not alive(first)
+    hold.unlink()
 
     # Restart during stop: refused, and the stop completes.
     worker = backend.create_worker(WorkerSpec(), "restart-during-stop")
