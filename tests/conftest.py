@@ -114,18 +114,19 @@ def artifacts_dir() -> Path:
 # -- pytest-xdist (scripts/test.sh: `-n <cores + 1> --dist loadfile`) ----------------------------
 # A test file is one unit of work: its module-scoped fixtures (a probe's outputs, a server) are
 # made once, on the worker that runs it. Some units span files: tests/jobs shares one server per
-# package, and the SD 1.5 files share ComfyUI's reference outputs and must not load their
-# checkpoints (GBs each) beside one another. (xdist's `xdist_group` mark cannot say this: with
-# pytest >= 9.2 `--dist loadgroup` ignores it, pytest-xdist issue 1386.)
+# package, and the SD 1.5 files go in two units, so that no more than two of their checkpoints
+# (GBs each) are loaded at once. (xdist's `xdist_group` mark cannot say this: with pytest >= 9.2
+# `--dist loadgroup` ignores it, pytest-xdist issue 1386.)
 XDIST_UNITS = {
     "tests/jobs/": "tests/jobs/",
-    "tests/comfyui/test_real_model.py": "sd15",
-    "tests/comfyui/test_shared_weights_sd15.py": "sd15",
+    "tests/comfyui/test_real_model_commands.py": "sd15-commands",
+    "tests/comfyui/test_shared_weights_sd15.py": "sd15-commands",
 }
 # The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
 # together; the others keep their order.
 LONGEST_FIRST = [
-    "sd15",
+    "tests/comfyui/test_real_model.py",
+    "sd15-commands",
     "tests/pipeline/test_hang_deadline.py",
     "tests/workers/test_shared_weights.py",
     "tests/pipeline/test_pipeline_lifecycle.py",

@@ -152,3 +152,19 @@ def model_paths(sd15_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     yaml = root / "extra_model_paths.yaml"
     yaml.write_text(f"comfystream_tests:\n  base_path: {root}\n  checkpoints: checkpoints\n")
     return yaml
+
+
+@pytest.fixture(scope="session")
+def frames():
+    """The SD 1.5 tests' input frames (tests/comfyui/sd15.py)."""
+    from tests.comfyui.sd15 import sd15_frames
+
+    return sd15_frames()
+
+
+@pytest.fixture(scope="session")
+def reference(comfyui_path, comfyui_env, model_paths, tmp_path_factory):
+    """ComfyUI's own outputs for the SD 1.5 tests' prompts and frames (tests/comfyui/sd15.py)."""
+    from tests.comfyui.sd15 import run_reference
+
+    return run_reference(comfyui_path, comfyui_env, model_paths, tmp_path_factory)

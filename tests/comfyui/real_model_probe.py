@@ -1,5 +1,5 @@
 """ComfyUI's own execution of img2img prompts on given frames, in a fresh process; the reference
-for tests/comfyui/test_real_model.py. Usage:
+for the SD 1.5 tests (tests/comfyui/sd15.py). Usage:
 `python real_model_probe.py COMFYUI MODEL_PATHS.yaml FRAMES.npy PROMPTS.json OUT.npy`
 (OUT: float32 [prompts, 2, frames, H, W, 3], each prompt run on every frame, in order; the frame
 made a float IMAGE as a worker does ([:, 0]) and as LoadImage reads a PNG of it ([:, 1])).

@@ -12,16 +12,7 @@ import numpy as np
 import pytest
 
 from tests.comfyui.conftest import worker_uint8
-from tests.comfyui.test_real_model import (  # noqa: F401 (fixtures)
-    FRAMES,
-    PROMPTS,
-    SIZE,
-    frames,
-    make_backend,
-    next_output,
-    reference,
-    video_frame,
-)
+from tests.comfyui.sd15 import FRAMES, PROMPTS, SIZE, make_backend, next_output, video_frame
 from workers.shared_weights import RUN_PREFIX, WEIGHTS_SUFFIX, mapping_usage, memory_usage
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(900)]
@@ -39,8 +30,8 @@ def available_bytes() -> int:
 async def test_two_sd15_streams_map_one_copy_of_the_checkpoint(
     comfyui_path,
     model_paths,
-    frames,  # noqa: F811
-    reference,  # noqa: F811
+    frames,
+    reference,
     standin_on_path,
     no_leaks,
 ):

@@ -1,0 +1,123 @@
+"""SD 1.5 img2img as users stream it, and ComfyUI's own outputs to compare with: shared by the
+real-model tests (test_real_model*.py, test_shared_weights_sd15.py).
+
+The prompt is CheckpointLoaderSimple -> CLIPTextEncode x2 -> VAEEncode(frame) -> KSampler 1 step ->
+VAEDecode, on a checkpoint of the real architecture with seeded random weights
+(`make-test-checkpoint`); ComfyUI's outputs come from `real_model_probe.py` (ComfyUI's
+PromptExecutor, one torch thread as the workers run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from bench.comfyui_native import sd15_img2img
+from tests.comfyui.conftest import CHECKPOINT_NAME
+
+PROBE = Path(__file__).resolve().parent / "real_model_probe.py"
+SIZE = 64
+FRAMES = 3
+
+PROMPTS = [
+    sd15_img2img(CHECKPOINT_NAME),
+    sd15_img2img(CHECKPOINT_NAME, "an oil painting of a harbour", denoise=0.7),
+]
+
+
+def saved_uint8(image: np.ndarray) -> np.ndarray:
+    """ComfyUI's SaveImage conversion (255 x, clipped, truncated): what a written PNG holds."""
+    return np.clip(255.0 * image, 0, 255).astype(np.uint8)
+
+
+def rss_kib(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0])
+    return fields
+
+
+def sd15_frames() -> np.ndarray:
+    return np.random.default_rng(11).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+def run_reference(
+    comfyui_path: Path, comfyui_env: dict[str, str], model_paths: Path, tmp_path_factory: pytest.TempPathFactory
+) -> np.ndarray:
+    """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3].
+
+    Made once per run: the SD 1.5 test files run on separate pytest-xdist workers (tests/conftest.py),
+    and the first to need the outputs makes them under a lock in the run's shared temp folder
+    while the others wait."""
+    base = tmp_path_factory.getbasetemp()
+    run_dir = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    kept = run_dir / "real_model_reference.npy"
+    with open(run_dir / "real_model_reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not kept.exists():
+            made = _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory)
+            partial = kept.with_suffix(".partial.npy")
+            np.save(partial, made)
+            partial.rename(kept)
+    return np.load(kept)
+
+
+def _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> np.ndarray:
+    tmp = tmp_path_factory.mktemp("real_model")
+    frames_path, prompts_path, out = tmp / "frames.npy", tmp / "prompts.json", tmp / "reference.npy"
+    np.save(frames_path, sd15_frames())
+    prompts_path.write_text(json.dumps(PROMPTS))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROBE),
+            str(comfyui_path),
+            str(model_paths),
+            str(frames_path),
+            str(prompts_path),
+            str(out),
+        ],
+        env=comfyui_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"probe failed:\n{proc.stderr[-4000:]}"
+    return np.load(out)
+
+
+def make_backend(comfyui_path: Path, model_paths: Path, **settings: Any):
+    from workers.backend import ProcessPoolBackend
+
+    return ProcessPoolBackend(
+        gpus=[],
+        workspace=str(comfyui_path),
+        workspace_settings={"extra_model_paths": [str(model_paths)], "load_custom_nodes": False},
+        startup_timeout_s=300.0,
+        **settings,
+    )
+
+
+def video_frame(rgb: np.ndarray, pts: int) -> av.VideoFrame:
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frame.pts, frame.time_base = pts, Fraction(1, 30)
+    return frame
+
+
+async def next_output(pipeline, pts: int) -> np.ndarray:
+    out = await asyncio.wait_for(pipeline.get_processed_video_frame(), 120)
+    assert out.pts == pts
+    return out.to_ndarray(format="rgb24")
