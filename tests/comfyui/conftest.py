@@ -163,8 +163,8 @@ def frames():
 
 
 @pytest.fixture(scope="session")
-def reference(comfyui_path, comfyui_env, model_paths, tmp_path_factory):
+def reference(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory):
     """ComfyUI's own outputs for the SD 1.5 tests' prompts and frames (tests/comfyui/sd15.py)."""
     from tests.comfyui.sd15 import run_reference
 
-    return run_reference(comfyui_path, comfyui_env, model_paths, tmp_path_factory)
+    return run_reference(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory)

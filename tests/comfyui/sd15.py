@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
-import os
 import subprocess
 import sys
 from fractions import Fraction
@@ -24,9 +24,10 @@ import numpy as np
 import pytest
 
 from bench.comfyui_native import sd15_img2img
-from tests.comfyui.conftest import CHECKPOINT_NAME
+from tests.comfyui.conftest import CHECKPOINT_NAME, checkpoint_cache_dir
 
 PROBE = Path(__file__).resolve().parent / "real_model_probe.py"
+REPO = PROBE.parents[2]
 SIZE = 64
 FRAMES = 3
 
@@ -55,17 +56,22 @@ def sd15_frames() -> np.ndarray:
 
 
 def run_reference(
-    comfyui_path: Path, comfyui_env: dict[str, str], model_paths: Path, tmp_path_factory: pytest.TempPathFactory
+    comfyui_path: Path,
+    comfyui_env: dict[str, str],
+    model_paths: Path,
+    checkpoint: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> np.ndarray:
     """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3].
 
-    Made once per run: the SD 1.5 test files run on separate pytest-xdist workers (tests/conftest.py),
-    and the first to need the outputs makes them under a lock in the run's shared temp folder
-    while the others wait."""
-    base = tmp_path_factory.getbasetemp()
-    run_dir = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    kept = run_dir / "real_model_reference.npy"
-    with open(run_dir / "real_model_reference.lock", "w") as lock:
+    Kept beside the test checkpoint (tests/comfyui/conftest.py), under a key of everything they
+    depend on (`reference_key`): the SD 1.5 test files run on separate pytest-xdist workers
+    (tests/conftest.py), and the first to need the outputs makes them under a lock while the
+    others wait; a later run on the same machine, with the same ComfyUI, torch and checkpoint,
+    reads them. The outputs are ComfyUI's alone: nothing of comfystream's stream path goes in."""
+    kept = checkpoint_cache_dir() / "references" / f"sd15-{reference_key(comfyui_path, checkpoint)}.npy"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with open(kept.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not kept.exists():
             made = _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory)
@@ -73,6 +79,34 @@ def run_reference(
             np.save(partial, made)
             partial.rename(kept)
     return np.load(kept)
+
+
+# What the probe runs besides ComfyUI itself (the workspace loader it imports ComfyUI with, and
+# the conversion of a frame into an IMAGE).
+PROBE_SOURCES = (
+    PROBE,
+    REPO / "bench" / "comfyui_native.py",
+    REPO / "workers" / "tensors.py",
+    *sorted((REPO / "comfystream" / "comfyui").glob("*.py")),
+)
+
+
+def reference_key(comfyui_path: Path, checkpoint: Path) -> str:
+    """A digest of what ComfyUI's outputs depend on: ComfyUI's Python sources, the checkpoint,
+    torch's and numpy's versions, the probe, the prompts and the frames."""
+    import torch
+
+    digest = hashlib.sha256()
+    sources = [p for p in sorted(comfyui_path.rglob("*.py")) if "custom_nodes" not in p.parts]
+    for path in (*sources, *PROBE_SOURCES):
+        digest.update(str(path).encode())
+        digest.update(path.read_bytes())
+    stat = checkpoint.stat()
+    digest.update(f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(f"{torch.__version__}:{np.__version__}:{sys.version}".encode())
+    digest.update(json.dumps(PROMPTS, sort_keys=True).encode())
+    digest.update(sd15_frames().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> np.ndarray:
