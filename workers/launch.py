@@ -15,6 +15,12 @@ library loads, at import, so it is part of the key. A forked worker is handed wh
 inherits at exec, the whole environment and the server's stdout and stderr as they are now
 (`Inheritance`), and takes it on before anything else.
 
+Only workers that run on the CPU fork from the template; a worker pinned to a GPU is spawned, with
+its pinning in its environment from exec on. A CUDA context made in the template before a fork
+(one `torch.cuda.is_available()` at import in anything the template imports would make one) leaves
+every forked worker unable to use CUDA at all, and nothing here has a GPU to prove the template
+never makes one; a GPU worker's start is mostly CUDA's and its models' anyway.
+
 There is one template per server process (the standard library keeps one forkserver per process);
 it ends with the server (see `workers.lifecycle.leave_template`).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -63,13 +70,30 @@ SPAWN = multiprocessing.get_context("spawn")
 FORKSERVER = multiprocessing.get_context("forkserver")
 
 
+# Read by torch's CUDA libraries alone: a torch built without CUDA has none to read them.
+CUDA_PREFIXES = ("PYTORCH_CUDA_", "CUDA_", "CUBLAS", "CUDNN", "NCCL_", "NVIDIA_")
+
+
 def import_time(environ: Mapping[str, str]) -> dict[str, str]:
     """The part of an environment that the template's imports may have read."""
+    cuda = _torch_has_cuda()
     return {
         key: value
         for key, value in environ.items()
-        if key.startswith(IMPORT_TIME_PREFIXES) and key not in LAZY_KEYS
+        if key.startswith(IMPORT_TIME_PREFIXES)
+        and key not in LAZY_KEYS
+        and (cuda or not key.startswith(CUDA_PREFIXES))
     }
+
+
+def _torch_has_cuda() -> bool:
+    """Whether the torch here is built with CUDA (or ROCm); True when this process has not
+    imported torch (the server may not have), the cautious answer."""
+    torch = sys.modules.get("torch")
+    version = getattr(torch, "version", None)
+    if version is None:
+        return True
+    return getattr(version, "cuda", None) is not None or getattr(version, "hip", None) is not None
 
 
 class Template:

@@ -208,7 +208,8 @@ class WorkerProcess:
         def spawn() -> ProcessPoolExecutor:
             pinned = pinned_environment(self.config)
             environ = {**os.environ, **pinned}
-            forked = TEMPLATE.fits(environ)
+            # A GPU-pinned worker is spawned: see workers/launch.py.
+            forked = self.config.gpu is None and TEMPLATE.fits(environ)
             executor = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=RecordingContext(FORKSERVER if forked else SPAWN, self._signaller.on_process),
