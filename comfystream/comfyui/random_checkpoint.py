@@ -131,7 +131,8 @@ def existing_checkpoint(out: str | os.PathLike[str], seed: int, dtype_name: str)
     try:
         from safetensors import safe_open
 
-        with safe_open(str(out), framework="pt") as f:
+        # numpy, not pt: only the header is read, and "pt" imports torch (a second of CPU) for it
+        with safe_open(str(out), framework="numpy") as f:
             meta = f.metadata() or {}
     except Exception:
         return False

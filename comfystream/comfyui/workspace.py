@@ -32,7 +32,6 @@ from comfystream.comfyui.settings import (
 )
 from comfystream.comfyui.v3 import is_v3_node, v1_face
 from comfystream.engine.registry import NodeRegistry
-from comfystream.nodes import build_registry
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +131,10 @@ def load_workspace(
     except (WorkspaceSettingsError, TypeError) as exc:
         raise WorkspaceError(f"bad workspace settings: {exc}") from exc
     if registry is None:
+        # here, not at the top: comfystream.nodes imports torch, which commands that only look at
+        # a workspace (workspace-info on a bad path, setup-workspace, --help) never need
+        from comfystream.nodes import build_registry
+
         registry = build_registry()
     with _lock:
         if _state is None:
