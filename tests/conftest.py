@@ -125,24 +125,24 @@ XDIST_UNITS = {
 # The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
 # together; the others keep their order.
 LONGEST_FIRST = [
-    "tests/comfyui/test_real_model.py",
     "sd15-commands",
-    "tests/pipeline/test_hang_deadline.py",
-    "tests/workers/test_shared_weights.py",
-    "tests/pipeline/test_pipeline_lifecycle.py",
+    "tests/comfyui/test_real_model.py",
     "tests/workers/test_shared_weights_cuda.py",
-    "tests/dashboard/test_jobs_page.py",
     "tests/hardening/test_fuzz_openapi.py",
-    "tests/engine/test_cli.py",
+    "tests/dashboard/test_jobs_page.py",
+    "tests/pipeline/test_hang_deadline.py",
     "tests/editor/test_editor_parallel.py",
-    "tests/webrtc/test_peer_streams.py",
+    "tests/engine/test_cli.py",
     "tests/soak/test_soak.py",
-    "tests/jobs/",
-    "tests/comfyui/test_comfyui_workspace.py",
-    "tests/server/test_stream_e2e.py",
-    "tests/editor/test_editor_page.py",
+    "tests/workers/test_shared_weights.py",
     "tests/server/test_serve_command.py",
-    "tests/pipeline/test_pipeline_correspondence.py",
+    "tests/comfyui/test_comfyui_workspace.py",
+    "tests/editor/test_editor_page.py",
+    "tests/webrtc/test_peer_streams.py",
+    "tests/pipeline/test_pipeline_lifecycle.py",
+    "tests/jobs/",
+    "tests/server/test_stream_e2e.py",
+    "tests/editor/test_editor_streams.py",
 ]
 
 

@@ -98,11 +98,13 @@ def reference_key(comfyui_path: Path, checkpoint: Path) -> str:
 
     digest = hashlib.sha256()
     sources = [p for p in sorted(comfyui_path.rglob("*.py")) if "custom_nodes" not in p.parts]
-    for path in (*sources, *PROBE_SOURCES):
-        digest.update(str(path).encode())
-        digest.update(path.read_bytes())
+    # Named relative to their roots: the same sources in another checkout give the same key.
+    for root, paths in ((comfyui_path, sources), (REPO, PROBE_SOURCES)):
+        for path in paths:
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
     stat = checkpoint.stat()
-    digest.update(f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())  # one per machine
     digest.update(f"{torch.__version__}:{np.__version__}:{sys.version}".encode())
     digest.update(json.dumps(PROMPTS, sort_keys=True).encode())
     digest.update(sd15_frames().tobytes())
