@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import is_template
+from tests.processes import is_template, live_children
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -52,18 +52,7 @@ def _child_pids() -> set[int]:
     multiprocessing's resource tracker, it lives as long as the process that started it (the
     workers it forked are counted)."""
     me = os.getpid()
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
+    children = live_children()
     out: set[int] = set()
     stack = [me]
     while stack:

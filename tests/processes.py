@@ -15,17 +15,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-def is_template(pid: int) -> bool:
-    """The worker template (workers/launch.py): multiprocessing's forkserver."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"multiprocessing.forkserver" in f.read()
-    except OSError:
-        return False
-
-
-def worker_pids(parent: int) -> set[int]:
-    """Live worker processes `parent` started: spawned, or forked from its template."""
+def live_children() -> dict[int, list[int]]:
+    """Every live (non-zombie) process's children, by parent pid."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -37,18 +28,29 @@ def worker_pids(parent: int) -> set[int]:
             continue
         if fields[0] != "Z":
             children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def is_template(pid: int) -> bool:
+    """The worker template (workers/launch.py): multiprocessing's forkserver."""
+    return b"multiprocessing.forkserver" in _cmdline(pid)
+
+
+def worker_pids(parent: int) -> set[int]:
+    """Live worker processes `parent` started: spawned, or forked from its template."""
+    children = live_children()
     out: set[int] = set()
     for pid in children.get(parent, []):
         if is_template(pid):
             out.update(children.get(pid, []))
-        elif _spawned(pid):
+        elif b"spawn_main" in _cmdline(pid):
             out.add(pid)
     return out
-
-
-def _spawned(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"spawn_main" in f.read()
-    except OSError:
-        return False
