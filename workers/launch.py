@@ -39,8 +39,9 @@ from multiprocessing.context import BaseContext
 from typing import Any
 
 # What the template imports once for all its workers: torch, and what a worker imports next
-# (its loop and handlers, and the built-in nodes, whose registry each worker still builds itself).
-PRELOAD = ["torch", "numpy", "workers.child", "comfystream.nodes"]
+# (its loop and handlers, and the built-in nodes, whose registry each worker still builds itself);
+# and its own exit hook, which removes its socket's file after a SIGKILLed server.
+PRELOAD = ["torch", "numpy", "workers.child", "comfystream.nodes", "workers.template_exit"]
 
 # Read by CUDA at its initialisation, not at import: a forked worker sets them itself.
 LAZY_KEYS = frozenset({"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"})

@@ -36,7 +36,10 @@ SERVER = textwrap.dedent(
         worker = backend.create_worker(WorkerSpec(), "orphan-to-be")
         await worker.start()
         await worker.open_channel(ChannelSpec("c", 64, 48, [DEFAULT_PROMPT], warmup_frames=0), Quiet())
-        print(json.dumps({"pid": worker.proc.pid, "ring": worker.channels["c"].ring.name}), flush=True)
+        from multiprocessing import util  # where the worker template's socket is
+
+        info = {"pid": worker.proc.pid, "ring": worker.channels["c"].ring.name, "temp": util.get_temp_dir()}
+        print(json.dumps(info), flush=True)
         await asyncio.sleep(120)
 
 
@@ -74,6 +77,8 @@ def test_worker_dies_when_its_server_is_sigkilled(tmp_path, no_leaks):
         assert _until(lambda: not alive(worker_pid)), f"worker {worker_pid} outlived its SIGKILLed server"
         # The server could not unlink its ring; multiprocessing's tracker does once all are gone.
         assert _until(lambda: not os.path.exists(f"/dev/shm/{ring}")), f"{ring} left in /dev/shm"
+        # Nor remove multiprocessing's temp folder, with the worker template's socket: the template does.
+        assert _until(lambda: not os.path.exists(info["temp"])), f"{info['temp']} left behind"
     finally:
         if server.poll() is None:
             server.kill()
