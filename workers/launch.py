@@ -67,12 +67,12 @@ IMPORT_TIME_PREFIXES = (
     "NVIDIA_",
 )
 
-SPAWN = multiprocessing.get_context("spawn")
-FORKSERVER = multiprocessing.get_context("forkserver")
-
-
 # Read by torch's CUDA libraries alone: a torch built without CUDA has none to read them.
 CUDA_PREFIXES = ("PYTORCH_CUDA_", "CUDA_", "CUBLAS", "CUDNN", "NCCL_", "NVIDIA_")
+
+SPAWN = multiprocessing.get_context("spawn")
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(PRELOAD)  # read when the template starts, at the first fork
 
 
 def import_time(environ: Mapping[str, str]) -> dict[str, str]:
@@ -109,7 +109,6 @@ class Template:
         key = import_time(environ)
         with self._lock:
             if self._key is None:
-                FORKSERVER.set_forkserver_preload(PRELOAD)
                 self._key = key
             return self._key == key
 
