@@ -140,6 +140,21 @@ class Gateway:
             await publisher.close()
 
 
+def fd_targets(pid: int) -> dict[str, int]:
+    """What the process's descriptors point at, counted by kind (`socket`, `pipe`, `pidfd`, a
+    file's path): printed beside a count that did not come back, to say what was left open."""
+    counts: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":", 1)[0] if target.endswith("]") else target
+        kind = "pidfd" if "pidfd" in target else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
 async def settle(pid: int, baseline: Resources, idle_s: float) -> Resources:
     """Wait (at most `idle_s`) until the counts are back to the baseline; the last sample. The
     first sample is taken a second after the last stop: a stop's housekeeping (the C heap's trim)
@@ -173,6 +188,7 @@ async def soak(args: argparse.Namespace) -> dict:
             # needs; it is bounded, min(32, cores + 4) threads, and stays.)
             await asyncio.gather(*(_rounds(gw, f"warm-{s}", 2, args.frames, -1) for s in range(args.streams)))
             baseline = await settle(server.pid, Resources.of(server.pid), args.idle)
+            baseline_fds = fd_targets(server.pid)
             started = time.monotonic()
             for i in range(args.cycles):
                 await gw.cycle(f"soak-{i}", args.frames)
@@ -184,7 +200,9 @@ async def soak(args: argparse.Namespace) -> dict:
                 )
             )
             after = Resources.of(server.pid)
+            settling = time.monotonic()
             idle = await settle(server.pid, baseline, args.idle)
+            settled_s = time.monotonic() - settling
             report = {
                 "cycles": args.cycles,
                 "streams": args.streams,
@@ -195,14 +213,21 @@ async def soak(args: argparse.Namespace) -> dict:
                 "after_races": asdict(after),
                 "after_idle": asdict(idle),
                 "rss_growth_mb": round(idle.rss_mb - baseline.rss_mb, 1),
+                "settle_s": round(settled_s, 1),
                 "errors": gw.errors,
             }
+            if idle.fds > baseline.fds:
+                report["fds_left"] = _difference(fd_targets(server.pid), baseline_fds)
             report["within_budget"] = (
                 report["rss_growth_mb"] <= RSS_BUDGET_MB and idle.settled(baseline) and not gw.errors
             )
     finally:
         stop_server(server, timeout=60)
     return report
+
+
+def _difference(now: dict[str, int], then: dict[str, int]) -> dict[str, int]:
+    return {kind: n - then.get(kind, 0) for kind, n in now.items() if n > then.get(kind, 0)}
 
 
 async def _rounds(gw: Gateway, stream: str, rounds: int, frames: int, kill_at: int) -> None:

@@ -227,22 +227,21 @@ class WorkerProcess:
             return executor
 
         try:
-            # Shielded: the spawn goes on in its thread whatever happens here; its executor is
-            # ours to shut down even when this start is cancelled.
+            # The spawn goes on in its thread whatever happens here, and its executor is ours to
+            # shut down: so it is waited for to the end, however often this start is cancelled
+            # meanwhile (a cancel is raised once it is held).
             spawning = loop.run_in_executor(_spawner, spawn)
             try:
-                self._executor = await asyncio.shield(spawning)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    self._executor = await spawning
-                raise
+                cancelled = await _outlast(spawning)
             finally:
                 child_conn.close()  # the child has its own copy; ours would hide its EOF
-                if self._executor is not None:
-                    # Read the pipe from here on, even when this start was cancelled: the stop
-                    # that follows waits for the pid the worker says first.
-                    self.started_at = self.last_heard = time.monotonic()
-                    loop.add_reader(parent_conn.fileno(), self._on_readable)
+            self._executor = spawning.result()
+            # Read the pipe from here on, even when this start was cancelled: the stop that
+            # follows waits for the pid the worker says first.
+            self.started_at = self.last_heard = time.monotonic()
+            loop.add_reader(parent_conn.fileno(), self._on_readable)
+            if cancelled:
+                raise asyncio.CancelledError
             ready = await asyncio.wait_for(asyncio.shield(self._ready_future), timeout)
         except BaseException as exc:
             reason = "did not start in time" if isinstance(exc, TimeoutError) else f"start failed: {exc!r}"
@@ -442,32 +441,50 @@ class WorkerProcess:
             await self._reap()
         finally:
             if self._executor is not None:
-                self.kill()  # cancelled part-way: the process must not outlive its handle
+                # Cancelled part-way: the process must not outlive its handle, and what holds it
+                # (the executor's thread and pipes, the pidfd) is released once it is gone.
+                self.kill()
+                self._start_reaper()
             self._finish(reason)
             self._stopped.set_result(None)
 
-    async def _reap(self) -> None:
-        """`executor.shutdown(wait=True)` once the process is gone: it joins the executor's thread,
-        which joins the process and closes its queues. On a thread of its own, not the loop's
-        default executor, which may be busy when many streams stop at once."""
+    def _start_reaper(self, then: Callable[[], None] | None = None) -> threading.Thread | None:
+        """`executor.shutdown(wait=True)` on a thread of its own (not the loop's default executor,
+        which may be busy when many streams stop at once): it joins the executor's thread, which
+        joins the process and closes its queues; then the process's own descriptors are closed,
+        and `then` runs. The thread does all of it, so none of it is skipped when the stop that
+        waits for it is cancelled."""
         executor, self._executor = self._executor, None
         if executor is None:
-            return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+            return None
+        signaller = self._signaller
 
         def shutdown() -> None:
             executor.shutdown(wait=True, cancel_futures=True)
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(_resolve, done, None)
+            signaller.close()  # the executor joined its process: nothing left to signal
+            if then is not None:
+                then()
 
         reaper = threading.Thread(target=shutdown, name=f"{self.name}-reap", daemon=True)
         reaper.start()
+        return reaper
+
+    async def _reap(self) -> None:
+        """Reap the process (it is gone) and wait for that, `REAP_TIMEOUT_S` at most."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_resolve, done, None)
+
+        reaper = self._start_reaper(then=wake)
+        if reaper is None:
+            return
         try:
             await asyncio.wait_for(asyncio.shield(done), REAP_TIMEOUT_S)
             # Its last act was to wake us: joining it is immediate, and no thread outlives the stop.
             reaper.join()
-            self._signaller.close()  # the executor joined its process: nothing left to signal
         except TimeoutError:
             logger.warning("%s: executor still running after %.0f s", self.name, REAP_TIMEOUT_S)
             self.kill()
@@ -510,6 +527,18 @@ class WorkerProcess:
             # maps: weights shared with other workers among them); workers.shared_weights.
             "memory": memory_counts(self.pid) if self.pid is not None and self.state != "stopped" else None,
         }
+
+
+async def _outlast(future: asyncio.Future[Any]) -> bool:
+    """Wait until `future` is done, through any cancel of this wait (asyncio.wait cancels
+    nothing): whether this wait was cancelled meanwhile."""
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.wait({future})
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 def _resolve(future: asyncio.Future[Any] | None, value: Any) -> None:

@@ -14,7 +14,6 @@ Two kinds of work subclass it: `workers.stream_worker.StreamWorker` (a stream's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Hashable
@@ -169,8 +168,7 @@ class Supervisor:
         try:
             await self._cancel_bring_up()
             self._take_out_of_service("worker stopped", graceful=True)
-            while self._retiring:
-                await asyncio.gather(*list(self._retiring), return_exceptions=True)
+            await self._retired()
         finally:
             if self._deadline_timer is not None:
                 self._deadline_timer.cancel()
@@ -185,8 +183,16 @@ class Supervisor:
         task, self._task = self._task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # asyncio.wait, not `await task`: a cancel of this wait must not cancel the bring-up a
+            # second time (its cleanup, a process's stop, runs under the first) nor be swallowed.
+            await asyncio.wait({task})
+
+    async def _retired(self) -> None:
+        """Until every process taken out of service is stopped. Waited on, never cancelled from
+        here (asyncio.gather would cancel them with its waiter): a stop cut short leaves its
+        process's executor unreaped."""
+        while self._retiring:
+            await asyncio.wait(set(self._retiring))
 
     async def _run_bring_up(self, reason: str, requested: bool) -> None:
         """Run the bring-up as this worker's one task and wait for it. The task outlives a cancel
@@ -227,8 +233,7 @@ class Supervisor:
                 proc = await self.backend.obtain_process(self.spec, self.name, warm=warm)
                 self._adopt(proc)
                 # The old process is gone before the new one touches what they share (the rings).
-                while self._retiring:
-                    await asyncio.gather(*list(self._retiring), return_exceptions=True)
+                await self._retired()
                 await self._attach(proc)
             except asyncio.CancelledError:
                 if proc is not None:

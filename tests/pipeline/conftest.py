@@ -240,12 +240,3 @@ class Collector:
             self._task.cancel()
 
 
-async def eventually(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:
-    """True once `predicate()` holds (checked every `interval` s), False after `timeout` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(interval)
-    return True

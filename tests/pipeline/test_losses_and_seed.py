@@ -3,9 +3,10 @@ first frame, and frames let go because nobody read the output are counted as los
 
 from __future__ import annotations
 
-from conftest import IDENTITY_PROMPT, eventually, make_frame, slow_prompt
+from conftest import IDENTITY_PROMPT, make_frame, slow_prompt
 
 from comfystream.pipeline import ProcessPoolPipeline
+from tests.waiting import eventually
 
 
 async def test_the_warmups_frame_time_seeds_the_scheduler_before_the_first_frame(backend, no_leaks):

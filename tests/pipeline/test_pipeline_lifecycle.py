@@ -9,11 +9,12 @@ import os
 import signal
 import weakref
 
-from conftest import Collector, check_output, eventually, hang_prompt, make_frame
+from conftest import Collector, check_output, hang_prompt, make_frame
 
 from comfystream.pipeline import ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
 from tests.processes import alive
+from tests.waiting import eventually
 
 
 async def test_hung_worker_is_replaced_and_a_stubborn_one_is_killed(backend, tmp_path, no_leaks):

@@ -5,6 +5,7 @@ from the pool. (The restart policy's own tests: test_state_machines.py.)"""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -14,9 +15,12 @@ import pytest
 from comfystream.pipeline.backend import ChannelSpec, WorkerLost, WorkerSpec
 from comfystream.prompts import DEFAULT_PROMPT
 from tests.processes import alive
+from tests.waiting import eventually
 from workers import process as workers_process
 from workers.backend import ProcessPoolBackend
 
+# A start on a loaded machine may take a while.
+_until = functools.partial(eventually, timeout=120.0, interval=0.02)
 
 class Listener:
     def __init__(self) -> None:
@@ -40,14 +44,6 @@ def _channel() -> ChannelSpec:
     return ChannelSpec("c", 64, 48, [DEFAULT_PROMPT], warmup_frames=0)
 
 
-
-
-async def _until(predicate, timeout: float = 120.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()
 
 
 async def test_stops_in_every_order_leave_no_process(no_leaks, tmp_path):
@@ -170,4 +166,40 @@ async def test_a_start_cancelled_while_its_process_spawns_still_stops_that_proce
     # The stop signalled it (without its pid it could not, and waited for it to go by itself).
     assert proc.state == "stopped" and proc.exitcode == -signal.SIGTERM, proc.status()
     assert not alive(proc.pid)
+    await backend.shutdown()
+
+
+async def test_a_start_cancelled_twice_while_its_process_spawns_still_stops_and_reaps_it(
+    no_leaks, monkeypatch
+):
+    """A second cancel while the start waits out its spawn (a stream's DELETE racing its
+    restart-worker) neither abandons the process being spawned nor is swallowed: the process is
+    stopped, and the fds its handle held (pipes, pidfd) are all closed again."""
+    backend = ProcessPoolBackend(gpus=[], graceful_stop_s=1.0)
+    in_spawn, release = threading.Event(), threading.Event()
+    pinned = workers_process.pinned_environment
+
+    def held(config):  # the spawner thread is inside this worker's spawn until released
+        in_spawn.set()
+        release.wait(30)
+        return pinned(config)
+
+    monkeypatch.setattr(workers_process, "pinned_environment", held)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    spawning = asyncio.create_task(backend.spawn_process(WorkerSpec(), "twice-cancelled"))
+    try:
+        assert await _until(in_spawn.is_set)
+        with workers_process._live_lock:
+            (proc,) = [p for p in workers_process._live if p.name.startswith("twice-cancelled")]
+        for _ in range(2):
+            spawning.cancel()
+            await asyncio.sleep(0.1)
+        assert not spawning.done()  # it waits for the spawn it cannot call off
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await spawning
+    assert proc.state == "stopped" and proc.pid is not None, proc.status()
+    assert not alive(proc.pid)
+    assert await _until(lambda: len(os.listdir("/proc/self/fd")) <= fds_before), os.listdir("/proc/self/fd")
     await backend.shutdown()

@@ -14,6 +14,7 @@ import pytest
 
 from comfystream.pipeline.backend import WorkerSpec, WorkerStartError
 from comfystream.pipeline.jobs import RunJob
+from tests.waiting import eventually
 from workers import job_messages as jm
 from workers.backend import ProcessPoolBackend
 
@@ -79,6 +80,7 @@ async def test_job_worker_stops_gracefully_while_a_node_ignores_its_cancel_token
 
 async def test_a_cancelled_stop_still_takes_the_process_down(no_leaks):
     backend = ProcessPoolBackend(gpus=[])
+    fds_before = len(os.listdir("/proc/self/fd"))
     proc = await backend.spawn_process(WorkerSpec(), "frozen")
     pid = proc.pid
     assert pid is not None
@@ -93,6 +95,10 @@ async def test_a_cancelled_stop_still_takes_the_process_down(no_leaks):
         await stopping
     assert proc.state == "stopped"
     # no_leaks checks that the frozen process is gone (SIGKILL needs no cooperation).
+    # Once it is, what the handle held is released, though nobody waits for it any more: the
+    # executor's thread and pipes, the pidfd.
+    assert await eventually(lambda: len(os.listdir("/proc/self/fd")) <= fds_before), os.listdir("/proc/self/fd")
+    assert await eventually(lambda: not any(t.name.startswith(proc.name) for t in threading.enumerate()))
 
 
 async def test_a_worker_that_fails_to_start_is_reaped_before_the_error_is_raised(tmp_path: Path, no_leaks):
