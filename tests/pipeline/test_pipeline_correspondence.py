@@ -11,7 +11,6 @@ from conftest import (
     IDENTITY_PROMPT,
     Collector,
     check_output,
-    eventually,
     fail_if_file_prompt,
     make_frame,
     slow_prompt,
@@ -20,6 +19,7 @@ from conftest import (
 from comfystream.media.testpattern import make_index_frame, read_index
 from comfystream.pipeline import Pipeline, ProcessPoolPipeline
 from comfystream.prompts import DEFAULT_PROMPT
+from tests.waiting import eventually
 
 
 async def test_slow_workflow_drops_oldest_waiting_and_keeps_correspondence(backend, no_leaks):
