@@ -37,6 +37,15 @@ PROMPTS = [
 ]
 
 
+# The reference outputs the tests compare with: [prompt, input conversion, frame] (run_reference).
+# The streams' frames under both prompts; an image file's under the first, for the commands.
+REFERENCE_CELLS = [
+    *((prompt, 0, frame) for prompt in range(len(PROMPTS)) for frame in range(FRAMES)),
+    (0, 1, 0),  # `comfystream execute` of frames[0]
+    (0, 1, 1),  # the prompt job of frames[1]
+]
+
+
 def saved_uint8(image: np.ndarray) -> np.ndarray:
     """ComfyUI's SaveImage conversion (255 x, clipped, truncated): what a written PNG holds."""
     return np.clip(255.0 * image, 0, 255).astype(np.uint8)
@@ -62,7 +71,8 @@ def run_reference(
     checkpoint: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> np.ndarray:
-    """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3].
+    """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3],
+    for `REFERENCE_CELLS` only (NaN elsewhere).
 
     Kept beside the test checkpoint (tests/comfyui/conftest.py), under a key of everything they
     depend on (`reference_key`): the SD 1.5 test files run on separate pytest-xdist workers
@@ -106,7 +116,7 @@ def reference_key(comfyui_path: Path, checkpoint: Path) -> str:
     stat = checkpoint.stat()
     digest.update(f"{checkpoint.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())  # one per machine
     digest.update(f"{torch.__version__}:{np.__version__}:{sys.version}".encode())
-    digest.update(json.dumps(PROMPTS, sort_keys=True).encode())
+    digest.update(json.dumps([PROMPTS, REFERENCE_CELLS], sort_keys=True).encode())
     digest.update(sd15_frames().tobytes())
     return digest.hexdigest()[:24]
 
@@ -114,8 +124,10 @@ def reference_key(comfyui_path: Path, checkpoint: Path) -> str:
 def _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> np.ndarray:
     tmp = tmp_path_factory.mktemp("real_model")
     frames_path, prompts_path, out = tmp / "frames.npy", tmp / "prompts.json", tmp / "reference.npy"
+    cells_path = tmp / "cells.json"
     np.save(frames_path, sd15_frames())
     prompts_path.write_text(json.dumps(PROMPTS))
+    cells_path.write_text(json.dumps(REFERENCE_CELLS))
     proc = subprocess.run(
         [
             sys.executable,
@@ -124,6 +136,7 @@ def _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> np.ndarr
             str(model_paths),
             str(frames_path),
             str(prompts_path),
+            str(cells_path),
             str(out),
         ],
         env=comfyui_env,
