@@ -113,6 +113,7 @@ class WarmPool:
             task.add_done_callback(self._tasks.discard)
 
     async def _spawn_one(self) -> None:
+        proc: WorkerProcess | None = None  # spawned, not in the idle list yet: this task's to stop
         try:
             try:
                 proc = await self.backend.spawn_process(self.spec, "warm")
@@ -120,25 +121,28 @@ class WarmPool:
                 logger.error("warm pool: spawning a worker failed: %s", exc)
                 await asyncio.sleep(self.backend.settings.backoff_max_s)
                 return
-            if self._closed:
-                await proc.stop()
-                return
-            if self.backend.settings.preload_prompts:
+            if self.backend.settings.preload_prompts and not self._closed:
                 proc.on_lost = self._on_idle_lost  # a crash while loading is seen as any idle loss
                 if not await self._preload(proc):
-                    await proc.stop()
+                    loaded, proc = proc, None
+                    await loaded.stop()
                     await asyncio.sleep(self.backend.settings.backoff_max_s)
                     return
-                if self._closed:
-                    await proc.stop()
-                    return
+            if self._closed:
+                return
             proc.on_lost = self._on_idle_lost
             self._idle.append(proc)
+            proc = None
             self.spawned += 1
         finally:
             self._spawning -= 1
             self._changed.set()
             self._kick()
+            if proc is not None:
+                # The pool closed, or this task was cancelled (by the pool's stop) while the worker
+                # loaded its prompt: nobody will take it. Stopped to the end even when cancelled.
+                proc.on_lost = None
+                await asyncio.shield(proc.stop())
 
     async def _preload(self, proc: WorkerProcess) -> bool:
         """Have `proc` load and warm up the operator's prompts (`--preload-prompt`)."""

@@ -1,5 +1,5 @@
 """A real diffusion checkpoint through ComfyUI's own nodes, as users stream it: SD 1.5 img2img
-(tests/comfyui/sd15.py) in a stream's worker, and in a worker preloaded before its stream.
+(tests/comfyui/sd15.py) in a worker preloaded before its stream.
 
 Every output is compared with ComfyUI's own execution of the same prompt on the same input
 (`real_model_probe.py`: ComfyUI's PromptExecutor, one torch thread as the workers run).
@@ -18,23 +18,38 @@ from tests.comfyui.sd15 import FRAMES, PROMPTS, SIZE, make_backend, next_output,
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(600)]
 
 
-async def test_a_stream_gives_comfyuis_pixels_and_an_update_keeps_the_model(
+async def test_a_preloaded_stream_gives_comfyuis_pixels_from_its_first_frame_and_an_update_keeps_the_model(
     comfyui_path, model_paths, frames, reference, standin_on_path, no_leaks
 ):
+    """The stream takes a warm worker that loaded the checkpoint and ran the prompt before the
+    stream began (one worker for both stories: its start and load cost seconds of CPU). (A stream's
+    own worker loading the checkpoint: test_shared_weights_sd15.py.)"""
     from comfystream.pipeline import ProcessPoolPipeline
 
-    backend = make_backend(comfyui_path, model_paths)
-    pipeline = ProcessPoolPipeline(
-        width=SIZE, height=SIZE, stream_id="sd15", backend=backend, warmup_frames=1
+    backend = make_backend(
+        comfyui_path, model_paths, warm_workers=1, preload_prompts=(PROMPTS[0],), preload_size=(SIZE, SIZE)
     )
+    await backend.start()
+    pipeline = None
     try:
+        await backend.pool.wait_full(300)
+        # The pool would refill after the take (a second SD 1.5 worker loading for seconds of CPU);
+        # this test has no second stream for it.
+        backend.pool.size = 0
+        pipeline = ProcessPoolPipeline(
+            width=SIZE, height=SIZE, stream_id="sd15", backend=backend, warmup_frames=2
+        )
         await pipeline.initialize([PROMPTS[0]])
         for i, rgb in enumerate(frames):
             await pipeline.put_video_frame(video_frame(rgb, 100 + i))
-            # Processed (not passed through raw), and ComfyUI's own pixels for this very frame.
+            # Processed (not passed through raw), and ComfyUI's own pixels for this very frame; the
+            # very first one too: the model was loaded and warm before the stream.
             np.testing.assert_array_equal(
                 await next_output(pipeline, 100 + i), worker_uint8(reference[0, 0, i])
             )
+            if i == 0:
+                assert pipeline.stats()["model_loads"] == 1  # the preload's, none of the stream's own
+                assert pipeline.worker_status()[0]["model_loads"] == 1
         stats = pipeline.stats()
         assert stats["model_loads"] == 1 and stats["processed"] == FRAMES and stats["passed_through"] == 0
         pid = pipeline.worker_status()[0]["pid"]
@@ -52,33 +67,6 @@ async def test_a_stream_gives_comfyuis_pixels_and_an_update_keeps_the_model(
                 await next_output(pipeline, 200 + i), worker_uint8(reference[1, 0, i])
             )
         assert pipeline.stats()["mismatched"] == 0
-    finally:
-        await pipeline.cleanup()
-        await backend.shutdown()
-
-
-async def test_a_preloaded_worker_processes_the_first_frame(
-    comfyui_path, model_paths, frames, reference, standin_on_path, no_leaks
-):
-    from comfystream.pipeline import ProcessPoolPipeline
-
-    backend = make_backend(
-        comfyui_path, model_paths, warm_workers=1, preload_prompts=(PROMPTS[0],), preload_size=(SIZE, SIZE)
-    )
-    await backend.start()
-    pipeline = None
-    try:
-        await backend.pool.wait_full(300)
-        pipeline = ProcessPoolPipeline(
-            width=SIZE, height=SIZE, stream_id="pre", backend=backend, warmup_frames=2
-        )
-        await pipeline.initialize([PROMPTS[0]])
-        await pipeline.put_video_frame(video_frame(frames[0], 0))
-        # The very first frame is processed: the model was loaded and warm before the stream.
-        np.testing.assert_array_equal(await next_output(pipeline, 0), worker_uint8(reference[0, 0, 0]))
-        assert pipeline.stats()["model_loads"] == 1  # the preload's, none of the stream's own
-        status = pipeline.worker_status()[0]
-        assert status["model_loads"] == 1
     finally:
         if pipeline is not None:
             await pipeline.cleanup()

@@ -203,3 +203,53 @@ async def test_a_start_cancelled_twice_while_its_process_spawns_still_stops_and_
     assert not alive(proc.pid)
     assert await _until(lambda: len(os.listdir("/proc/self/fd")) <= fds_before), os.listdir("/proc/self/fd")
     await backend.shutdown()
+
+
+async def test_a_backend_shut_down_while_a_warm_worker_preloads_stops_that_worker(no_leaks, tmp_path):
+    """The warm pool's stop cancels a spawn task that is past the spawn, waiting for the worker to
+    load and warm up the operator's prompt (--preload-prompt): that worker is stopped, not left
+    running with nobody to take it (a stopped test server left its /dev/shm weights directory)."""
+    hold = tmp_path / "hold"
+    nodes = tmp_path / "nodes" / "held_preload"
+    nodes.mkdir(parents=True)
+    (nodes / "__init__.py").write_text(
+        "import os, time\n"
+        "class HoldWhileFile:\n"
+        "    RETURN_TYPES = ('IMAGE',)\n"
+        "    FUNCTION = 'run'\n"
+        "    CATEGORY = 'tests'\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {'image': ('IMAGE',), 'path': ('STRING', {'default': ''})}}\n"
+        "    def run(self, image, path):\n"
+        "        open(path + '.entered', 'w').close()\n"
+        "        while os.path.exists(path):\n"
+        "            time.sleep(0.02)\n"
+        "        return (image,)\n"
+        "NODE_CLASS_MAPPINGS = {'HoldWhileFile': HoldWhileFile}\n"
+    )
+    prompt = {
+        "1": {"class_type": "LoadTensor", "inputs": {}},
+        "2": {"class_type": "HoldWhileFile", "inputs": {"image": ["1", 0], "path": str(hold)}},
+        "3": {"class_type": "SaveTensor", "inputs": {"images": ["2", 0]}},
+    }
+    hold.touch()
+    backend = ProcessPoolBackend(
+        gpus=[],
+        custom_node_dirs=[str(nodes.parent)],
+        warm_workers=1,
+        preload_prompts=(prompt,),
+        preload_size=(32, 32),
+        graceful_stop_s=1.0,
+    )
+    starting = asyncio.create_task(backend.start())  # returns once the pool is full, or stopped
+    try:
+        assert await _until(lambda: (tmp_path / "hold.entered").exists()), "the preload never ran"
+        with workers_process._live_lock:
+            (proc,) = [p for p in workers_process._live if p.name.startswith("warm")]
+        await backend.shutdown()
+        await starting
+        assert proc.state == "stopped", proc.status()
+        assert not alive(proc.pid)
+    finally:
+        hold.unlink(missing_ok=True)
