@@ -28,11 +28,15 @@ from tests.workers.test_shared_weights import (  # noqa: F401 (fixtures)
     weights_file,
 )
 from tests.workers.test_shared_weights import expected as expected_frame
+from workers.launch import FORKSERVER
 from workers.shared_weights_cuda import DeviceSharedWeights, Holder, HostDevice, serve_holder
 
 pytestmark = pytest.mark.timeout(120)
 
-SPAWN = multiprocessing.get_context("spawn")
+# The holder and workers of the first tests are forked from the workers' template (torch already
+# imported there: a spawned process would pay that import again, a second of CPU each); the
+# backend's own holder, further down, is spawned as in production.
+CHILDREN = FORKSERVER
 
 
 def build(seed: int) -> torch.nn.Module:
@@ -70,8 +74,8 @@ def holder(tmp_path: Path):
     directory = tmp_path / "device"
     directory.mkdir()
     address = str(tmp_path / "holder.sock")
-    ready = SPAWN.Event()
-    proc = SPAWN.Process(target=_holder_main, args=(address, str(directory), ready), daemon=True)
+    ready = CHILDREN.Event()
+    proc = CHILDREN.Process(target=_holder_main, args=(address, str(directory), ready), daemon=True)
     proc.start()
     try:
         assert ready.wait(60)
@@ -83,8 +87,8 @@ def holder(tmp_path: Path):
 
 class Worker:
     def __init__(self, address: str, directory: Path, seed: int = 1):
-        self.conn, child = SPAWN.Pipe()
-        self.proc = SPAWN.Process(
+        self.conn, child = CHILDREN.Pipe()
+        self.proc = CHILDREN.Process(
             target=_worker_main, args=(address, str(directory), seed, child), daemon=True
         )
         self.proc.start()
