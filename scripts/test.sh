@@ -13,4 +13,5 @@ unset PYTHONDONTWRITEBYTECODE
 # waiting on servers, workers and browsers; a test file (or a unit tests/conftest.py names) runs on
 # one worker. PYTEST_WORKERS=0 runs everything in this process.
 workers=${PYTEST_WORKERS:-$(( $(nproc) < 8 ? $(nproc) + 1 : 8 ))}
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
+# --durations: the slowest tests, printed under the results, say where a slow run went.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --durations=12 "$@"
