@@ -3,24 +3,29 @@
 In ComfyUI's own UI there is no stream: `LoadTensor` gives a placeholder frame so that a
 workflow can be built and tried there, and `SaveTensor` shows what it would send, as
 `PreviewImage` does. Inside a comfystream execution they are comfystream's own nodes.
+
+torch is imported where it is used, as in comfystream's own nodes.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from comfystream.engine.context import current_context
 from comfystream.nodes import NODE_CLASS_MAPPINGS as _BUILTIN
 from comfystream.nodes import NODE_DISPLAY_NAME_MAPPINGS as _BUILTIN_NAMES
 from comfystream.nodes import frame_io
 
+if TYPE_CHECKING:
+    import torch
+
 PLACEHOLDER_SIZE = 512
 
 
 def placeholder_frame(width: int = PLACEHOLDER_SIZE, height: int = PLACEHOLDER_SIZE) -> torch.Tensor:
     """A colour ramp `[1,H,W,3]` in 0..1, standing in for a stream frame in ComfyUI's UI."""
+    import torch
+
     ys = torch.linspace(0.0, 1.0, height).view(height, 1).expand(height, width)
     xs = torch.linspace(0.0, 1.0, width).view(1, width).expand(height, width)
     return torch.stack([xs, ys, 1.0 - xs * ys], dim=-1).unsqueeze(0).contiguous()

@@ -1,8 +1,9 @@
 """ComfyUI-compatible workflow engine: parse, validate, plan once, execute per frame, report events.
 
-The executor's and validation's names are imported on first use (PEP 562): both import torch,
-and a module that needs only the node API (`comfystream.engine.context`, `.progress`, `.errors`)
-or the registry should not pay for it, nor should every `comfystream` command that imports one.
+The executor's and validation's names are imported on first use (PEP 562): the executor imports
+torch, and a module that needs only the node API (`comfystream.engine.context`, `.progress`,
+`.errors`) or the registry should not pay for it, nor should every `comfystream` command that
+imports one. Validation itself does not import torch: the server validates without it.
 """
 
 from __future__ import annotations

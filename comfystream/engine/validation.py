@@ -5,10 +5,13 @@ Mirrors ComfyUI's `execution.validate_prompt` / `validate_inputs`: prompt-level 
 and per-node `node_errors[node_id] = {"errors", "dependent_outputs", "class_type"}`. Values
 are coerced (INT/FLOAT/STRING/BOOLEAN) before min/max checks, and the coerced prompt is kept on
 the result for planning.
+
+torch is not imported here: the server validates every prompt it is sent and never computes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -17,8 +20,6 @@ import traceback
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 from comfystream.engine.invoke import map_node_over_list, resolve_blocking
 from comfystream.engine.node_types import (
@@ -421,8 +422,11 @@ def validate_prompt(
     extra_data: dict[str, Any] | None = None,
 ) -> ValidationResult:
     """Validate one prompt; never raises on bad input (the result says what is wrong)."""
-    # Nodes' VALIDATE_INPUTS may touch tensors: under inference mode, as ComfyUI runs them.
-    with torch.inference_mode():
+    # Nodes' VALIDATE_INPUTS may touch tensors: under inference mode, as ComfyUI runs them. While
+    # nothing has imported torch no node holds a tensor, and validating imports none (the server
+    # and `comfystream validate` never import torch).
+    torch = sys.modules.get("torch")
+    with torch.inference_mode() if torch is not None else contextlib.nullcontext():
         return _validate_prompt(prompt, registry, partial_execution_list, extra_data)
 
 

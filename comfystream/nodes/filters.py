@@ -1,15 +1,21 @@
-"""ComfyUI's post-processing nodes (comfy_extras/nodes_post_processing.py): blend, blur, sharpen, quantize."""
+"""ComfyUI's post-processing nodes (comfy_extras/nodes_post_processing.py): blend, blur, sharpen, quantize.
+
+torch is imported where it is used: the server imports this module for node definitions and
+never computes.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 
 from comfystream.nodes.tensor_utils import common_upscale, image_alpha_fix
+
+if TYPE_CHECKING:
+    import torch
 
 BLEND_MODES = ["normal", "multiply", "screen", "overlay", "soft_light", "difference"]
 DITHER_MODES = ["none", "floyd-steinberg", "bayer-2", "bayer-4", "bayer-8", "bayer-16"]
@@ -32,6 +38,8 @@ class ImageBlend:
         }
 
     def blend_images(self, image1: torch.Tensor, image2: torch.Tensor, blend_factor: float, blend_mode: str):
+        import torch
+
         image1, image2 = image_alpha_fix(image1, image2)
         image2 = image2.to(image1.device)
         if image1.shape != image2.shape:
@@ -49,6 +57,8 @@ class ImageBlend:
 
     @staticmethod
     def blend_mode(img1: torch.Tensor, img2: torch.Tensor, mode: str) -> torch.Tensor:
+        import torch
+
         if mode == "normal":
             return img2
         if mode == "multiply":
@@ -67,7 +77,12 @@ class ImageBlend:
         raise ValueError(f"Unsupported blend mode: {mode}")
 
 
-def gaussian_kernel(kernel_size: int, sigma: float, device=None, dtype=torch.float32) -> torch.Tensor:
+def gaussian_kernel(
+    kernel_size: int, sigma: float, device=None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """A normalised 2-D Gaussian (`dtype` float32 when None)."""
+    import torch
+
     x, y = torch.meshgrid(
         torch.linspace(-1, 1, kernel_size, device=device),
         torch.linspace(-1, 1, kernel_size, device=device),
@@ -75,7 +90,7 @@ def gaussian_kernel(kernel_size: int, sigma: float, device=None, dtype=torch.flo
     )
     d = torch.sqrt(x * x + y * y)
     g = torch.exp(-(d * d) / (2.0 * sigma * sigma))
-    return (g / g.sum()).to(dtype)
+    return (g / g.sum()).to(torch.float32 if dtype is None else dtype)
 
 
 class ImageBlur:
@@ -94,6 +109,8 @@ class ImageBlur:
         }
 
     def blur(self, image: torch.Tensor, blur_radius: int, sigma: float):
+        import torch.nn.functional as F  # noqa: N812
+
         if blur_radius == 0:
             return (image,)
         channels = image.shape[3]
@@ -124,6 +141,9 @@ class ImageSharpen:
         }
 
     def sharpen(self, image: torch.Tensor, sharpen_radius: int, sigma: float, alpha: float):
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
         if sharpen_radius == 0:
             return (image,)
         channels = image.shape[3]
@@ -157,6 +177,8 @@ class ImageQuantize:
 
     @staticmethod
     def bayer(im: Image.Image, pal_im: Image.Image, order: int) -> Image.Image:
+        import torch
+
         def normalized_bayer_matrix(n: int) -> np.ndarray:
             if n == 0:
                 return np.zeros((1, 1), "float32")
@@ -177,6 +199,8 @@ class ImageQuantize:
         return im.quantize(palette=pal_im, dither=Image.Dither.NONE)
 
     def quantize(self, image: torch.Tensor, colors: int, dither: str):
+        import torch
+
         rgb = image[..., :3]
         batch_size = rgb.shape[0]
         result = torch.zeros_like(rgb)

@@ -3,9 +3,12 @@ hands frames back. Both reach the running execution through `current_context()`.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from comfystream.engine.context import require_context
+
+if TYPE_CHECKING:
+    import torch
 
 
 class InputTimeoutError(TimeoutError):

@@ -1,4 +1,8 @@
-"""One-shot image I/O nodes: LoadImage, SaveImage, PreviewImage (ComfyUI's inputs, outputs and ui)."""
+"""One-shot image I/O nodes: LoadImage, SaveImage, PreviewImage (ComfyUI's inputs, outputs and ui).
+
+torch is imported where it is used: the server imports this module for node definitions and
+never computes.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ import hashlib
 import json
 import os
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from comfystream.nodes import folders
 from comfystream.nodes.tensor_utils import to_uint8_image
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LoadImage:
@@ -28,6 +35,8 @@ class LoadImage:
         return {"required": {"image": (folders.list_input_images(), {"image_upload": True})}}
 
     def load_image(self, image: str):
+        import torch
+
         path = folders.annotated_filepath(image)
         img = Image.open(path)
         output_images = []

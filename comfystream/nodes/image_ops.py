@@ -1,11 +1,18 @@
-"""Image nodes from ComfyUI's core and comfy_extras, with ComfyUI's input names, defaults, ranges and results."""
+"""Image nodes from ComfyUI's core and comfy_extras, with ComfyUI's input names, defaults, ranges and results.
+
+torch is imported where it is used: the server imports this module for node definitions and
+never computes.
+"""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from comfystream.engine.progress import report_progress_text
 from comfystream.nodes.tensor_utils import common_upscale, image_alpha_fix, repeat_to_batch_size
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_RESOLUTION = 16384
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -98,6 +105,8 @@ class EmptyImage:
         }
 
     def generate(self, width: int, height: int, batch_size: int = 1, color: int = 0):
+        import torch
+
         r = torch.full([batch_size, height, width, 1], ((color >> 16) & 0xFF) / 0xFF, device=self.device)
         g = torch.full([batch_size, height, width, 1], ((color >> 8) & 0xFF) / 0xFF, device=self.device)
         b = torch.full([batch_size, height, width, 1], (color & 0xFF) / 0xFF, device=self.device)
@@ -142,6 +151,8 @@ class ImageFlip:
         }
 
     def flip(self, image: torch.Tensor, flip_method: str):
+        import torch
+
         if flip_method.startswith("x"):
             image = torch.flip(image, dims=[1])
         elif flip_method.startswith("y"):
@@ -164,6 +175,8 @@ class ImageRotate:
         }
 
     def rotate(self, image: torch.Tensor, rotation: str):
+        import torch
+
         rotate_by = 0
         if rotation.startswith("90"):
             rotate_by = 1
@@ -205,6 +218,8 @@ def composite(
     resize_source: bool = False,
 ) -> torch.Tensor:
     """ComfyUI's `nodes_mask.composite` on `[B,C,H,W]` tensors (writes into `destination`)."""
+    import torch
+
     source = source.to(destination.device)
     if resize_source:
         source = torch.nn.functional.interpolate(

@@ -1,17 +1,26 @@
 """Tensor helpers with ComfyUI's semantics (`comfy.utils.common_upscale`, `repeat_to_batch_size`,
-`node_helpers.image_alpha_fix`), so nodes built on them give ComfyUI's pixels."""
+`node_helpers.image_alpha_fix`), so nodes built on them give ComfyUI's pixels.
+
+torch is imported where it is used: the server imports the nodes built on these for their
+definitions and never computes.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Per-image PIL Lanczos through 8 bits, as ComfyUI does ([B,C,H,W] in and out)."""
+    import torch
+
     images = [
         Image.fromarray(np.clip(255.0 * image.movedim(0, -1).cpu().numpy(), 0, 255).astype(np.uint8))
         for image in samples
@@ -27,6 +36,8 @@ def common_upscale(
     samples: torch.Tensor, width: int, height: int, upscale_method: str, crop: str
 ) -> torch.Tensor:
     """Resize `[B,C,H,W]` to (height, width); `crop="center"` first crops to the new aspect ratio."""
+    import torch
+
     if crop == "center":
         old_width = samples.shape[-1]
         old_height = samples.shape[-2]
@@ -58,6 +69,8 @@ def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) ->
 
 def image_alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Make RGB and RGBA images combinable: drop the source's extra alpha, or give it an opaque one."""
+    import torch
+
     if destination.shape[-1] < source.shape[-1]:
         source = source[..., : destination.shape[-1]]
     elif destination.shape[-1] > source.shape[-1]:
