@@ -3,7 +3,7 @@ workers) and headless Chromium driven by Playwright, with every console error co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from multiprocessing import resource_tracker
 from pathlib import Path
@@ -105,6 +105,41 @@ async def browser(no_leaks) -> AsyncIterator[Any]:
             yield chromium
         finally:
             await chromium.close()
+
+
+class Holds:
+    """Files that held jobs wait on: a StepSleep node given one (its `hold` input) goes to step
+    `hold_at`, then waits while the file exists, so the job runs for exactly as long as the test
+    needs it running, on any machine, and sends nothing meanwhile."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made: list[Path] = []
+
+    def make(self, name: str) -> str:
+        path = self.folder / f"hold-{name}"
+        path.touch()
+        self.made.append(path)
+        return str(path)
+
+    def release(self, name: str) -> None:
+        (self.folder / f"hold-{name}").unlink()
+
+    def release_all(self) -> None:
+        for path in self.made:
+            path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def holds(tmp_path: Path) -> Iterator[Holds]:
+    """Every hold is released when the test ends, passed or failed: no job is left waiting."""
+    folder = tmp_path / "holds"
+    folder.mkdir()
+    made = Holds(folder)
+    try:
+        yield made
+    finally:
+        made.release_all()
 
 
 def preview_pixels_js(testid: str) -> str:

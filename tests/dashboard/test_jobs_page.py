@@ -13,19 +13,24 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.conftest import Server, open_dashboard
+from tests.dashboard.conftest import Holds, Server, open_dashboard
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.browser
 
 
-def slow_prompt(steps: int, step_ms: int, prefix: str) -> dict[str, Any]:
+def slow_prompt(steps: int, step_ms: int, prefix: str, hold: str = "") -> dict[str, Any]:
+    """With `hold` (a file from the `holds` fixture) the job goes a tenth of its steps (the whole
+    job's progress past 0.34), then waits until the test releases it."""
+    step = {"image": ["1", 0], "steps": steps, "step_ms": step_ms}
+    if hold:
+        step.update(hold=hold, hold_at=max(1, steps // 10))
     return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0x2050A0},
         },
-        "2": {"class_type": "StepSleep", "inputs": {"image": ["1", 0], "steps": steps, "step_ms": step_ms}},
+        "2": {"class_type": "StepSleep", "inputs": step},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
 
@@ -65,7 +70,7 @@ async def history_status(server: Server, prompt_id: str) -> str | None:
 
 
 async def test_two_tabs_progress_interrupt_cancel_and_outputs(
-    server: Server, browser, artifacts_dir: Path
+    server: Server, browser, holds: Holds, artifacts_dir: Path
 ) -> None:
     page_a, log_a = await open_dashboard(browser, server)
     page_b, log_b = await open_dashboard(browser, server)
@@ -74,8 +79,9 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
     assert client_a != client_b
     await page_a.wait_for_function("() => window.__dashboard.feed.jobsPresent === true")
 
-    job_a = await submit_from_page(page_a, slow_prompt(40, 150, "tab-a"))  # ~6 s
-    job_b = await submit_from_page(page_b, slow_prompt(400, 150, "tab-b"))  # ~60 s: it will be interrupted
+    # Both run until released: A after B has been interrupted; B never.
+    job_a = await submit_from_page(page_a, slow_prompt(40, 10, "tab-a", holds.make("a")))
+    job_b = await submit_from_page(page_b, slow_prompt(400, 10, "tab-b", holds.make("b")))
 
     # Both pages see both jobs running, each with its own progress, and know whose each is.
     for page in (page_a, page_b):
@@ -137,6 +143,7 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
             "(id) => window.__dashboard.store.get(id).status === 'interrupted'", arg=job_b, timeout=30_000
         )
     assert (await page_a.evaluate(JOB_JS, job_a))["status"] == "running", "interrupting B stopped A"
+    holds.release("a")
 
     # A finishes with its output, shown on both pages.
     await wait_for(lambda: history_status(server, job_a), what="job A to finish")
@@ -161,8 +168,9 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
         job_a,
     )
     # (One millisecond more a step: the same inputs would be taken from the worker's cache, by
-    # input signature as ComfyUI does, and the job would end before any estimate.)
-    job_d = await submit_from_page(page_a, slow_prompt(40, 151, "tab-d"))
+    # input signature as ComfyUI does, and the job would end before any estimate.) It runs until
+    # the estimate has been sampled.
+    job_d = await submit_from_page(page_a, slow_prompt(40, 11, "tab-d", holds.make("d")))
     card_d = page_a.locator(f'[data-prompt-id="{job_d}"]')
     await card_d.locator("[data-testid=job-eta]").wait_for(timeout=60_000)
     etas = []
@@ -172,10 +180,13 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
         await asyncio.sleep(0.25)  # samples of the estimate, not a wait for something
     assert etas and etas[0] <= measured + 0.01, (etas, measured)
     assert all(later <= earlier for earlier, later in zip(etas, etas[1:], strict=False)), etas
+    holds.release("d")
     await wait_for(lambda: history_status(server, job_d), what="job D to finish")
 
     # Stop all running (it asks once more): every running job is interrupted, whoever started it.
-    more = [await submit_from_page(page_b, slow_prompt(400, 150, f"all-{i}")) for i in range(2)]
+    more = [
+        await submit_from_page(page_b, slow_prompt(400, 10, f"all-{i}", holds.make("all"))) for i in range(2)
+    ]
     for job in more:
         await page_a.wait_for_function(
             "(id) => window.__dashboard.store.get(id)?.status === 'running'", arg=job, timeout=30_000
@@ -194,10 +205,15 @@ async def test_two_tabs_progress_interrupt_cancel_and_outputs(
 
 
 @pytest.mark.server_config(job_workers=1)
-async def test_task_banner_follows_a_task_to_its_result(server: Server, browser, artifacts_dir: Path) -> None:
+async def test_task_banner_follows_a_task_to_its_result(
+    server: Server, browser, holds: Holds, artifacts_dir: Path
+) -> None:
     page, log = await open_dashboard(browser, server)
     await page.wait_for_function("() => window.__dashboard.feed.jobsPresent === true")
-    await page.fill("[data-testid=workflow-text]", json.dumps(slow_prompt(25, 120, "task")))
+    # The task runs until the banner has shown it in progress.
+    await page.fill(
+        "[data-testid=workflow-text]", json.dumps(slow_prompt(25, 10, "task", holds.make("task")))
+    )
     await page.check("[data-testid=as-task]")
     await page.click("[data-testid=submit-job]")
     banner = page.locator("[data-testid=progress-banner]")
@@ -208,6 +224,7 @@ async def test_task_banner_follows_a_task_to_its_result(server: Server, browser,
         timeout=60_000,
     )
     await page.screenshot(path=str(artifacts_dir / "dashboard-task-banner.png"))
+    holds.release("task")
     await page.wait_for_function(
         "() => document.querySelector('[data-testid=progress-banner]').dataset.status === 'completed'",
         timeout=60_000,

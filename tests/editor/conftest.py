@@ -18,7 +18,7 @@ from server.app import create_app
 from server.config import ServerConfig
 from server.editor.frontend import frontend_root
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
-from tests.dashboard.conftest import NODES_DIR, VIEWPORT, Server, browser  # noqa: F401  (fixture)
+from tests.dashboard.conftest import NODES_DIR, VIEWPORT, Server, browser, holds  # noqa: F401  (fixtures)
 
 EDITOR_READY_JS = (
     "() => window.app && window.app.graph && window.app.extensionManager"

@@ -15,13 +15,17 @@ from tests.polling import wait_for
 pytestmark = pytest.mark.browser
 
 
-def slow_workflow(prefix: str) -> dict:
+def held_workflow(prefix: str, hold: str) -> dict:
+    """A job that reports its first step, then waits while the file `hold` exists."""
     return {
         "1": {
             "class_type": "EmptyImage",
             "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 0x808080},
         },
-        "2": {"class_type": "StepSleep", "inputs": {"image": ["1", 0], "steps": 300, "step_ms": 40}},
+        "2": {
+            "class_type": "StepSleep",
+            "inputs": {"image": ["1", 0], "steps": 5, "step_ms": 10, "hold": hold},
+        },
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
     }
 
@@ -48,12 +52,13 @@ async def queue_from(page, workflow: dict, name: str) -> str:
 
 
 async def test_two_tabs_run_in_parallel_with_their_own_progress(
-    editor_server, browser, artifacts_dir: Path
+    editor_server, browser, holds, artifacts_dir: Path
 ) -> None:
     page_a, log_a = await open_editor(browser, editor_server)
     page_b, log_b = await open_editor(browser, editor_server, page_a.context)
-    job_a = await queue_from(page_a, slow_workflow("tab_a"), "a.json")
-    job_b = await queue_from(page_b, slow_workflow("tab_b"), "b.json")
+    # Both jobs run until the test releases them: B's once A's has been interrupted.
+    job_a = await queue_from(page_a, held_workflow("tab_a", holds.make("a")), "a.json")
+    job_b = await queue_from(page_b, held_workflow("tab_b", holds.make("b")), "b.json")
 
     async def both_running() -> bool:
         _, jobs = await editor_server.call("GET", "/api/jobs?status=in_progress,pending")
@@ -85,6 +90,7 @@ async def test_two_tabs_run_in_parallel_with_their_own_progress(
 
     await wait_for(lambda: _is(status_of(job_a), "cancelled"), what="tab A's job cancelled")
     assert await status_of(job_b) == "in_progress"  # B runs on
+    holds.release("b")
     await wait_for(lambda: _is(status_of(job_b), "completed"), timeout=120, what="tab B's job to finish")
     images = await (
         await page_b.wait_for_function("() => window.app.nodeOutputs?.['3']?.images", timeout=30_000)
