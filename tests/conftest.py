@@ -109,14 +109,16 @@ def artifacts_dir() -> Path:
 # `--dist loadgroup` ignores it, pytest-xdist issue 1386.)
 XDIST_UNITS = {
     "tests/jobs/": "tests/jobs/",
-    "tests/comfyui/test_real_model_commands.py": "sd15-commands",
-    "tests/comfyui/test_shared_weights_sd15.py": "sd15-commands",
+    # The streams' unit makes ComfyUI's reference outputs first thing (its first test compares with
+    # them at once); the commands' unit compares with them only after each command has run.
+    "tests/comfyui/test_real_model.py": "sd15-streams",
+    "tests/comfyui/test_shared_weights_sd15.py": "sd15-streams",
 }
 # The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
 # together; the others keep their order.
 LONGEST_FIRST = [
-    "sd15-commands",
-    "tests/comfyui/test_real_model.py",
+    "sd15-streams",
+    "tests/comfyui/test_real_model_commands.py",
     "tests/workers/test_shared_weights_cuda.py",
     "tests/hardening/test_fuzz_openapi.py",
     "tests/dashboard/test_jobs_page.py",
