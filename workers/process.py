@@ -235,7 +235,12 @@ class WorkerProcess:
                 cancelled = await _outlast(spawning)
             finally:
                 child_conn.close()  # the child has its own copy; ours would hide its EOF
-            self._executor = spawning.result()
+            try:
+                self._executor = spawning.result()
+            except Exception:
+                if cancelled:  # the cancel is what the caller asked about
+                    raise asyncio.CancelledError from None
+                raise
             # Read the pipe from here on, even when this start was cancelled: the stop that
             # follows waits for the pid the worker says first.
             self.started_at = self.last_heard = time.monotonic()
