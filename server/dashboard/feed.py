@@ -114,6 +114,7 @@ class JobsFeed:
                 sse.ping_interval = PING_S
                 await sse.send(json.dumps({"type": "hello", "data": {"jobs": self.jobs_present}}))
                 closed = asyncio.ensure_future(sse.wait())  # ends when the page goes (pings fail)
+                getter: asyncio.Future[Any] | None = None
                 try:
                     while True:
                         getter = asyncio.ensure_future(queue.get())
@@ -126,6 +127,9 @@ class JobsFeed:
                             break
                         await sse.send(json.dumps(message, default=str))
                 finally:
+                    # Cancelled mid-wait (the server stops), the pending get must not outlive us.
+                    if getter is not None:
+                        getter.cancel()
                     closed.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await closed
