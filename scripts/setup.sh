@@ -16,8 +16,11 @@ if [ $dev = 1 ]; then
   # With a ComfyUI checkout to test against (tests/comfyui), what it needs to import.
   [ -n "${COMFYUI_PATH:-}" ] && extras=dev,comfyui-tests
   .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[$extras]"
-  if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+  # The tests run the headless shell (about two thirds of the full browser's CPU), or the full
+  # browser where only that one is there (tests/browser.py).
+  if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromium-headless-shell ]; } && [ "$(id -u)" = 0 ] \
+    && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-headless-shell) \
       >/dev/null 2>&1 || echo "setup: could not install chromium; browser tests will be skipped" >&2
   fi
 else

@@ -16,16 +16,9 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
+from tests.browser import BASE_ARGS, CHROMIUM, MISSING
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+CHROMIUM_ARGS = [*BASE_ARGS, "--disable-gpu"]
 NODES_DIR = Path(__file__).resolve().parent / "nodes"
 VIEWPORT = {"width": 1440, "height": 960}
 
@@ -96,7 +89,7 @@ async def server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest) -> As
 @pytest.fixture
 async def browser(no_leaks) -> AsyncIterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip("needs /usr/bin/chromium")
+        pytest.skip(MISSING)
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:

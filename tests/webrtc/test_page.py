@@ -9,26 +9,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import BASE_ARGS, CHROMIUM, MISSING
 from tests.webrtc.conftest import Server
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox",
+    *BASE_ARGS,
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--allow-loopback-in-peer-connection",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
 ]
 # The test pattern's quadrants (server/webrtc/static/testpattern.js): TL, TR, BL, BR.
 QUADRANTS = [(0xDC, 0x1E, 0x1E), (0x1E, 0xC8, 0x1E), (0x1E, 0x3C, 0xDC), (0x18, 0x18, 0x18)]
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING),
 ]
 
 # Draws a video element to a canvas and reads the centre of each quadrant.

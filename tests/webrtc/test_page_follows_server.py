@@ -10,11 +10,12 @@ from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
-from tests.webrtc.test_page import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, MISSING
+from tests.webrtc.test_page import CHROMIUM_ARGS
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=MISSING),
 ]
 
 PASSTHROUGH = {
