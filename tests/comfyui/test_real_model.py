@@ -26,8 +26,13 @@ async def test_a_preloaded_stream_gives_comfyuis_pixels_from_its_first_frame_and
     own worker loading the checkpoint: test_shared_weights_sd15.py.)"""
     from comfystream.pipeline import ProcessPoolPipeline
 
-    backend = make_backend(
-        comfyui_path, model_paths, warm_workers=1, preload_prompts=(PROMPTS[0],), preload_size=(SIZE, SIZE)
+    backend = make_backend(  # the preload's dry run loads and runs it; no warmup frames after (CPU)
+        comfyui_path,
+        model_paths,
+        warm_workers=1,
+        preload_prompts=(PROMPTS[0],),
+        preload_size=(SIZE, SIZE),
+        preload_warmup_frames=0,
     )
     await backend.start()
     pipeline = None

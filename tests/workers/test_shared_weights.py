@@ -240,12 +240,13 @@ async def test_sigkill_of_the_first_worker_leaves_the_others_running(no_leaks, s
         # Its new worker mapped the very file the second one kept alive: still one copy.
         assert weights_files(shm_root) == [file]
         rgb = inputs[0]
+        want = expected(weights_file, rgb)  # once: it loads the 128 MiB file
 
         async def processed() -> bool:
             # Frames pass through raw until the new worker has loaded the prompt.
             await first.put_video_frame(video_frame(rgb, 100))
             out = await asyncio.wait_for(first.get_processed_video_frame(), 60)
-            return np.array_equal(out.to_ndarray(format="rgb24"), expected(weights_file, rgb))
+            return np.array_equal(out.to_ndarray(format="rgb24"), want)
 
         await wait_for(processed, timeout=120, what="a processed frame from the new worker")
         assert mapping_usage(first.worker_status()[0]["pid"], file.name)["rss"] > 0

@@ -15,11 +15,19 @@ import torch
 WIDTH = 1024
 
 
+class _Linear(torch.nn.Linear):
+    """Not initialised: the file's tensors fill it (ComfyUI's loaders build with
+    comfy.ops.disable_weight_init for the same reason: a random init of 128 MiB is CPU for nothing)."""
+
+    def reset_parameters(self) -> None:
+        return None
+
+
 class TinyNet(torch.nn.Module):
     def __init__(self, layers: int):
         super().__init__()
-        self.layers = torch.nn.ModuleList(torch.nn.Linear(WIDTH, WIDTH) for _ in range(layers))
-        self.head = torch.nn.Linear(WIDTH, 3)
+        self.layers = torch.nn.ModuleList(_Linear(WIDTH, WIDTH) for _ in range(layers))
+        self.head = _Linear(WIDTH, 3)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         v = torch.linspace(-1.0, 1.0, WIDTH)
