@@ -63,6 +63,19 @@ SAMPLES_PER_TENSOR = 8
 SAMPLE_BYTES = 64
 
 
+def same_bytes(torch: Any, a: Any, b: Any) -> bool:
+    """Whether two flat uint8 tensors of one length hold the same bytes (NaNs too, being bytes).
+    Compared as the widest integers their length allows: torch.equal goes element by element, and
+    on bytes it is 4-6x slower than on int64 (SD 1.5's 3.4 GB: about 2.5 s against 0.5 s, on the
+    start of every worker that joins a shared copy). Both start at offset 0 of a storage or at a
+    page (ALIGN) of the mapping, so any of these views is aligned."""
+    n = a.numel()
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        if n % dtype.itemsize == 0:
+            return torch.equal(a.view(dtype), b.view(dtype))
+    return torch.equal(a, b)
+
+
 # -- the server's side: one directory per run -------------------------------------------------
 
 
@@ -548,7 +561,7 @@ class SharedWeights:
                 raw = base[e.offset : e.offset + nbytes]
                 # The publisher copied these very bytes; any other worker compares them all (as
                 # bytes: NaNs too): a tensor that differs (patched at load time) keeps its copy.
-                if not published and not torch.equal(raw, t.detach().reshape(-1).view(torch.uint8)):
+                if not published and not same_bytes(torch, raw, t.detach().reshape(-1).view(torch.uint8)):
                     result.private_tensors += 1
                     result.private_bytes += nbytes
                     continue

@@ -52,7 +52,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any, Protocol
 
-from workers.shared_weights import SharedWeights, find_modules
+from workers.shared_weights import SharedWeights, find_modules, same_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class DeviceSharedWeights:
                 t = e.tensor
                 nbytes = t.numel() * t.element_size()
                 raw = base[e.offset : e.offset + nbytes]
-                if not filled and not torch.equal(raw, t.detach().reshape(-1).view(torch.uint8)):
+                if not filled and not same_bytes(torch, raw, t.detach().reshape(-1).view(torch.uint8)):
                     result.private_tensors += 1
                     continue
                 t.data = raw.view(t.dtype).view(t.shape)

@@ -485,3 +485,19 @@ def test_a_loader_of_an_already_shared_model_is_not_taken_for_one_loading_its_ow
 
     gc.collect()
     assert shared.sweep() != []  # nothing maps it any more
+
+
+@pytest.mark.parametrize("length", [4096, 4098, 4099, 12, 6, 1])
+def test_same_bytes_sees_a_change_of_any_byte_at_any_length(length):
+    """The joining worker's comparison with the shared copy (compared as wide integers where the
+    length allows): a single flipped byte anywhere differs; NaN payloads compare as bytes."""
+    from workers.shared_weights import same_bytes
+
+    a = torch.from_numpy(np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8))
+    assert same_bytes(torch, a, a.clone())
+    for at in {0, length // 2, length - 1}:
+        b = a.clone()
+        b[at] ^= 1
+        assert not same_bytes(torch, a, b)
+    nan = torch.full((4,), float("nan")).view(torch.uint8)
+    assert same_bytes(torch, nan, nan.clone())
