@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import AsyncIterator
 from multiprocessing import resource_tracker
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
-from tests.processes import is_template, live_children
+from tests.browser import BASE_ARGS, CHROMIUM, MISSING
+from tests.processes import is_template, live_children, playwright_drivers, session_tools
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -51,13 +55,16 @@ def _shm_entries() -> set[str]:
 def _child_pids() -> set[int]:
     """Live (non-zombie) descendants of this test process, but the worker template: like
     multiprocessing's resource tracker, it lives as long as the process that started it (the
-    workers it forked are counted)."""
+    workers it forked are counted); nor the session's tools (`session_tools`), nor what they
+    started."""
     me = os.getpid()
     children = live_children()
     out: set[int] = set()
     stack = [me]
     while stack:
         for child in children.get(stack.pop(), []):
+            if child in session_tools:
+                continue
             out.add(child)
             stack.append(child)
     return {pid for pid in out if not is_template(pid)}
@@ -86,6 +93,36 @@ def no_leaks():
         left_pids = _child_pids() - pids_before
         left_shm = _shm_entries() - shm_before
         pytest.fail(f"left behind: processes {sorted(left_pids)}, /dev/shm {sorted(left_shm)}")
+
+
+# -- headless Chromium (tests/dashboard, tests/editor: their `browser` fixture) -------------------
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_chromium() -> AsyncIterator[Any]:
+    """One Chromium for every browser test of this pytest process (an xdist worker), closed as the
+    session ends: a launch (its Playwright driver and the browser) costs about 0.7 CPU-s. Defined
+    here so that tests/dashboard and tests/editor share it; their tests run on the session's event
+    loop, as Playwright's objects belong to the loop they were made on. Its Playwright driver, and
+    so Chromium with the helper processes it starts when it first needs them and keeps, is one of
+    the `session_tools` that no test's `no_leaks` counts; the `browser` fixture closes what a test
+    opened in it."""
+    if not CHROMIUM.exists():
+        pytest.skip(MISSING)
+    from playwright.async_api import async_playwright
+
+    before = playwright_drivers()
+    async with async_playwright() as pw:
+        driver = playwright_drivers() - before
+        session_tools.update(driver)
+        try:
+            chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=[*BASE_ARGS, "--disable-gpu"])
+            try:
+                yield chromium
+            finally:
+                await chromium.close()
+        finally:
+            session_tools.difference_update(driver)
 
 
 @pytest.fixture

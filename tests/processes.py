@@ -31,6 +31,17 @@ def live_children() -> dict[int, list[int]]:
     return children
 
 
+# Processes that a session-scoped fixture started for the tests' own use and that outlive any one
+# test (the shared headless Chromium's Playwright driver): `no_leaks` counts neither them nor
+# anything they start (Chromium's renderers and helpers).
+session_tools: set[int] = set()
+
+
+def playwright_drivers() -> set[int]:
+    """This process's Playwright drivers (`node ... run-driver`), each the parent of its browsers."""
+    return {pid for pid in live_children().get(os.getpid(), []) if b"run-driver" in _cmdline(pid)}
+
+
 def _cmdline(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -1,5 +1,10 @@
 """A real server for the dashboard tests (create_app on 127.0.0.1 with the trickle relay mounted, real
-workers) and headless Chromium driven by Playwright, with every console error collected."""
+workers) and headless Chromium driven by Playwright, with every console error collected.
+
+The browser is the pytest process's one Chromium (`shared_chromium`, tests/conftest.py): each test
+opens contexts of its own (their own cookies and storage), all closed when it ends. Playwright's
+objects belong to the event loop they were made on, so the tests here and in tests/editor, and
+their servers, run on the session's loop (`on_session_loop`)."""
 
 from __future__ import annotations
 
@@ -11,14 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
-from tests.browser import BASE_ARGS, CHROMIUM, MISSING
 
-CHROMIUM_ARGS = [*BASE_ARGS, "--disable-gpu"]
 NODES_DIR = Path(__file__).resolve().parent / "nodes"
 VIEWPORT = {"width": 1440, "height": 960}
 
@@ -65,7 +69,21 @@ class PageLog:
         ]
 
 
-@pytest.fixture
+def on_session_loop(items: list[pytest.Item], folder: Path) -> None:
+    """Puts the async tests in `folder` on the session's event loop, where the shared Chromium
+    and the servers of the fixtures here live (pytest-asyncio's recipe for one loop)."""
+    from pytest_asyncio import is_async_test
+
+    for item in items:
+        if is_async_test(item) and item.path.is_relative_to(folder):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    on_session_loop(items, Path(__file__).resolve().parent)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     marker = request.node.get_closest_marker("server_config")
     fields: dict[str, Any] = {
@@ -86,18 +104,15 @@ async def server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest) -> As
     await test_server.close()
 
 
-@pytest.fixture
-async def browser(no_leaks) -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(MISSING)
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(no_leaks, shared_chromium: Any) -> AsyncIterator[Any]:
+    """The shared Chromium. Every context the test opened is closed after it, so that no page (and
+    no renderer process) outlives the test, and the next one starts with none."""
+    try:
+        yield shared_chromium
+    finally:
+        for context in shared_chromium.contexts:
+            await context.close()
 
 
 class Holds:

@@ -12,13 +12,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from server.app import create_app
 from server.config import ServerConfig
 from server.editor.frontend import frontend_root
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
-from tests.dashboard.conftest import NODES_DIR, VIEWPORT, Server, browser, holds  # noqa: F401  (fixtures)
+from tests.dashboard.conftest import (  # noqa: F401  (fixtures)
+    NODES_DIR,
+    VIEWPORT,
+    Server,
+    browser,
+    holds,
+    on_session_loop,
+)
 
 EDITOR_READY_JS = (
     "() => window.app && window.app.graph && window.app.extensionManager"
@@ -34,7 +42,11 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-@pytest.fixture
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    on_session_loop(items, Path(__file__).resolve().parent)  # with the shared Chromium
+
+
+@pytest_asyncio.fixture(loop_scope="session")
 async def editor_server(no_leaks, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
     if frontend_root() is None:
         pytest.skip("needs comfyui-frontend-package")
