@@ -141,21 +141,21 @@ def artifacts_dir() -> Path:
 # -- pytest-xdist (scripts/test.sh: `-n <cores + 1> --dist loadfile`) ----------------------------
 # A test file is one unit of work: its module-scoped fixtures (a probe's outputs, a server) are
 # made once, on the worker that runs it. Some units span files: tests/jobs shares one server per
-# package, and the SD 1.5 files go in two units, so that no more than two of their checkpoints
-# (GBs each) are loaded at once. (xdist's `xdist_group` mark cannot say this: with pytest >= 9.2
-# `--dist loadgroup` ignores it, pytest-xdist issue 1386.)
+# package, and the SD 1.5 files are one unit, so that one of them runs at a time: each loads a 2 GB
+# checkpoint and reads GBs of weights per frame, and two at once slow each other more than anything
+# else here (two SD units: 163-167 s and 298-313 CPU-s a run; one: 155-157 s and 286-289 CPU-s).
+# (xdist's `xdist_group` mark cannot say this: with pytest >= 9.2 `--dist loadgroup` ignores it,
+# pytest-xdist issue 1386.)
 XDIST_UNITS = {
     "tests/jobs/": "tests/jobs/",
-    # The streams' unit makes ComfyUI's reference outputs first thing (its first test compares with
-    # them at once); the commands' unit compares with them only after each command has run.
-    "tests/comfyui/test_real_model.py": "sd15-streams",
-    "tests/comfyui/test_shared_weights_sd15.py": "sd15-streams",
+    "tests/comfyui/test_real_model.py": "sd15",
+    "tests/comfyui/test_shared_weights_sd15.py": "sd15",
+    "tests/comfyui/test_real_model_commands.py": "sd15",
 }
 # The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
 # together; the others keep their order.
 LONGEST_FIRST = [
-    "sd15-streams",
-    "tests/comfyui/test_real_model_commands.py",
+    "sd15",
     "tests/workers/test_shared_weights_cuda.py",
     "tests/hardening/test_fuzz_openapi.py",
     "tests/dashboard/test_jobs_page.py",

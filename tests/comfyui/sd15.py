@@ -75,9 +75,9 @@ def run_reference(
     for `REFERENCE_CELLS` only (NaN elsewhere).
 
     Kept beside the test checkpoint (tests/comfyui/conftest.py), under a key of everything they
-    depend on (`reference_key`): the SD 1.5 test files run on separate pytest-xdist workers
-    (tests/conftest.py), and the first to need the outputs makes them under a lock while the
-    others wait; a later run on the same machine, with the same ComfyUI, torch and checkpoint,
+    depend on (`reference_key`): pytest-xdist workers or runs side by side may need them at
+    once (the suite runs the SD 1.5 files on one worker, tests/conftest.py; a run by hand need
+    not), and the first to need the outputs makes them under a lock while the others wait; a later run on the same machine, with the same ComfyUI, torch and checkpoint,
     reads them. The outputs are ComfyUI's alone: nothing of comfystream's stream path goes in."""
     kept = checkpoint_cache_dir() / "references" / f"sd15-{reference_key(comfyui_path, checkpoint)}.npy"
     kept.parent.mkdir(parents=True, exist_ok=True)
