@@ -163,8 +163,19 @@ def frames():
 
 
 @pytest.fixture(scope="session")
-def reference(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory):
-    """ComfyUI's own outputs for the SD 1.5 tests' prompts and frames (tests/comfyui/sd15.py)."""
-    from tests.comfyui.sd15 import run_reference
+def reference_run(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory):
+    """ComfyUI's own outputs for the SD 1.5 tests' prompts and frames (tests/comfyui/sd15.py),
+    begun in the background if no run kept them: a test asks for `reference_run` to have them made
+    while it starts its own workers, and for its `outputs()` where it first compares."""
+    from tests.comfyui.sd15 import Reference
 
-    return run_reference(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory)
+    run = Reference(comfyui_path, comfyui_env, model_paths, sd15_checkpoint, tmp_path_factory)
+    run.start()
+    yield run
+    run.close()
+
+
+@pytest.fixture(scope="session")
+def reference(reference_run):
+    """The outputs themselves (waiting for them)."""
+    return reference_run.outputs()

@@ -21,7 +21,6 @@ from typing import Any
 
 import av
 import numpy as np
-import pytest
 
 from bench.comfyui_native import sd15_img2img
 from tests.comfyui.conftest import CHECKPOINT_NAME, checkpoint_cache_dir
@@ -64,31 +63,69 @@ def sd15_frames() -> np.ndarray:
     return np.random.default_rng(11).integers(0, 256, (FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
 
 
-def run_reference(
-    comfyui_path: Path,
-    comfyui_env: dict[str, str],
-    model_paths: Path,
-    checkpoint: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> np.ndarray:
-    """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame, H, W, 3],
-    for `REFERENCE_CELLS` only (NaN elsewhere).
+class Reference:
+    """ComfyUI's own outputs: [prompt, input conversion (0: a stream's, 1: an image file's), frame,
+    H, W, 3], for `REFERENCE_CELLS` only (NaN elsewhere).
 
     Kept beside the test checkpoint (tests/comfyui/conftest.py), under a key of everything they
-    depend on (`reference_key`): pytest-xdist workers or runs side by side may need them at
-    once (the suite runs the SD 1.5 files on one worker, tests/conftest.py; a run by hand need
-    not), and the first to need the outputs makes them under a lock while the others wait; a later run on the same machine, with the same ComfyUI, torch and checkpoint,
-    reads them. The outputs are ComfyUI's alone: nothing of comfystream's stream path goes in."""
-    kept = checkpoint_cache_dir() / "references" / f"sd15-{reference_key(comfyui_path, checkpoint)}.npy"
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    with open(kept.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not kept.exists():
-            made = _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory)
-            partial = kept.with_suffix(".partial.npy")
-            np.save(partial, made)
-            partial.rename(kept)
-    return np.load(kept)
+    depend on (`reference_key`); a later run on the same machine, with the same ComfyUI, torch and
+    checkpoint, reads them. Where none is kept, `start` begins the probe in the background, so
+    that a test starts its own workers meanwhile (on a fresh machine the probe is half a minute of
+    a loaded machine's time) and `outputs` waits for it where the test first compares. pytest-xdist
+    workers or runs side by side may need them at once: the first makes them under a lock while
+    the others wait. The outputs are ComfyUI's alone: nothing of comfystream's stream path goes in."""
+
+    def __init__(self, comfyui_path, comfyui_env, model_paths, checkpoint, tmp_path_factory) -> None:
+        self.kept = checkpoint_cache_dir() / "references" / f"sd15-{reference_key(comfyui_path, checkpoint)}.npy"
+        self._args = (comfyui_path, comfyui_env, model_paths, tmp_path_factory)
+        self._lock: Any = None
+        self._probe: _Probe | None = None
+        self._outputs: np.ndarray | None = None
+
+    def start(self) -> None:
+        """Begins making the outputs unless they are kept or being made elsewhere (not blocking)."""
+        if self._lock is not None or self.kept.exists():
+            return
+        self.kept.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(self.kept.with_suffix(".lock"), "w")  # noqa: SIM115 (held until the outputs are kept)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()  # another process makes them: `outputs` waits for its lock
+            return
+        self._lock = lock
+        if not self.kept.exists():
+            self._probe = _Probe(*self._args)
+
+    def outputs(self) -> np.ndarray:
+        if self._outputs is None:
+            self._outputs = self._wait()
+        return self._outputs
+
+    def _wait(self) -> np.ndarray:
+        if self._lock is None:
+            self.kept.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.kept.with_suffix(".lock"), "w")  # noqa: SIM115
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            if not self.kept.exists():
+                self._probe = _Probe(*self._args)
+        try:
+            if self._probe is not None:
+                made = self._probe.result()
+                partial = self.kept.with_suffix(".partial.npy")
+                np.save(partial, made)
+                partial.rename(self.kept)
+        finally:
+            self.close()
+        return np.load(self.kept)
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
 
 # What the probe runs besides ComfyUI itself (the workspace loader it imports ComfyUI with, and
@@ -121,31 +158,34 @@ def reference_key(comfyui_path: Path, checkpoint: Path) -> str:
     return digest.hexdigest()[:24]
 
 
-def _probe(comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> np.ndarray:
-    tmp = tmp_path_factory.mktemp("real_model")
-    frames_path, prompts_path, out = tmp / "frames.npy", tmp / "prompts.json", tmp / "reference.npy"
-    cells_path = tmp / "cells.json"
-    np.save(frames_path, sd15_frames())
-    prompts_path.write_text(json.dumps(PROMPTS))
-    cells_path.write_text(json.dumps(REFERENCE_CELLS))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(PROBE),
-            str(comfyui_path),
-            str(model_paths),
-            str(frames_path),
-            str(prompts_path),
-            str(cells_path),
-            str(out),
-        ],
-        env=comfyui_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"probe failed:\n{proc.stderr[-4000:]}"
-    return np.load(out)
+class _Probe:
+    """`real_model_probe.py` running in the background (its output to a file: no pipe to drain)."""
+
+    def __init__(self, comfyui_path, comfyui_env, model_paths, tmp_path_factory) -> None:
+        tmp = tmp_path_factory.mktemp("real_model")
+        frames_path, prompts_path, cells_path = tmp / "frames.npy", tmp / "prompts.json", tmp / "cells.json"
+        self.out, self.log = tmp / "reference.npy", tmp / "probe.log"
+        np.save(frames_path, sd15_frames())
+        prompts_path.write_text(json.dumps(PROMPTS))
+        cells_path.write_text(json.dumps(REFERENCE_CELLS))
+        args = (comfyui_path, model_paths, frames_path, prompts_path, cells_path, self.out)
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(PROBE), *map(str, args)], env=comfyui_env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def result(self) -> np.ndarray:
+        try:
+            returncode = self.proc.wait(timeout=600)
+        finally:
+            self.close()
+        assert returncode == 0, f"probe failed:\n{self.log.read_text()[-4000:]}"
+        return np.load(self.out)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:  # the session ended before a test waited for it
+            self.proc.kill()
+        self.proc.wait()
 
 
 def make_backend(comfyui_path: Path, model_paths: Path, **settings: Any):

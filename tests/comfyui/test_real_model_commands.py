@@ -20,13 +20,7 @@ from tests.polling import wait_for
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(600)]
 
 
-def _reference(request: pytest.FixtureRequest) -> np.ndarray:
-    """ComfyUI's outputs, asked for once the command has run: another pytest-xdist worker may be
-    making them meanwhile (tests/comfyui/sd15.py)."""
-    return request.getfixturevalue("reference")
-
-
-def test_execute_gives_comfyuis_pixels(comfyui_path, comfyui_env, model_paths, frames, tmp_path, request):
+def test_execute_gives_comfyuis_pixels(comfyui_path, comfyui_env, model_paths, frames, tmp_path, reference_run):
     """`comfystream execute` (before: "Can't call numpy() on Tensor that requires grad")."""
     workflow, image, out_dir = tmp_path / "img2img.json", tmp_path / "in.png", tmp_path / "out"
     workflow.write_text(json.dumps(PROMPTS[0]))
@@ -54,11 +48,11 @@ def test_execute_gives_comfyuis_pixels(comfyui_path, comfyui_env, model_paths, f
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = np.asarray(Image.open(out_dir / "8_000.png").convert("RGB"))
-    np.testing.assert_array_equal(written, saved_uint8(_reference(request)[0, 1, 0]))
+    np.testing.assert_array_equal(written, saved_uint8(reference_run.outputs()[0, 1, 0]))
 
 
 async def test_a_prompt_job_gives_comfyuis_pixels(
-    comfyui_path, comfyui_env, model_paths, frames, tmp_path, free_port, request
+    comfyui_path, comfyui_env, model_paths, frames, tmp_path, free_port, reference_run
 ):
     """`POST /prompt` on `comfystream serve --workspace` (ComfyUI loaded in the server, which
     validates, and in its job worker): LoadImage of the frame, SaveImage of the result."""
@@ -95,6 +89,6 @@ async def test_a_prompt_job_gives_comfyuis_pixels(
     assert entry["status"]["status_str"] == "success", entry["status"]
     (image,) = entry["outputs"]["8"]["images"]
     written = np.asarray(Image.open(output_dir / image["subfolder"] / image["filename"]).convert("RGB"))
-    np.testing.assert_array_equal(written, saved_uint8(_reference(request)[0, 1, 1]))
+    np.testing.assert_array_equal(written, saved_uint8(reference_run.outputs()[0, 1, 1]))
 
 
