@@ -1,5 +1,5 @@
 """SD 1.5 img2img as users stream it, and ComfyUI's own outputs to compare with: shared by the
-real-model tests (test_real_model*.py, test_shared_weights_sd15.py).
+real-model tests (test_real_model*.py).
 
 The prompt is CheckpointLoaderSimple -> CLIPTextEncode x2 -> VAEEncode(frame) -> KSampler 1 step ->
 VAEDecode, on a checkpoint of the real architecture with seeded random weights
