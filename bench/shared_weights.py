@@ -39,25 +39,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.real_model import add_checkpoint_arguments, frame, img2img, prepare  # noqa: E402
-from workers.shared_weights import RUN_PREFIX, mapping_usage, memory_usage  # noqa: E402
+from workers.shared_weights import RUN_PREFIX, available_memory, mapping_usage, memory_usage  # noqa: E402
 
 MIB = 2**20
 GIB = 2**30
 
 
-def available() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 async def wait_for_room(need: int, what: str, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    while available() < need:
+    while available_memory() < need:
         if time.monotonic() > deadline:
-            raise SystemExit(f"not enough memory for {what}: {available() / GIB:.1f} GiB available")
-        print(f"  waiting for memory ({available() / GIB:.1f} GiB available, {need / GIB:.1f} needed)")
+            raise SystemExit(f"not enough memory for {what}: {available_memory() / GIB:.1f} GiB available")
+        print(f"  waiting for memory ({available_memory() / GIB:.1f} GiB available, {need / GIB:.1f} needed)")
         await asyncio.sleep(10)
 
 

@@ -277,6 +277,18 @@ class WeightsDirectory:
 # -- memory as the kernel counts it -----------------------------------------------------------
 
 
+def available_memory() -> int:
+    """Bytes the kernel could give a new allocation now (/proc/meminfo's MemAvailable; 0 unknown):
+    a worker about to load its own copy of a model before it maps the shared one needs that much."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def memory_usage(pid: int | str = "self") -> dict[str, int] | None:
     """A process's memory from /proc/PID/smaps_rollup, in bytes: `rss`, `pss` (its share of every
     page it maps: a page mapped by 4 processes counts a quarter in each), `private` (pages only it

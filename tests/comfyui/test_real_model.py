@@ -19,18 +19,11 @@ import pytest
 
 from tests.comfyui.conftest import worker_uint8
 from tests.comfyui.sd15 import FRAMES, PROMPTS, SIZE, make_backend, next_output, rss_kib, video_frame
-from workers.shared_weights import RUN_PREFIX, WEIGHTS_SUFFIX, mapping_usage, memory_usage
+from workers.shared_weights import RUN_PREFIX, WEIGHTS_SUFFIX, available_memory, mapping_usage, memory_usage
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.timeout(900)]
 
 GIB = 2**30
-
-
-def available_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 async def test_a_preloaded_stream_an_update_that_keeps_the_model_and_a_second_stream_on_one_copy(
@@ -89,7 +82,7 @@ async def test_a_preloaded_stream_an_update_that_keeps_the_model_and_a_second_st
         assert after["VmHWM"] <= before["VmHWM"] * 1.10, (before, after)  # the peak, during the update too
         assert after["VmRSS"] <= before["VmRSS"] * 1.10, (before, after)
 
-        if available_bytes() < 6 * GIB:  # the second worker loads its own copy first
+        if available_memory() < 6 * GIB:  # the second worker loads its own copy first
             pytest.skip("not enough free memory for a second SD 1.5 worker")
         alone = memory_usage(first_pid)
         second = ProcessPoolPipeline(  # no warmup: each SD 1.5 frame is seconds of CPU
