@@ -148,11 +148,9 @@ def artifacts_dir() -> Path:
 # pytest-xdist issue 1386.)
 XDIST_UNITS = {
     "tests/jobs/": "tests/jobs/",
-    # In this order within the unit: on a machine with no reference outputs kept, their probe runs
-    # beside the commands (one SD 1.5 process each), not beside the streams' two workers.
-    "tests/comfyui/test_real_model_commands.py": "sd15",
     "tests/comfyui/test_real_model.py": "sd15",
     "tests/comfyui/test_shared_weights_sd15.py": "sd15",
+    "tests/comfyui/test_real_model_commands.py": "sd15",
 }
 # The longest units go first (wall time of a 3-worker run on 2 cores), so that the workers finish
 # together; the others keep their order.
@@ -205,11 +203,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not hasattr(config, "workerinput"):  # not an xdist worker: the usual order
         return
     rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
-    within = {prefix: i for i, prefix in enumerate(XDIST_UNITS)}
-
-    def order(item: pytest.Item) -> tuple[int, int]:
-        path = item.nodeid.split("::", 1)[0]
-        first = next((i for prefix, i in within.items() if path.startswith(prefix)), 0)
-        return rank.get(xdist_unit(item.nodeid), len(rank)), first
-
-    items.sort(key=order)  # stable: files stay whole
+    items.sort(key=lambda item: rank.get(xdist_unit(item.nodeid), len(rank)))  # stable: files stay whole
