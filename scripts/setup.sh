@@ -24,7 +24,7 @@ if [ $dev = 1 ]; then
   if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromium-headless-shell ]; } && [ "$(id -u)" = 0 ] \
     && command -v apt-get >/dev/null; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-headless-shell) \
-      >/dev/null 2>&1 || echo "setup: could not install chromium; browser tests will be skipped" >&2
+      >/dev/null 2>&1 || echo "setup: could not install chromium and chromium-headless-shell; the browser tests use whichever is there, or are skipped" >&2
   fi
 else
   "${pip_install[@]}" -c scripts/constraints.txt -e .
