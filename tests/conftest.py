@@ -96,7 +96,9 @@ def no_leaks():
 
 
 # -- headless Chromium (tests/dashboard, tests/editor: their `browser` fixture) -------------------
-
+# Their async tests (and so their servers' fixtures) run on the session's event loop, where the
+# shared Chromium lives: Playwright's objects belong to the loop they were made on.
+SESSION_LOOP_FOLDERS = tuple(Path(__file__).resolve().parent / name for name in ("dashboard", "editor"))
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def shared_chromium() -> AsyncIterator[Any]:
@@ -200,6 +202,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from pytest_asyncio import is_async_test
+
+    for item in items:
+        if is_async_test(item) and any(item.path.is_relative_to(folder) for folder in SESSION_LOOP_FOLDERS):
+            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
     if not hasattr(config, "workerinput"):  # not an xdist worker: the usual order
         return
     rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}

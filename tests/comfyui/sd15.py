@@ -84,14 +84,18 @@ class Reference:
 
     def start(self) -> None:
         """Begins making the outputs unless they are kept or being made elsewhere (not blocking)."""
-        if self._lock is not None or self.kept.exists():
-            return
+        if self._lock is None and not self.kept.exists():
+            self._take(blocking=False)
+
+    def _take(self, blocking: bool) -> None:
+        """The lock, then the probe if the outputs are still not kept; without `blocking`, nothing
+        when another process holds the lock (it makes them; `outputs` waits for its lock)."""
         self.kept.parent.mkdir(parents=True, exist_ok=True)
         lock = open(self.kept.with_suffix(".lock"), "w")  # noqa: SIM115 (held until the outputs are kept)
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.close()  # another process makes them: `outputs` waits for its lock
+            lock.close()
             return
         self._lock = lock
         if not self.kept.exists():
@@ -104,11 +108,7 @@ class Reference:
 
     def _wait(self) -> np.ndarray:
         if self._lock is None:
-            self.kept.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.kept.with_suffix(".lock"), "w")  # noqa: SIM115
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
-            if not self.kept.exists():
-                self._probe = _Probe(*self._args)
+            self._take(blocking=True)
         try:
             if self._probe is not None:
                 made = self._probe.result()

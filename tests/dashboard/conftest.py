@@ -4,7 +4,7 @@ workers) and headless Chromium driven by Playwright, with every console error co
 The browser is the pytest process's one Chromium (`shared_chromium`, tests/conftest.py): each test
 opens contexts of its own (their own cookies and storage), all closed when it ends. Playwright's
 objects belong to the event loop they were made on, so the tests here and in tests/editor, and
-their servers, run on the session's loop (`on_session_loop`)."""
+their servers, run on the session's loop (`SESSION_LOOP_FOLDERS`, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -67,20 +67,6 @@ class PageLog:
             for text, url in self.entries
             if not any(f"status of {status}" in text and part in url for status, part in allowed)
         ]
-
-
-def on_session_loop(items: list[pytest.Item], folder: Path) -> None:
-    """Puts the async tests in `folder` on the session's event loop, where the shared Chromium
-    and the servers of the fixtures here live (pytest-asyncio's recipe for one loop)."""
-    from pytest_asyncio import is_async_test
-
-    for item in items:
-        if is_async_test(item) and item.path.is_relative_to(folder):
-            item.add_marker(pytest.mark.asyncio(loop_scope="session"), append=False)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    on_session_loop(items, Path(__file__).resolve().parent)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

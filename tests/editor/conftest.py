@@ -19,14 +19,7 @@ from server.app import create_app
 from server.config import ServerConfig
 from server.editor.frontend import frontend_root
 from server.jobs.scheduler import JOB_SCHEDULER_KEY
-from tests.dashboard.conftest import (  # noqa: F401  (fixtures)
-    NODES_DIR,
-    VIEWPORT,
-    Server,
-    browser,
-    holds,
-    on_session_loop,
-)
+from tests.dashboard.conftest import NODES_DIR, VIEWPORT, Server, browser, holds  # noqa: F401  (fixtures)
 
 EDITOR_READY_JS = (
     "() => window.app && window.app.graph && window.app.extensionManager"
@@ -40,10 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "server_config(**kwargs): ServerConfig fields for the dashboard server"
     )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    on_session_loop(items, Path(__file__).resolve().parent)  # with the shared Chromium
 
 
 @pytest_asyncio.fixture(loop_scope="session")
